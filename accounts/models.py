@@ -1,0 +1,98 @@
+"""Users (with their portal tier) and API keys."""
+
+import hashlib
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.utils import timezone
+
+
+class Tier(models.TextChoices):
+    FREE = "free", "Free"
+    PAID = "paid", "Paid"
+    ENTERPRISE = "enterprise", "Enterprise"
+
+
+TIER_RANK = {Tier.FREE: 0, Tier.PAID: 1, Tier.ENTERPRISE: 2}
+
+
+class User(AbstractUser):
+    """A person who signs in to the panel; the tier gates paid features."""
+
+    tier = models.CharField(max_length=20, choices=Tier.choices, default=Tier.FREE)
+
+    class Meta(AbstractUser.Meta):
+        swappable = "AUTH_USER_MODEL"
+
+
+class Permission(models.TextChoices):
+    READ = "read", "Read (list models, usage)"
+    PROXY = "proxy", "Proxy (call models)"
+    MANAGE = "manage", "Manage (management API)"
+
+
+def hash_key(plain: str) -> str:
+    """SHA-256 of the whole key.
+
+    The secret part is 32 random bytes, so a fast hash is as safe as a slow one
+    here and keeps verification cheap on the request path.
+    """
+    return hashlib.sha256(plain.encode()).hexdigest()
+
+
+class APIKey(models.Model):
+    """A bearer key: only its hash and a visible prefix are stored."""
+
+    PREFIX = "sb-"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    organisation = models.ForeignKey(
+        "orgs.Organisation",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="api_keys",
+        help_text="Optional: the key acts for this organisation of its owner.",
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, editable=False, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    permissions = models.JSONField(default=list, blank=True)
+    allowed_models = models.ManyToManyField(
+        "ai.AIModel",
+        blank=True,
+        related_name="+",
+        help_text="Empty: every model the owner may use.",
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    is_revoked = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        unknown = set(self.permissions or []) - set(Permission.values)
+        if unknown:
+            raise ValidationError({"permissions": f"Unknown permissions: {sorted(unknown)}"})
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def is_usable(self) -> bool:
+        return not self.is_revoked and not self.is_expired and self.user.is_active
+
+    def has_permission(self, permission: str) -> bool:
+        return permission in self.permissions

@@ -1,0 +1,77 @@
+"""API key creation and verification."""
+
+import secrets
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from .models import APIKey, Permission, User, hash_key
+
+SECRET_BYTES = 32
+PREFIX_LENGTH = 12
+
+
+def apikey_generate() -> str:
+    """A new plain key: 'sb-' and 32 random bytes, url-safe."""
+    return APIKey.PREFIX + secrets.token_urlsafe(SECRET_BYTES)
+
+
+@transaction.atomic
+def apikey_create(
+    *,
+    user,
+    name: str,
+    permissions: Iterable[str] = (Permission.READ, Permission.PROXY),
+    organisation=None,
+    allowed_models: Iterable = (),
+    expires_at: datetime | None = None,
+) -> tuple[APIKey, str]:
+    """Create a key and return it with its plain text, which is never stored."""
+    plain = apikey_generate()
+    key = APIKey(
+        user=user,
+        organisation=organisation,
+        name=name,
+        prefix=plain[:PREFIX_LENGTH],
+        key_hash=hash_key(plain),
+        permissions=sorted(set(permissions)),
+        expires_at=expires_at,
+    )
+    key.full_clean()
+    key.save()
+    allowed = list(allowed_models)
+    if allowed:
+        key.allowed_models.set(allowed)
+    return key, plain
+
+
+def apikey_verify(*, plain: str) -> APIKey | None:
+    """The usable key matching ``plain``, or None (unknown, revoked, expired, inactive owner)."""
+    if not plain or not plain.startswith(APIKey.PREFIX):
+        return None
+    key = APIKey.objects.select_related("user").filter(key_hash=hash_key(plain)).first()
+    if key is None or not key.is_usable:
+        return None
+    return key
+
+
+def apikey_revoke(*, key: APIKey) -> APIKey:
+    """Revoke a key; it stops authenticating at once."""
+    key.is_revoked = True
+    key.save(update_fields=["is_revoked"])
+    return key
+
+
+def apikey_touch(*, key: APIKey) -> None:
+    """Record that the key was just used."""
+    APIKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+
+
+def admin_ensure(*, username: str, email: str, password: str) -> tuple[User, bool]:
+    """Create the superuser if missing; return it and whether it was created."""
+    user = User.objects.filter(username=username).first()
+    if user is not None:
+        return user, False
+    return User.objects.create_superuser(username=username, email=email, password=password), True

@@ -1,0 +1,216 @@
+from django import forms
+from django.contrib import admin
+from django.db.models import Count
+from django.utils.html import format_html
+
+from .models import AIModel, HealthStatus, ModelLink, Upstream
+
+HEALTH_COLOURS = {
+    HealthStatus.HEALTHY: "#1a7f37",
+    HealthStatus.DEGRADED: "#bf8700",
+    HealthStatus.UNHEALTHY: "#cf222e",
+    HealthStatus.STARTING: "#0969da",
+    HealthStatus.UNKNOWN: "#6e7781",
+}
+
+
+class UpstreamForm(forms.ModelForm):
+    """The upstream API key is write-only: never rendered back, kept when left blank."""
+
+    new_api_key = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only. Leave blank to keep the current key.",
+    )
+    clear_api_key = forms.BooleanField(label="Remove the stored API key", required=False)
+
+    class Meta:
+        model = Upstream
+        fields = [
+            "model",
+            "name",
+            "base_url",
+            "provider_model_id",
+            "priority",
+            "weight",
+            "connect_timeout",
+            "first_byte_timeout",
+            "total_timeout",
+            "is_enabled",
+        ]
+
+    def save(self, commit=True):
+        upstream = super().save(commit=False)
+        if self.cleaned_data.get("clear_api_key"):
+            upstream.api_key = ""
+        elif self.cleaned_data.get("new_api_key"):
+            upstream.api_key = self.cleaned_data["new_api_key"]
+        if commit:
+            upstream.save()
+            self.save_m2m()
+        return upstream
+
+
+def health_badge(status: str) -> str:
+    return format_html(
+        '<span style="color:#fff;background:{};padding:1px 6px;border-radius:8px">{}</span>',
+        HEALTH_COLOURS.get(status, "#6e7781"),
+        HealthStatus(status).label if status in HealthStatus.values else status,
+    )
+
+
+class UpstreamInline(admin.StackedInline):
+    model = Upstream
+    form = UpstreamForm
+    extra = 0
+    fields = [
+        ("name", "base_url"),
+        ("provider_model_id", "priority", "weight", "is_enabled"),
+        ("new_api_key", "clear_api_key", "key_status"),
+        ("connect_timeout", "first_byte_timeout", "total_timeout"),
+        ("health", "last_checked_at", "consecutive_failures"),
+    ]
+    readonly_fields = ["key_status", "health", "last_checked_at", "consecutive_failures"]
+
+    @admin.display(description="stored key")
+    def key_status(self, obj):
+        return "set" if obj.pk and obj.has_api_key else "none"
+
+    @admin.display(description="health")
+    def health(self, obj):
+        return health_badge(obj.health_status) if obj.pk else "-"
+
+
+class ModelLinkInline(admin.TabularInline):
+    model = ModelLink
+    extra = 0
+    autocomplete_fields = ["user", "organisation"]
+    fields = [
+        "user",
+        "organisation",
+        "is_default",
+        "is_enabled",
+        "expires_at",
+        *ModelLink.LIMIT_FIELDS,
+    ]
+
+
+@admin.register(AIModel)
+class AIModelAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "display_name",
+        "kind",
+        "is_active",
+        "upstream_count",
+        "link_count",
+        "input_price_per_million",
+        "output_price_per_million",
+    ]
+    list_filter = ["kind", "is_active"]
+    search_fields = ["name", "display_name"]
+    fieldsets = [
+        (None, {"fields": ["name", "display_name", "kind", "is_active", "tags", "config"]}),
+        (
+            "Pricing (credits)",
+            {"fields": ["input_price_per_million", "output_price_per_million", "price_per_image"]},
+        ),
+    ]
+    inlines = [UpstreamInline, ModelLinkInline]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _upstreams=Count("upstreams", distinct=True), _links=Count("links", distinct=True)
+            )
+        )
+
+    @admin.display(description="upstreams", ordering="_upstreams")
+    def upstream_count(self, obj):
+        return obj._upstreams
+
+    @admin.display(description="links", ordering="_links")
+    def link_count(self, obj):
+        return obj._links
+
+
+@admin.register(Upstream)
+class UpstreamAdmin(admin.ModelAdmin):
+    form = UpstreamForm
+    list_display = [
+        "name",
+        "model",
+        "base_url",
+        "priority",
+        "weight",
+        "is_enabled",
+        "health",
+        "last_checked_at",
+        "last_error_short",
+    ]
+    list_filter = ["is_enabled", "health_status", "model"]
+    list_select_related = ["model"]
+    search_fields = ["name", "base_url", "model__name", "provider_model_id"]
+    autocomplete_fields = ["model"]
+    readonly_fields = [
+        "key_status",
+        "health_status",
+        "last_checked_at",
+        "last_error",
+        "consecutive_failures",
+    ]
+    fieldsets = [
+        (None, {"fields": ["model", "name", "base_url", "provider_model_id", "is_enabled"]}),
+        ("Credentials", {"fields": ["key_status", "new_api_key", "clear_api_key"]}),
+        ("Routing", {"fields": ["priority", "weight"]}),
+        (
+            "Timeouts (seconds)",
+            {"fields": ["connect_timeout", "first_byte_timeout", "total_timeout"]},
+        ),
+        (
+            "Health",
+            {"fields": ["health_status", "last_checked_at", "last_error", "consecutive_failures"]},
+        ),
+    ]
+
+    @admin.display(description="stored key")
+    def key_status(self, obj):
+        return "set" if obj and obj.has_api_key else "none"
+
+    @admin.display(description="health", ordering="health_status")
+    def health(self, obj):
+        return health_badge(obj.health_status)
+
+    @admin.display(description="last error")
+    def last_error_short(self, obj):
+        return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
+
+
+@admin.register(ModelLink)
+class ModelLinkAdmin(admin.ModelAdmin):
+    list_display = [
+        "model",
+        "user",
+        "organisation",
+        "is_default",
+        "is_enabled",
+        "expires_at",
+        "requests_per_minute",
+        "tokens_per_day",
+        "cost_per_month",
+    ]
+    list_filter = ["is_enabled", "is_default", "model"]
+    list_select_related = ["model", "user", "organisation"]
+    search_fields = ["model__name", "user__username", "user__email", "organisation__name"]
+    autocomplete_fields = ["model", "user", "organisation"]
+    fieldsets = [
+        (
+            None,
+            {"fields": ["model", "user", "organisation", "is_default", "is_enabled", "expires_at"]},
+        ),
+        ("Limits (empty = unlimited)", {"fields": list(ModelLink.LIMIT_FIELDS)}),
+    ]

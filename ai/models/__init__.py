@@ -1,0 +1,3 @@
+from .registry import AIModel, HealthStatus, ModelKind, ModelLink, Upstream
+
+__all__ = ["AIModel", "HealthStatus", "ModelKind", "ModelLink", "Upstream"]

@@ -1,0 +1,243 @@
+"""The model registry: models, the upstreams that serve them, and who may use them."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from panel.fields import EncryptedTextField
+
+
+class ModelKind(models.TextChoices):
+    CHAT = "chat", "Chat"
+    COMPLETION = "completion", "Text completion"
+    EMBEDDING = "embedding", "Embedding"
+    IMAGE = "image", "Image generation"
+
+
+CONFIG_KEYS = {
+    "context_window": int,
+    "max_output_tokens": int,
+    "default_temperature": (int, float),
+}
+
+
+class AIModel(models.Model):
+    """A model clients name in ``model``; served by one or more upstreams."""
+
+    name = models.CharField(
+        max_length=200,
+        unique=True,
+        help_text="Public name: what clients send as `model`.",
+    )
+    display_name = models.CharField(max_length=200, blank=True)
+    kind = models.CharField(max_length=20, choices=ModelKind.choices, default=ModelKind.CHAT)
+    tags = models.JSONField(default=list, blank=True)
+    config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="context_window, max_output_tokens, default_temperature.",
+    )
+    input_price_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)]
+    )
+    output_price_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)]
+    )
+    price_per_image = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)]
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "AI model"
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.display_name or self.name
+
+    def clean(self):
+        errors = {}
+        if not isinstance(self.tags, list) or not all(isinstance(t, str) for t in self.tags):
+            errors["tags"] = "Tags must be a list of strings."
+        if not isinstance(self.config, dict):
+            errors["config"] = "Config must be an object."
+        else:
+            for key, kind in CONFIG_KEYS.items():
+                value = self.config.get(key)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
+                    errors["config"] = f"config.{key} must be a non-negative number."
+            temperature = self.config.get("default_temperature")
+            if isinstance(temperature, int | float) and temperature > 2:
+                errors["config"] = "config.default_temperature must be between 0 and 2."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.config.get("max_output_tokens") if isinstance(self.config, dict) else None
+
+
+class HealthStatus(models.TextChoices):
+    HEALTHY = "healthy", "Healthy"
+    DEGRADED = "degraded", "Degraded"
+    UNHEALTHY = "unhealthy", "Unhealthy"
+    STARTING = "starting", "Starting"
+    UNKNOWN = "unknown", "Unknown"
+
+
+class Upstream(models.Model):
+    """One OpenAI-compatible endpoint serving a model."""
+
+    model = models.ForeignKey(AIModel, on_delete=models.CASCADE, related_name="upstreams")
+    name = models.CharField(max_length=100)
+    base_url = models.URLField(
+        max_length=500, help_text="OpenAI-compatible base URL, e.g. https://api.example.com/v1"
+    )
+    api_key = EncryptedTextField(blank=True, default="")
+    provider_model_id = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Sent upstream as `model`. Empty: the model's public name.",
+    )
+    priority = models.PositiveIntegerField(default=0, help_text="Lower is tried first.")
+    weight = models.PositiveIntegerField(
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Share of traffic among upstreams of the same priority.",
+    )
+    connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.01)])
+    first_byte_timeout = models.FloatField(default=60.0, validators=[MinValueValidator(0.01)])
+    total_timeout = models.FloatField(default=600.0, validators=[MinValueValidator(0.01)])
+    is_enabled = models.BooleanField(default=True)
+    health_status = models.CharField(
+        max_length=20, choices=HealthStatus.choices, default=HealthStatus.UNKNOWN
+    )
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model", "priority", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "name"], name="upstream_unique_name"),
+            models.CheckConstraint(condition=Q(weight__gte=1), name="upstream_weight_positive"),
+        ]
+
+    def __str__(self):
+        return f"{self.model.name} / {self.name}"
+
+    @property
+    def upstream_model_id(self) -> str:
+        return self.provider_model_id or self.model.name
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key)
+
+
+class ModelLink(models.Model):
+    """Grants one user or one organisation the use of a model, within limits."""
+
+    model = models.ForeignKey(AIModel, on_delete=models.CASCADE, related_name="links")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="model_links",
+    )
+    organisation = models.ForeignKey(
+        "orgs.Organisation",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="model_links",
+    )
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    requests_per_day = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_month = models.PositiveBigIntegerField(null=True, blank=True)
+    cost_per_month = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+    )
+    is_enabled = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    is_default = models.BooleanField(
+        default=False, help_text="The model used when a request names none."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    LIMIT_FIELDS = (
+        "requests_per_minute",
+        "tokens_per_minute",
+        "requests_per_day",
+        "tokens_per_day",
+        "tokens_per_month",
+        "cost_per_month",
+    )
+
+    class Meta:
+        verbose_name = "model link"
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(organisation__isnull=True))
+                | (Q(user__isnull=True) & Q(organisation__isnull=False)),
+                name="modellink_exactly_one_owner",
+                violation_error_message="A link belongs to exactly one user or one organisation.",
+            ),
+            models.UniqueConstraint(
+                fields=["model", "user"],
+                condition=Q(user__isnull=False),
+                name="modellink_unique_user",
+                violation_error_message="This user is already linked to this model.",
+            ),
+            models.UniqueConstraint(
+                fields=["model", "organisation"],
+                condition=Q(organisation__isnull=False),
+                name="modellink_unique_org",
+                violation_error_message="This organisation is already linked to this model.",
+            ),
+            models.UniqueConstraint(
+                fields=["user"],
+                condition=Q(is_default=True, user__isnull=False),
+                name="modellink_one_default_per_user",
+                violation_error_message="This user already has a default model.",
+            ),
+            models.UniqueConstraint(
+                fields=["organisation"],
+                condition=Q(is_default=True, organisation__isnull=False),
+                name="modellink_one_default_per_org",
+                violation_error_message="This organisation already has a default model.",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.model.name} → {self.owner}"
+
+    @property
+    def owner(self):
+        return self.user or self.organisation
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def limits(self) -> dict:
+        return {name: getattr(self, name) for name in self.LIMIT_FIELDS}

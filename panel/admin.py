@@ -1,0 +1,33 @@
+from django.contrib import admin
+
+from .models import Heartbeat, SiteSettings
+
+admin.site.site_header = "Switchboard"
+admin.site.site_title = "Switchboard admin"
+admin.site.index_title = "Models, tenants and keys"
+
+
+@admin.register(SiteSettings)
+class SiteSettingsAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "is_ai_enabled", "updated_at"]
+    list_editable = ["is_ai_enabled"]
+    list_display_links = ["__str__"]
+
+    def has_add_permission(self, request):
+        return not SiteSettings.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        SiteSettings.load()
+        return super().changelist_view(request, extra_context)
+
+
+@admin.register(Heartbeat)
+class HeartbeatAdmin(admin.ModelAdmin):
+    list_display = ["name", "beat_at"]
+    readonly_fields = ["name", "beat_at"]
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,19 @@
+from django.apps import AppConfig
+
+
+class PanelConfig(AppConfig):
+    name = "panel"
+    verbose_name = "Switchboard"
+
+    def ready(self):
+        from django.conf import settings
+
+        from . import celery
+
+        celery.app.conf.beat_schedule = {
+            "heartbeat": {
+                "task": "panel.tasks.heartbeat_record",
+                "schedule": float(settings.CELERY_HEARTBEAT_INTERVAL),
+                "kwargs": {"name": "beat"},
+            },
+        }

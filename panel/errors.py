@@ -1,0 +1,246 @@
+"""The API error hierarchy and the one place that renders it.
+
+Code anywhere raises an ``ApiError`` subclass; DRF's exception handler, the
+``ApiErrorMiddleware`` (plain and async views) and the 404/500 handlers under
+API prefixes render it as the OpenAI envelope
+``{"error": {"message", "type", "param", "code"}}`` plus any extra fields.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+API_PREFIXES = ("/api/", "/v1/")
+
+
+class ApiError(Exception):
+    """Base of every error an API route returns; carries its own status and code."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code: str | None = None
+    default_message = "Invalid request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra,
+    ):
+        self.message = message or self.default_message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(self.message)
+
+    def envelope(self) -> dict:
+        body = {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+        body.update(self.extra)
+        return body
+
+
+class InvalidRequest(ApiError):
+    code = "invalid_request"
+
+
+class InvalidModelType(ApiError):
+    code = "invalid_model_type"
+    default_message = "This model cannot be used with this endpoint."
+
+
+class AuthenticationFailed(ApiError):
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    default_message = "Incorrect or missing API key."
+
+
+class PermissionDenied(ApiError):
+    status_code = 403
+    type = "permission_error"
+    code = "permission_denied"
+    default_message = "You do not have permission to do this."
+
+
+class InsufficientQuota(ApiError):
+    status_code = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+    default_message = "Insufficient balance."
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+    default_message = "Not found."
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+    default_message = "The model does not exist or you do not have access to it."
+
+
+class MethodNotAllowed(ApiError):
+    status_code = 405
+    code = "method_not_allowed"
+    default_message = "Method not allowed."
+
+
+class RateLimited(ApiError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    default_message = "Rate limit exceeded."
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+    default_message = "The service is temporarily unavailable."
+
+
+class ModelNotAvailable(ServiceUnavailable):
+    type = "invalid_request_error"
+    code = "model_not_available"
+    default_message = "The model has no available upstream."
+
+
+class UpstreamError(ApiError):
+    status_code = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    default_message = "The upstream failed to answer."
+
+
+class InternalError(ApiError):
+    status_code = 500
+    type = "server_error"
+    code = "internal_error"
+    default_message = "The server had an error while processing your request."
+
+
+class FeatureDisabled(Exception):
+    """The AI feature flag is off; panel routes answer with their documented shape."""
+
+    status_code = 503
+
+    def envelope(self) -> dict:
+        return {"error": "feature_disabled"}
+
+
+def error_response(exc: ApiError | FeatureDisabled) -> JsonResponse:
+    response = JsonResponse(exc.envelope(), status=exc.status_code)
+    for name, value in getattr(exc, "headers", {}).items():
+        response[name] = value
+    return response
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES)
+
+
+_DRF_MAP: list[tuple[type[Exception], type[ApiError]]] = [
+    (drf_exceptions.NotAuthenticated, AuthenticationFailed),
+    (drf_exceptions.AuthenticationFailed, AuthenticationFailed),
+    (drf_exceptions.PermissionDenied, PermissionDenied),
+    (drf_exceptions.NotFound, NotFound),
+    (drf_exceptions.MethodNotAllowed, MethodNotAllowed),
+    (drf_exceptions.Throttled, RateLimited),
+    (drf_exceptions.UnsupportedMediaType, InvalidRequest),
+    (drf_exceptions.ParseError, InvalidRequest),
+]
+
+
+def _first_error(detail, prefix: str = "") -> tuple[str | None, str]:
+    """The first field name (dotted for nested) and message in a DRF error detail."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = key if key != "non_field_errors" else ""
+            param, message = _first_error(value, f"{prefix}.{name}" if prefix and name else name)
+            return param or None, message
+    if isinstance(detail, list) and detail:
+        return _first_error(detail[0], prefix)
+    return prefix or None, str(detail)
+
+
+def from_drf(exc: drf_exceptions.APIException) -> ApiError:
+    if isinstance(exc, drf_exceptions.ValidationError):
+        param, message = _first_error(exc.detail)
+        return InvalidRequest(message, param=param, code="invalid_value")
+    for drf_class, api_class in _DRF_MAP:
+        if isinstance(exc, drf_class):
+            return api_class(str(exc.detail))
+    error = ApiError(str(exc.detail), code=exc.default_code)
+    error.status_code = exc.status_code
+    return error
+
+
+def drf_exception_handler(exc, context):
+    """DRF's EXCEPTION_HANDLER: every DRF view answers in the OpenAI envelope."""
+    if isinstance(exc, Http404):
+        exc = NotFound()
+    if isinstance(exc, drf_exceptions.APIException):
+        exc = from_drf(exc)
+    if isinstance(exc, ApiError | FeatureDisabled):
+        return Response(exc.envelope(), status=exc.status_code, headers=getattr(exc, "headers", {}))
+    return None
+
+
+class ApiErrorMiddleware:
+    """Renders ApiError raised by plain (sync or async) views; hides 500s on API paths."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exc):
+        if isinstance(exc, ApiError | FeatureDisabled):
+            return error_response(exc)
+        if is_api_path(request.path) and not isinstance(exc, Http404):
+            logger.exception("Unhandled error on %s", request.path)
+            return error_response(InternalError())
+        return None
+
+
+def handler404(request, exception=None):
+    if is_api_path(request.path):
+        return error_response(NotFound(f"No route for {request.method} {request.path}."))
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def handler500(request):
+    if is_api_path(request.path):
+        return error_response(InternalError())
+    from django.views.defaults import server_error
+
+    return server_error(request)

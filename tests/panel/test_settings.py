@@ -1,0 +1,104 @@
+"""Settings are read once at start-up, so each case runs in a fresh interpreter."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = """
+import json, django
+from django.conf import settings
+django.setup()
+print(json.dumps({
+    "db": settings.DATABASES["default"]["ENGINE"],
+    "db_name": str(settings.DATABASES["default"]["NAME"]),
+    "db_host": settings.DATABASES["default"].get("HOST", ""),
+    "cache": settings.CACHES["default"]["BACKEND"],
+    "cache_location": settings.CACHES["default"].get("LOCATION", ""),
+    "channels": settings.CHANNEL_LAYERS["default"]["BACKEND"],
+    "broker": settings.CELERY_BROKER_URL,
+    "broker_options": settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+    "debug": settings.DEBUG,
+}))
+"""
+
+
+def _run(tmp_path, **env_vars):
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "DEBUG"}
+        and not key.startswith("FIELD_ENCRYPTION")
+    }
+    env.update({"DJANGO_SETTINGS_MODULE": "panel.settings", "DATA_DIR": str(tmp_path), **env_vars})
+    return subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=tmp_path,  # no .env from the checkout is read from here
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_it_runs_embedded_with_no_environment(tmp_path):
+    result = _run(tmp_path)
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert probe["db"] == "django.db.backends.sqlite3"
+    assert probe["db_name"] == str(tmp_path / "switchboard.sqlite3")
+    assert probe["cache"] == "django.core.cache.backends.locmem.LocMemCache"
+    assert probe["channels"] == "channels.layers.InMemoryChannelLayer"
+    assert probe["broker"] == "filesystem://"
+    assert probe["broker_options"]["data_folder_in"] == str(tmp_path / "broker" / "queue")
+    assert (tmp_path / "broker" / "queue").is_dir()
+
+
+def test_it_selects_postgresql_and_redis_from_the_environment(tmp_path):
+    result = _run(
+        tmp_path,
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/test",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+    )
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert probe["db"] == "django.db.backends.postgresql"
+    assert probe["db_name"] == "test"
+    assert probe["db_host"] == "127.0.0.1"
+    assert probe["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert probe["cache_location"] == "redis://127.0.0.1:6379/0"
+    assert probe["channels"] == "channels_redis.core.RedisChannelLayer"
+    assert probe["broker"] == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "FIELD_ENCRYPTION_KEY"])
+def test_it_refuses_to_start_without_secrets_when_debug_is_off(tmp_path, missing):
+    secrets = {
+        "SECRET_KEY": "a-real-secret",
+        "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
+    }
+    del secrets[missing]
+    result = _run(tmp_path, DEBUG="false", **secrets)
+    assert result.returncode != 0
+    assert f"{missing} is not set" in result.stderr
+
+
+def test_it_starts_with_debug_off_when_secrets_are_given(tmp_path):
+    result = _run(
+        tmp_path,
+        DEBUG="false",
+        SECRET_KEY="a-real-secret",
+        FIELD_ENCRYPTION_KEY="2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["debug"] is False
+
+
+def test_it_refuses_a_field_encryption_key_that_is_not_a_fernet_key(tmp_path):
+    result = _run(tmp_path, DEBUG="false", SECRET_KEY="s", FIELD_ENCRYPTION_KEY="short")
+    assert result.returncode != 0
+    assert "FIELD_ENCRYPTION_KEY" in result.stderr
