@@ -121,6 +121,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Tests run real servers in other threads: a file (not shared-cache memory)
+    # gives them ordinary locking with the busy timeout above.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-switchboard.sqlite3")}
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -207,3 +210,10 @@ LOGGING = {
 # Static files are served by the ASGI app itself (no thread per request) unless
 # a reverse proxy serves STATIC_ROOT after collectstatic.
 SERVE_STATIC = env.bool("SERVE_STATIC", default=True)
+
+# --- Gateway ---------------------------------------------------------------------
+GATEWAY_BREAKER_THRESHOLD = env.int("GATEWAY_BREAKER_THRESHOLD", default=3)
+GATEWAY_BREAKER_COOLDOWN = env.float("GATEWAY_BREAKER_COOLDOWN", default=30.0)
+# Usage events are written in batches, off the request path, at this interval.
+GATEWAY_USAGE_FLUSH_INTERVAL = env.float("GATEWAY_USAGE_FLUSH_INTERVAL", default=0.2)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)

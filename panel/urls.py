@@ -1,8 +1,15 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+
+from ai.api.urls import botserver_patterns, openai_patterns, panel_patterns
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("v1/", include(openai_patterns)),
+    path("api/v1/ai/", include(botserver_patterns)),
+    path("api/v1/", include(openai_patterns)),
+    path("api/ai/openai/v1/", include(openai_patterns)),
+    path("api/ai/", include(panel_patterns)),
 ]
 
 handler404 = "panel.errors.handler404"

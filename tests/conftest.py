@@ -40,3 +40,49 @@ def superuser(db):
     from accounts.models import User
 
     return User.objects.create_superuser("root", "root@example.com", "pw-for-tests")
+
+
+@pytest.fixture(scope="session")
+def fake_upstream():
+    """The project's fake OpenAI-compatible upstream, a real server on loopback."""
+    from ai.fake_upstream import FakeUpstreamThread
+
+    with FakeUpstreamThread() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def asgi_server(django_db_setup, django_db_blocker):
+    """The project's ASGI app served by uvicorn on loopback, in a background thread."""
+    from tests.servers import UvicornThread
+
+    with django_db_blocker.unblock(), UvicornThread() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def fresh_gateway_state(settings, request):
+    """Each test starts with empty per-process caches, closed breakers and no pending usage."""
+    from ai.gateway import accounting, router
+    from panel.localcache import registry_cache
+
+    settings.GATEWAY_USAGE_FLUSH_INTERVAL = 0.01
+    registry_cache.clear()
+    router.breaker.reset()
+    accounting._pending.clear()
+    yield
+    _wait_for_usage_writes(accounting)
+    registry_cache.clear()
+
+
+def _wait_for_usage_writes(accounting, timeout: float = 5.0) -> None:
+    # Usage is written by a background task on the server's loop; let it land
+    # before the test's database is flushed under it.
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flusher = accounting._flusher
+        if not accounting._pending and (flusher is None or flusher.done()):
+            return
+        time.sleep(0.01)

@@ -1,3 +1,12 @@
 from .registry import AIModel, HealthStatus, ModelKind, ModelLink, Upstream
+from .usage import UsageEvent, UsageStatus
 
-__all__ = ["AIModel", "HealthStatus", "ModelKind", "ModelLink", "Upstream"]
+__all__ = [
+    "AIModel",
+    "HealthStatus",
+    "ModelKind",
+    "ModelLink",
+    "Upstream",
+    "UsageEvent",
+    "UsageStatus",
+]

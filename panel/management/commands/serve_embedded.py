@@ -130,7 +130,7 @@ class Command(BaseCommand):
     def _stop(self, exit_code):
         for child in self.children:
             if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
+                child.terminate()
         deadline = time.monotonic() + 10
         for child in self.children:
             try:

@@ -1,0 +1,79 @@
+"""The OpenAI-compatible routes, mounted under every base URL the seeds use."""
+
+from __future__ import annotations
+
+from accounts.models import Permission
+from panel.errors import ModelNotFound
+
+from ..gateway import pipeline
+from ..gateway.pipeline import Route
+from ..gateway.resolve import CHAT, COMPLETION, EMBEDDING, IMAGE, caller_get
+from ..selectors import ModelInfo, models_for_caller, registry_get
+from .base import ai_route, json_body, json_response, render
+
+CHAT_ROUTE = Route("chat.completions", "chat/completions", CHAT, "messages", streams=True)
+COMPLETION_ROUTE = Route("completions", "completions", COMPLETION, "prompt", streams=True)
+EMBEDDING_ROUTE = Route("embeddings", "embeddings", EMBEDDING, "input")
+IMAGE_ROUTE = Route("images.generations", "images/generations", IMAGE, "prompt")
+
+
+async def _proxy(request, identity, request_id, route: Route):
+    call = await pipeline.prepare(
+        identity=identity, route=route, body=json_body(request), request_id=request_id
+    )
+    if call.record.is_stream:
+        return render(await pipeline.open_stream(call))
+    return render(await pipeline.call_json(call))
+
+
+@ai_route(methods={"POST": Permission.PROXY})
+async def chat_completions(request, identity, request_id):
+    return await _proxy(request, identity, request_id, CHAT_ROUTE)
+
+
+@ai_route(methods={"POST": Permission.PROXY})
+async def completions(request, identity, request_id):
+    return await _proxy(request, identity, request_id, COMPLETION_ROUTE)
+
+
+@ai_route(methods={"POST": Permission.PROXY})
+async def embeddings(request, identity, request_id):
+    return await _proxy(request, identity, request_id, EMBEDDING_ROUTE)
+
+
+@ai_route(methods={"POST": Permission.PROXY})
+async def images_generations(request, identity, request_id):
+    return await _proxy(request, identity, request_id, IMAGE_ROUTE)
+
+
+def _model_object(model: ModelInfo) -> dict:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "switchboard",
+    }
+
+
+async def _visible_models(identity) -> list[ModelInfo]:
+    user = await caller_get(identity)
+    return models_for_caller(await registry_get(), user, identity.key)
+
+
+@ai_route(methods={"GET": Permission.READ})
+async def models_list(request, identity, request_id):
+    models = await _visible_models(identity)
+    return json_response({"object": "list", "data": [_model_object(m) for m in models]})
+
+
+@ai_route(methods={"GET": Permission.READ})
+async def model_detail(request, identity, request_id, model_name: str):
+    models = await _visible_models(identity)
+    model = next((m for m in models if m.name == model_name), None)
+    if model is None:
+        raise ModelNotFound(
+            f"The model '{model_name}' does not exist or you do not have access to it.",
+            param="model",
+            available_models=[m.name for m in models],
+        )
+    return json_response(_model_object(model))

@@ -1,0 +1,27 @@
+from django.urls import path
+
+from . import openai, panel
+
+# The same views under every OpenAI base URL the seeds use.
+openai_patterns = [
+    path("chat/completions", openai.chat_completions),
+    path("completions", openai.completions),
+    path("embeddings", openai.embeddings),
+    path("images/generations", openai.images_generations),
+    path("models", openai.models_list),
+    path("models/<path:model_name>", openai.model_detail),
+]
+
+# botserver (seed 004): chat, embeddings and `inference` as an alias of chat.
+botserver_patterns = [
+    path("chat/completions", openai.chat_completions),
+    path("inference", openai.chat_completions),
+    path("embeddings", openai.embeddings),
+]
+
+panel_patterns = [
+    path("chat", panel.chat),
+    path("studio", panel.studio),
+    path("models", panel.models),
+    path("my-models", panel.my_models),
+]

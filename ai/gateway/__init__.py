@@ -1,0 +1,1 @@
+"""The request path: resolve, admit, route, call, relay, account (see DESIGN.md)."""

@@ -1,0 +1,181 @@
+"""Step 7: tokens, cost and the one UsageEvent each admitted request leaves.
+
+Events are appended to an in-process buffer and written in batches by a
+background task (one thread hop per batch, never before the first byte).
+``flush()`` writes what is pending; at interpreter exit the rest is written
+synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from ..models import UsageEvent
+from ..selectors import ModelInfo
+
+logger = logging.getLogger(__name__)
+MILLION = Decimal(1_000_000)
+COST_QUANTUM = Decimal("0.000001")
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    is_estimated: bool = False
+
+
+def usage_from_block(block: dict | None) -> Usage | None:
+    """The upstream's own usage block, if it sent a sensible one."""
+    if not isinstance(block, dict):
+        return None
+    prompt, completion = block.get("prompt_tokens"), block.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token, the usual rule of thumb for English."""
+    return (len(text) + 3) // 4
+
+
+def estimate_prompt(body: dict) -> int:
+    """A prompt estimate from the request body: messages, prompt or input."""
+    parts: list[str] = []
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+    for name in ("prompt", "input"):
+        value = body.get(name)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts.extend(v for v in value if isinstance(v, str))
+    return max(1, sum(estimate_tokens(p) for p in parts))
+
+
+def cost_of(model: ModelInfo, usage: Usage) -> Decimal:
+    cost = (
+        usage.prompt_tokens * model.input_price_per_million
+        + usage.completion_tokens * model.output_price_per_million
+    ) / MILLION + usage.images * model.price_per_image
+    return cost.quantize(COST_QUANTUM)
+
+
+@dataclass(slots=True)
+class Record:
+    """Everything known about one admitted request, filled in along the way."""
+
+    request_id: str
+    route: str
+    user_id: int
+    organisation_id: int | None
+    api_key_id: int | None
+    link_id: int
+    model: ModelInfo
+    is_stream: bool
+    started_at: float
+    upstream_id: int | None = None
+    attempts: int = 0
+    status: str = "ok"
+    http_status: int | None = None
+    usage: Usage = field(default_factory=Usage)
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    error: str = ""
+
+
+_pending: list[UsageEvent] = []
+_flusher: asyncio.Task | None = None
+
+
+def usage_record(record: Record) -> None:
+    """Queue the UsageEvent of a finished request; written within the flush interval."""
+    _pending.append(
+        UsageEvent(
+            created_at=timezone.now(),
+            request_id=record.request_id,
+            user_id=record.user_id,
+            organisation_id=record.organisation_id,
+            api_key_id=record.api_key_id,
+            link_id=record.link_id,
+            model_id=record.model.id,
+            upstream_id=record.upstream_id,
+            route=record.route,
+            is_stream=record.is_stream,
+            status=record.status,
+            http_status=record.http_status,
+            prompt_tokens=record.usage.prompt_tokens,
+            completion_tokens=record.usage.completion_tokens,
+            images=record.usage.images,
+            is_estimated=record.usage.is_estimated,
+            cost=cost_of(record.model, record.usage),
+            latency_ms=record.latency_ms,
+            ttft_ms=record.ttft_ms,
+            attempts=max(record.attempts, 1),
+            error=record.error[:300],
+        )
+    )
+    _ensure_flusher()
+
+
+def _ensure_flusher() -> None:
+    global _flusher
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _write(_take())
+        return
+    if _flusher is None or _flusher.done() or _flusher.get_loop() is not loop:
+        _flusher = loop.create_task(_flush_soon())
+
+
+async def _flush_soon() -> None:
+    await asyncio.sleep(settings.GATEWAY_USAGE_FLUSH_INTERVAL)
+    await flush()
+
+
+def _take() -> list[UsageEvent]:
+    batch = _pending[:]
+    del _pending[: len(batch)]
+    return batch
+
+
+def _write(batch: list[UsageEvent]) -> None:
+    if batch:
+        UsageEvent.objects.bulk_create(batch)
+
+
+async def flush() -> None:
+    """Write every pending UsageEvent now."""
+    batch = _take()
+    if not batch:
+        return
+    try:
+        await sync_to_async(_write)(batch)
+    except Exception:
+        # Put them back so the next flush (or exit) retries; never lose usage silently.
+        _pending[:0] = batch
+        logger.exception("Writing %d usage events failed; will retry", len(batch))
+        raise
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    try:
+        _write(_take())
+    except Exception:
+        logger.exception("Usage events could not be written at exit")

@@ -1,0 +1,100 @@
+"""Step 4: the order in which a model's upstreams are tried, and the circuit breaker.
+
+Upstreams go by priority (lower first), weighted random within a priority.
+Unhealthy upstreams and those whose breaker is open are tried last, only
+when nothing else is left. After BREAKER_THRESHOLD consecutive failures an
+upstream's breaker opens for BREAKER_COOLDOWN seconds; a success closes it.
+With Redis the state is shared by every process (hashes sb:breaker:fails and
+sb:breaker:open), read at most once a second per process.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from itertools import groupby
+
+from django.conf import settings
+
+from panel import redis as sb_redis
+
+from ..models import HealthStatus
+from ..selectors import ModelInfo, UpstreamInfo
+
+FAILS_KEY = "sb:breaker:fails"
+OPEN_KEY = "sb:breaker:open"
+SYNC_INTERVAL = 1.0
+
+
+def _weighted_order(group: list[UpstreamInfo]) -> list[UpstreamInfo]:
+    # Efraimidis-Spirakis: sorting by u ** (1 / w) draws without replacement by weight.
+    if len(group) == 1:
+        return group
+    return sorted(group, key=lambda u: random.random() ** (1.0 / u.weight), reverse=True)
+
+
+def candidates(model: ModelInfo) -> list[UpstreamInfo]:
+    """Every enabled upstream of the model, in the order to try them."""
+    preferred: list[UpstreamInfo] = []
+    last_resort: list[UpstreamInfo] = []
+    for _, group in groupby(model.upstreams, key=lambda u: u.priority):
+        for upstream in _weighted_order(list(group)):
+            avoid = upstream.health_status == HealthStatus.UNHEALTHY or breaker.is_open(upstream.id)
+            (last_resort if avoid else preferred).append(upstream)
+    return preferred + last_resort
+
+
+class Breaker:
+    """Consecutive-failure circuit breaker per upstream id."""
+
+    def __init__(self) -> None:
+        self.failures: dict[int, int] = {}
+        self.open_until: dict[int, float] = {}
+        self._synced_at = 0.0
+
+    def is_open(self, upstream_id: int) -> bool:
+        until = self.open_until.get(upstream_id)
+        return until is not None and until > time.time()
+
+    async def sync(self) -> None:
+        """Pull the shared open breakers from Redis, at most once a second."""
+        now = time.monotonic()
+        if not sb_redis.is_configured() or now - self._synced_at < SYNC_INTERVAL:
+            return
+        self._synced_at = now
+        shared = await sb_redis.async_client().hgetall(OPEN_KEY)
+        self.open_until = {int(k): float(v) for k, v in shared.items()}
+
+    async def record_failure(self, upstream_id: int) -> None:
+        threshold = settings.GATEWAY_BREAKER_THRESHOLD
+        if sb_redis.is_configured():
+            client = sb_redis.async_client()
+            count = await client.hincrby(FAILS_KEY, upstream_id, 1)
+        else:
+            count = self.failures.get(upstream_id, 0) + 1
+        self.failures[upstream_id] = count
+        if count >= threshold:
+            until = time.time() + settings.GATEWAY_BREAKER_COOLDOWN
+            self.open_until[upstream_id] = until
+            if sb_redis.is_configured():
+                await client.hset(OPEN_KEY, upstream_id, until)
+
+    async def record_success(self, upstream_id: int) -> None:
+        if upstream_id not in self.failures and upstream_id not in self.open_until:
+            return
+        self.failures.pop(upstream_id, None)
+        self.open_until.pop(upstream_id, None)
+        if sb_redis.is_configured():
+            client = sb_redis.async_client()
+            await client.hdel(FAILS_KEY, upstream_id)
+            await client.hdel(OPEN_KEY, upstream_id)
+
+    def reset(self) -> None:
+        self.failures.clear()
+        self.open_until.clear()
+        self._synced_at = 0.0
+        if sb_redis.is_configured():
+            sb_redis.sync_client().delete(FAILS_KEY, OPEN_KEY)
+
+
+breaker = Breaker()

@@ -1,0 +1,77 @@
+"""Step 6 for streams: split upstream SSE into events and pass them on as bytes.
+
+Events are not re-serialised. Only the ``model`` value is rewritten (a regex on
+the raw bytes), and only events that mention ``"usage"`` are parsed, to read
+the usage block and to drop the usage-only chunk unless the client asked for it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from .accounting import Usage, usage_from_block
+
+MODEL_RE = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+CONTENT_RE = re.compile(rb'"(?:content|text)"\s*:\s*"(?:[^"\\]|\\.)')
+DONE = b"data: [DONE]"
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Complete SSE events (ending in a blank line) as they arrive."""
+    buffer = b""
+    async for data in response.content.iter_any():
+        buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
+        start = 0
+        while (end := buffer.find(b"\n\n", start)) >= 0:
+            yield buffer[start : end + 2]
+            start = end + 2
+        buffer = buffer[start:]
+    if buffer.strip():
+        yield buffer
+
+
+def error_event(message: str, *, code: str = "upstream_error") -> bytes:
+    payload = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+class EventRelay:
+    """Per-stream state: rewrites events and tallies what was delivered."""
+
+    __slots__ = ("model_bytes", "include_usage", "usage", "content_events", "saw_done")
+
+    def __init__(self, *, public_model: str, include_usage: bool) -> None:
+        # Escaped once here, since re.sub reads backslashes in a replacement.
+        self.model_bytes = (b'"model":' + json.dumps(public_model).encode()).replace(b"\\", b"\\\\")
+        self.include_usage = include_usage
+        self.usage: Usage | None = None
+        self.content_events = 0
+        self.saw_done = False
+
+    def relay(self, event: bytes) -> bytes | None:
+        """The event to send on, or None to drop it."""
+        if event.startswith(DONE):
+            self.saw_done = True
+            return event
+        if b'"usage"' in event and self._read_usage(event) and not self.include_usage:
+            return None
+        if CONTENT_RE.search(event):
+            self.content_events += 1
+        return MODEL_RE.sub(self.model_bytes, event, count=1)
+
+    def _read_usage(self, event: bytes) -> bool:
+        """Record a usage block; True when the event is a usage-only chunk."""
+        data = event.partition(b"data:")[2].strip()
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return False
+        usage = usage_from_block(chunk.get("usage")) if isinstance(chunk, dict) else None
+        if usage is None:
+            return False
+        self.usage = usage
+        return not chunk.get("choices")

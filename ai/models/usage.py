@@ -1,0 +1,65 @@
+"""What each admitted request used."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+
+
+class UsageStatus(models.TextChoices):
+    OK = "ok", "OK"
+    UPSTREAM_ERROR = "upstream_error", "Upstream error"
+    CLIENT_CANCELLED = "client_cancelled", "Client cancelled"
+
+
+class UsageEvent(models.Model):
+    """One admitted request, whatever its end: tokens, cost, timings and who made it."""
+
+    created_at = models.DateTimeField(db_index=True)
+    request_id = models.CharField(max_length=64, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    organisation = models.ForeignKey(
+        "orgs.Organisation", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "accounts.APIKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    link = models.ForeignKey(
+        "ai.ModelLink", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    model = models.ForeignKey("ai.AIModel", on_delete=models.SET_NULL, null=True, related_name="+")
+    upstream = models.ForeignKey(
+        "ai.Upstream", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    route = models.CharField(max_length=40)
+    is_stream = models.BooleanField(default=False)
+    status = models.CharField(max_length=20, choices=UsageStatus.choices)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    images = models.PositiveIntegerField(default=0)
+    is_estimated = models.BooleanField(
+        default=False, help_text="Tokens estimated: the upstream sent no usage block."
+    )
+    cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
+    latency_ms = models.PositiveIntegerField(default=0)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["user", "created_at"]),
+            models.Index(fields=["organisation", "created_at"]),
+            models.Index(fields=["link", "created_at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.request_id} {self.route} {self.status}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

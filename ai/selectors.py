@@ -1,0 +1,237 @@
+"""Cached, read-only views of the registry for the request path.
+
+Each loader runs a few ORM queries in one thread hop; the results are frozen
+snapshots kept in ``panel.localcache.registry_cache`` until a change to the
+underlying rows bumps the shared generation (see ``ai.signals``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.utils import timezone
+
+from accounts.models import TIER_RANK, APIKey, User
+from panel.localcache import registry_cache
+from panel.models import SiteSettings
+
+from .models import AIModel, ModelLink
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamInfo:
+    id: int
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)
+    upstream_model_id: str
+    priority: int
+    weight: int
+    connect_timeout: float
+    first_byte_timeout: float
+    total_timeout: float
+    health_status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: int
+    name: str
+    display_name: str
+    kind: str
+    is_active: bool
+    tags: tuple[str, ...]
+    config: dict
+    input_price_per_million: Decimal
+    output_price_per_million: Decimal
+    price_per_image: Decimal
+    created: int
+    upstreams: tuple[UpstreamInfo, ...]
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.config.get("max_output_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    id: int
+    model_id: int
+    user_id: int | None
+    organisation_id: int | None
+    is_enabled: bool
+    expires_at: datetime | None
+    is_default: bool
+    limits: dict
+
+    def is_usable(self, now: datetime) -> bool:
+        return self.is_enabled and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    by_name: dict[str, ModelInfo]
+    by_id: dict[int, ModelInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    id: int
+    username: str
+    is_active: bool
+    is_staff: bool
+    tier: str
+    org_tiers: dict[int, str]
+    links: tuple[LinkInfo, ...]
+
+    @property
+    def best_tier_rank(self) -> int:
+        return max(TIER_RANK.get(t, 0) for t in (self.tier, *self.org_tiers.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    user_id: int
+    organisation_id: int | None
+    permissions: frozenset[str]
+    allowed_model_ids: frozenset[int]
+    expires_at: datetime | None
+    is_revoked: bool
+
+    def is_usable(self, now: datetime) -> bool:
+        return not self.is_revoked and (self.expires_at is None or self.expires_at > now)
+
+
+def _load_registry() -> Registry:
+    models = AIModel.objects.prefetch_related("upstreams").order_by("name")
+    infos = []
+    for model in models:
+        upstreams = tuple(
+            UpstreamInfo(
+                id=u.id,
+                name=u.name,
+                base_url=u.base_url.rstrip("/"),
+                api_key=u.api_key,
+                upstream_model_id=u.provider_model_id or model.name,
+                priority=u.priority,
+                weight=u.weight,
+                connect_timeout=u.connect_timeout,
+                first_byte_timeout=u.first_byte_timeout,
+                total_timeout=u.total_timeout,
+                health_status=u.health_status,
+            )
+            for u in sorted(model.upstreams.all(), key=lambda u: (u.priority, u.id))
+            if u.is_enabled
+        )
+        infos.append(
+            ModelInfo(
+                id=model.id,
+                name=model.name,
+                display_name=model.display_name or model.name,
+                kind=model.kind,
+                is_active=model.is_active,
+                tags=tuple(model.tags or ()),
+                config=dict(model.config or {}),
+                input_price_per_million=model.input_price_per_million,
+                output_price_per_million=model.output_price_per_million,
+                price_per_image=model.price_per_image,
+                created=int(model.created_at.timestamp()),
+                upstreams=upstreams,
+            )
+        )
+    return Registry(by_name={m.name: m for m in infos}, by_id={m.id: m for m in infos})
+
+
+def _link_info(link: ModelLink) -> LinkInfo:
+    return LinkInfo(
+        id=link.id,
+        model_id=link.model_id,
+        user_id=link.user_id,
+        organisation_id=link.organisation_id,
+        is_enabled=link.is_enabled,
+        expires_at=link.expires_at,
+        is_default=link.is_default,
+        limits=link.limits,
+    )
+
+
+def _load_user(user_id: int) -> UserInfo | None:
+    user = User.objects.filter(pk=user_id).first()
+    if user is None:
+        return None
+    org_tiers = dict(user.memberships.values_list("organisation_id", "organisation__tier"))
+    links = ModelLink.objects.filter(user_id=user_id) | ModelLink.objects.filter(
+        organisation_id__in=list(org_tiers)
+    )
+    # The user's own links come first: they win over an organisation's link.
+    ordered = sorted(links, key=lambda link: (link.user_id is None, link.id))
+    return UserInfo(
+        id=user.id,
+        username=user.username,
+        is_active=user.is_active,
+        is_staff=user.is_staff,
+        tier=user.tier,
+        org_tiers=org_tiers,
+        links=tuple(_link_info(link) for link in ordered),
+    )
+
+
+def _load_key(key_hash: str) -> KeyInfo | None:
+    key = APIKey.objects.filter(key_hash=key_hash).first()
+    if key is None:
+        return None
+    return KeyInfo(
+        id=key.id,
+        user_id=key.user_id,
+        organisation_id=key.organisation_id,
+        permissions=frozenset(key.permissions),
+        allowed_model_ids=frozenset(key.allowed_models.values_list("id", flat=True)),
+        expires_at=key.expires_at,
+        is_revoked=key.is_revoked,
+    )
+
+
+def _load_ai_enabled() -> bool:
+    return SiteSettings.load().is_ai_enabled
+
+
+async def registry_get() -> Registry:
+    return await registry_cache.get("registry", _load_registry)
+
+
+async def user_info_get(user_id: int) -> UserInfo | None:
+    return await registry_cache.get(("user", user_id), _load_user, user_id)
+
+
+async def key_info_get(key_hash: str) -> KeyInfo | None:
+    # Unknown hashes are cached briefly too, so a flood of bad keys stays off the database.
+    return await registry_cache.get(("key", key_hash), _load_key, key_hash, max_age=5.0)
+
+
+async def ai_enabled_get() -> bool:
+    return await registry_cache.get("ai_enabled", _load_ai_enabled)
+
+
+def usable_links(user: UserInfo, key: KeyInfo | None) -> list[LinkInfo]:
+    """The caller's links that may be used now: enabled, unexpired, within the key's org."""
+    now = timezone.now()
+    org_id = key.organisation_id if key else None
+    return [
+        link
+        for link in user.links
+        if link.is_usable(now) and (org_id is None or link.organisation_id in (None, org_id))
+    ]
+
+
+def models_for_caller(registry: Registry, user: UserInfo, key: KeyInfo | None) -> list[ModelInfo]:
+    """The active models the caller may use, by name."""
+    allowed = key.allowed_model_ids if key else frozenset()
+    seen: dict[int, ModelInfo] = {}
+    for link in usable_links(user, key):
+        model = registry.by_id.get(link.model_id)
+        if model and model.is_active and (not allowed or model.id in allowed):
+            seen.setdefault(model.id, model)
+    return sorted(seen.values(), key=lambda m: m.name)

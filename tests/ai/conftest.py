@@ -1,0 +1,77 @@
+"""A small world for gateway tests: acme's models on the fake upstream, and keys."""
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+
+from accounts.services import apikey_create
+from ai.models import AIModel, ModelKind, UsageEvent
+from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
+
+UPSTREAM_SECRET = "sk-upstream-secret-for-tests"
+
+
+@dataclass
+class World:
+    url: str
+    chat: AIModel
+    embed: AIModel
+    image: AIModel
+    charlie_model: AIModel
+    alice_key: str
+    bob_key: str
+    charlie_key: str
+    read_only_key: str
+
+    def base(self, prefix: str = "/v1") -> str:
+        return f"{self.url}{prefix}"
+
+
+@pytest.fixture
+def world(transactional_db, fake_upstream, asgi_server, alice, bob, charlie, acme):
+    fake_upstream.clear()
+    chat = AIModelFactory(
+        name="acme-chat",
+        kind=ModelKind.CHAT,
+        input_price_per_million=Decimal("2"),
+        output_price_per_million=Decimal("8"),
+    )
+    embed = AIModelFactory(name="acme-embed", kind=ModelKind.EMBEDDING)
+    image = AIModelFactory(name="acme-image", kind=ModelKind.IMAGE, price_per_image=Decimal("0.04"))
+    for model, provider in ((chat, "fake-chat"), (embed, "fake-embed"), (image, "fake-image")):
+        UpstreamFactory(
+            model=model,
+            name=f"{model.name}-primary",
+            base_url=fake_upstream.base_url(),
+            provider_model_id=provider,
+            api_key=UPSTREAM_SECRET,
+        )
+        ModelLinkFactory(model=model, organisation=acme, is_default=model is chat)
+    charlie_model = AIModelFactory(name="charlie-chat")
+    UpstreamFactory(model=charlie_model, base_url=fake_upstream.base_url())
+    ModelLinkFactory(model=charlie_model, user=charlie, is_default=True)
+    return World(
+        url=asgi_server.url,
+        chat=chat,
+        embed=embed,
+        image=image,
+        charlie_model=charlie_model,
+        alice_key=apikey_create(user=alice, name="alice")[1],
+        bob_key=apikey_create(user=bob, name="bob")[1],
+        charlie_key=apikey_create(user=charlie, name="charlie")[1],
+        read_only_key=apikey_create(user=alice, name="ro", permissions=["read"])[1],
+    )
+
+
+def wait_for_usage(count: int, timeout: float = 5.0) -> list[UsageEvent]:
+    """The usage events once ``count`` of them are written (they are batched off the path)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = list(UsageEvent.objects.order_by("id"))
+        if len(events) >= count:
+            time.sleep(0.05)  # let a wrongly duplicated event show up too
+            return list(UsageEvent.objects.order_by("id"))
+        time.sleep(0.02)
+    raise AssertionError(f"expected {count} usage events, found {UsageEvent.objects.count()}")

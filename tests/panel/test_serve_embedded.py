@@ -1,0 +1,124 @@
+"""`make run`'s command, end to end: fake upstream, demo model, web, worker and beat."""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _refuses(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _query(db: Path, sql: str):
+    with sqlite3.connect(db) as conn:
+        try:
+            return conn.execute(sql).fetchall()
+        except sqlite3.OperationalError:
+            return []
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    web_port, fake_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update(
+        DATA_DIR=str(tmp_path),
+        CELERY_HEARTBEAT_INTERVAL="1",
+        ADMIN_USERNAME="admin",
+        ADMIN_PASSWORD="demo-password-1",
+        PYTHONUNBUFFERED="1",
+    )
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run(
+        [*manage, "migrate", "--noinput"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    log = open(tmp_path / "run.log", "w+")  # noqa: SIM115 - read back by the test
+    process = subprocess.Popen(
+        [
+            *manage,
+            "serve_embedded",
+            "--port",
+            str(web_port),
+            "--fake-upstream-port",
+            str(fake_port),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process, web_port, fake_port, tmp_path, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+
+
+def _log(log) -> str:
+    log.flush()
+    return Path(log.name).read_text()
+
+
+def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
+    process, web_port, fake_port, data_dir, log = embedded
+    _wait_for(lambda: "Switchboard is running" in _log(log), 60, "the start banner")
+    output = _log(log)
+    assert "admin password: demo-password-1" in output
+    assert "demo API key:   sb-" in output
+
+    base = f"http://127.0.0.1:{web_port}"
+    login = _wait_for(lambda: _get(f"{base}/admin/login/"), 30, "the admin login page")
+    assert login.status_code == 200
+    assert _get(f"{base}/static/admin/css/base.css").status_code == 200
+    assert _get(f"http://127.0.0.1:{fake_port}/v1/models").status_code == 200
+
+    db = data_dir / "switchboard.sqlite3"
+    assert _query(db, "SELECT name FROM ai_aimodel") == [("demo-chat",)]
+    upstream_url = _query(db, "SELECT base_url FROM ai_upstream")[0][0]
+    assert upstream_url == f"http://127.0.0.1:{fake_port}/v1"
+    # Beat schedules the heartbeat task every second and the worker runs it.
+    _wait_for(lambda: _query(db, "SELECT name FROM panel_heartbeat"), 60, "a worker heartbeat")
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) is not None
+    assert _refuses(web_port) and _refuses(fake_port)
+
+
+def _get(url):
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None

@@ -1,0 +1,49 @@
+"""Real servers for tests: the ASGI app under uvicorn in a thread."""
+
+import asyncio
+import threading
+
+import uvicorn
+
+
+class UvicornThread:
+    """Serves panel.asgi on 127.0.0.1 at a free port until stopped."""
+
+    def __init__(self, app: str = "panel.asgi:application") -> None:
+        self.config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.url = ""
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from ai.gateway.upstream import close_session
+
+        try:
+            await self.server.serve()
+        finally:
+            await close_session()
+
+    def start(self) -> "UvicornThread":
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            threading.Event().wait(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> "UvicornThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
