@@ -195,7 +195,9 @@ def _load_key(key_hash: str) -> KeyInfo | None:
 
 
 def _load_ai_enabled() -> bool:
-    return SiteSettings.load().is_ai_enabled
+    # Read without creating the row: a write here would invalidate the cache it fills.
+    flag = SiteSettings.objects.filter(pk=1).values_list("is_ai_enabled", flat=True).first()
+    return True if flag is None else flag
 
 
 async def registry_get() -> Registry:

@@ -58,6 +58,20 @@ def asgi_server(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock(), UvicornThread() as server:
         yield server
+        _close_server_connections()
+
+
+def _close_server_connections() -> None:
+    # The server's worker threads keep database connections; PostgreSQL would
+    # refuse to drop the test database while they are open.
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture(autouse=True)

@@ -8,12 +8,13 @@ for off-path calls such as health probes.
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import aiohttp
 
 from ..selectors import UpstreamInfo
 
-_sessions: dict[int, aiohttp.ClientSession] = {}
+_sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 # Failures after which the next upstream is tried (if no byte reached the client).
 RETRYABLE_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
@@ -26,13 +27,13 @@ def is_retryable_status(status: int) -> bool:
 def session() -> aiohttp.ClientSession:
     """The shared client session of the running event loop."""
     loop = asyncio.get_running_loop()
-    client = _sessions.get(id(loop))
+    client = _sessions.get(loop)
     if client is None or client.closed:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
         client = aiohttp.ClientSession(
             connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
         )
-        _sessions[id(loop)] = client
+        _sessions[loop] = client
     return client
 
 
@@ -55,6 +56,6 @@ async def send(
 
 async def close_session() -> None:
     """Close the running loop's client session (at server shutdown)."""
-    client = _sessions.pop(id(asyncio.get_running_loop()), None)
+    client = _sessions.pop(asyncio.get_running_loop(), None)
     if client is not None:
         await client.close()

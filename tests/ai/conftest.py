@@ -75,3 +75,39 @@ def wait_for_usage(count: int, timeout: float = 5.0) -> list[UsageEvent]:
             return list(UsageEvent.objects.order_by("id"))
         time.sleep(0.02)
     raise AssertionError(f"expected {count} usage events, found {UsageEvent.objects.count()}")
+
+
+def make_model(name: str, *, owner, base_urls: list[str], **upstream_fields) -> AIModel:
+    """A chat model linked to ``owner`` (a user or an organisation) with upstreams in order."""
+    from orgs.models import Organisation
+
+    model = AIModelFactory(name=name, kind=ModelKind.CHAT)
+    for priority, url in enumerate(base_urls):
+        UpstreamFactory(
+            model=model,
+            name=f"{name}-{priority}",
+            base_url=url,
+            priority=priority,
+            provider_model_id="fake-chat",
+            **upstream_fields,
+        )
+    if isinstance(owner, Organisation):
+        ModelLinkFactory(model=model, organisation=owner)
+    else:
+        ModelLinkFactory(model=model, user=owner)
+    return model
+
+
+def session_client(user, base_url: str):
+    """An httpx client carrying a logged-in browser session and its CSRF token."""
+    import httpx
+    from django.middleware.csrf import _get_new_csrf_string
+    from django.test import Client
+
+    django_client = Client()
+    django_client.force_login(user)
+    token = _get_new_csrf_string()
+    cookies = {"sessionid": django_client.cookies["sessionid"].value, "csrftoken": token}
+    return httpx.Client(
+        base_url=base_url, cookies=cookies, headers={"X-CSRFToken": token}, timeout=10
+    )
