@@ -32,5 +32,10 @@ test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# Benchmarks print numbers; they never fail on a threshold. wrk comes from Debian.
+bench: install
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) tests/bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

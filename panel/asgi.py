@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels."""
+"""ASGI entry point: gateway routes on the fast path, the rest through Django, WebSockets via Channels."""
 
 import os
 
@@ -11,10 +11,20 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-http_app = django_asgi_app
+from panel.fastpath import FastPathHandler, is_fast_path  # noqa: E402
+
+fast_app = FastPathHandler()
+django_http_app = django_asgi_app
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-    http_app = ASGIStaticFilesHandler(django_asgi_app)
+    django_http_app = ASGIStaticFilesHandler(django_asgi_app)
+
+
+async def http_app(scope, receive, send):
+    if is_fast_path(scope["path"]):
+        return await fast_app(scope, receive, send)
+    return await django_http_app(scope, receive, send)
+
 
 application = ProtocolTypeRouter({"http": http_app})

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.core.cache import cache as django_cache
 
 from panel import redis as sb_redis
+from panel.db import run_sync
 
 GENERATION_KEY = "sb:registry:generation"
 CHECK_INTERVAL = 1.0
@@ -41,7 +41,7 @@ class LocalCache:
         hit = self._data.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        value = await sync_to_async(loader)(*args)
+        value = await run_sync(loader, *args)
         self._data[key] = (now + max_age, value)
         return value
 

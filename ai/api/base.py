@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from functools import wraps
 
@@ -11,10 +12,19 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.authentication import authenticate
-from panel.errors import ApiError, FeatureDisabled, InvalidRequest, MethodNotAllowed, error_response
+from panel.errors import (
+    ApiError,
+    FeatureDisabled,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    error_response,
+)
 
 from ..gateway.pipeline import Reply, Stream
 from ..selectors import ai_enabled_get
+
+logger = logging.getLogger(__name__)
 
 
 def ai_route(*, methods: dict[str, str]):
@@ -39,9 +49,14 @@ def ai_route(*, methods: dict[str, str]):
                 response = await view(request, identity, request_id, *args, **kwargs)
             except (ApiError, FeatureDisabled) as exc:
                 response = error_response(exc)
+            except Exception:
+                # Served without Django's middleware, so render the 500 here too.
+                logger.exception("Unhandled error in %s", request.path)
+                response = error_response(InternalError())
             response["x-request-id"] = request_id
             return response
 
+        wrapper.fast_path = True
         return wrapper
 
     return decorator

@@ -14,9 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
+
+from panel.db import run_sync
 
 from ..models import UsageEvent
 from ..selectors import ModelInfo
@@ -165,7 +166,7 @@ async def flush() -> None:
     if not batch:
         return
     try:
-        await sync_to_async(_write)(batch)
+        await run_sync(_write, batch)
     except Exception:
         # Put them back so the next flush (or exit) retries; never lose usage silently.
         _pending[:0] = batch

@@ -256,8 +256,8 @@ async def open_stream(call: Call) -> Stream | Reply:
                     record.error = f"HTTP {response.status}"
                     _finish(record)
                     return Reply(response.status, data, _headers(call, upstream.name, 0))
-                events = streaming.sse_events(response)
-                first = await anext(events)
+                batches = streaming.sse_batches(response)
+                first = await anext(batches)
             except (*RETRYABLE_ERRORS, StopAsyncIteration) as exc:
                 last_status, last_error = None, f"{upstream.name}: {type(exc).__name__}"
                 if response is not None:
@@ -267,7 +267,7 @@ async def open_stream(call: Call) -> Stream | Reply:
             await router.breaker.record_success(upstream.id)
             record.http_status = 200
             headers = _headers(call, upstream.name, _elapsed_ms(started))
-            return Stream(_relay(call, response, first, events), headers)
+            return Stream(_relay(call, response, first, batches), headers)
     except asyncio.CancelledError:
         record.status = "client_cancelled"
         _finish(record)
@@ -278,7 +278,10 @@ async def open_stream(call: Call) -> Stream | Reply:
 
 
 async def _relay(
-    call: Call, response: aiohttp.ClientResponse, first: bytes, events: AsyncIterator[bytes]
+    call: Call,
+    response: aiohttp.ClientResponse,
+    first: list[bytes],
+    batches: AsyncIterator[list[bytes]],
 ) -> AsyncIterator[bytes]:
     """Pass events on as they arrive; always ends by queueing the usage event."""
     record = call.record
@@ -286,12 +289,12 @@ async def _relay(
         public_model=call.resolution.model.name, include_usage=call.client_wants_usage
     )
     try:
-        out = relay.relay(first)
+        out = relay.relay_batch(first)
         _mark_first_token(record, relay)
         if out:
             yield out
-        async for event in events:
-            out = relay.relay(event)
+        async for batch in batches:
+            out = relay.relay_batch(batch)
             _mark_first_token(record, relay)
             if out:
                 yield out

@@ -20,18 +20,23 @@ CONTENT_RE = re.compile(rb'"(?:content|text)"\s*:\s*"(?:[^"\\]|\\.)')
 DONE = b"data: [DONE]"
 
 
-async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Complete SSE events (ending in a blank line) as they arrive."""
+async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    """The complete SSE events (each ending in a blank line) of each read, as they arrive.
+
+    Events that arrive together are passed on together, in one write to the client.
+    """
     buffer = b""
     async for data in response.content.iter_any():
         buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
-        start = 0
+        events, start = [], 0
         while (end := buffer.find(b"\n\n", start)) >= 0:
-            yield buffer[start : end + 2]
+            events.append(buffer[start : end + 2])
             start = end + 2
         buffer = buffer[start:]
+        if events:
+            yield events
     if buffer.strip():
-        yield buffer
+        yield [buffer]
 
 
 def error_event(message: str, *, code: str = "upstream_error") -> bytes:
@@ -51,6 +56,10 @@ class EventRelay:
         self.usage: Usage | None = None
         self.content_events = 0
         self.saw_done = False
+
+    def relay_batch(self, events: list[bytes]) -> bytes:
+        """The bytes to send on for a batch of events (possibly empty)."""
+        return b"".join(out for event in events if (out := self.relay(event)))
 
     def relay(self, event: bytes) -> bytes | None:
         """The event to send on, or None to drop it."""

@@ -105,6 +105,18 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
     assert _get(f"{base}/static/admin/css/base.css").status_code == 200
     assert _get(f"http://127.0.0.1:{fake_port}/v1/models").status_code == 200
 
+    # The printed key works through daphne against the demo model.
+    key = output.split("demo API key:   ")[1].split()[0]
+    reply = httpx.post(
+        f"{base}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]},
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model"] == "demo-chat"
+    assert f"curl {base}/v1/chat/completions -H 'Authorization: Bearer {key}'" in output
+
     db = data_dir / "switchboard.sqlite3"
     assert _query(db, "SELECT name FROM ai_aimodel") == [("demo-chat",)]
     upstream_url = _query(db, "SELECT base_url FROM ai_upstream")[0][0]

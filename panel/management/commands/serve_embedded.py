@@ -116,6 +116,11 @@ class Command(BaseCommand):
         self.stdout.write(f"  admin password: {password}")
         self.stdout.write(f"  demo model:     {DEMO_MODEL}")
         self.stdout.write(f"  demo API key:   {plain}")
+        self.stdout.write(
+            f"  try:            curl {base}/v1/chat/completions "
+            f"-H 'Authorization: Bearer {plain}' -H 'Content-Type: application/json' "
+            f"""-d '{{"model": "{DEMO_MODEL}", "messages": [{{"role": "user", "content": "Hello"}}]}}'"""
+        )
         self.stdout.write("Press Ctrl-C to stop everything.\n")
         self.stdout.flush()
 

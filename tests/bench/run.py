@@ -1,0 +1,202 @@
+"""`make bench`: the gateway against the fake upstream, measured with wrk.
+
+Starts the fake upstream and the gateway (one worker) on loopback with a
+throw-away embedded database (or PostgreSQL/Redis when DATABASE_URL/REDIS_URL
+are set), seeds a model, a link with limits and a key, then runs wrk for JSON
+and SSE (20 chunks) at concurrency 1, 16 and 64, direct and through the
+gateway, and prints requests/s with p50/p99 latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+BODY = {"model": "bench-chat", "messages": [{"role": "user", "content": "Say something nice"}]}
+SEED = """
+import django, json, sys
+django.setup()
+from decimal import Decimal
+from accounts.models import User
+from accounts.services import apikey_create
+from ai.models import AIModel, ModelLink, Upstream
+user, _ = User.objects.get_or_create(username="bench")
+model, _ = AIModel.objects.get_or_create(name="bench-chat", defaults={"config": {"max_output_tokens": 512}})
+Upstream.objects.get_or_create(model=model, name="fake", defaults={"base_url": sys.argv[1], "provider_model_id": "fake-chat"})
+ModelLink.objects.get_or_create(model=model, user=user, defaults={
+    "is_default": True, "requests_per_minute": 10**8, "tokens_per_minute": 10**9,
+    "requests_per_day": 10**9, "tokens_per_day": 10**12, "tokens_per_month": 10**12,
+    "cost_per_month": Decimal("1000000")})
+print(apikey_create(user=user, name="bench")[1])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def lua(path: Path, body: dict, key: str | None) -> Path:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
+    threads = 1 if concurrency == 1 else 2
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
+        "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
+    parser.add_argument("--concurrency", default="1,16,64")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk); `make bench` installs it.")
+    work = Path(tempfile.mkdtemp(prefix="sb-bench-"))
+    env = {
+        **os.environ,
+        "DATA_DIR": str(work),
+        "DEBUG": "false",
+        "SECRET_KEY": "bench",
+        "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_SETTINGS_MODULE": "panel.settings",
+    }
+    py = sys.executable
+    fake_port, gw_port = free_port(), free_port()
+    procs = []
+    try:
+        subprocess.run([py, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        key = subprocess.run(
+            [py, "-c", SEED, f"http://127.0.0.1:{fake_port}/v1"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        procs.append(
+            start([py, "-m", "ai.fake_upstream", "--port", str(fake_port)], env, work / "fake.log")
+        )
+        server = {
+            "uvicorn": [
+                py,
+                "-m",
+                "uvicorn",
+                "panel.asgi:application",
+                "--port",
+                str(gw_port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--lifespan",
+                "off",
+            ],
+            "daphne": [py, "-m", "daphne", "-p", str(gw_port), "panel.asgi:application"],
+        }[args.server]
+        procs.append(start(server, env, work / "gateway.log"))
+        wait_http(f"http://127.0.0.1:{fake_port}/_fake/health")
+        wait_http(f"http://127.0.0.1:{gw_port}/v1/models")
+        targets = {
+            "direct": (f"http://127.0.0.1:{fake_port}/v1/chat/completions", None, "fake-chat"),
+            "gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, "bench-chat"),
+        }
+        print(
+            f"server: {args.server} (1 worker); wrk {args.seconds}s per cell; 2 cores shared by all"
+        )
+        print(
+            f"{'mode':5} {'c':>3} {'target':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+        )
+        results = {}
+        for mode, extra in (("json", {}), ("sse", {"stream": True})):
+            for concurrency in [int(c) for c in args.concurrency.split(",")]:
+                for name, (url, auth, model) in targets.items():
+                    script = lua(
+                        work / f"{name}-{mode}.lua", {**BODY, "model": model, **extra}, auth
+                    )
+                    wrk(url, script, concurrency, 1)  # warm up pools and caches
+                    r = wrk(url, script, concurrency, args.seconds)
+                    results[(mode, concurrency, name)] = r
+                    print(
+                        f"{mode:5} {concurrency:>3} {name:8} {r['rps']:>9.0f} {r['p50']:>8.2f} "
+                        f"{r['p99']:>8.2f} {r['errors']:>8}",
+                        flush=True,
+                    )
+                d, g = (
+                    results[(mode, concurrency, "direct")],
+                    results[(mode, concurrency, "gateway")],
+                )
+                print(f"{'':5} {'':>3} {'added':8} {'':>9} {g['p50'] - d['p50']:>8.2f}")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
