@@ -68,6 +68,16 @@ class APIKey(models.Model):
         help_text="Empty: every model the owner may use.",
     )
     expires_at = models.DateTimeField(null=True, blank=True)
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Optional limit on this key; empty = none."
+    )
+    cost_per_month = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="Optional monthly spend limit on this key (credits); empty = none.",
+    )
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     is_revoked = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -14,6 +14,7 @@ from decimal import Decimal
 from django.utils import timezone
 
 from accounts.models import TIER_RANK, APIKey, User
+from orgs.models import Wallet
 from panel.localcache import registry_cache
 from panel.models import SiteSettings
 
@@ -65,6 +66,8 @@ class LinkInfo:
     expires_at: datetime | None
     is_default: bool
     limits: dict
+    is_wallet_billed: bool = False
+    wallet_id: int | None = None
 
     def is_usable(self, now: datetime) -> bool:
         return self.is_enabled and (self.expires_at is None or self.expires_at > now)
@@ -100,6 +103,7 @@ class KeyInfo:
     allowed_model_ids: frozenset[int]
     expires_at: datetime | None
     is_revoked: bool
+    limits: dict = field(default_factory=dict)
 
     def is_usable(self, now: datetime) -> bool:
         return not self.is_revoked and (self.expires_at is None or self.expires_at > now)
@@ -145,7 +149,8 @@ def _load_registry() -> Registry:
     return Registry(by_name={m.name: m for m in infos}, by_id={m.id: m for m in infos})
 
 
-def _link_info(link: ModelLink) -> LinkInfo:
+def _link_info(link: ModelLink, wallets: dict) -> LinkInfo:
+    owner = ("user", link.user_id) if link.user_id else ("org", link.organisation_id)
     return LinkInfo(
         id=link.id,
         model_id=link.model_id,
@@ -155,6 +160,8 @@ def _link_info(link: ModelLink) -> LinkInfo:
         expires_at=link.expires_at,
         is_default=link.is_default,
         limits=link.limits,
+        is_wallet_billed=link.is_wallet_billed,
+        wallet_id=wallets.get(owner),
     )
 
 
@@ -168,6 +175,13 @@ def _load_user(user_id: int) -> UserInfo | None:
     )
     # The user's own links come first: they win over an organisation's link.
     ordered = sorted(links, key=lambda link: (link.user_id is None, link.id))
+    wallets = {}
+    owned = Wallet.objects.filter(user_id=user_id) | Wallet.objects.filter(
+        organisation_id__in=list(org_tiers)
+    )
+    for wallet in owned:
+        owner = ("user", wallet.user_id) if wallet.user_id else ("org", wallet.organisation_id)
+        wallets[owner] = wallet.id
     return UserInfo(
         id=user.id,
         username=user.username,
@@ -175,7 +189,7 @@ def _load_user(user_id: int) -> UserInfo | None:
         is_staff=user.is_staff,
         tier=user.tier,
         org_tiers=org_tiers,
-        links=tuple(_link_info(link) for link in ordered),
+        links=tuple(_link_info(link, wallets) for link in ordered),
     )
 
 
@@ -191,6 +205,10 @@ def _load_key(key_hash: str) -> KeyInfo | None:
         allowed_model_ids=frozenset(key.allowed_models.values_list("id", flat=True)),
         expires_at=key.expires_at,
         is_revoked=key.is_revoked,
+        limits={
+            "requests_per_minute": key.requests_per_minute,
+            "cost_per_month": key.cost_per_month,
+        },
     )
 
 

@@ -10,6 +10,11 @@ def _on_change(sender, **kwargs):
     transaction.on_commit(bump_generation)
 
 
+def _on_wallet_created(sender, created=False, **kwargs):
+    if created:
+        transaction.on_commit(bump_generation)
+
+
 def connect() -> None:
     from accounts.models import APIKey, User
     from orgs.models import Membership, Organisation

@@ -53,3 +53,68 @@ class Membership(models.Model):
     @property
     def is_admin(self) -> bool:
         return self.role in (Role.OWNER, Role.ADMIN)
+
+
+class Wallet(models.Model):
+    """Credits of one organisation or one user; the balance is the sum of its ledger."""
+
+    organisation = models.OneToOneField(
+        Organisation, on_delete=models.CASCADE, null=True, blank=True, related_name="wallet"
+    )
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="wallet",
+    )
+    balance = models.DecimalField(max_digits=16, decimal_places=6, default=0)
+    held = models.DecimalField(
+        max_digits=16,
+        decimal_places=6,
+        default=0,
+        help_text="Reserved by requests in flight (database path only).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(user__isnull=False, organisation__isnull=True)
+                    | models.Q(user__isnull=True, organisation__isnull=False)
+                ),
+                name="wallet_exactly_one_owner",
+            ),
+        ]
+
+    def __str__(self):
+        return f"Wallet of {self.organisation or self.user}"
+
+
+class LedgerKind(models.TextChoices):
+    TOPUP = "topup", "Top-up"
+    USAGE = "usage", "Usage charge"
+    REFUND = "refund", "Refund"
+    ADJUSTMENT = "adjustment", "Adjustment"
+
+
+class LedgerEntry(models.Model):
+    """One signed movement of credits; never edited or deleted."""
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.CASCADE, related_name="entries")
+    kind = models.CharField(max_length=20, choices=LedgerKind.choices)
+    amount = models.DecimalField(max_digits=16, decimal_places=6)
+    reason = models.CharField(max_length=300, blank=True)
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.kind} {self.amount}"

@@ -238,6 +238,22 @@ def handler404(request, exception=None):
     return page_not_found(request, exception)
 
 
+def handler400(request, exception=None):
+    if is_api_path(request.path):
+        return error_response(InvalidRequest("Bad request."))
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception)
+
+
+def handler403(request, exception=None):
+    if is_api_path(request.path):
+        return error_response(PermissionDenied())
+    from django.views.defaults import permission_denied
+
+    return permission_denied(request, exception)
+
+
 def handler500(request):
     if is_api_path(request.path):
         return error_response(InternalError())

@@ -12,5 +12,7 @@ urlpatterns = [
     path("api/ai/", include(panel_patterns)),
 ]
 
+handler400 = "panel.errors.handler400"
+handler403 = "panel.errors.handler403"
 handler404 = "panel.errors.handler404"
 handler500 = "panel.errors.handler500"

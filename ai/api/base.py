@@ -7,7 +7,7 @@ import logging
 import uuid
 from functools import wraps
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -43,12 +43,15 @@ def ai_route(*, methods: dict[str, str]):
                 permission = methods.get(request.method)
                 if permission is None:
                     raise MethodNotAllowed(f"{request.method} is not allowed here.")
+                request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would check it
                 if not await ai_enabled_get():
                     raise FeatureDisabled()
                 identity = await authenticate(request, permission=permission)
                 response = await view(request, identity, request_id, *args, **kwargs)
             except (ApiError, FeatureDisabled) as exc:
                 response = error_response(exc)
+            except DisallowedHost:
+                response = error_response(InvalidRequest("Invalid Host header.", code="bad_host"))
             except Exception:
                 # Served without Django's middleware, so render the 500 here too.
                 logger.exception("Unhandled error in %s", request.path)

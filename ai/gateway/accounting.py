@@ -17,6 +17,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.utils import timezone
 
+from panel import redis as sb_redis
 from panel.db import run_sync
 
 from ..models import UsageEvent
@@ -97,14 +98,18 @@ class Record:
     latency_ms: int = 0
     ttft_ms: int | None = None
     error: str = ""
+    admission: object | None = None  # limits.Admission, settled when the event is queued
 
 
 _pending: list[UsageEvent] = []
+_pending_settlements: list = []  # database path: counter deltas and wallet holds
+_pending_charges: list[tuple[int, Decimal, str]] = []  # (wallet id, cost, request id)
 _flusher: asyncio.Task | None = None
 
 
 def usage_record(record: Record) -> None:
-    """Queue the UsageEvent of a finished request; written within the flush interval."""
+    """Queue the UsageEvent of a finished request and settle its reservation."""
+    cost = cost_of(record.model, record.usage)
     _pending.append(
         UsageEvent(
             created_at=timezone.now(),
@@ -123,14 +128,35 @@ def usage_record(record: Record) -> None:
             completion_tokens=record.usage.completion_tokens,
             images=record.usage.images,
             is_estimated=record.usage.is_estimated,
-            cost=cost_of(record.model, record.usage),
+            cost=cost,
             latency_ms=record.latency_ms,
             ttft_ms=record.ttft_ms,
             attempts=max(record.attempts, 1),
             error=record.error[:300],
         )
     )
+    if record.admission is not None and not record.admission.is_empty:
+        _settle(record, cost)
     _ensure_flusher()
+
+
+def _settle(record: Record, cost: Decimal) -> None:
+    from orgs.services import to_micro
+
+    from . import limits
+
+    usage = record.usage
+    # Nothing delivered (a failure, or a client gone before any content): charge nothing.
+    released = record.status != "ok" and not (usage.completion_tokens or usage.images)
+    settlement = limits.settlement_for(
+        record.admission, usage=usage, cost_micro=to_micro(cost), released=released
+    )
+    if settlement.charge:
+        _pending_charges.append((record.admission.wallet_id, cost, record.request_id))
+    if sb_redis.is_configured():
+        limits.settle_in_redis(settlement)
+    else:
+        _pending_settlements.append(settlement)
 
 
 def _ensure_flusher() -> None:
@@ -145,32 +171,53 @@ def _ensure_flusher() -> None:
 
 
 async def _flush_soon() -> None:
-    await asyncio.sleep(settings.GATEWAY_USAGE_FLUSH_INTERVAL)
-    await flush()
+    # Records queued while a batch is being written are picked up by the next turn.
+    while any((_pending, _pending_settlements, _pending_charges)):
+        await asyncio.sleep(settings.GATEWAY_USAGE_FLUSH_INTERVAL)
+        await flush()
 
 
-def _take() -> list[UsageEvent]:
-    batch = _pending[:]
-    del _pending[: len(batch)]
+def _take() -> tuple[list, list, list]:
+    batch = tuple(pending[:] for pending in (_pending, _pending_settlements, _pending_charges))
+    for pending, taken in zip(
+        (_pending, _pending_settlements, _pending_charges), batch, strict=True
+    ):
+        del pending[: len(taken)]
     return batch
 
 
-def _write(batch: list[UsageEvent]) -> None:
-    if batch:
-        UsageEvent.objects.bulk_create(batch)
+def _write(batch: tuple[list, list, list]) -> None:
+    """Events, database-path settlements and wallet charges, in one transaction."""
+    from django.db import transaction
+
+    from orgs.services import wallet_charges_record
+
+    from .limits import settle_in_database
+
+    events, settlements, charges = batch
+    with transaction.atomic():
+        if events:
+            UsageEvent.objects.bulk_create(events)
+        if settlements:
+            settle_in_database(settlements)
+        if charges:
+            wallet_charges_record(charges)
 
 
 async def flush() -> None:
-    """Write every pending UsageEvent now."""
+    """Write every pending UsageEvent, settlement and charge now."""
     batch = _take()
-    if not batch:
+    if not any(batch):
         return
     try:
         await run_sync(_write, batch)
     except Exception:
         # Put them back so the next flush (or exit) retries; never lose usage silently.
-        _pending[:0] = batch
-        logger.exception("Writing %d usage events failed; will retry", len(batch))
+        for pending, taken in zip(
+            (_pending, _pending_settlements, _pending_charges), batch, strict=True
+        ):
+            pending[:0] = taken
+        logger.exception("Writing %d usage events failed; will retry", len(batch[0]))
         raise
 
 

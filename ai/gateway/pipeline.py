@@ -72,7 +72,7 @@ async def prepare(*, identity: Identity, route: Route, body: dict, request_id: s
     resolution = await resolve(
         identity=identity, kinds=route.kinds, model_name=model_name, model_id=model_id
     )
-    await admit(resolution=resolution, body=body)
+    admission = await admit(resolution=resolution, body=body, route_name=route.name)
     key = resolution.key
     record = Record(
         request_id=request_id,
@@ -84,6 +84,7 @@ async def prepare(*, identity: Identity, route: Route, body: dict, request_id: s
         model=resolution.model,
         is_stream=bool(body.get("stream")) and route.streams,
         started_at=time.monotonic(),
+        admission=admission,
     )
     return Call(route=route, body=body, resolution=resolution, record=record)
 
@@ -106,6 +107,7 @@ def _elapsed_ms(since: float) -> int:
 
 def _headers(call: Call, upstream_name: str, upstream_ms: int) -> dict[str, str]:
     return {
+        **call.record.admission.headers,
         "x-request-id": call.record.request_id,
         "x-switchboard-upstream": upstream_name,
         "x-switchboard-upstream-ms": str(upstream_ms),

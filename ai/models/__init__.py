@@ -1,12 +1,15 @@
 from .registry import AIModel, HealthStatus, ModelKind, ModelLink, Upstream
-from .usage import UsageEvent, UsageStatus
+from .usage import LimitCounter, RollupPeriod, UsageEvent, UsageRollup, UsageStatus
 
 __all__ = [
     "AIModel",
     "HealthStatus",
+    "LimitCounter",
     "ModelKind",
     "ModelLink",
     "Upstream",
+    "RollupPeriod",
     "UsageEvent",
+    "UsageRollup",
     "UsageStatus",
 ]

@@ -181,6 +181,12 @@ class ModelLink(models.Model):
     is_default = models.BooleanField(
         default=False, help_text="The model used when a request names none."
     )
+    is_wallet_billed = models.BooleanField(
+        "billed from a wallet",
+        default=False,
+        help_text="Charge each request to the owner's wallet; refuse it (402) when the "
+        "balance cannot cover its reservation.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     LIMIT_FIELDS = (

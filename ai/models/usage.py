@@ -63,3 +63,61 @@ class UsageEvent(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class LimitCounter(models.Model):
+    """A limit window's running total, for the database path (no Redis)."""
+
+    key = models.CharField(max_length=120, unique=True)
+    value = models.BigIntegerField(default=0)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return f"{self.key}={self.value}"
+
+
+class RollupPeriod(models.TextChoices):
+    HOUR = "hour", "Hour"
+    DAY = "day", "Day"
+
+
+class UsageRollup(models.Model):
+    """Usage summed per hour or day and per model, link, user, organisation and key.
+
+    Ids are plain integers (0 = none) so that rollups outlive the rows they
+    count and the unique key has no NULLs.
+    """
+
+    period = models.CharField(max_length=10, choices=RollupPeriod.choices)
+    bucket_start = models.DateTimeField()
+    model_id = models.BigIntegerField(default=0)
+    link_id = models.BigIntegerField(default=0)
+    user_id = models.BigIntegerField(default=0)
+    organisation_id = models.BigIntegerField(default=0)
+    api_key_id = models.BigIntegerField(default=0)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    images = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=16, decimal_places=6, default=Decimal("0"))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "period",
+                    "bucket_start",
+                    "model_id",
+                    "link_id",
+                    "user_id",
+                    "organisation_id",
+                    "api_key_id",
+                ],
+                name="usagerollup_unique_bucket",
+            ),
+        ]
+        indexes = [models.Index(fields=["period", "bucket_start"])]
+
+    def __str__(self):
+        return f"{self.period} {self.bucket_start:%Y-%m-%d %H:00}"

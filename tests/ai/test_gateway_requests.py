@@ -188,3 +188,10 @@ def test_it_refuses_a_browser_session_post_without_csrf(world, alice):
     response = client.post("/v1/chat/completions", json={"messages": HI})
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "csrf_failed"
+
+
+def test_it_refuses_a_host_outside_allowed_hosts_with_an_envelope(world, settings):
+    settings.ALLOWED_HOSTS = ["gateway.example"]
+    response = _post(world, json={"messages": HI})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_host"

@@ -1,0 +1,120 @@
+"""Wallet services: every change of a balance is a ledger entry in the same transaction."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import F
+
+from panel import redis as sb_redis
+
+from .models import LedgerEntry, LedgerKind, Wallet
+
+MICRO = Decimal("0.000001")
+
+# Applies a delta to the Redis copy of a balance only if a copy exists; a
+# missing copy is loaded from the database on the next admission.
+_INCR_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return nil
+"""
+
+
+def to_micro(amount: Decimal) -> int:
+    """Credits as an integer number of millionths (what Redis counts in)."""
+    return int((Decimal(amount) / MICRO).to_integral_value())
+
+
+def redis_balance_key(wallet_id: int) -> str:
+    return f"sb:wallet:{wallet_id}:balance"
+
+
+def redis_held_key(wallet_id: int) -> str:
+    return f"sb:wallet:{wallet_id}:held"
+
+
+def wallet_for(*, user=None, organisation=None) -> Wallet:
+    """The wallet of a user or an organisation, created empty on first use."""
+    if (user is None) == (organisation is None):
+        raise ValueError("A wallet belongs to exactly one user or one organisation.")
+    wallet, _ = Wallet.objects.get_or_create(user=user, organisation=organisation)
+    return wallet
+
+
+def _apply(*, wallet: Wallet, kind: str, amount: Decimal, reason: str, by=None, request_id=""):
+    amount = Decimal(amount).quantize(MICRO)
+    with transaction.atomic():
+        Wallet.objects.select_for_update().filter(pk=wallet.pk).update(
+            balance=F("balance") + amount
+        )
+        entry = LedgerEntry.objects.create(
+            wallet=wallet,
+            kind=kind,
+            amount=amount,
+            reason=reason,
+            created_by=by,
+            request_id=request_id,
+        )
+        if sb_redis.is_configured():
+            key, micro = redis_balance_key(wallet.pk), to_micro(amount)
+            transaction.on_commit(
+                lambda: sb_redis.sync_client().eval(_INCR_IF_EXISTS, 1, key, micro)
+            )
+    wallet.refresh_from_db(fields=["balance", "held"])
+    return entry
+
+
+def wallet_topup(*, wallet: Wallet, amount: Decimal, reason: str, by=None) -> LedgerEntry:
+    """Add credits."""
+    if Decimal(amount) <= 0:
+        raise ValueError("A top-up must be positive.")
+    return _apply(wallet=wallet, kind=LedgerKind.TOPUP, amount=amount, reason=reason, by=by)
+
+
+def wallet_refund(
+    *, wallet: Wallet, amount: Decimal, reason: str, by=None, request_id=""
+) -> LedgerEntry:
+    """Give credits back, e.g. for a failed request charged by mistake."""
+    if Decimal(amount) <= 0:
+        raise ValueError("A refund must be positive.")
+    return _apply(
+        wallet=wallet,
+        kind=LedgerKind.REFUND,
+        amount=amount,
+        reason=reason,
+        by=by,
+        request_id=request_id,
+    )
+
+
+def wallet_adjust(*, wallet: Wallet, amount: Decimal, reason: str, by=None) -> LedgerEntry:
+    """A signed correction by an administrator; needs a reason."""
+    if not reason.strip():
+        raise ValueError("An adjustment needs a reason.")
+    return _apply(wallet=wallet, kind=LedgerKind.ADJUSTMENT, amount=amount, reason=reason, by=by)
+
+
+def wallet_charges_record(charges: list[tuple[int, Decimal, str]]) -> None:
+    """Ledger entries for usage charges (wallet id, cost, request id), balances updated with them.
+
+    Runs inside the usage flush transaction, next to the UsageEvents it matches.
+    """
+    from collections import defaultdict
+
+    totals: dict[int, Decimal] = defaultdict(Decimal)
+    entries = []
+    for wallet_id, cost, request_id in charges:
+        totals[wallet_id] += cost
+        entries.append(
+            LedgerEntry(
+                wallet_id=wallet_id,
+                kind=LedgerKind.USAGE,
+                amount=-cost,
+                request_id=request_id,
+                reason="usage",
+            )
+        )
+    LedgerEntry.objects.bulk_create(entries)
+    for wallet_id, total in totals.items():
+        Wallet.objects.filter(pk=wallet_id).update(balance=F("balance") - total)
