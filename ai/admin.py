@@ -1,9 +1,11 @@
 from django import forms
 from django.contrib import admin
 from django.db.models import Count
+from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
-from .models import AIModel, HealthStatus, ModelLink, Upstream
+from .models import AIModel, HealthStatus, ModelLink, Upstream, UsageEvent, UsageRollup
+from .selectors import dashboard_data
 
 HEALTH_COLOURS = {
     HealthStatus.HEALTHY: "#1a7f37",
@@ -214,3 +216,68 @@ class ModelLinkAdmin(admin.ModelAdmin):
         ),
         ("Limits (empty = unlimited)", {"fields": list(ModelLink.LIMIT_FIELDS)}),
     ]
+
+
+@admin.register(UsageEvent)
+class UsageEventAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "request_id",
+        "route",
+        "model",
+        "user",
+        "organisation",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+        "latency_ms",
+    ]
+    list_filter = ["status", "route", "is_stream", "is_estimated", "model"]
+    list_select_related = ["model", "user", "organisation"]
+    search_fields = ["request_id", "user__username", "organisation__name"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(admin.ModelAdmin):
+    list_display = [
+        "period",
+        "bucket_start",
+        "model_id",
+        "user_id",
+        "organisation_id",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+    ]
+    list_filter = ["period"]
+    date_hierarchy = "bucket_start"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+def usage_dashboard(request):
+    """The admin's usage page: charts and top lists from the rollups."""
+    context = {
+        **admin.site.each_context(request),
+        "title": "Usage",
+        "data": dashboard_data(days=_days(request.GET.get("days"))),
+    }
+    return TemplateResponse(request, "admin/usage_dashboard.html", context)
+
+
+def _days(value: str | None) -> int:
+    return int(value) if value and value.isdigit() and 1 <= int(value) <= 366 else 14

@@ -1,6 +1,11 @@
-from django.contrib import admin
+from decimal import Decimal
 
-from .models import Membership, Organisation
+from django import forms
+from django.contrib import admin
+from django.template.response import TemplateResponse
+
+from .models import LedgerEntry, Membership, Organisation, Wallet
+from .services import wallet_topup
 
 
 class MembershipInline(admin.TabularInline):
@@ -34,3 +39,81 @@ class MembershipAdmin(admin.ModelAdmin):
     list_select_related = ["user", "organisation"]
     search_fields = ["user__username", "user__email", "organisation__name"]
     autocomplete_fields = ["user", "organisation"]
+
+
+class LedgerInline(admin.TabularInline):
+    model = LedgerEntry
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "kind", "amount", "reason", "request_id", "created_by"]
+    readonly_fields = fields
+    ordering = ["-created_at", "-id"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class TopUpForm(forms.Form):
+    amount = forms.DecimalField(min_value=Decimal("0.000001"), decimal_places=6, max_digits=16)
+    reason = forms.CharField(max_length=300)
+
+
+@admin.register(Wallet)
+class WalletAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "organisation", "user", "balance", "held", "updated_at"]
+    list_select_related = ["organisation", "user"]
+    search_fields = ["organisation__name", "organisation__slug", "user__username", "user__email"]
+    autocomplete_fields = ["organisation", "user"]
+    readonly_fields = ["balance", "held", "updated_at"]
+    inlines = [LedgerInline]
+    actions = ["top_up"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The owner is chosen once; the balance only moves through the ledger.
+        return [*self.readonly_fields, "organisation", "user"] if obj else self.readonly_fields
+
+    @admin.action(description="Top up selected wallets")
+    def top_up(self, request, queryset):
+        form = TopUpForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            for wallet in queryset:
+                wallet_topup(
+                    wallet=wallet,
+                    amount=form.cleaned_data["amount"],
+                    reason=form.cleaned_data["reason"],
+                    by=request.user,
+                )
+            self.message_user(
+                request,
+                f"Added {form.cleaned_data['amount']} credits to {queryset.count()} wallet(s).",
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Top up wallets",
+            "form": form,
+            "wallets": queryset,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/orgs/wallet/top_up.html", context)
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "wallet", "kind", "amount", "reason", "request_id", "created_by"]
+    list_filter = ["kind", "created_at"]
+    list_select_related = ["wallet__organisation", "wallet__user", "created_by"]
+    search_fields = ["request_id", "reason"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

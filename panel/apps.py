@@ -16,4 +16,9 @@ class PanelConfig(AppConfig):
                 "schedule": float(settings.CELERY_HEARTBEAT_INTERVAL),
                 "kwargs": {"name": "beat"},
             },
+            "usage-rollup": {
+                "task": "ai.tasks.usage_rollup_task",
+                "schedule": float(settings.USAGE_ROLLUP_INTERVAL),
+            },
+            "usage-prune": {"task": "ai.tasks.usage_prune_task", "schedule": 3600.0},
         }

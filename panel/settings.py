@@ -220,3 +220,14 @@ GATEWAY_USAGE_FLUSH_INTERVAL = env.float("GATEWAY_USAGE_FLUSH_INTERVAL", default
 # max_tokens and its model has no max_output_tokens.
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
+
+# --- Usage rollups ------------------------------------------------------------------
+USAGE_ROLLUP_INTERVAL = env.int("USAGE_ROLLUP_INTERVAL", default=300)
+# Each rollup run recomputes this many hours back, so late events are counted.
+USAGE_ROLLUP_LOOKBACK_HOURS = env.int("USAGE_ROLLUP_LOOKBACK_HOURS", default=48)
+# Raw usage events older than this are pruned (rollups are kept).
+USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
+if USAGE_RETENTION_DAYS * 24 <= USAGE_ROLLUP_LOOKBACK_HOURS + 24:
+    raise ImproperlyConfigured(
+        "USAGE_RETENTION_DAYS must exceed USAGE_ROLLUP_LOOKBACK_HOURS by more than a day."
+    )

@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from ai.admin import usage_dashboard
 from ai.api.urls import botserver_patterns, openai_patterns, panel_patterns
 
 urlpatterns = [
+    path("admin/usage/", admin.site.admin_view(usage_dashboard), name="usage-dashboard"),
     path("admin/", admin.site.urls),
     path("v1/", include(openai_patterns)),
     path("api/v1/ai/", include(botserver_patterns)),

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import openai, panel
+from . import openai, panel, usage
 
 # The same views under every OpenAI base URL the seeds use.
 openai_patterns = [
@@ -24,4 +24,5 @@ panel_patterns = [
     path("studio", panel.studio),
     path("models", panel.models),
     path("my-models", panel.my_models),
+    path("usage", usage.usage),
 ]

@@ -1,4 +1,5 @@
 import re
+from decimal import Decimal
 
 import pytest
 from django.contrib import admin
@@ -8,7 +9,9 @@ from django.utils import timezone
 
 from accounts.models import APIKey, hash_key
 from accounts.services import apikey_create
-from ai.models import Upstream
+from ai.models import Upstream, UsageEvent
+from ai.services import usage_rollup
+from orgs.services import wallet_for, wallet_topup
 from panel.models import Heartbeat, SiteSettings
 from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
 
@@ -26,7 +29,21 @@ def populated(alice, acme):
     apikey_create(user=alice, name="existing")
     SiteSettings.load()
     Heartbeat.objects.create(name="beat", beat_at=timezone.now())
-    Group.objects.create(name="model_manager")
+    Group.objects.get_or_create(name="model_manager")
+    wallet = wallet_for(organisation=acme)
+    wallet_topup(wallet=wallet, amount=Decimal("5"), reason="welcome", by=alice)
+    UsageEvent.objects.create(
+        created_at=timezone.now(),
+        request_id="req_1",
+        user=alice,
+        model=model,
+        route="chat.completions",
+        status="ok",
+        prompt_tokens=3,
+        completion_tokens=5,
+        cost=Decimal("0.000010"),
+    )
+    usage_rollup()
 
 
 @pytest.fixture

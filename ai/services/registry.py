@@ -2,7 +2,7 @@
 
 from django.db import transaction
 
-from .models import AIModel, ModelKind, ModelLink, Upstream
+from ..models import AIModel, ModelKind, ModelLink, Upstream
 
 DEMO_MODEL = "demo-chat"
 

@@ -1,0 +1,51 @@
+"""GET /api/ai/usage: usage from rollups, within the caller's scope."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from accounts.models import Permission, User
+from panel.db import run_sync
+from panel.errors import InvalidRequest
+
+from ..selectors import USAGE_GROUPS, usage_summary
+from .base import ai_route, json_response
+
+
+def _moment(value: str | None, name: str, default: datetime) -> datetime:
+    if not value:
+        return default
+    parsed = parse_datetime(value)
+    if parsed is None and (day := parse_date(value)) is not None:
+        parsed = datetime(day.year, day.month, day.day)
+    if parsed is None:
+        raise InvalidRequest(f"'{name}' must be an ISO date or datetime.", param=name)
+    return parsed if timezone.is_aware(parsed) else parsed.replace(tzinfo=UTC)
+
+
+@ai_route(methods={"GET": Permission.READ})
+async def usage(request, identity, request_id):
+    now = timezone.now()
+    end = _moment(request.GET.get("to"), "to", now)
+    start = _moment(request.GET.get("from"), "from", end - timedelta(days=7))
+    if start >= end:
+        raise InvalidRequest("'from' must be before 'to'.", param="from")
+    group_by = request.GET.get("group_by", "model")
+    if group_by not in USAGE_GROUPS:
+        raise InvalidRequest(
+            f"'group_by' must be one of {', '.join(USAGE_GROUPS)}.", param="group_by"
+        )
+    user = await User.objects.aget(pk=identity.user_id)
+    data = await run_sync(lambda: usage_summary(user=user, start=start, end=end, group_by=group_by))
+    return json_response(
+        {
+            "object": "list",
+            "group_by": group_by,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "data": data,
+        }
+    )

@@ -1,0 +1,139 @@
+"""Usage rollups and retention."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from panel.models import Heartbeat
+
+from ..models import RollupPeriod, UsageEvent, UsageRollup, UsageStatus
+
+ROLLUP_STATE = "usage_rollup"
+DIMENSIONS = ("model_id", "link_id", "user_id", "organisation_id", "api_key_id")
+SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "images", "cost")
+
+
+def _day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _rollup_start(now: datetime, state: Heartbeat | None) -> datetime | None:
+    lookback = timedelta(hours=settings.USAGE_ROLLUP_LOOKBACK_HOURS)
+    if state is None:
+        first = (
+            UsageEvent.objects.order_by("created_at").values_list("created_at", flat=True).first()
+        )
+        return _day(first) if first else None
+    # Reach back past the last run too, in case the task did not run for a while.
+    return _day(min(now, state.beat_at) - lookback)
+
+
+def usage_rollup(*, now: datetime | None = None) -> int:
+    """Recompute hourly and daily rollups from raw events over the lookback window.
+
+    Idempotent: each run replaces the buckets it covers with sums over the raw
+    events, so a second run changes nothing and late events are counted by the
+    next run. Returns the number of hourly rows written.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        # One run at a time, whichever worker it is on: the state row is the lock.
+        Heartbeat.objects.get_or_create(name=f"{ROLLUP_STATE}_lock", defaults={"beat_at": now})
+        Heartbeat.objects.select_for_update().get(name=f"{ROLLUP_STATE}_lock")
+        start = _rollup_start(now, Heartbeat.objects.filter(name=ROLLUP_STATE).first())
+        if start is None:
+            return 0
+        hours = _hourly(start)
+        UsageRollup.objects.filter(bucket_start__gte=start).delete()
+        UsageRollup.objects.bulk_create(hours + _daily(hours), batch_size=1000)
+        Heartbeat.objects.update_or_create(name=ROLLUP_STATE, defaults={"beat_at": now})
+    return len(hours)
+
+
+def _hourly(start: datetime) -> list[UsageRollup]:
+    rows = (
+        UsageEvent.objects.filter(created_at__gte=start)
+        .annotate(bucket=TruncHour("created_at"))
+        .values("bucket", *DIMENSIONS)
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=~Q(status=UsageStatus.OK)),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            image_count=Sum("images"),
+            total_cost=Sum("cost"),
+        )
+        .order_by()
+    )
+    return [
+        UsageRollup(
+            period=RollupPeriod.HOUR,
+            bucket_start=row["bucket"],
+            **{dim: row[dim] or 0 for dim in DIMENSIONS},
+            requests=row["requests"],
+            errors=row["errors"],
+            prompt_tokens=row["prompt"] or 0,
+            completion_tokens=row["completion"] or 0,
+            images=row["image_count"] or 0,
+            cost=row["total_cost"] or 0,
+        )
+        for row in rows
+    ]
+
+
+def _daily(hours: list[UsageRollup]) -> list[UsageRollup]:
+    days: dict[tuple, UsageRollup] = {}
+    for hour in hours:
+        key = (_day(hour.bucket_start), *(getattr(hour, dim) for dim in DIMENSIONS))
+        day = days.get(key)
+        if day is None:
+            day = days[key] = UsageRollup(
+                period=RollupPeriod.DAY,
+                bucket_start=key[0],
+                **{dim: getattr(hour, dim) for dim in DIMENSIONS},
+            )
+        for name in SUMS:
+            setattr(day, name, getattr(day, name) + getattr(hour, name))
+    return list(days.values())
+
+
+def usage_prune(*, now: datetime | None = None, batch_size: int = 5000) -> int:
+    """Delete raw events past the retention setting, in batches; rollups are kept.
+
+    Only events that a past rollup run has already counted are deleted.
+    Returns how many were deleted.
+    """
+    now = now or timezone.now()
+    state = Heartbeat.objects.filter(name=ROLLUP_STATE).first()
+    if state is None:
+        return 0
+    cutoff = min(
+        now - timedelta(days=settings.USAGE_RETENTION_DAYS),
+        _day(state.beat_at - timedelta(hours=settings.USAGE_ROLLUP_LOOKBACK_HOURS)),
+    )
+    deleted = 0
+    while True:
+        ids = list(
+            UsageEvent.objects.filter(created_at__lt=cutoff).values_list("id", flat=True)[
+                :batch_size
+            ]
+        )
+        if not ids:
+            return deleted
+        deleted += UsageEvent.objects.filter(id__in=ids).delete()[0]
+
+
+def rollup_totals(rows) -> dict[str, int]:
+    """Sums of a rollup queryset, for tests and the dashboard."""
+    totals = defaultdict(int)
+    for row in rows:
+        for name in SUMS:
+            totals[name] += getattr(row, name)
+    return dict(totals)

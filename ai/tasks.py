@@ -1,0 +1,15 @@
+"""Celery tasks: thin wrappers that call services and own their retry policy."""
+
+from celery import shared_task
+
+from . import services
+
+
+@shared_task(ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
+def usage_rollup_task() -> None:
+    services.usage_rollup()
+
+
+@shared_task(ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
+def usage_prune_task() -> None:
+    services.usage_prune()
