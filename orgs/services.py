@@ -6,8 +6,10 @@ from decimal import Decimal
 
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
 from panel import redis as sb_redis
+from panel.db import insert_many
 
 from .models import LedgerEntry, LedgerKind, Wallet
 
@@ -104,10 +106,12 @@ def wallet_charges_record(charges: list[tuple[int, Decimal, str]]) -> None:
 
     totals: dict[int, Decimal] = defaultdict(Decimal)
     entries = []
+    now = timezone.now()
     for wallet_id, cost, request_id in charges:
         totals[wallet_id] += cost
         entries.append(
             LedgerEntry(
+                created_at=now,
                 wallet_id=wallet_id,
                 kind=LedgerKind.USAGE,
                 amount=-cost,
@@ -115,6 +119,8 @@ def wallet_charges_record(charges: list[tuple[int, Decimal, str]]) -> None:
                 reason="usage",
             )
         )
-    LedgerEntry.objects.bulk_create(entries)
+    insert_many(
+        entries, ["wallet", "kind", "amount", "reason", "request_id", "created_by", "created_at"]
+    )
     for wallet_id, total in totals.items():
         Wallet.objects.filter(pk=wallet_id).update(balance=F("balance") - total)

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from panel import redis as sb_redis
-from panel.db import run_sync
+from panel.db import insert_many, run_sync
 
 from ..models import UsageEvent
 from ..selectors import ModelInfo
@@ -101,6 +101,7 @@ class Record:
     admission: object | None = None  # limits.Admission, settled when the event is queued
 
 
+USAGE_FIELDS = [f.name for f in UsageEvent._meta.concrete_fields if not f.primary_key]
 _pending: list[UsageEvent] = []
 _pending_settlements: list = []  # database path: counter deltas and wallet holds
 _pending_charges: list[tuple[int, Decimal, str]] = []  # (wallet id, cost, request id)
@@ -153,10 +154,9 @@ def _settle(record: Record, cost: Decimal) -> None:
     )
     if settlement.charge:
         _pending_charges.append((record.admission.wallet_id, cost, record.request_id))
-    if sb_redis.is_configured():
-        limits.settle_in_redis(settlement)
-    else:
-        _pending_settlements.append(settlement)
+    # Settled in batches with the usage flush: one Redis call or one transaction
+    # per interval. Until then the reservation stands, which errs on the safe side.
+    _pending_settlements.append(settlement)
 
 
 def _ensure_flusher() -> None:
@@ -197,33 +197,54 @@ def _write(batch: tuple[list, list, list]) -> None:
     events, settlements, charges = batch
     with transaction.atomic():
         if events:
-            UsageEvent.objects.bulk_create(events)
-        if settlements:
+            insert_many(events, USAGE_FIELDS)
+        if settlements and not sb_redis.is_configured():
             settle_in_database(settlements)
         if charges:
             wallet_charges_record(charges)
 
 
 async def flush() -> None:
-    """Write every pending UsageEvent, settlement and charge now."""
+    """Apply pending settlements and write every pending UsageEvent and charge now."""
     batch = _take()
     if not any(batch):
         return
+    if batch[1] and sb_redis.is_configured():
+        from .limits import settle_in_redis
+
+        try:
+            await settle_in_redis(batch[1])
+        except Exception:
+            _requeue(batch)
+            logger.exception("Settling %d requests in Redis failed; will retry", len(batch[1]))
+            raise
+        batch = (batch[0], [], batch[2])
+        if not any(batch):
+            return
     try:
         await run_sync(_write, batch)
     except Exception:
         # Put them back so the next flush (or exit) retries; never lose usage silently.
-        for pending, taken in zip(
-            (_pending, _pending_settlements, _pending_charges), batch, strict=True
-        ):
-            pending[:0] = taken
+        _requeue(batch)
         logger.exception("Writing %d usage events failed; will retry", len(batch[0]))
         raise
+
+
+def _requeue(batch: tuple[list, list, list]) -> None:
+    for pending, taken in zip(
+        (_pending, _pending_settlements, _pending_charges), batch, strict=True
+    ):
+        pending[:0] = taken
 
 
 @atexit.register
 def _flush_at_exit() -> None:
     try:
-        _write(_take())
+        batch = _take()
+        if batch[1] and sb_redis.is_configured():
+            from .limits import settle_in_redis_now
+
+            settle_in_redis_now(batch[1])
+        _write(batch)
     except Exception:
         logger.exception("Usage events could not be written at exit")

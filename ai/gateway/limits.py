@@ -12,7 +12,6 @@ transaction does it under row locks (SQLite: the database write lock).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from calendar import monthrange
 from dataclasses import dataclass, field
@@ -221,6 +220,8 @@ if ARGV[2] == '1' then
   local available = tonumber(balance) - held
   if available < tonumber(ARGV[3]) then return {-2, available} end
   redis.call('INCRBY', KEYS[n + 2], ARGV[3])
+  -- Holds of a process that died unsettled fade out instead of blocking the wallet.
+  redis.call('EXPIRE', KEYS[n + 2], 600)
 end
 for i = 1, n do
   local amount = tonumber(ARGV[3 + (i - 1) * 3 + 1])
@@ -231,17 +232,12 @@ end
 return {1, unpack(values)}
 """
 
-# KEYS: counters..., then wallet balance and held when ARGV[2] == 1.
-# ARGV: n, has_wallet, release_hold, charge, then a delta per counter.
-SETTLE_LUA = """
-local n = tonumber(ARGV[1])
-for i = 1, n do
-  local delta = tonumber(ARGV[4 + i])
-  if delta ~= 0 and redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], delta) end
-end
-if ARGV[2] == '1' then
-  redis.call('DECRBY', KEYS[n + 2], ARGV[3])
-  if redis.call('EXISTS', KEYS[n + 1]) == 1 then redis.call('DECRBY', KEYS[n + 1], ARGV[4]) end
+# Adds ARGV[i] to KEYS[i] when that key still exists (an expired window stays gone).
+INCR_EXISTING_LUA = """
+for i = 1, #KEYS do
+  if ARGV[i] ~= '0' and redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCRBY', KEYS[i], ARGV[i])
+  end
 end
 return 1
 """
@@ -369,22 +365,34 @@ def settlement_for(
     return Settlement(admission=admission, deltas=deltas, charge=charge)
 
 
-_settling: set[asyncio.Task] = set()
+def _deltas(settlements: list[Settlement]) -> dict[str, int]:
+    """Every settlement summed per Redis key: counters, wallet holds and balances."""
+    from collections import defaultdict
+
+    deltas: dict[str, int] = defaultdict(int)
+    for settlement in settlements:
+        admission = settlement.admission
+        for counter, delta in zip(admission.counters, settlement.deltas, strict=True):
+            deltas[counter.key] += delta
+        if admission.wallet_id is not None:
+            deltas[redis_held_key(admission.wallet_id)] -= admission.hold
+            deltas[redis_balance_key(admission.wallet_id)] -= settlement.charge
+    return deltas
 
 
-def settle_in_redis(settlement: Settlement) -> None:
-    """Apply a settlement to Redis now, off the response path (a background task)."""
-    task = asyncio.get_running_loop().create_task(_redis_settle(settlement))
-    _settling.add(task)
-    task.add_done_callback(_settling.discard)
+async def settle_in_redis(settlements: list[Settlement]) -> None:
+    """Apply a batch of settlements to Redis in one script call, whatever its size."""
+    deltas = {key: delta for key, delta in _deltas(settlements).items() if delta}
+    if deltas:
+        client = sb_redis.async_client()
+        await _script(client, INCR_EXISTING_LUA)(keys=list(deltas), args=list(deltas.values()))
 
 
-async def _redis_settle(settlement: Settlement) -> None:
-    admission = settlement.admission
-    args = [len(admission.counters), int(admission.wallet_id is not None), admission.hold]
-    args += [settlement.charge, *settlement.deltas]
-    client = sb_redis.async_client()
-    await _script(client, SETTLE_LUA)(keys=_keys(admission), args=args)
+def settle_in_redis_now(settlements: list[Settlement]) -> None:
+    """The same, from sync code (at interpreter exit)."""
+    deltas = {key: delta for key, delta in _deltas(settlements).items() if delta}
+    if deltas:
+        sb_redis.sync_client().eval(INCR_EXISTING_LUA, len(deltas), *deltas, *deltas.values())
 
 
 def settle_in_database(settlements: list[Settlement]) -> None:

@@ -32,13 +32,18 @@ from decimal import Decimal
 from accounts.models import User
 from accounts.services import apikey_create
 from ai.models import AIModel, ModelLink, Upstream
+from orgs.services import wallet_for, wallet_topup
 user, _ = User.objects.get_or_create(username="bench")
-model, _ = AIModel.objects.get_or_create(name="bench-chat", defaults={"config": {"max_output_tokens": 512}})
-Upstream.objects.get_or_create(model=model, name="fake", defaults={"base_url": sys.argv[1], "provider_model_id": "fake-chat"})
-ModelLink.objects.get_or_create(model=model, user=user, defaults={
-    "is_default": True, "requests_per_minute": 10**8, "tokens_per_minute": 10**9,
-    "requests_per_day": 10**9, "tokens_per_day": 10**12, "tokens_per_month": 10**12,
-    "cost_per_month": Decimal("1000000")})
+for name, limited in (("bench-chat", False), ("bench-limited", True)):
+    model, _ = AIModel.objects.get_or_create(name=name, defaults={
+        "config": {"max_output_tokens": 512},
+        "input_price_per_million": Decimal("1"), "output_price_per_million": Decimal("2")})
+    Upstream.objects.get_or_create(model=model, name="fake", defaults={"base_url": sys.argv[1], "provider_model_id": "fake-chat"})
+    limits = {"requests_per_minute": 10**8, "tokens_per_minute": 10**9,
+        "requests_per_day": 10**9, "tokens_per_day": 10**12, "tokens_per_month": 10**12,
+        "cost_per_month": Decimal("1000000"), "is_wallet_billed": True} if limited else {}
+    ModelLink.objects.get_or_create(model=model, user=user, defaults={"is_default": not limited, **limits})
+wallet_topup(wallet=wallet_for(user=user), amount=Decimal("1000000"), reason="bench")
 print(apikey_create(user=user, name="bench")[1])
 """
 
@@ -111,6 +116,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--modes", default="json,sse")
+    parser.add_argument(
+        "--redis", default=os.environ.get("REDIS_URL", ""), help="keep limits in this Redis"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk); `make bench` installs it.")
@@ -124,6 +133,8 @@ def main() -> None:
         "ALLOWED_HOSTS": "127.0.0.1",
         "LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "panel.settings",
+        "REDIS_URL": args.redis,
+        "CACHE_KEY_PREFIX": "sb-bench",
     }
     py = sys.executable
     fake_port, gw_port = free_port(), free_port()
@@ -160,18 +171,21 @@ def main() -> None:
         procs.append(start(server, env, work / "gateway.log"))
         wait_http(f"http://127.0.0.1:{fake_port}/_fake/health")
         wait_http(f"http://127.0.0.1:{gw_port}/v1/models")
+        gateway = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         targets = {
             "direct": (f"http://127.0.0.1:{fake_port}/v1/chat/completions", None, "fake-chat"),
-            "gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, "bench-chat"),
+            "gateway": (gateway, key, "bench-chat"),
+            "limited": (gateway, key, "bench-limited"),
         }
-        print(
-            f"server: {args.server} (1 worker); wrk {args.seconds}s per cell; 2 cores shared by all"
-        )
+        kept_in = f"Redis ({args.redis})" if args.redis else "the database (no Redis)"
+        print(f"server: {args.server} (1 worker); wrk {args.seconds}s a cell; 2 cores shared")
+        print(f"gateway: a link without limits; limited: every limit and a wallet, in {kept_in}")
         print(
             f"{'mode':5} {'c':>3} {'target':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
         )
         results = {}
-        for mode, extra in (("json", {}), ("sse", {"stream": True})):
+        modes = {"json": {}, "sse": {"stream": True}}
+        for mode, extra in ((m, modes[m]) for m in args.modes.split(",")):
             for concurrency in [int(c) for c in args.concurrency.split(",")]:
                 for name, (url, auth, model) in targets.items():
                     script = lua(
@@ -189,7 +203,10 @@ def main() -> None:
                     results[(mode, concurrency, "direct")],
                     results[(mode, concurrency, "gateway")],
                 )
+                limited = results[(mode, concurrency, "limited")]
+                change = 100 * (limited["rps"] / g["rps"] - 1)
                 print(f"{'':5} {'':>3} {'added':8} {'':>9} {g['p50'] - d['p50']:>8.2f}")
+                print(f"{'':5} {'':>3} {'limits':8} {change:>+8.1f}% req/s vs gateway")
     finally:
         for proc in procs:
             proc.terminate()
