@@ -1,11 +1,20 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
-from .models import AIModel, HealthStatus, ModelLink, Upstream, UsageEvent, UsageRollup
+from .models import (
+    AIModel,
+    HealthCheck,
+    HealthStatus,
+    ModelLink,
+    Upstream,
+    UsageEvent,
+    UsageRollup,
+)
 from .selectors import dashboard_data
+from .services import upstreams_check
 
 HEALTH_COLOURS = {
     HealthStatus.HEALTHY: "#1a7f37",
@@ -41,6 +50,8 @@ class UpstreamForm(forms.ModelForm):
             "first_byte_timeout",
             "total_timeout",
             "is_enabled",
+            "probe",
+            "health_check_interval",
         ]
 
     def save(self, commit=True):
@@ -140,9 +151,41 @@ class AIModelAdmin(admin.ModelAdmin):
         return obj._links
 
 
+class HealthCheckInline(admin.TabularInline):
+    model = HealthCheck
+    extra = 0
+    max_num = 0
+    can_delete = False
+    fields = ["checked_at", "status", "is_success", "latency_ms", "error"]
+    readonly_fields = fields
+    verbose_name_plural = "recent health checks"
+
+    def get_queryset(self, request):
+        # The newest twenty; the full history is in the Health checks list.
+        queryset = super().get_queryset(request)
+        ids = list(queryset.order_by("-checked_at").values_list("id", flat=True)[:20])
+        return queryset.filter(id__in=ids)
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(admin.ModelAdmin):
+    list_display = ["checked_at", "upstream", "status", "is_success", "latency_ms", "error"]
+    list_filter = ["status", "is_success"]
+    list_select_related = ["upstream__model"]
+    date_hierarchy = "checked_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Upstream)
 class UpstreamAdmin(admin.ModelAdmin):
     form = UpstreamForm
+    inlines = [HealthCheckInline]
+    actions = ["check_now"]
     list_display = [
         "name",
         "model",
@@ -175,7 +218,16 @@ class UpstreamAdmin(admin.ModelAdmin):
         ),
         (
             "Health",
-            {"fields": ["health_status", "last_checked_at", "last_error", "consecutive_failures"]},
+            {
+                "fields": [
+                    "probe",
+                    "health_check_interval",
+                    "health_status",
+                    "last_checked_at",
+                    "last_error",
+                    "consecutive_failures",
+                ]
+            },
         ),
     ]
 
@@ -190,6 +242,13 @@ class UpstreamAdmin(admin.ModelAdmin):
     @admin.display(description="last error")
     def last_error_short(self, obj):
         return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
+
+    @admin.action(description="Check health now")
+    def check_now(self, request, queryset):
+        for check in upstreams_check(upstreams=list(queryset.select_related("model"))):
+            detail = f"{check.latency_ms} ms" if check.is_success else check.error
+            level = messages.SUCCESS if check.is_success else messages.WARNING
+            self.message_user(request, f"{check.upstream}: {check.status} ({detail})", level)
 
 
 @admin.register(ModelLink)

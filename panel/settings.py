@@ -231,3 +231,11 @@ if USAGE_RETENTION_DAYS * 24 <= USAGE_ROLLUP_LOOKBACK_HOURS + 24:
     raise ImproperlyConfigured(
         "USAGE_RETENTION_DAYS must exceed USAGE_ROLLUP_LOOKBACK_HOURS by more than a day."
     )
+
+# --- Upstream health checks -----------------------------------------------------------
+HEALTH_CHECK_INTERVAL = env.int("HEALTH_CHECK_INTERVAL", default=30)
+HEALTH_CHECK_TICK = env.int("HEALTH_CHECK_TICK", default=5)
+HEALTH_PROBE_TIMEOUT = env.float("HEALTH_PROBE_TIMEOUT", default=5.0)
+HEALTH_DEGRADED_LATENCY_MS = env.int("HEALTH_DEGRADED_LATENCY_MS", default=2000)
+HEALTH_RECENT_CHECKS = env.int("HEALTH_RECENT_CHECKS", default=5)
+HEALTH_RETENTION_DAYS = env.int("HEALTH_RETENTION_DAYS", default=7)

@@ -2,7 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 
 from ai.admin import usage_dashboard
+from ai.api import health
 from ai.api.urls import botserver_patterns, openai_patterns, panel_patterns
+from panel import views
 
 urlpatterns = [
     path("admin/usage/", admin.site.admin_view(usage_dashboard), name="usage-dashboard"),
@@ -12,6 +14,11 @@ urlpatterns = [
     path("api/v1/", include(openai_patterns)),
     path("api/ai/openai/v1/", include(openai_patterns)),
     path("api/ai/", include(panel_patterns)),
+    path("api/status", views.api_status, name="api-status"),
+    path("api/deployments/<int:model_id>/health", health.deployment),
+    path("api/deployments/<int:model_id>/upstreams/<int:upstream_id>/health", health.deployment),
+    path("healthz", views.healthz),
+    path("readyz", views.readyz),
 ]
 
 handler400 = "panel.errors.handler400"

@@ -39,7 +39,9 @@ def candidates(model: ModelInfo) -> list[UpstreamInfo]:
     last_resort: list[UpstreamInfo] = []
     for _, group in groupby(model.upstreams, key=lambda u: u.priority):
         for upstream in _weighted_order(list(group)):
-            avoid = upstream.health_status == HealthStatus.UNHEALTHY or breaker.is_open(upstream.id)
+            avoid = upstream.health_status == HealthStatus.UNHEALTHY or breaker.is_open(
+                upstream.id, probed_ok_at=upstream.probed_ok_at
+            )
             (last_resort if avoid else preferred).append(upstream)
     return preferred + last_resort
 
@@ -52,9 +54,13 @@ class Breaker:
         self.open_until: dict[int, float] = {}
         self._synced_at = 0.0
 
-    def is_open(self, upstream_id: int) -> bool:
+    def is_open(self, upstream_id: int, probed_ok_at: float | None = None) -> bool:
+        """Open and cooling; a health probe that succeeded since it opened closes it."""
         until = self.open_until.get(upstream_id)
-        return until is not None and until > time.time()
+        if until is None or until <= time.time():
+            return False
+        opened_at = until - settings.GATEWAY_BREAKER_COOLDOWN
+        return probed_ok_at is None or probed_ok_at < opened_at
 
     async def sync(self) -> None:
         """Pull the shared open breakers from Redis, at most once a second."""

@@ -1,8 +1,9 @@
-from .registry import AIModel, HealthStatus, ModelKind, ModelLink, Upstream
+from .registry import AIModel, HealthCheck, HealthStatus, ModelKind, ModelLink, Upstream
 from .usage import LimitCounter, RollupPeriod, UsageEvent, UsageRollup, UsageStatus
 
 __all__ = [
     "AIModel",
+    "HealthCheck",
     "HealthStatus",
     "LimitCounter",
     "ModelKind",

@@ -124,6 +124,15 @@ class Upstream(models.Model):
     last_checked_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
+    probe = models.CharField(
+        max_length=20,
+        default="models",
+        choices=[("models", "GET /models (cheap)"), ("completion", "One-token completion")],
+        help_text="How health checks probe this upstream.",
+    )
+    health_check_interval = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds between probes; empty: the site default."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -247,3 +256,21 @@ class ModelLink(models.Model):
     @property
     def limits(self) -> dict:
         return {name: getattr(self, name) for name in self.LIMIT_FIELDS}
+
+
+class HealthCheck(models.Model):
+    """One probe of an upstream."""
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="health_checks")
+    status = models.CharField(max_length=20, choices=HealthStatus.choices)
+    is_success = models.BooleanField()
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    checked_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-checked_at", "-id"]
+        indexes = [models.Index(fields=["upstream", "-checked_at"])]
+
+    def __str__(self):
+        return f"{self.upstream} {self.status} at {self.checked_at:%H:%M:%S}"

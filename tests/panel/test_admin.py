@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import APIKey, hash_key
 from accounts.services import apikey_create
-from ai.models import Upstream, UsageEvent
+from ai.models import HealthCheck, Upstream, UsageEvent
 from ai.services import usage_rollup
 from orgs.services import wallet_for, wallet_topup
 from panel.models import Heartbeat, SiteSettings
@@ -24,7 +24,14 @@ MODELS = sorted(admin.site._registry, key=lambda m: m._meta.label)
 @pytest.fixture
 def populated(alice, acme):
     model = AIModelFactory(name="acme-chat")
-    UpstreamFactory(model=model, api_key=UPSTREAM_SECRET)
+    upstream = UpstreamFactory(model=model, api_key=UPSTREAM_SECRET)
+    HealthCheck.objects.create(
+        upstream=upstream,
+        status="healthy",
+        is_success=True,
+        latency_ms=12,
+        checked_at=timezone.now(),
+    )
     ModelLinkFactory(model=model, organisation=acme, is_default=True)
     apikey_create(user=alice, name="existing")
     SiteSettings.load()
@@ -136,6 +143,9 @@ def _upstream_form(upstream, **extra):
         "connect_timeout": upstream.connect_timeout,
         "first_byte_timeout": upstream.first_byte_timeout,
         "total_timeout": upstream.total_timeout,
+        "probe": upstream.probe,
+        "health_checks-TOTAL_FORMS": "0",
+        "health_checks-INITIAL_FORMS": "0",
         **extra,
     }
 
