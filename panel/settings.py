@@ -239,3 +239,9 @@ HEALTH_PROBE_TIMEOUT = env.float("HEALTH_PROBE_TIMEOUT", default=5.0)
 HEALTH_DEGRADED_LATENCY_MS = env.int("HEALTH_DEGRADED_LATENCY_MS", default=2000)
 HEALTH_RECENT_CHECKS = env.int("HEALTH_RECENT_CHECKS", default=5)
 HEALTH_RETENTION_DAYS = env.int("HEALTH_RETENTION_DAYS", default=7)
+
+# --- Observability ----------------------------------------------------------------------
+# /metrics answers only with "Authorization: Bearer <METRICS_TOKEN>"; unset, metrics are off.
+# Several worker processes on a host: set PROMETHEUS_MULTIPROC_DIR (prometheus-client's
+# multiprocess mode) so /metrics sums them.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

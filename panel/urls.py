@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/deployments/<int:model_id>/upstreams/<int:upstream_id>/health", health.deployment),
     path("healthz", views.healthz),
     path("readyz", views.readyz),
+    path("metrics", views.metrics),
 ]
 
 handler400 = "panel.errors.handler400"

@@ -91,3 +91,32 @@ async def api_status(request):
     if not database or redis_ok is False:
         body["status"] = "degraded"
     return JsonResponse(body, status=200 if database else 503)
+
+
+def metrics(request):
+    """Prometheus metrics, behind METRICS_TOKEN; 404 when no token is set (metrics off)."""
+    import hmac
+    import os
+
+    from django.http import HttpResponse, HttpResponseNotFound
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+        multiprocess,
+    )
+    from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+    token = settings.METRICS_TOKEN
+    if not token:
+        return HttpResponseNotFound("metrics are off")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        response = JsonResponse({"error": "a valid metrics bearer token is required"}, status=401)
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    registry = DEFAULT_REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -22,6 +22,7 @@ from panel.db import insert_many, run_sync
 
 from ..models import UsageEvent
 from ..selectors import ModelInfo
+from . import observability
 
 logger = logging.getLogger(__name__)
 MILLION = Decimal(1_000_000)
@@ -138,6 +139,7 @@ def usage_record(record: Record) -> None:
     )
     if record.admission is not None and not record.admission.is_empty:
         _settle(record, cost)
+    observability.request_finished(record)
     _ensure_flusher()
 
 

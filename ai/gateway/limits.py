@@ -25,6 +25,7 @@ from panel.db import run_sync
 from panel.errors import InsufficientQuota, InvalidRequest, RateLimited
 
 from .accounting import Usage, cost_of, estimate_prompt
+from .observability import REJECTIONS
 from .resolve import Resolution
 
 RATE, QUOTA = "rate_limit_exceeded", "quota_exceeded"
@@ -127,6 +128,7 @@ def plan(resolution: Resolution, body: dict, route_name: str) -> Admission:
             )
     if resolution.link.is_wallet_billed:
         if resolution.link.wallet_id is None:
+            REJECTIONS.labels("insufficient_quota").inc()
             raise InsufficientQuota("This model is billed from a wallet that has no credits.")
         admission.wallet_id, admission.hold = resolution.link.wallet_id, cost
     return admission
@@ -189,6 +191,7 @@ def _refuse(admission: Admission, failed: Counter) -> RateLimited:
     retry_after = max(1, int(failed.reset_at - time.time() + 0.999))
     headers = _rate_headers(admission.counters, admitted=False)
     headers["Retry-After"] = str(retry_after)
+    REJECTIONS.labels(failed.code).inc()
     what = "rate limit" if failed.code == RATE else "quota"
     return RateLimited(
         f"You exceeded your {what} of {failed.label} for this model; retry in {retry_after}s.",
@@ -276,6 +279,7 @@ async def _redis_admit(admission: Admission) -> None:
         failed.value = result[2]
         raise _refuse(admission, failed)
     if result[0] == -2:
+        REJECTIONS.labels("insufficient_quota").inc()
         raise InsufficientQuota("Your balance cannot cover this request; top up your wallet.")
     for counter, value in zip(admission.counters, result[1:], strict=False):
         counter.value = value
@@ -321,6 +325,7 @@ def _db_admit(admission: Admission) -> None:
         if admission.wallet_id is not None:
             wallet = Wallet.objects.select_for_update().get(pk=admission.wallet_id)
             if to_micro(wallet.balance - wallet.held) < admission.hold:
+                REJECTIONS.labels("insufficient_quota").inc()
                 raise InsufficientQuota(
                     "Your balance cannot cover this request; top up your wallet."
                 )

@@ -156,13 +156,17 @@ async def _call_json(call: Call) -> Reply:
                 data = await response.read()
         except RETRYABLE_ERRORS as exc:
             last_status, last_error = None, f"{upstream.name}: {type(exc).__name__}"
-            await router.breaker.record_failure(upstream.id)
+            await router.breaker.record_failure(
+                upstream.id, upstream_name=upstream.name, model_name=model.name
+            )
             continue
         if is_retryable_status(response.status):
             last_status, last_error = response.status, f"{upstream.name}: HTTP {response.status}"
-            await router.breaker.record_failure(upstream.id)
+            await router.breaker.record_failure(
+                upstream.id, upstream_name=upstream.name, model_name=model.name
+            )
             continue
-        await router.breaker.record_success(upstream.id)
+        await router.breaker.record_success(upstream.id, upstream_name=upstream.name)
         upstream_ms = _elapsed_ms(started)
         headers = _headers(call, upstream.name, upstream_ms)
         record.http_status = response.status
@@ -248,12 +252,14 @@ async def open_stream(call: Call) -> Stream | Reply:
                     last_status = response.status
                     last_error = f"{upstream.name}: HTTP {response.status}"
                     response.release()
-                    await router.breaker.record_failure(upstream.id)
+                    await router.breaker.record_failure(
+                        upstream.id, upstream_name=upstream.name, model_name=model.name
+                    )
                     continue
                 if response.status >= 400:
                     data = await response.read()
                     response.release()
-                    await router.breaker.record_success(upstream.id)
+                    await router.breaker.record_success(upstream.id, upstream_name=upstream.name)
                     record.status, record.http_status = "upstream_error", response.status
                     record.error = f"HTTP {response.status}"
                     _finish(record)
@@ -264,9 +270,11 @@ async def open_stream(call: Call) -> Stream | Reply:
                 last_status, last_error = None, f"{upstream.name}: {type(exc).__name__}"
                 if response is not None:
                     response.close()
-                await router.breaker.record_failure(upstream.id)
+                await router.breaker.record_failure(
+                    upstream.id, upstream_name=upstream.name, model_name=model.name
+                )
                 continue
-            await router.breaker.record_success(upstream.id)
+            await router.breaker.record_success(upstream.id, upstream_name=upstream.name)
             record.http_status = 200
             headers = _headers(call, upstream.name, _elapsed_ms(started))
             return Stream(_relay(call, response, first, batches), headers)

@@ -20,6 +20,7 @@ from panel import redis as sb_redis
 
 from ..models import HealthStatus
 from ..selectors import ModelInfo, UpstreamInfo
+from .observability import BREAKER_OPEN, UPSTREAM_ERRORS
 
 FAILS_KEY = "sb:breaker:fails"
 OPEN_KEY = "sb:breaker:open"
@@ -71,7 +72,9 @@ class Breaker:
         shared = await sb_redis.async_client().hgetall(OPEN_KEY)
         self.open_until = {int(k): float(v) for k, v in shared.items()}
 
-    async def record_failure(self, upstream_id: int) -> None:
+    async def record_failure(
+        self, upstream_id: int, *, upstream_name: str = "", model_name: str = ""
+    ) -> None:
         threshold = settings.GATEWAY_BREAKER_THRESHOLD
         if sb_redis.is_configured():
             client = sb_redis.async_client()
@@ -79,15 +82,18 @@ class Breaker:
         else:
             count = self.failures.get(upstream_id, 0) + 1
         self.failures[upstream_id] = count
+        UPSTREAM_ERRORS.labels(model_name, upstream_name).inc()
         if count >= threshold:
             until = time.time() + settings.GATEWAY_BREAKER_COOLDOWN
             self.open_until[upstream_id] = until
+            BREAKER_OPEN.labels(upstream_name).set(1)
             if sb_redis.is_configured():
                 await client.hset(OPEN_KEY, upstream_id, until)
 
-    async def record_success(self, upstream_id: int) -> None:
+    async def record_success(self, upstream_id: int, *, upstream_name: str = "") -> None:
         if upstream_id not in self.failures and upstream_id not in self.open_until:
             return
+        BREAKER_OPEN.labels(upstream_name).set(0)
         self.failures.pop(upstream_id, None)
         self.open_until.pop(upstream_id, None)
         if sb_redis.is_configured():

@@ -51,6 +51,8 @@ def embedded(tmp_path):
     env.update(
         DATA_DIR=str(tmp_path),
         CELERY_HEARTBEAT_INTERVAL="1",
+        HEALTH_CHECK_INTERVAL="1",
+        HEALTH_CHECK_TICK="1",
         ADMIN_USERNAME="admin",
         ADMIN_PASSWORD="demo-password-1",
         PYTHONUNBUFFERED="1",
@@ -124,9 +126,27 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
     # Beat schedules the heartbeat task every second and the worker runs it.
     _wait_for(lambda: _query(db, "SELECT name FROM panel_heartbeat"), 60, "a worker heartbeat")
 
+    # Health checks: the demo upstream turns healthy, unhealthy when its server
+    # stops, and healthy again when it is back.
+    def status():
+        rows = _query(db, "SELECT health_status FROM ai_upstream")
+        return rows[0][0] if rows else None
+
+    _wait_for(lambda: status() == "healthy", 60, "the demo upstream to be healthy")
+    subprocess.run(["pkill", "-f", f"ai.fake_upstream --port {fake_port}"], check=True)
+    _wait_for(lambda: status() == "unhealthy", 60, "the stopped upstream to be unhealthy")
+    revived = subprocess.Popen(
+        [sys.executable, "-m", "ai.fake_upstream", "--port", str(fake_port)], cwd=ROOT
+    )
+    try:
+        _wait_for(lambda: status() in ("healthy", "degraded"), 60, "the upstream to come back")
+    finally:
+        revived.terminate()
+        revived.wait(timeout=10)
+
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) is not None
-    assert _refuses(web_port) and _refuses(fake_port)
+    assert _refuses(web_port)
 
 
 def _get(url):

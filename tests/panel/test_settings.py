@@ -102,3 +102,13 @@ def test_it_refuses_a_field_encryption_key_that_is_not_a_fernet_key(tmp_path):
     result = _run(tmp_path, DEBUG="false", SECRET_KEY="s", FIELD_ENCRYPTION_KEY="short")
     assert result.returncode != 0
     assert "FIELD_ENCRYPTION_KEY" in result.stderr
+
+
+def test_env_example_lists_every_variable_the_settings_read():
+    import re
+
+    settings_source = (ROOT / "panel" / "settings.py").read_text()
+    read = set(re.findall(r'env\.\w+\(\s*"([A-Z_]+)"', settings_source))
+    read |= set(re.findall(r'_required_secret\("([A-Z_]+)"', settings_source))
+    listed = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert read - listed == set()

@@ -125,11 +125,18 @@ class Command(BaseCommand):
         self.stdout.flush()
 
     def _wait(self) -> None:
+        reported = set()
         while True:
             for child in self.children:
-                if child.poll() is not None:
-                    self.stderr.write(f"{child.name} exited with {child.returncode}; stopping.")
-                    return
+                if child.poll() is None or child.name in reported:
+                    continue
+                if child.name == "fake-upstream":
+                    # The demo keeps running: health checks mark its upstream unhealthy.
+                    self.stderr.write("The fake upstream stopped; the panel keeps running.")
+                    reported.add(child.name)
+                    continue
+                self.stderr.write(f"{child.name} exited with {child.returncode}; stopping.")
+                return
             time.sleep(0.5)
 
     def _stop(self, exit_code):

@@ -1,0 +1,88 @@
+"""Metrics (Prometheus) and the one structured log line per gateway request.
+
+With PROMETHEUS_MULTIPROC_DIR set, prometheus-client's multiprocess mode
+aggregates every worker process of a host into one /metrics answer;
+without it, /metrics shows the answering process only (fine for one
+process, such as `make run`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram
+
+logger = logging.getLogger("switchboard.gateway")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter(
+    "switchboard_gateway_requests_total",
+    "Admitted gateway requests by route, model and outcome.",
+    ["route", "model", "status"],
+)
+LATENCY = Histogram(
+    "switchboard_gateway_request_seconds",
+    "Time from admission to the last byte.",
+    ["route", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+TTFT = Histogram(
+    "switchboard_gateway_time_to_first_token_seconds",
+    "Time to the first content chunk of a stream.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKENS = Counter("switchboard_gateway_tokens_total", "Tokens in and out.", ["model", "direction"])
+UPSTREAM_ERRORS = Counter(
+    "switchboard_upstream_errors_total", "Failed upstream attempts.", ["model", "upstream"]
+)
+FAILOVERS = Counter(
+    "switchboard_gateway_failovers_total", "Requests served after failing over.", ["model"]
+)
+REJECTIONS = Counter(
+    "switchboard_limit_rejections_total", "Requests refused by a limit or a wallet.", ["code"]
+)
+BREAKER_OPEN = Gauge(
+    "switchboard_upstream_breaker_open",
+    "1 while an upstream's circuit breaker is open in this process.",
+    ["upstream"],
+    multiprocess_mode="max",
+)
+
+
+def request_finished(record) -> None:
+    """Count a finished request and write its log line (never keys, secrets or content)."""
+    model = record.model.name
+    REQUESTS.labels(record.route, model, record.status).inc()
+    LATENCY.labels(record.route, model).observe(record.latency_ms / 1000)
+    if record.ttft_ms is not None:
+        TTFT.labels(model).observe(record.ttft_ms / 1000)
+    TOKENS.labels(model, "prompt").inc(record.usage.prompt_tokens)
+    TOKENS.labels(model, "completion").inc(record.usage.completion_tokens)
+    if record.attempts > 1 and record.status == "ok":
+        FAILOVERS.labels(model).inc()
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            json.dumps(
+                {
+                    "event": "gateway_request",
+                    "request_id": record.request_id,
+                    "user_id": record.user_id,
+                    "organisation_id": record.organisation_id,
+                    "api_key_id": record.api_key_id,
+                    "model": model,
+                    "route": record.route,
+                    "upstream_id": record.upstream_id,
+                    "attempts": record.attempts,
+                    "status": record.status,
+                    "http_status": record.http_status,
+                    "latency_ms": record.latency_ms,
+                    "ttft_ms": record.ttft_ms,
+                    "prompt_tokens": record.usage.prompt_tokens,
+                    "completion_tokens": record.usage.completion_tokens,
+                    "estimated": record.usage.is_estimated,
+                }
+            )
+        )

@@ -1,0 +1,82 @@
+"""Prometheus metrics and the per-request log line."""
+
+import json
+import logging
+import re
+
+import httpx
+import pytest
+
+from tests.ai.conftest import UPSTREAM_SECRET
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PROMPT = "purple-elephant-confidential-prompt"
+HI = [{"role": "user", "content": PROMPT}]
+OK_SERIES = re.compile(
+    r'switchboard_gateway_requests_total\{model="acme-chat",route="chat.completions",status="ok"\} ([\d.]+)'
+)
+
+
+def _chat(world, key=None, **extra):
+    return httpx.post(
+        f"{world.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key or world.alice_key}"},
+        json={"model": "acme-chat", "messages": HI, **extra},
+    )
+
+
+def _ok_count(text: str) -> float:
+    match = OK_SERIES.search(text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_metrics_are_off_without_a_token(world, settings):
+    settings.METRICS_TOKEN = ""
+    assert httpx.get(f"{world.url}/metrics").status_code == 404
+
+
+def test_metrics_refuse_a_request_without_the_token(world, settings):
+    settings.METRICS_TOKEN = "scrape-me"
+    assert httpx.get(f"{world.url}/metrics").status_code == 401
+    wrong = httpx.get(f"{world.url}/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+
+
+def test_metrics_count_requests_tokens_and_rejections(world, settings):
+    settings.METRICS_TOKEN = "scrape-me"
+    auth = {"Authorization": "Bearer scrape-me"}
+    before = httpx.get(f"{world.url}/metrics", headers=auth).text
+    _chat(world)
+    _chat(world, stream=True)
+    after = httpx.get(f"{world.url}/metrics", headers=auth).text
+    assert _ok_count(after) == _ok_count(before) + 2
+    assert 'switchboard_gateway_tokens_total{direction="completion",model="acme-chat"}' in after
+    assert "switchboard_gateway_request_seconds_bucket" in after
+    assert "switchboard_gateway_time_to_first_token_seconds_count" in after
+    assert UPSTREAM_SECRET not in after
+
+
+def test_one_json_log_line_per_request_and_no_secret_in_any_log(world, caplog):
+    caplog.set_level(logging.DEBUG)
+    _chat(world)
+    _chat(world, stream=True)
+    _chat(world, key="sb-a-wrong-key-that-must-not-be-logged")
+    lines = [
+        json.loads(r.getMessage())
+        for r in caplog.records
+        if r.name == "switchboard.gateway" and "gateway_request" in r.getMessage()
+    ]
+    assert len(lines) == 2
+    assert {"request_id", "user_id", "model", "upstream_id", "status", "latency_ms"} <= set(
+        lines[0]
+    )
+    assert lines[0]["model"] == "acme-chat" and lines[0]["prompt_tokens"] > 0
+    everything = caplog.text + "".join(str(r.args) for r in caplog.records)
+    for secret in (
+        world.alice_key,
+        UPSTREAM_SECRET,
+        "sb-a-wrong-key-that-must-not-be-logged",
+        "Hi",
+    ):
+        assert secret not in everything
