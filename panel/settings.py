@@ -7,6 +7,7 @@ DATABASE_URL and REDIS_URL switch it to PostgreSQL and Redis.
 
 import base64
 import hashlib
+import os
 from pathlib import Path
 
 import environ
@@ -123,7 +124,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # Tests run real servers in other threads: a file (not shared-cache memory)
     # gives them ordinary locking with the busy timeout above.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-switchboard.sqlite3")}
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(DATA_DIR / f"test-switchboard-{os.getpid()}.sqlite3")
+    }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

@@ -1,0 +1,85 @@
+"""The admin's usage dashboard in a real browser: Chart.js draws the rollups."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from ai.models import UsageEvent
+from ai.services import usage_rollup
+from tests.factories import AIModelFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHART_JS = "/static/vendor/chartjs/chart-4.6.1.umd.min.js"
+CANVASES = ("#chart-requests", "#chart-tokens", "#chart-cost")
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+def rolled_up(alice):
+    """Three requests by alice in the last hour, 45 tokens and 0.75 credits, rolled up."""
+    model = AIModelFactory(name="e2e-chat")
+    now = datetime.now(UTC)
+    for minutes_ago in (5, 20, 40):
+        UsageEvent.objects.create(
+            created_at=now - timedelta(minutes=minutes_ago),
+            request_id=f"req_e2e_{minutes_ago}",
+            user=alice,
+            model=model,
+            route="chat.completions",
+            status="ok",
+            prompt_tokens=10,
+            completion_tokens=5,
+            cost=Decimal("0.25"),
+        )
+    assert usage_rollup() > 0
+
+
+def _log_in_as_root(page, base_url: str) -> None:
+    page.goto(f"{base_url}/admin/login/?next=/admin/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", "pw-for-tests")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{base_url}/admin/")
+
+
+def _open_dashboard(page, base_url: str) -> None:
+    with page.expect_response(lambda r: r.url.endswith(CHART_JS)) as chart_js:
+        page.get_by_role("link", name="Usage dashboard").click()
+    assert chart_js.value.status == 200
+    page.wait_for_url(f"{base_url}/admin/usage/")
+    page.wait_for_function('document.body.dataset.chartsReady === "yes"', timeout=10_000)
+
+
+def test_the_usage_dashboard_draws_charts_from_real_rollups_in_a_browser(
+    asgi_server, superuser, rolled_up, page, browser_errors, tmp_path
+):
+    _log_in_as_root(page, asgi_server.url)
+    _open_dashboard(page, asgi_server.url)
+
+    for canvas in CANVASES:
+        box = page.locator(canvas).bounding_box()
+        assert box is not None and box["width"] > 0 and box["height"] > 0, canvas
+    totals = page.locator("#totals").inner_text()
+    assert "Requests: 3" in totals and "Tokens: 45" in totals and "Cost: 0.75" in totals
+    assert browser_errors == []
+    page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
+
+
+def test_the_usage_dashboard_fits_a_phone_screen(
+    asgi_server, superuser, rolled_up, page, browser_errors
+):
+    page.set_viewport_size(PHONE)
+    _log_in_as_root(page, asgi_server.url)
+    _open_dashboard(page, asgi_server.url)
+
+    widths = page.evaluate(
+        "({scroll: document.documentElement.scrollWidth, inner: window.innerWidth})"
+    )
+    assert widths["scroll"] <= widths["inner"] + 1, widths
+    for canvas in CANVASES:
+        box = page.locator(canvas).bounding_box()
+        assert box is not None and box["width"] > 0, canvas
+        assert box["x"] + box["width"] <= PHONE["width"] + 1, (canvas, box)
+    assert browser_errors == []
