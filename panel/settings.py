@@ -225,7 +225,7 @@ GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS",
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
 
 # --- Usage rollups ------------------------------------------------------------------
-USAGE_ROLLUP_INTERVAL = env.int("USAGE_ROLLUP_INTERVAL", default=300)
+USAGE_ROLLUP_INTERVAL = env.int("USAGE_ROLLUP_INTERVAL", default=60)
 # Each rollup run recomputes this many hours back, so late events are counted.
 USAGE_ROLLUP_LOOKBACK_HOURS = env.int("USAGE_ROLLUP_LOOKBACK_HOURS", default=48)
 # Raw usage events older than this are pruned (rollups are kept).

@@ -175,7 +175,9 @@ def test_two_gateway_processes_sharing_redis_admit_exactly_the_limit(world, sett
     } >= {200}
 
 
-def _start_gateway(redis_url: str) -> tuple[str, subprocess.Popen]:
+def _start_gateway(
+    redis_url: str | None, extra_env: dict | None = None
+) -> tuple[str, subprocess.Popen]:
     db = connection.settings_dict
     if connection.vendor == "sqlite":
         database_url = f"sqlite:///{db['NAME']}"
@@ -185,8 +187,9 @@ def _start_gateway(redis_url: str) -> tuple[str, subprocess.Popen]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
+        "REDIS_URL": redis_url or "",
         "LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     }
     process = subprocess.Popen(
         [

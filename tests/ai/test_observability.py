@@ -80,3 +80,30 @@ def test_one_json_log_line_per_request_and_no_secret_in_any_log(world, caplog):
         "Hi",
     ):
         assert secret not in everything
+
+
+def test_metrics_sum_several_processes_in_multiprocess_mode(world, tmp_path, settings):
+    from tests.ai.test_limits import _start_gateway
+    from tests.servers import wait_until_serving
+
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "METRICS_TOKEN": "scrape-me"}
+    servers = [_start_gateway(redis_url=None, extra_env=env) for _ in range(2)]
+    try:
+        for url, _ in servers:
+            wait_until_serving(f"{url}/healthz")
+        for i in range(6):
+            url = servers[i % 2][0]
+            response = httpx.post(
+                f"{url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {world.alice_key}"},
+                json={"model": "acme-chat", "messages": HI},
+            )
+            assert response.status_code == 200
+        scraped = httpx.get(
+            f"{servers[0][0]}/metrics", headers={"Authorization": "Bearer scrape-me"}
+        ).text
+    finally:
+        for _, process in servers:
+            process.terminate()
+            process.wait(timeout=10)
+    assert _ok_count(scraped) == 6
