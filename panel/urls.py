@@ -1,15 +1,36 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ai.admin import usage_dashboard
 from ai.api import health
 from ai.api.urls import botserver_patterns, openai_patterns, panel_patterns
+from ai.views import chat_page
+from panel import api as panel_api
 from panel import views
 
 urlpatterns = [
     path("admin/usage/", admin.site.admin_view(usage_dashboard), name="usage-dashboard"),
     path("admin/", admin.site.urls),
+    path("", RedirectView.as_view(url="/chat/", permanent=False)),
+    path("chat/", chat_page, name="chat"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("v1/", include(openai_patterns)),
+    # The management API (DRF) comes before the gateway's routes that share its prefixes.
+    path("api/v1/ai/", include("ai.api.manage.urls")),
+    path("api/v1/", include("accounts.api.urls")),
+    path("api/v1/", include("orgs.api.urls")),
+    path("api/v1/config", panel_api.ConfigView.as_view(), name="api-config"),
+    path("api/v1/version", panel_api.VersionView.as_view(), name="api-version"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/ai/", include(botserver_patterns)),
     path("api/v1/", include(openai_patterns)),
     path("api/ai/openai/v1/", include(openai_patterns)),

@@ -112,6 +112,7 @@ class Command(BaseCommand):
     def _banner(self, host, port, username, password, plain):
         base = f"http://{host}:{port}"
         self.stdout.write(self.style.SUCCESS(f"\nSwitchboard is running at {base}/admin/"))
+        self.stdout.write(f"  chat page:      {base}/chat/ (sign in as the admin)")
         self.stdout.write(f"  admin user:     {username}")
         self.stdout.write(f"  admin password: {password}")
         self.stdout.write(f"  demo model:     {DEMO_MODEL}")

@@ -1,0 +1,188 @@
+"""The chat page's WebSocket: conversations and replies streamed token by token.
+
+Client messages: list, open, new (a blank draft), rename, delete, send, stop.
+Server messages: conversations, conversation, started, delta, done, error.
+Replies go through the same gateway functions as the REST routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from panel.errors import ApiError, FeatureDisabled, NotFound
+
+from . import services
+from .models import MessageRole, MessageStatus
+from .selectors import ai_enabled_get
+
+CLOSE_UNAUTHENTICATED = 4401
+
+
+def plain_words(exc: Exception) -> str:
+    """An error as an end user should read it."""
+    if isinstance(exc, FeatureDisabled):
+        return "AI chat is turned off by the administrator."
+    code = getattr(exc, "code", "")
+    retry = getattr(exc, "headers", {}).get("Retry-After")
+    if code in ("rate_limit_exceeded", "quota_exceeded"):
+        when = f" It resets in {retry} seconds." if retry else ""
+        return f"You have reached your usage limit for this model.{when}"
+    if code == "insufficient_quota":
+        return "Your balance is too low for this request. Ask an administrator to top it up."
+    if code in ("model_not_available", "upstream_error"):
+        return "The model is unavailable right now. Please try again in a moment."
+    if code == "model_not_found":
+        return "This model is not available to you."
+    return getattr(exc, "message", None) or "Something went wrong."
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user_id = user.pk
+        self.reply_task: asyncio.Task | None = None
+        await self.accept()
+
+    async def disconnect(self, code):
+        task = getattr(self, "reply_task", None)
+        if task and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def receive_json(self, content, **kwargs):
+        handler = getattr(self, f"on_{content.get('type')}", None)
+        if handler is None:
+            await self.send_json({"type": "error", "message": "Unknown request."})
+            return
+        try:
+            await handler(content)
+        except (ApiError, FeatureDisabled) as exc:
+            await self.send_json({"type": "error", "message": plain_words(exc)})
+
+    async def on_list(self, content):
+        conversations = await database_sync_to_async(services.conversations_for_user)(
+            user_id=self.user_id
+        )
+        await self.send_json({"type": "conversations", "conversations": conversations})
+
+    async def on_open(self, content):
+        conversation, messages = await database_sync_to_async(services.conversation_messages)(
+            user_id=self.user_id, conversation_id=content.get("conversation")
+        )
+        await self.send_json(
+            {
+                "type": "conversation",
+                "id": conversation.id,
+                "title": conversation.title,
+                "model_id": conversation.model_id,
+                "system_prompt": conversation.system_prompt,
+                "messages": messages,
+            }
+        )
+
+    async def on_rename(self, content):
+        await database_sync_to_async(services.conversation_rename)(
+            user_id=self.user_id,
+            conversation_id=content.get("conversation"),
+            title=str(content.get("title", "")),
+        )
+        await self.on_list(content)
+
+    async def on_delete(self, content):
+        await database_sync_to_async(services.conversation_delete)(
+            user_id=self.user_id, conversation_id=content.get("conversation")
+        )
+        await self.on_list(content)
+
+    async def on_stop(self, content):
+        if self.reply_task and not self.reply_task.done():
+            self.reply_task.cancel()
+
+    async def on_send(self, content):
+        text = str(content.get("content", "")).strip()
+        if not text:
+            raise NotFound("Type a message first.")
+        if self.reply_task and not self.reply_task.done():
+            await self.send_json({"type": "error", "message": "Wait for the reply, or stop it."})
+            return
+        if not await ai_enabled_get():
+            raise FeatureDisabled()
+        model_id = content.get("model_id")
+        model_id = int(model_id) if str(model_id).isdigit() else None
+        conversation = await database_sync_to_async(self._conversation_for)(content, model_id, text)
+        await database_sync_to_async(services.message_add)(
+            conversation=conversation, role=MessageRole.USER, content=text
+        )
+        self.reply_task = asyncio.create_task(self._reply(conversation, model_id))
+
+    def _conversation_for(self, content, model_id, text):
+        if content.get("conversation"):
+            conversation = services.conversation_get_for_user(
+                user_id=self.user_id, conversation_id=content["conversation"]
+            )
+            if model_id and conversation.model_id != model_id:
+                conversation.model_id = model_id
+                conversation.save(update_fields=["model", "updated_at"])
+            return conversation
+        return services.conversation_create(
+            user_id=self.user_id,
+            model_id=model_id,
+            system_prompt=str(content.get("system_prompt", "")),
+            first_message=text,
+        )
+
+    async def _reply(self, conversation, model_id):
+        body = await database_sync_to_async(services.chat_body)(
+            conversation=conversation, model_id=model_id
+        )
+        await self.send_json({"type": "started", "conversation": conversation.id})
+        parts: list[str] = []
+        status, error, headers = MessageStatus.COMPLETE, "", {}
+        try:
+            headers, pieces = await services.chat_stream(user_id=self.user_id, body=body)
+            async for piece in pieces:
+                parts.append(piece)
+                await self.send_json({"type": "delta", "content": piece})
+        except asyncio.CancelledError:
+            status = MessageStatus.STOPPED
+        except (ApiError, FeatureDisabled) as exc:
+            status, error = MessageStatus.ERROR, plain_words(exc)
+        message = await database_sync_to_async(services.message_add)(
+            conversation=conversation,
+            role=MessageRole.ASSISTANT,
+            content="".join(parts),
+            status=status,
+            error=error,
+        )
+        await self.send_json(
+            {
+                "type": "done",
+                "conversation": conversation.id,
+                "message": message.id,
+                "status": status,
+                "error": error,
+                "quota": _quota(headers),
+            }
+        )
+        await self.on_list({})
+
+
+def _quota(headers: dict) -> dict | None:
+    """The remaining requests and tokens of the link, from the gateway's rate-limit headers."""
+    quota = {}
+    for metric in ("requests", "tokens"):
+        if f"x-ratelimit-limit-{metric}" in headers:
+            quota[metric] = {
+                "limit": int(headers[f"x-ratelimit-limit-{metric}"]),
+                "remaining": int(headers[f"x-ratelimit-remaining-{metric}"]),
+                "reset": headers[f"x-ratelimit-reset-{metric}"],
+            }
+    return quota or None

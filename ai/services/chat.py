@@ -1,0 +1,138 @@
+"""Chat page services: conversations and the streaming of one reply."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+from accounts.authentication import Identity
+from panel.errors import NotFound, UpstreamError
+
+from ..gateway import pipeline
+from ..gateway.pipeline import Reply, Stream
+from ..models import Conversation, Message, MessageStatus
+
+TITLE_LENGTH = 60
+
+
+def conversation_get_for_user(*, user_id: int, conversation_id) -> Conversation:
+    """The user's own conversation; anyone else's is simply not found."""
+    conversation = Conversation.objects.filter(pk=conversation_id, user_id=user_id).first()
+    if conversation is None:
+        raise NotFound("No such conversation.", code="conversation_not_found")
+    return conversation
+
+
+def conversations_for_user(*, user_id: int) -> list[dict]:
+    return [
+        {
+            "id": c.id,
+            "title": c.title,
+            "model_id": c.model_id,
+            "updated_at": c.updated_at.isoformat(),
+        }
+        for c in Conversation.objects.filter(user_id=user_id)[:200]
+    ]
+
+
+def conversation_create(
+    *, user_id: int, model_id: int | None, system_prompt: str, first_message: str
+):
+    """A new conversation titled after its first message."""
+    title = " ".join(first_message.split())[:TITLE_LENGTH] or "New chat"
+    return Conversation.objects.create(
+        user_id=user_id, model_id=model_id, system_prompt=system_prompt or "", title=title
+    )
+
+
+def conversation_rename(*, user_id: int, conversation_id, title: str) -> Conversation:
+    conversation = conversation_get_for_user(user_id=user_id, conversation_id=conversation_id)
+    conversation.title = title.strip()[:200] or conversation.title
+    conversation.save(update_fields=["title", "updated_at"])
+    return conversation
+
+
+def conversation_delete(*, user_id: int, conversation_id) -> None:
+    conversation_get_for_user(user_id=user_id, conversation_id=conversation_id).delete()
+
+
+def conversation_messages(*, user_id: int, conversation_id) -> tuple[Conversation, list[dict]]:
+    conversation = conversation_get_for_user(user_id=user_id, conversation_id=conversation_id)
+    messages = [
+        {"id": m.id, "role": m.role, "content": m.content, "status": m.status, "error": m.error}
+        for m in conversation.messages.all()
+    ]
+    return conversation, messages
+
+
+def message_add(
+    *, conversation: Conversation, role: str, content: str, status=MessageStatus.COMPLETE, error=""
+):
+    message = Message.objects.create(
+        conversation=conversation, role=role, content=content, status=status, error=error[:300]
+    )
+    conversation.save(update_fields=["updated_at"])
+    return message
+
+
+def chat_body(*, conversation: Conversation, model_id: int | None) -> dict:
+    """The OpenAI chat request for the conversation so far (its stored turns)."""
+    messages = []
+    if conversation.system_prompt:
+        messages.append({"role": "system", "content": conversation.system_prompt})
+    for message in conversation.messages.all():
+        if message.content and message.status != MessageStatus.ERROR:
+            messages.append({"role": message.role, "content": message.content})
+    body = {"messages": messages, "stream": True}
+    if model_id is not None:
+        body["modelId"] = model_id
+    return body
+
+
+def _deltas(batch: bytes) -> list[str]:
+    """Content pieces of a batch of SSE events; an error event raises."""
+    pieces = []
+    for line in batch.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if not data or data == b"[DONE]":
+            continue
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise UpstreamError(chunk["error"].get("message") or "The model failed mid-reply.")
+        for choice in chunk.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                pieces.append(content)
+    return pieces
+
+
+async def chat_stream(*, user_id: int, body: dict) -> tuple[dict, AsyncIterator[str]]:
+    """Stream a reply through the gateway (resolution, limits, failover, usage): headers, pieces.
+
+    The same functions serve /v1/chat/completions; nothing here calls the HTTP API.
+    """
+    from ..api.openai import CHAT_ROUTE
+
+    call = await pipeline.prepare(
+        identity=Identity(user_id=user_id, key=None),
+        route=CHAT_ROUTE,
+        body=body,
+        request_id=f"req_{uuid.uuid4().hex}",
+    )
+    result: Stream | Reply = await pipeline.open_stream(call)
+    if isinstance(result, Reply):
+        raise UpstreamError(f"The model refused the request (HTTP {result.status}).")
+
+    async def pieces() -> AsyncIterator[str]:
+        events = result.events
+        try:
+            async for batch in events:
+                for piece in _deltas(batch):
+                    yield piece
+        finally:
+            await events.aclose()
+
+    return result.headers, pieces()

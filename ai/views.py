@@ -1,0 +1,21 @@
+"""Server-rendered pages: the chat page."""
+
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+
+from .selectors import _load_registry, _load_user, models_for_caller
+
+
+@login_required
+def chat_page(request):
+    """The chat page; everything after the first paint goes over /ws/chat/."""
+    user = _load_user(request.user.pk)
+    models = models_for_caller(_load_registry(), user, None) if user else []
+    default = (
+        next((link.model_id for link in user.links if link.is_default), None) if user else None
+    )
+    context = {
+        "models": [{"id": m.id, "name": m.display_name, "public": m.name} for m in models],
+        "default_model": default,
+    }
+    return render(request, "chat/chat.html", context)
