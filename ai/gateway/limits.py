@@ -23,6 +23,7 @@ from orgs.services import redis_balance_key, redis_held_key, to_micro
 from panel import redis as sb_redis
 from panel.db import run_sync
 from panel.errors import InsufficientQuota, InvalidRequest, RateLimited
+from panel.redis_pipe import Script
 
 from .accounting import Usage, cost_of, estimate_prompt
 from .observability import REJECTIONS
@@ -263,6 +264,9 @@ def _keys(admission: Admission) -> list[str]:
     return keys
 
 
+_ADMIT = Script(ADMIT_LUA)
+
+
 async def _redis_admit(admission: Admission) -> None:
     client = sb_redis.async_client()
     now = time.time()
@@ -270,7 +274,7 @@ async def _redis_admit(admission: Admission) -> None:
     for c in admission.counters:
         args += [c.amount, c.limit, max(60, int(c.reset_at - now) + 60)]
     for _ in range(2):
-        result = await _script(client, ADMIT_LUA)(keys=_keys(admission), args=args)
+        result = await _ADMIT(keys=_keys(admission), args=args)
         if result[0] != -1:
             break
         await _load_wallet_balance(client, admission.wallet_id)

@@ -1,0 +1,137 @@
+"""A lean pipelined Redis connection for the one script call on the request path.
+
+Measured (tests/bench/README.md): redis-py's asyncio client spent ~250 µs of
+CPU per admission (pool checkout, health check, command packing, reply
+parsing), more than the whole 15 % budget for limits. This sends commands on
+one persistent connection per event loop, writes them as they come, and
+matches replies to callers in order; hiredis parses the replies. Everything
+else keeps using redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import weakref
+from collections import deque
+from urllib.parse import urlparse
+
+import hiredis
+from django.conf import settings
+
+
+class RedisError(Exception):
+    pass
+
+
+def _pack(*args) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class PipelinedConnection:
+    """One connection; replies come back in the order commands were written."""
+
+    def __init__(self, url: str) -> None:
+        self.url = urlparse(url)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.waiting: deque[asyncio.Future] = deque()
+        self.connecting: asyncio.Lock = asyncio.Lock()
+        self.listener: asyncio.Task | None = None
+
+    async def _connect(self) -> None:
+        async with self.connecting:
+            if self.writer is not None:
+                return
+            reader, writer = await asyncio.open_connection(
+                self.url.hostname or "127.0.0.1", self.url.port or 6379
+            )
+            setup = []
+            if self.url.password:
+                setup.append(
+                    _pack(
+                        "AUTH",
+                        *([self.url.username] if self.url.username else []),
+                        self.url.password,
+                    )
+                )
+            database = (self.url.path or "/0").lstrip("/") or "0"
+            setup.append(_pack("SELECT", database))
+            writer.write(b"".join(setup))
+            parser = hiredis.Reader()
+            for _ in setup:
+                reply = False
+                while reply is False:
+                    parser.feed(await reader.read(65536))
+                    reply = parser.gets()
+                if isinstance(reply, hiredis.ReplyError):
+                    writer.close()
+                    raise RedisError(str(reply))
+            self.reader, self.writer = reader, writer
+            self.listener = asyncio.get_running_loop().create_task(self._listen(reader, parser))
+
+    async def _listen(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("Redis closed the connection")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    future = self.waiting.popleft()
+                    if not future.done():
+                        future.set_result(reply)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError(f"Redis connection lost: {exc}"))
+
+    async def execute(self, *args):
+        if self.writer is None:
+            await self._connect()
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.writer.write(_pack(*args))
+        reply = await future
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisError(str(reply))
+        return reply
+
+
+_connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def connection() -> PipelinedConnection:
+    loop = asyncio.get_running_loop()
+    conn = _connections.get(loop)
+    if conn is None or conn.url.geturl() != settings.REDIS_URL:
+        conn = _connections[loop] = PipelinedConnection(settings.REDIS_URL)
+    return conn
+
+
+class Script:
+    """A Lua script run by EVALSHA, loaded on first NOSCRIPT."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: list, args: list):
+        conn = connection()
+        try:
+            return await conn.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except RedisError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await conn.execute("EVAL", self.source, len(keys), *keys, *args)
