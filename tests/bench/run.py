@@ -14,16 +14,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import free_port, wait_until_serving  # noqa: E402
+
 BODY = {"model": "bench-chat", "messages": [{"role": "user", "content": "Say something nice"}]}
 SEED = """
 import django, json, sys
@@ -46,23 +46,6 @@ for name, limited in (("bench-chat", False), ("bench-limited", True)):
 wallet_topup(wallet=wallet_for(user=user), amount=Decimal("1000000"), reason="bench")
 print(apikey_create(user=user, name="bench")[1])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def lua(path: Path, body: dict, key: str | None) -> Path:
@@ -169,8 +152,8 @@ def main() -> None:
             "daphne": [py, "-m", "daphne", "-p", str(gw_port), "panel.asgi:application"],
         }[args.server]
         procs.append(start(server, env, work / "gateway.log"))
-        wait_http(f"http://127.0.0.1:{fake_port}/_fake/health")
-        wait_http(f"http://127.0.0.1:{gw_port}/v1/models")
+        wait_until_serving(f"http://127.0.0.1:{fake_port}/_fake/health")
+        wait_until_serving(f"http://127.0.0.1:{gw_port}/v1/models")
         gateway = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         targets = {
             "direct": (f"http://127.0.0.1:{fake_port}/v1/chat/completions", None, "fake-chat"),
