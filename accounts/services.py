@@ -75,3 +75,16 @@ def admin_ensure(*, username: str, email: str, password: str) -> tuple[User, boo
     if user is not None:
         return user, False
     return User.objects.create_superuser(username=username, email=email, password=password), True
+
+
+@transaction.atomic
+def apikey_permissions_set(
+    *, key: APIKey, permissions: Iterable[str], allowed_models: Iterable | None = None
+) -> APIKey:
+    """Replace a key's permissions and, when given, the models it is limited to."""
+    key.permissions = sorted(set(permissions))
+    key.full_clean()
+    key.save(update_fields=["permissions"])
+    if allowed_models is not None:
+        key.allowed_models.set(list(allowed_models))
+    return key

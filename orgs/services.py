@@ -1,4 +1,5 @@
-"""Wallet services: every change of a balance is a ledger entry in the same transaction."""
+"""Organisation services: wallets (every change of a balance is a ledger entry in the same
+transaction), organisations and their memberships."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from accounts.models import Tier
 from panel import redis as sb_redis
 from panel.db import insert_many
+from panel.errors import InvalidRequest, PermissionDenied
 
-from .models import LedgerEntry, LedgerKind, Wallet
+from .models import LedgerEntry, LedgerKind, Membership, Organisation, Role, Wallet
+from .selectors import can_own
 
 MICRO = Decimal("0.000001")
 
@@ -124,3 +128,63 @@ def wallet_charges_record(charges: list[tuple[int, Decimal, str]]) -> None:
     )
     for wallet_id, total in totals.items():
         Wallet.objects.filter(pk=wallet_id).update(balance=F("balance") - total)
+
+
+# --- Organisations and memberships ------------------------------------------------------
+
+
+@transaction.atomic
+def organisation_create(*, name: str, slug: str, tier: str = Tier.FREE, owner=None):
+    """Create an organisation, with ``owner`` as its first owner when given."""
+    organisation = Organisation(name=name, slug=slug, tier=tier)
+    organisation.full_clean()
+    organisation.save()
+    if owner is not None:
+        Membership.objects.create(user=owner, organisation=organisation, role=Role.OWNER)
+    return organisation
+
+
+def _require_owner_for(*, role_change: bool, by, organisation) -> None:
+    if role_change and not can_own(by, organisation):
+        raise PermissionDenied("Only an owner can grant, change or remove the owner role.")
+
+
+def _require_another_owner(membership) -> None:
+    others = membership.organisation.memberships.filter(role=Role.OWNER).exclude(pk=membership.pk)
+    if membership.role == Role.OWNER and not others.exists():
+        raise InvalidRequest(
+            "An organisation keeps at least one owner.", param="role", code="last_owner"
+        )
+
+
+def membership_add(*, organisation, user, role: str, by):
+    """Add a user to an organisation; only owners (or staff) may add an owner."""
+    _require_owner_for(role_change=role == Role.OWNER, by=by, organisation=organisation)
+    if organisation.memberships.filter(user=user).exists():
+        raise InvalidRequest(
+            "This user is already a member.", param="username", code="already_member"
+        )
+    return Membership.objects.create(user=user, organisation=organisation, role=role)
+
+
+@transaction.atomic
+def membership_role_set(*, membership, role: str, by):
+    """Change a member's role; owner roles need an owner, and the last owner stays one."""
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    touches_owner = Role.OWNER in (membership.role, role)
+    _require_owner_for(role_change=touches_owner, by=by, organisation=membership.organisation)
+    if role != Role.OWNER:
+        _require_another_owner(membership)
+    membership.role = role
+    membership.save(update_fields=["role"])
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership, by) -> None:
+    """Remove a member; removing an owner needs an owner, and never the last one."""
+    _require_owner_for(
+        role_change=membership.role == Role.OWNER, by=by, organisation=membership.organisation
+    )
+    _require_another_owner(membership)
+    membership.delete()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import NON_FIELD_ERRORS
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -178,6 +180,11 @@ def _first_error(detail, prefix: str = "") -> tuple[str | None, str]:
             param, message = _first_error(value, f"{prefix}.{name}" if prefix and name else name)
             return param or None, message
     if isinstance(detail, list) and detail:
+        if all(isinstance(item, dict) for item in detail):
+            # A list of nested objects: valid ones are empty; name the first failing index.
+            for index, item in enumerate(detail):
+                if item:
+                    return _first_error(item, f"{prefix}.{index}" if prefix else str(index))
         return _first_error(detail[0], prefix)
     return prefix or None, str(detail)
 
@@ -194,10 +201,22 @@ def from_drf(exc: drf_exceptions.APIException) -> ApiError:
     return error
 
 
+def _django_detail(exc: DjangoValidationError) -> dict | list:
+    """A model's ValidationError (from ``full_clean`` in a service) as DRF error detail."""
+    if hasattr(exc, "error_dict"):
+        return {
+            ("non_field_errors" if name == NON_FIELD_ERRORS else name): messages
+            for name, messages in exc.message_dict.items()
+        }
+    return exc.messages
+
+
 def drf_exception_handler(exc, context):
     """DRF's EXCEPTION_HANDLER: every DRF view answers in the OpenAI envelope."""
     if isinstance(exc, Http404):
         exc = NotFound()
+    if isinstance(exc, DjangoValidationError):
+        exc = drf_exceptions.ValidationError(_django_detail(exc))
     if isinstance(exc, drf_exceptions.APIException):
         exc = from_drf(exc)
     if isinstance(exc, ApiError | FeatureDisabled):

@@ -34,3 +34,16 @@ def demo_seed(*, upstream_base_url: str, user) -> AIModel:
         model=model, user=user, defaults={"is_enabled": True, "is_default": not has_default}
     )
     return model
+
+
+@transaction.atomic
+def model_deploy(*, upstreams: list[dict], **fields) -> AIModel:
+    """Register a model with the upstreams that serve it (seed 004's deploy), all or nothing."""
+    model = AIModel(**fields)
+    model.full_clean()
+    model.save()
+    for upstream_fields in upstreams:
+        upstream = Upstream(model=model, **upstream_fields)
+        upstream.full_clean()
+        upstream.save()
+    return model

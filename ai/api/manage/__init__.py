@@ -1,0 +1,1 @@
+"""The management API for the model registry: models, upstreams and links (DRF)."""

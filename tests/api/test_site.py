@@ -1,0 +1,66 @@
+"""/api/v1/config and /version, the OpenAPI schema and Swagger UI, and route precedence."""
+
+from django.contrib.staticfiles import finders
+from django.urls import resolve
+
+from ai.api import openai
+from panel.fastpath import is_fast_path
+from tests.api.conftest import as_key
+
+
+def test_it_shows_staff_the_config_without_secrets(api, keys, settings):
+    settings.METRICS_TOKEN = "metrics-token-secret"
+    response = as_key(api, keys["staff"]).get("/api/v1/config")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["metrics_enabled"] is True and body["database"] in ("sqlite", "postgresql")
+    text = response.content.decode()
+    for secret in (settings.SECRET_KEY, *settings.FIELD_ENCRYPTION_KEYS, "metrics-token-secret"):
+        assert secret not in text
+    assert "://" not in text
+
+
+def test_it_tells_anyone_the_version(api):
+    assert set(api.get("/api/v1/version").json()) == {"version"}
+
+
+def test_it_keeps_the_openai_routes_on_the_fast_path():
+    assert resolve("/api/v1/models").func.__wrapped__ is openai.models_list.__wrapped__
+    assert is_fast_path("/api/v1/models") and is_fast_path("/api/v1/ai/chat/completions")
+    assert not is_fast_path("/api/v1/ai/models")
+
+
+def test_it_serves_an_openapi_schema_of_every_api(api):
+    response = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["openapi"].startswith("3.")
+    paths = schema["paths"]
+    for path in (
+        "/api/v1/ai/models",
+        "/api/v1/ai/models/deploy",
+        "/api/v1/ai/models/{id}/config",
+        "/api/v1/auth/keys/{id}/permissions",
+        "/api/v1/orgs/{org_slug}/members/{user_id}",
+        "/api/v1/config",
+        "/v1/chat/completions",
+        "/api/v1/models/{model}",
+        "/api/v1/ai/inference",
+        "/api/ai/usage",
+    ):
+        assert path in paths, path
+    upstream = schema["components"]["schemas"]["Upstream"]["properties"]
+    assert "api_key" not in upstream and "has_api_key" in upstream
+    assert "api_key" in schema["components"]["schemas"]["UpstreamRequest"]["properties"]
+
+
+def test_it_serves_swagger_ui_from_local_assets(api):
+    response = api.get("/api/docs/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert (
+        '<script src="/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js">'
+        in html
+    )
+    assert "cdn" not in html.lower() and "unpkg" not in html.lower()
+    assert finders.find("drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
