@@ -28,12 +28,17 @@ from django.urls import Resolver404, get_resolver, set_script_prefix
 
 
 @lru_cache(maxsize=4096)
-def is_fast_path(path: str) -> bool:
+def _fast_match(path: str):
+    """The cached URL match of a fast-path view, or None (resolved once per distinct path)."""
     try:
         match = get_resolver().resolve(path)
     except Resolver404:
-        return False
-    return getattr(match.func, "fast_path", False)
+        return None
+    return match if getattr(match.func, "fast_path", False) else None
+
+
+def is_fast_path(path: str) -> bool:
+    return _fast_match(path) is not None
 
 
 class FastPathHandler(ASGIHandler):
@@ -47,6 +52,13 @@ class FastPathHandler(ASGIHandler):
 
     async def __call__(self, scope, receive, send):
         await self.handle(scope, receive, send)
+
+    def resolve_request(self, request):
+        # Resolving walks every URL pattern (the admin and management API come
+        # first); the match was already made, and cached, to choose this handler.
+        match = _fast_match(request.path_info)
+        request.resolver_match = match
+        return match
 
     async def handle(self, scope, receive, send):
         try:
