@@ -50,6 +50,8 @@ class LocalCache:
         self._checked_at = 0.0
 
     async def _sync_generation(self, now: float) -> None:
+        # Claim the check before awaiting, so concurrent requests do not all ask.
+        self._checked_at = now
         generation = await _read_generation()
         if generation != self._generation:
             self._data.clear()
@@ -59,7 +61,9 @@ class LocalCache:
 
 async def _read_generation():
     if sb_redis.is_configured():
-        return await sb_redis.async_client().get(GENERATION_KEY)
+        from panel.redis_pipe import connection
+
+        return await connection().execute("GET", GENERATION_KEY)
     return django_cache.get(GENERATION_KEY)
 
 
