@@ -61,7 +61,8 @@ def test_a_user_chats_stops_a_reply_and_finds_the_history_after_a_reload(
     _send(page, models["slower"], "A long story please")
     reply = _reply(page)
     page.wait_for_function(
-        "document.querySelector('.msg.assistant:last-child .body').innerText.length > 10"
+        "(() => { const body = document.querySelector('.msg.assistant:last-child .body');"
+        " return body !== null && body.innerText.length > 10; })()"
     )
     page.click("#stop")
     reply.locator(".badge", has_text="stopped").wait_for()
