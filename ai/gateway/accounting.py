@@ -200,10 +200,21 @@ def _write(batch: tuple[list, list, list]) -> None:
     with transaction.atomic():
         if events:
             insert_many(events, USAGE_FIELDS)
+            _touch_keys(events)
         if settlements and not sb_redis.is_configured():
             settle_in_database(settlements)
         if charges:
             wallet_charges_record(charges)
+
+
+def _touch_keys(events: list[UsageEvent]) -> None:
+    """Stamp the batch's keys as used: one UPDATE per batch, accurate to the flush interval."""
+    from accounts.models import APIKey
+
+    key_ids = {event.api_key_id for event in events if event.api_key_id}
+    if key_ids:
+        latest = max(event.created_at for event in events)
+        APIKey.objects.filter(pk__in=key_ids).update(last_used_at=latest)
 
 
 async def flush() -> None:

@@ -195,3 +195,11 @@ def test_it_refuses_a_host_outside_allowed_hosts_with_an_envelope(world, setting
     response = _post(world, json={"messages": HI})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_host"
+
+
+def test_it_stamps_the_key_as_used(world):
+    assert _post(world, json={"messages": HI}).status_code == 200
+    wait_for_usage(1)
+    key = APIKey.objects.get(name="alice")
+    assert key.last_used_at is not None
+    assert APIKey.objects.get(name="bob").last_used_at is None
