@@ -120,14 +120,16 @@ def test_a_failed_request_releases_its_reservation(world, acme, backend, fake_up
     ModelLink.objects.filter(model=model).update(requests_per_minute=2, tokens_per_minute=100)
     model.save()
     body = {"model": "down", "messages": HI, "max_tokens": 40}
-    for _ in range(4):
+    for done in range(1, 5):
         response = httpx.post(
             f"{world.url}/v1/chat/completions",
             headers={"Authorization": f"Bearer {world.alice_key}"},
             json=body,
         )
         assert response.status_code == 502  # never 429: each failure gave its slot back
-    wait_for_usage(4)
+        # Settlements are applied with the usage flush (within its interval).
+        wait_for_usage(done)
+        _wait_for_settlements()
 
 
 def test_a_key_limit_applies_across_models(world, backend, alice):
@@ -317,6 +319,19 @@ def test_a_billed_link_without_a_wallet_is_refused(world, acme, backend):
     Wallet.objects.all().delete()
     world.chat.save()
     assert _post(world, {"model": "acme-chat", "messages": HI}).status_code == 402
+
+
+def _wait_for_settlements(timeout: float = 5.0) -> None:
+    import time
+
+    from ai.gateway import accounting
+
+    deadline = time.monotonic() + timeout
+    while accounting._pending_settlements or (
+        accounting._flusher is not None and not accounting._flusher.done()
+    ):
+        assert time.monotonic() < deadline, "settlements were not applied"
+        time.sleep(0.01)
 
 
 def _wait_for_charges(count: int, timeout: float = 5.0) -> None:
