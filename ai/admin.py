@@ -39,20 +39,7 @@ class UpstreamForm(forms.ModelForm):
 
     class Meta:
         model = Upstream
-        fields = [
-            "model",
-            "name",
-            "base_url",
-            "provider_model_id",
-            "priority",
-            "weight",
-            "connect_timeout",
-            "first_byte_timeout",
-            "total_timeout",
-            "is_enabled",
-            "probe",
-            "health_check_interval",
-        ]
+        fields = list(Upstream.EDITABLE_FIELDS)
 
     def save(self, commit=True):
         upstream = super().save(commit=False)

@@ -136,6 +136,24 @@ class Upstream(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # What an administrator or a script edits (the admin form and the management
+    # API both use these; the API key is handled apart, write-only).
+    EDITABLE_FIELDS = (
+        "model",
+        "name",
+        "base_url",
+        "provider_model_id",
+        "priority",
+        "weight",
+        "connect_timeout",
+        "first_byte_timeout",
+        "total_timeout",
+        "is_enabled",
+        "probe",
+        "health_check_interval",
+    )
+    HEALTH_FIELDS = ("health_status", "last_checked_at", "last_error", "consecutive_failures")
+
     class Meta:
         ordering = ["model", "priority", "name"]
         constraints = [

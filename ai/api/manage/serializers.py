@@ -71,35 +71,14 @@ class UpstreamSerializer(ModelCleanMixin, serializers.ModelSerializer):
         model = Upstream
         fields = [
             "id",
-            "model",
-            "name",
-            "base_url",
+            *Upstream.EDITABLE_FIELDS,
             "api_key",
             "has_api_key",
-            "provider_model_id",
-            "priority",
-            "weight",
-            "connect_timeout",
-            "first_byte_timeout",
-            "total_timeout",
-            "is_enabled",
-            "probe",
-            "health_check_interval",
-            "health_status",
-            "last_checked_at",
-            "last_error",
-            "consecutive_failures",
+            *Upstream.HEALTH_FIELDS,
             "created_at",
             "updated_at",
         ]
-        read_only_fields = [
-            "health_status",
-            "last_checked_at",
-            "last_error",
-            "consecutive_failures",
-            "created_at",
-            "updated_at",
-        ]
+        read_only_fields = [*Upstream.HEALTH_FIELDS, "created_at", "updated_at"]
         # The model's constraints are checked by full_clean (ModelCleanMixin).
         validators = []
 
