@@ -109,22 +109,13 @@ def wallet_charges_record(charges: list[tuple[int, Decimal, str]]) -> None:
     from collections import defaultdict
 
     totals: dict[int, Decimal] = defaultdict(Decimal)
-    entries = []
+    rows = []
     now = timezone.now()
     for wallet_id, cost, request_id in charges:
         totals[wallet_id] += cost
-        entries.append(
-            LedgerEntry(
-                created_at=now,
-                wallet_id=wallet_id,
-                kind=LedgerKind.USAGE,
-                amount=-cost,
-                request_id=request_id,
-                reason="usage",
-            )
-        )
+        rows.append((now, wallet_id, LedgerKind.USAGE, -cost, request_id, "usage"))
     insert_many(
-        entries, ["wallet", "kind", "amount", "reason", "request_id", "created_by", "created_at"]
+        LedgerEntry, ["created_at", "wallet_id", "kind", "amount", "request_id", "reason"], rows
     )
     for wallet_id, total in totals.items():
         Wallet.objects.filter(pk=wallet_id).update(balance=F("balance") - total)

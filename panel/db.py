@@ -23,24 +23,43 @@ async def run_sync(fn, *args):
     return await sync_to_async(_in_checked_connection)(fn, *args)
 
 
-def insert_many(objs: list, fields: list[str], using: str = "default") -> None:
-    """INSERT rows with one executemany, without bulk_create's per-value compiler work.
+def insert_many(model, fields: list[str], rows: list[tuple], using: str = "default") -> None:
+    """INSERT rows with one executemany, without model instances or bulk_create's compiler.
 
     For append-only rows written in bulk off the request path (usage events,
-    ledger entries); ids are not returned. Values go through each field's own
-    get_db_prep_save, so every backend gets what the ORM would send.
+    ledger entries). ``rows`` are tuples of Python values in ``fields`` order
+    (foreign keys by ``<name>_id``); ids are not returned. Each value goes
+    through its field's own get_db_prep_save, so every backend gets what the
+    ORM would send; a value repeated down a column is prepared once.
     """
-    if not objs:
+    if not rows:
         return
-    model = type(objs[0])
     connection = connections[using]
     concrete = [model._meta.get_field(name) for name in fields]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in concrete)
     placeholders = ", ".join(["%s"] * len(concrete))
     table = connection.ops.quote_name(model._meta.db_table)
-    rows = [
-        tuple(f.get_db_prep_save(getattr(obj, f.attname), connection) for f in concrete)
-        for obj in objs
+    prepared = [
+        _prepare_column(field, column, connection)
+        for field, column in zip(concrete, zip(*rows, strict=True), strict=True)
     ]
     with connection.cursor() as cursor:
-        cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", rows)
+        cursor.executemany(
+            f"INSERT INTO {table} ({columns}) VALUES ({placeholders})",
+            list(zip(*prepared, strict=True)),
+        )
+
+
+def _prepare_column(field, values: tuple, connection) -> list:
+    prepare = field.get_db_prep_save
+    done: dict = {}
+    out = []
+    for value in values:
+        key = (type(value), value)  # True and 1 are equal, but not the same value here
+        try:
+            out.append(done[key])
+        except KeyError:
+            out.append(done.setdefault(key, prepare(value, connection)))
+        except TypeError:  # unhashable (JSON)
+            out.append(prepare(value, connection))
+    return out

@@ -12,7 +12,9 @@ import asyncio
 import atexit
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.conf import settings
 from django.utils import timezone
@@ -102,8 +104,33 @@ class Record:
     admission: object | None = None  # limits.Admission, settled when the event is queued
 
 
-USAGE_FIELDS = [f.name for f in UsageEvent._meta.concrete_fields if not f.primary_key]
-_pending: list[UsageEvent] = []
+class UsageRow(NamedTuple):
+    """One UsageEvent to insert (a plain tuple: no model instance on the request path)."""
+
+    created_at: datetime
+    request_id: str
+    user_id: int
+    organisation_id: int | None
+    api_key_id: int | None
+    link_id: int
+    model_id: int
+    upstream_id: int | None
+    route: str
+    is_stream: bool
+    status: str
+    http_status: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+    is_estimated: bool
+    cost: Decimal
+    latency_ms: int
+    ttft_ms: int | None
+    attempts: int
+    error: str
+
+
+_pending: list[UsageRow] = []
 _pending_settlements: list = []  # database path: counter deltas and wallet holds
 _pending_charges: list[tuple[int, Decimal, str]] = []  # (wallet id, cost, request id)
 _flusher: asyncio.Task | None = None
@@ -112,29 +139,30 @@ _flusher: asyncio.Task | None = None
 def usage_record(record: Record) -> None:
     """Queue the UsageEvent of a finished request and settle its reservation."""
     cost = cost_of(record.model, record.usage)
+    usage = record.usage
     _pending.append(
-        UsageEvent(
-            created_at=timezone.now(),
-            request_id=record.request_id,
-            user_id=record.user_id,
-            organisation_id=record.organisation_id,
-            api_key_id=record.api_key_id,
-            link_id=record.link_id,
-            model_id=record.model.id,
-            upstream_id=record.upstream_id,
-            route=record.route,
-            is_stream=record.is_stream,
-            status=record.status,
-            http_status=record.http_status,
-            prompt_tokens=record.usage.prompt_tokens,
-            completion_tokens=record.usage.completion_tokens,
-            images=record.usage.images,
-            is_estimated=record.usage.is_estimated,
-            cost=cost,
-            latency_ms=record.latency_ms,
-            ttft_ms=record.ttft_ms,
-            attempts=max(record.attempts, 1),
-            error=record.error[:300],
+        UsageRow(
+            timezone.now(),
+            record.request_id,
+            record.user_id,
+            record.organisation_id,
+            record.api_key_id,
+            record.link_id,
+            record.model.id,
+            record.upstream_id,
+            record.route,
+            record.is_stream,
+            record.status,
+            record.http_status,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.images,
+            usage.is_estimated,
+            cost,
+            record.latency_ms,
+            record.ttft_ms,
+            max(record.attempts, 1),
+            record.error[:300],
         )
     )
     if record.admission is not None and not record.admission.is_empty:
@@ -199,7 +227,7 @@ def _write(batch: tuple[list, list, list]) -> None:
     events, settlements, charges = batch
     with transaction.atomic():
         if events:
-            insert_many(events, USAGE_FIELDS)
+            insert_many(UsageEvent, UsageRow._fields, events)
             _touch_keys(events)
         if settlements and not sb_redis.is_configured():
             settle_in_database(settlements)
@@ -207,7 +235,7 @@ def _write(batch: tuple[list, list, list]) -> None:
             wallet_charges_record(charges)
 
 
-def _touch_keys(events: list[UsageEvent]) -> None:
+def _touch_keys(events: list[UsageRow]) -> None:
     """Stamp the batch's keys as used: one UPDATE per batch, accurate to the flush interval."""
     from accounts.models import APIKey
 
