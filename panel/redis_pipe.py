@@ -24,12 +24,17 @@ class RedisError(Exception):
     pass
 
 
-def _pack(*args) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+def pack_items(args) -> bytes:
+    """Arguments as RESP bulk strings, without the array header (see ``Script.run``)."""
+    parts = []
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def _pack(*args) -> bytes:
+    return b"*%d\r\n" % len(args) + pack_items(args)
 
 
 class PipelinedConnection:
@@ -40,6 +45,7 @@ class PipelinedConnection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.waiting: deque[asyncio.Future] = deque()
+        self.unsent: list[bytes] = []  # commands of this loop iteration, written together
         self.connecting: asyncio.Lock = asyncio.Lock()
         self.listener: asyncio.Task | None = None
 
@@ -92,17 +98,31 @@ class PipelinedConnection:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
+        self.unsent.clear()
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
                 future.set_exception(ConnectionError(f"Redis connection lost: {exc}"))
 
+    def _write_unsent(self) -> None:
+        if self.unsent and self.writer is not None:
+            self.writer.write(b"".join(self.unsent))
+        self.unsent.clear()
+
     async def execute(self, *args):
+        return await self.send(_pack(*args))
+
+    async def send(self, command: bytes):
+        """Write one packed command and wait for its reply."""
         if self.writer is None:
             await self._connect()
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.waiting.append(future)
-        self.writer.write(_pack(*args))
+        self.unsent.append(command)
+        if len(self.unsent) == 1:
+            # One socket write for every command sent in this iteration of the loop.
+            loop.call_soon(self._write_unsent)
         reply = await future
         if isinstance(reply, hiredis.ReplyError):
             raise RedisError(str(reply))
@@ -126,12 +146,22 @@ class Script:
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._evalsha = pack_items(("EVALSHA", self.sha))
+        self._eval = pack_items(("EVAL", source))
 
     async def __call__(self, keys: list, args: list):
+        return await self.run(1 + len(keys) + len(args), pack_items((len(keys), *keys, *args)))
+
+    async def run(self, count: int, packed: bytes):
+        """Run with ``packed``: numkeys, the keys and the arguments (``count`` items), packed.
+
+        Callers that repeat most of their arguments pack those parts once.
+        """
         conn = connection()
+        header = b"*%d\r\n" % (count + 2)
         try:
-            return await conn.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await conn.send(header + self._evalsha + packed)
         except RedisError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            return await conn.execute("EVAL", self.source, len(keys), *keys, *args)
+            return await conn.send(header + self._eval + packed)
