@@ -77,13 +77,16 @@ def _close_server_connections() -> None:
 @pytest.fixture(autouse=True)
 def fresh_gateway_state(settings, request):
     """Each test starts with empty per-process caches, closed breakers and no pending usage."""
-    from ai.gateway import accounting, router
+    from ai.gateway import accounting, limits, router
     from panel.localcache import registry_cache
 
     settings.GATEWAY_USAGE_FLUSH_INTERVAL = 0.01
     registry_cache.clear()
     router.breaker.reset()
+    limits._plans.forget()  # a lease of an earlier test must not settle into this one's counters
     accounting._pending.clear()
+    accounting._pending_settlements.clear()
+    accounting._pending_charges.clear()
     yield
     _wait_for_usage_writes(accounting)
     registry_cache.clear()

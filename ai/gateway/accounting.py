@@ -189,12 +189,18 @@ def _settle(record: Record, cost: Decimal) -> None:
     _pending_settlements.append(settlement)
 
 
+def settlement_queue(settlement) -> None:
+    """Queue a settlement that has no usage event (a lease given back, a cancelled admission)."""
+    _pending_settlements.append(settlement)
+    _ensure_flusher()
+
+
 def _ensure_flusher() -> None:
     global _flusher
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        _write(_take())
+        _flush_sync()
         return
     if _flusher is None or _flusher.done() or _flusher.get_loop() is not loop:
         _flusher = loop.create_task(_flush_soon())
@@ -271,6 +277,17 @@ async def flush() -> None:
         raise
 
 
+def _flush_sync() -> None:
+    """``flush`` for code without an event loop."""
+    batch = _take()
+    if batch[1] and sb_redis.is_configured():
+        from .limits import settle_in_redis_now
+
+        settle_in_redis_now(batch[1])
+        batch = (batch[0], [], batch[2])
+    _write(batch)
+
+
 def _requeue(batch: tuple[list, list, list]) -> None:
     for pending, taken in zip(
         (_pending, _pending_settlements, _pending_charges), batch, strict=True
@@ -281,11 +298,9 @@ def _requeue(batch: tuple[list, list, list]) -> None:
 @atexit.register
 def _flush_at_exit() -> None:
     try:
-        batch = _take()
-        if batch[1] and sb_redis.is_configured():
-            from .limits import settle_in_redis_now
+        from .limits import leases_release
 
-            settle_in_redis_now(batch[1])
-        _write(batch)
+        leases_release()
+        _flush_sync()
     except Exception:
         logger.exception("Usage events could not be written at exit")

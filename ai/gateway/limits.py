@@ -12,6 +12,7 @@ transaction does it under row locks (SQLite: the database write lock).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from calendar import monthrange
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from orgs.services import redis_balance_key, redis_held_key, to_micro
 from panel import redis as sb_redis
 from panel.db import run_sync
 from panel.errors import InsufficientQuota, InvalidRequest, RateLimited
-from panel.redis_pipe import Script
+from panel.redis_pipe import Script, pack_items
 
 from .accounting import Usage, cost_of, estimate_prompt
 from .observability import REJECTIONS
@@ -32,30 +33,67 @@ from .resolve import Resolution
 RATE, QUOTA = "rate_limit_exceeded", "quota_exceeded"
 
 
-@dataclass(slots=True)
-class Counter:
-    key: str
-    amount: int
+REQUESTS, TOKENS, COST = 0, 1, 2  # what a limit counts: an index into Admission.amounts
+METRIC_NAMES = ("requests", "tokens", "cost")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limited counter of a link or key, in the current window."""
+
+    key: str  # the counter's key, window included
     limit: int
     reset_at: float  # epoch seconds at the end of the window
-    metric: str  # requests, tokens or cost
+    ttl: int  # seconds the counter is kept from the start of this minute
+    metric: int  # REQUESTS, TOKENS or COST
     code: str  # RATE or QUOTA
     label: str
-    value: int = 0  # the total before this request, filled in by admission
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A link and key's limits in the current minute, and their part of the Redis call."""
+
+    link: object  # the LinkInfo and KeyInfo snapshots it was made for
+    key: object
+    limits: tuple[Limit, ...]
+    wallet_keys: tuple[str, ...]  # balance and held, for a wallet-billed link
+    # The admission script's arguments around the two per-request ones (tokens, cost).
+    redis_head: bytes
+    redis_tail: bytes
+    redis_items: int
+    lease: Lease | None = None
+    # For the x-ratelimit-* headers: per metric shown, its header names and its limits.
+    header_groups: tuple[tuple[int, tuple[str, str, str], tuple[int, ...]], ...] = ()
+
+
+EMPTY_PLAN = Plan(None, None, (), (), b"", b"", 0)
 
 
 @dataclass(slots=True)
 class Admission:
-    counters: list[Counter] = field(default_factory=list)
+    plan: Plan = EMPTY_PLAN
+    values: list[int] = field(default_factory=list)  # each counter before this request
     wallet_id: int | None = None
-    hold: int = 0  # micro-credits reserved on the wallet
     tokens: int = 0
-    cost: int = 0  # micro-credits
+    cost: int = 0  # micro-credits, also what is held on the wallet
     headers: dict[str, str] = field(default_factory=dict)
 
     @property
+    def limits(self) -> tuple[Limit, ...]:
+        return self.plan.limits
+
+    @property
     def is_empty(self) -> bool:
-        return not self.counters and self.wallet_id is None
+        return not self.plan.limits and self.wallet_id is None
+
+    @property
+    def hold(self) -> int:
+        return self.cost if self.wallet_id is not None else 0
+
+    @property
+    def amounts(self) -> tuple[int, int, int]:
+        return (1, self.tokens, self.cost)
 
 
 def _windows(now: float) -> dict[str, tuple[str, float]]:
@@ -73,16 +111,16 @@ def _windows(now: float) -> dict[str, tuple[str, float]]:
 
 # (limit field, metric, window, code) for links; keys use the first and the last.
 LINK_LIMITS = (
-    ("requests_per_minute", "requests", "minute", RATE),
-    ("requests_per_day", "requests", "day", RATE),
-    ("tokens_per_minute", "tokens", "minute", RATE),
-    ("tokens_per_day", "tokens", "day", QUOTA),
-    ("tokens_per_month", "tokens", "month", QUOTA),
-    ("cost_per_month", "cost", "month", QUOTA),
+    ("requests_per_minute", REQUESTS, "minute", RATE),
+    ("requests_per_day", REQUESTS, "day", RATE),
+    ("tokens_per_minute", TOKENS, "minute", RATE),
+    ("tokens_per_day", TOKENS, "day", QUOTA),
+    ("tokens_per_month", TOKENS, "month", QUOTA),
+    ("cost_per_month", COST, "month", QUOTA),
 )
 KEY_LIMITS = (
-    ("requests_per_minute", "requests", "minute", RATE),
-    ("cost_per_month", "cost", "month", QUOTA),
+    ("requests_per_minute", REQUESTS, "minute", RATE),
+    ("cost_per_month", COST, "month", QUOTA),
 )
 
 
@@ -101,37 +139,210 @@ def _estimate(resolution: Resolution, body: dict, route_name: str) -> tuple[int,
     return prompt + output, to_micro(cost_of(model, usage)), 0
 
 
+# --- Leases -----------------------------------------------------------------------
+#
+# A process that admits many requests on the same link and key reserves them
+# from Redis several at a time (a lease) and spends the reservation locally,
+# so most admissions need no round trip. Redis grants a lease only out of
+# plenty: at most 1/LEASE_GUARD of what is left on every counter and the
+# wallet, otherwise exactly one request, so near a limit every admission is
+# exact and shared by all processes. What a lease holds unspent is given back
+# after LEASE_SECONDS, when the minute turns, and at exit; a process that dies
+# leaves it counted (the safe side) until its window ends. Each request still
+# settles its own usage, so counters and charges are exact either way.
+
+LEASE_GUARD = 10
+LEASE_MAX = 512  # requests in one lease
+LEASE_SECONDS = 1.0  # unspent reservations are given back after this
+LEASE_PACE = 0.25  # a lease spent faster than this doubles the next one
+
+
+@dataclass(slots=True, eq=False)
+class Lease:
+    """Reservations this process holds for one plan: requests, tokens, micro-credits."""
+
+    size: int = 1  # how many requests the next refill asks for
+    requests: int = 0
+    tokens: int = 0
+    cost: int = 0
+    wallet_id: int | None = None
+    base: list[int] = field(default_factory=list)  # counter values after the last refill
+    taken: list[int] = field(default_factory=lambda: [0, 0, 0])  # spent since, per metric
+    refilled_at: float = 0.0
+    refilling: asyncio.Task | None = None  # a refill of more than one request in flight
+    expiry: asyncio.TimerHandle | None = None
+    plan: Plan | None = None  # the plan whose counters it reserved on
+
+    def take(self, admission: Admission) -> bool:
+        """Spend one request of the lease on ``admission``, if it covers it."""
+        if self.requests < 1 or self.tokens < admission.tokens or self.cost < admission.cost:
+            return False
+        self.requests -= 1
+        self.tokens -= admission.tokens
+        self.cost -= admission.cost
+        taken = self.taken
+        admission.values = [
+            value + taken[limit.metric]
+            for value, limit in zip(self.base, admission.limits, strict=True)
+        ]
+        taken[0] += 1
+        taken[1] += admission.tokens
+        taken[2] += admission.cost
+        return True
+
+    def add(self, admission: Admission, asked: int, grant: int, values: list[int]) -> None:
+        """A refill for ``admission`` asked ``asked`` requests and got ``grant``; it keeps one."""
+        now = time.monotonic()
+        if asked == self.size:  # a refill of the current size tells how to size the next
+            if grant < asked:  # Redis cut it short: a limit or the balance is near
+                self.size = max(1, grant)
+            elif now - self.refilled_at < LEASE_PACE:
+                self.size = min(self.size * 2, LEASE_MAX)
+            elif now - self.refilled_at > 4 * LEASE_PACE:
+                self.size = max(1, self.size // 2)
+            self.refilled_at = now
+        if grant <= 1:
+            return
+        spare = grant - 1
+        self.requests += spare
+        self.tokens += spare * admission.tokens
+        self.cost += spare * admission.cost
+        self.wallet_id = admission.wallet_id
+        amounts = admission.amounts
+        self.base = [
+            value + amounts[limit.metric]
+            for value, limit in zip(values, admission.limits, strict=True)
+        ]
+        self.taken = [0, 0, 0]
+        if self.expiry is None:
+            self.expiry = asyncio.get_running_loop().call_later(LEASE_SECONDS, self.release)
+
+    def release(self) -> None:
+        """Give back whatever is unspent (settled with the next usage flush)."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if self.requests or self.tokens or self.cost:
+            from .accounting import settlement_queue
+
+            settlement_queue(self.settlement())
+        self.requests = self.tokens = self.cost = 0
+
+    def settlement(self) -> Settlement:
+        unspent = Admission(
+            plan=self.plan, wallet_id=self.wallet_id, tokens=self.tokens, cost=self.cost
+        )
+        return Settlement(
+            admission=unspent, deltas=(-self.requests, -self.tokens, -self.cost), charge=0
+        )
+
+
+class _Plans:
+    """Each (link, key) pair's limits in the current minute, made once a minute.
+
+    Day and month windows turn over on minute boundaries too, so one minute's
+    plan holds for all of them. A changed link or key is a new snapshot object,
+    which misses the cache.
+    """
+
+    def __init__(self) -> None:
+        self.minute = -1
+        self.windows: dict[str, tuple[str, float]] = {}
+        self.plans: dict[tuple[int, int | None], Plan] = {}
+
+    def get(self, link, key, now: float) -> Plan:
+        minute = int(now // 60)
+        if minute != self.minute:
+            self.release_leases()
+            self.minute, self.windows, self.plans = minute, _windows(now), {}
+        cache_key = (link.id, key.id if key is not None else None)
+        plan = self.plans.get(cache_key)
+        if plan is None or plan.link is not link or plan.key is not key:
+            if plan is not None:
+                plan.lease.release()
+            plan = self.plans[cache_key] = self._make(link, key, minute * 60)
+        return plan
+
+    def forget(self) -> None:
+        """Drop every plan and lease without giving anything back (tests start afresh)."""
+        for plan in self.plans.values():
+            plan.lease.requests = plan.lease.tokens = plan.lease.cost = 0
+        self.__init__()
+
+    def release_leases(self) -> None:
+        """Give back what every plan's lease holds unspent (a new minute, or exit)."""
+        for plan in self.plans.values():
+            plan.lease.release()
+
+    def _make(self, link, key, minute_start: float) -> Plan:
+        scopes = [(f"link:{link.id}", link.limits, LINK_LIMITS)]
+        if key is not None:
+            scopes.append((f"key:{key.id}", key.limits, KEY_LIMITS))
+        limits = []
+        for scope, values, table in scopes:
+            for name, metric, window, code in table:
+                limit = values.get(name)
+                if limit is None:
+                    continue
+                window_id, reset_at = self.windows[window]
+                limits.append(
+                    Limit(
+                        key=f"sb:lim:{scope}:{name}:{window_id}",
+                        limit=to_micro(limit) if metric == COST else int(limit),
+                        reset_at=reset_at,
+                        # Kept a minute past the window's end, then Redis drops it.
+                        ttl=int(reset_at - minute_start) + 60,
+                        metric=metric,
+                        code=code,
+                        label=name.replace("_", " "),
+                    )
+                )
+        wallet_keys = ()
+        if link.is_wallet_billed and link.wallet_id is not None:
+            wallet_keys = (redis_balance_key(link.wallet_id), redis_held_key(link.wallet_id))
+        keys = [limit.key for limit in limits] + list(wallet_keys)
+        tail = [len(limits), int(bool(wallet_keys))]
+        for limit in limits:
+            tail += [limit.metric + 1, limit.limit, limit.ttl]
+        plan = Plan(
+            link=link,
+            key=key,
+            limits=tuple(limits),
+            wallet_keys=wallet_keys,
+            redis_head=pack_items([len(keys), *keys]),
+            redis_tail=pack_items(tail),
+            redis_items=1 + len(keys) + 3 + len(tail),
+            lease=Lease(),
+            header_groups=tuple(
+                (metric, HEADER_NAMES[metric], indexes)
+                for metric in (REQUESTS, TOKENS)
+                if (indexes := tuple(i for i, lim in enumerate(limits) if lim.metric == metric))
+            ),
+        )
+        plan.lease.plan = plan
+        return plan
+
+
+_plans = _Plans()
+
+
+def leases_release() -> None:
+    """Give back every lease's unspent reservations now (at exit)."""
+    _plans.release_leases()
+
+
 def plan(resolution: Resolution, body: dict, route_name: str) -> Admission:
     """What this request would reserve."""
     tokens, cost, _ = _estimate(resolution, body, route_name)
-    admission = Admission(tokens=tokens, cost=cost)
-    amounts = {"requests": 1, "tokens": tokens, "cost": cost}
-    windows = _windows(time.time())
-    scopes = [(f"link:{resolution.link.id}", resolution.link.limits, LINK_LIMITS)]
-    if resolution.key is not None:
-        scopes.append((f"key:{resolution.key.id}", resolution.key.limits, KEY_LIMITS))
-    for scope, limits, table in scopes:
-        for name, metric, window, code in table:
-            limit = limits.get(name)
-            if limit is None:
-                continue
-            window_id, reset_at = windows[window]
-            admission.counters.append(
-                Counter(
-                    key=f"sb:lim:{scope}:{name}:{window_id}",
-                    amount=amounts[metric],
-                    limit=to_micro(limit) if metric == "cost" else int(limit),
-                    reset_at=reset_at,
-                    metric=metric,
-                    code=code,
-                    label=name.replace("_", " "),
-                )
-            )
-    if resolution.link.is_wallet_billed:
-        if resolution.link.wallet_id is None:
+    link = resolution.link
+    admission = Admission(
+        plan=_plans.get(link, resolution.key, time.time()), tokens=tokens, cost=cost
+    )
+    if link.is_wallet_billed:
+        if link.wallet_id is None:
             REJECTIONS.labels("insufficient_quota").inc()
             raise InsufficientQuota("This model is billed from a wallet that has no credits.")
-        admission.wallet_id, admission.hold = resolution.link.wallet_id, cost
+        admission.wallet_id = link.wallet_id
     return admission
 
 
@@ -159,7 +370,7 @@ async def admit(*, resolution: Resolution, body: dict, route_name: str = "") -> 
         await _redis_admit(admission)
     else:
         await run_sync(_db_admit, admission)
-    admission.headers = _rate_headers(admission.counters)
+    admission.headers = _rate_headers(admission)
     return admission
 
 
@@ -173,24 +384,35 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-def _rate_headers(counters: list[Counter], *, admitted: bool = True) -> dict[str, str]:
+HEADER_NAMES = {
+    metric: tuple(
+        f"x-ratelimit-{part}-{METRIC_NAMES[metric]}" for part in ("limit", "remaining", "reset")
+    )
+    for metric in (REQUESTS, TOKENS)
+}
+
+
+def _rate_headers(admission: Admission, *, admitted: bool = True) -> dict[str, str]:
+    """x-ratelimit-* for requests and tokens: the tightest limit of each."""
     headers = {}
     now = time.time()
-    for metric in ("requests", "tokens"):
-        relevant = [c for c in counters if c.metric == metric]
-        if not relevant:
-            continue
-        used = [(c, c.value + (c.amount if admitted else 0)) for c in relevant]
-        tightest, total = min(used, key=lambda pair: pair[0].limit - pair[1])
-        headers[f"x-ratelimit-limit-{metric}"] = str(tightest.limit)
-        headers[f"x-ratelimit-remaining-{metric}"] = str(max(0, tightest.limit - total))
-        headers[f"x-ratelimit-reset-{metric}"] = _duration(tightest.reset_at - now)
+    limits, values, amounts = admission.limits, admission.values, admission.amounts
+    for metric, (limit_name, remaining_name, reset_name), indexes in admission.plan.header_groups:
+        tightest, left = -1, 0
+        for i in indexes:
+            room = limits[i].limit - values[i]
+            if tightest < 0 or room < left:
+                tightest, left = i, room
+        limit = limits[tightest]
+        headers[limit_name] = str(limit.limit)
+        headers[remaining_name] = str(max(0, left - (amounts[metric] if admitted else 0)))
+        headers[reset_name] = _duration(limit.reset_at - now)
     return headers
 
 
-def _refuse(admission: Admission, failed: Counter) -> RateLimited:
+def _refuse(admission: Admission, failed: Limit) -> RateLimited:
     retry_after = max(1, int(failed.reset_at - time.time() + 0.999))
-    headers = _rate_headers(admission.counters, admitted=False)
+    headers = _rate_headers(admission, admitted=False)
     headers["Retry-After"] = str(retry_after)
     REJECTIONS.labels(failed.code).inc()
     what = "rate limit" if failed.code == RATE else "quota"
@@ -201,40 +423,63 @@ def _refuse(admission: Admission, failed: Counter) -> RateLimited:
     )
 
 
+def _short_of_credits() -> InsufficientQuota:
+    REJECTIONS.labels("insufficient_quota").inc()
+    return InsufficientQuota("Your balance cannot cover this request; top up your wallet.")
+
+
 # --- Redis ----------------------------------------------------------------------
 
-# KEYS: counters..., then wallet balance and held when ARGV[2] == 1.
-# ARGV: n, has_wallet, hold, then amount and limit and ttl per counter.
-# Returns {1, values...} when admitted, {0, i, value} for counter i over its limit,
-# {-1} when the wallet balance is not loaded yet, {-2, available} when it is short.
+# KEYS: the counters, then the wallet's balance and held keys when it has one.
+# ARGV: tokens, cost (also the wallet hold), requests wanted (a lease when > 1),
+# n counters, has wallet (0/1), then per counter its metric (1 requests,
+# 2 tokens, 3 cost), limit and TTL.
+# Grants the requests wanted, fewer when that would take more than 1/GUARD of
+# what is left on a counter or the wallet, and at least one if one fits.
+# Returns {1, granted, values...} when admitted, {0, i, values...} when counter i
+# is over its limit, {-1} when the wallet balance is not loaded yet, {-2,
+# available} when it is short. One MGET reads everything; a counter gets its TTL
+# when it is created.
 ADMIT_LUA = """
-local n = tonumber(ARGV[1])
-local values = {}
+local GUARD = {GUARD}
+local amounts = {1, tonumber(ARGV[1]), tonumber(ARGV[2])}
+local grant = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local values = redis.call('MGET', unpack(KEYS))
+local out = {1, 1}
+for i = 1, n do out[i + 2] = tonumber(values[i] or '0') end
 for i = 1, n do
-  local amount = tonumber(ARGV[3 + (i - 1) * 3 + 1])
-  local limit = tonumber(ARGV[3 + (i - 1) * 3 + 2])
-  local value = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if value + amount > limit then return {0, i, value} end
-  values[i] = value
+  local base = 2 + i * 3
+  local amount = amounts[tonumber(ARGV[base + 1])]
+  local left = tonumber(ARGV[base + 2]) - out[i + 2]
+  if amount > left then
+    out[1], out[2] = 0, i
+    return out
+  end
+  if amount > 0 and grant > 1 then
+    grant = math.max(1, math.min(grant, math.floor(left / (amount * GUARD))))
+  end
 end
-if ARGV[2] == '1' then
-  local balance = redis.call('GET', KEYS[n + 1])
+if ARGV[5] == '1' then
+  local balance = values[n + 1]
   if not balance then return {-1} end
-  local held = tonumber(redis.call('GET', KEYS[n + 2]) or '0')
-  local available = tonumber(balance) - held
-  if available < tonumber(ARGV[3]) then return {-2, available} end
-  redis.call('INCRBY', KEYS[n + 2], ARGV[3])
+  local available = tonumber(balance) - tonumber(values[n + 2] or '0')
+  if available < amounts[3] then return {-2, available} end
+  if amounts[3] > 0 and grant > 1 then
+    grant = math.max(1, math.min(grant, math.floor(available / (amounts[3] * GUARD))))
+  end
+  redis.call('INCRBY', KEYS[n + 2], string.format('%d', amounts[3] * grant))
   -- Holds of a process that died unsettled fade out instead of blocking the wallet.
   redis.call('EXPIRE', KEYS[n + 2], 600)
 end
 for i = 1, n do
-  local amount = tonumber(ARGV[3 + (i - 1) * 3 + 1])
-  local ttl = tonumber(ARGV[3 + (i - 1) * 3 + 3])
-  redis.call('INCRBY', KEYS[i], amount)
-  redis.call('EXPIRE', KEYS[i], ttl)
+  local base = 2 + i * 3
+  redis.call('INCRBY', KEYS[i], string.format('%d', amounts[tonumber(ARGV[base + 1])] * grant))
+  if not values[i] then redis.call('EXPIRE', KEYS[i], ARGV[base + 3]) end
 end
-return {1, unpack(values)}
-"""
+out[2] = grant
+return out
+""".replace("{GUARD}", str(LEASE_GUARD))
 
 # Adds ARGV[i] to KEYS[i] when that key still exists (an expired window stays gone).
 INCR_EXISTING_LUA = """
@@ -246,56 +491,70 @@ end
 return 1
 """
 
-_scripts: dict = {}
-
-
-def _script(client, source: str):
-    script = _scripts.get((id(client), source))
-    if script is None:
-        script = client.register_script(source)
-        _scripts[(id(client), source)] = script
-    return script
-
-
-def _keys(admission: Admission) -> list[str]:
-    keys = [c.key for c in admission.counters]
-    if admission.wallet_id is not None:
-        keys += [redis_balance_key(admission.wallet_id), redis_held_key(admission.wallet_id)]
-    return keys
-
-
 _ADMIT = Script(ADMIT_LUA)
+_INCR_EXISTING = Script(INCR_EXISTING_LUA)
 
 
 async def _redis_admit(admission: Admission) -> None:
-    client = sb_redis.async_client()
-    now = time.time()
-    args = [len(admission.counters), int(admission.wallet_id is not None), admission.hold]
-    for c in admission.counters:
-        args += [c.amount, c.limit, max(60, int(c.reset_at - now) + 60)]
-    for _ in range(2):
-        result = await _ADMIT(keys=_keys(admission), args=args)
-        if result[0] != -1:
-            break
-        await _load_wallet_balance(client, admission.wallet_id)
+    lease = admission.plan.lease
+    if lease.take(admission):
+        return
+    if lease.refilling is not None:
+        # Another request is fetching a lease: wait for it rather than ask too.
+        await asyncio.wait((lease.refilling,))
+        if lease.take(admission):
+            return
+    size = 1 if lease.refilling is not None else lease.size
+    refill = asyncio.ensure_future(_refill(admission, size))
+    if size > 1:
+        lease.refilling = refill
+    try:
+        # Shielded: a caller that goes away mid-call gives its reservation back.
+        result = await asyncio.shield(refill)
+    except asyncio.CancelledError:
+        refill.add_done_callback(lambda _: _give_back(admission))
+        raise
     if result[0] == 0:
-        failed = admission.counters[result[1] - 1]
-        failed.value = result[2]
-        raise _refuse(admission, failed)
+        admission.values = result[2:]
+        raise _refuse(admission, admission.limits[result[1] - 1])
     if result[0] == -2:
-        REJECTIONS.labels("insufficient_quota").inc()
-        raise InsufficientQuota("Your balance cannot cover this request; top up your wallet.")
-    for counter, value in zip(admission.counters, result[1:], strict=False):
-        counter.value = value
+        raise _short_of_credits()
 
 
-async def _load_wallet_balance(client, wallet_id: int) -> None:
+async def _refill(admission: Admission, size: int) -> list:
+    """One admission script call for ``admission`` and ``size - 1`` more for the lease."""
+    plan, lease = admission.plan, admission.plan.lease
+    args = plan.redis_head + pack_items((admission.tokens, admission.cost, size)) + plan.redis_tail
+    try:
+        for _ in range(2):
+            result = await _ADMIT.run(plan.redis_items, args)
+            if result[0] != -1:
+                break
+            await _load_wallet_balance(admission.wallet_id)
+        if result[0] == 1:
+            admission.values = result[2:]
+            lease.add(admission, size, result[1], admission.values)
+        return result
+    finally:
+        if lease.refilling is asyncio.current_task():
+            lease.refilling = None
+
+
+def _give_back(admission: Admission) -> None:
+    """Release the reservation of a request cancelled while it was being admitted."""
+    if admission.values:  # it was admitted
+        from .accounting import settlement_queue
+
+        settlement_queue(settlement_for(admission, usage=Usage(), cost_micro=0, released=True))
+
+
+async def _load_wallet_balance(wallet_id: int) -> None:
     from orgs.models import Wallet
 
     balance = await run_sync(
         lambda: Wallet.objects.filter(pk=wallet_id).values_list("balance", flat=True).first()
     )
-    await client.set(redis_balance_key(wallet_id), to_micro(balance or 0), nx=True)
+    await sb_redis.async_client().set(redis_balance_key(wallet_id), to_micro(balance or 0), nx=True)
 
 
 # --- Database --------------------------------------------------------------------
@@ -310,34 +569,38 @@ def _db_admit(admission: Admission) -> None:
     from ..models import LimitCounter
 
     now = datetime.now(UTC)
-    keys = sorted(c.key for c in admission.counters)
+    limits, amounts = admission.limits, admission.amounts
+    keys = sorted(limit.key for limit in limits)
     with transaction.atomic():
         if keys:
-            expires = {c.key: datetime.fromtimestamp(c.reset_at, UTC) for c in admission.counters}
             LimitCounter.objects.bulk_create(
-                [LimitCounter(key=k, value=0, expires_at=expires[k]) for k in keys],
+                [
+                    LimitCounter(
+                        key=limit.key,
+                        value=0,
+                        expires_at=datetime.fromtimestamp(limit.reset_at, UTC),
+                    )
+                    for limit in limits
+                ],
                 ignore_conflicts=True,
             )
         rows = {
             row.key: row
             for row in LimitCounter.objects.select_for_update().filter(key__in=keys).order_by("key")
         }
-        for counter in admission.counters:
-            counter.value = rows[counter.key].value
-            if counter.value + counter.amount > counter.limit:
-                raise _refuse(admission, counter)
+        admission.values = [rows[limit.key].value for limit in limits]
+        for limit, value in zip(limits, admission.values, strict=True):
+            if value + amounts[limit.metric] > limit.limit:
+                raise _refuse(admission, limit)
         if admission.wallet_id is not None:
             wallet = Wallet.objects.select_for_update().get(pk=admission.wallet_id)
             if to_micro(wallet.balance - wallet.held) < admission.hold:
-                REJECTIONS.labels("insufficient_quota").inc()
-                raise InsufficientQuota(
-                    "Your balance cannot cover this request; top up your wallet."
-                )
+                raise _short_of_credits()
             # QuerySet.update, not save(): a save would signal a cache invalidation.
             Wallet.objects.filter(pk=wallet.pk).update(held=F("held") + _credits(admission.hold))
-        for counter in admission.counters:
-            LimitCounter.objects.filter(pk=rows[counter.key].pk).update(
-                value=F("value") + counter.amount
+        for limit in limits:
+            LimitCounter.objects.filter(pk=rows[limit.key].pk).update(
+                value=F("value") + amounts[limit.metric]
             )
     LimitCounter.objects.filter(expires_at__lt=now - timedelta(days=1)).delete()
 
@@ -356,7 +619,7 @@ class Settlement:
     """What a finished request changes: counter deltas, hold released, wallet charge."""
 
     admission: Admission
-    deltas: list[int]
+    deltas: tuple[int, int, int]  # per metric: what was used minus what was reserved
     charge: int  # micro-credits charged to the wallet
 
 
@@ -364,42 +627,48 @@ def settlement_for(
     admission: Admission, *, usage: Usage, cost_micro: int, released: bool
 ) -> Settlement:
     """Deltas that turn the reservation into what was used (all of it back when released)."""
-    actual = {
-        "requests": 0 if released else 1,
-        "tokens": 0 if released else usage.prompt_tokens + usage.completion_tokens,
-        "cost": 0 if released else cost_micro,
-    }
-    deltas = [actual[c.metric] - c.amount for c in admission.counters]
+    if released:
+        deltas = (-1, -admission.tokens, -admission.cost)
+    else:
+        used = usage.prompt_tokens + usage.completion_tokens
+        deltas = (0, used - admission.tokens, cost_micro - admission.cost)
     charge = 0 if released or admission.wallet_id is None else cost_micro
     return Settlement(admission=admission, deltas=deltas, charge=charge)
 
 
-def _deltas(settlements: list[Settlement]) -> dict[str, int]:
-    """Every settlement summed per Redis key: counters, wallet holds and balances."""
+def _counter_deltas(settlements: list[Settlement]) -> dict[str, int]:
+    """Every settlement's counter changes, summed per counter key."""
     from collections import defaultdict
 
     deltas: dict[str, int] = defaultdict(int)
     for settlement in settlements:
-        admission = settlement.admission
-        for counter, delta in zip(admission.counters, settlement.deltas, strict=True):
-            deltas[counter.key] += delta
-        if admission.wallet_id is not None:
-            deltas[redis_held_key(admission.wallet_id)] -= admission.hold
-            deltas[redis_balance_key(admission.wallet_id)] -= settlement.charge
+        for limit in settlement.admission.limits:
+            deltas[limit.key] += settlement.deltas[limit.metric]
     return deltas
+
+
+def _redis_deltas(settlements: list[Settlement]) -> dict[str, int]:
+    """Every settlement summed per Redis key: counters, wallet holds and balances."""
+    deltas = _counter_deltas(settlements)
+    for settlement in settlements:
+        admission = settlement.admission
+        if admission.wallet_id is not None:
+            balance, held = admission.plan.wallet_keys
+            deltas[held] = deltas.get(held, 0) - admission.hold
+            deltas[balance] = deltas.get(balance, 0) - settlement.charge
+    return {key: delta for key, delta in deltas.items() if delta}
 
 
 async def settle_in_redis(settlements: list[Settlement]) -> None:
     """Apply a batch of settlements to Redis in one script call, whatever its size."""
-    deltas = {key: delta for key, delta in _deltas(settlements).items() if delta}
+    deltas = _redis_deltas(settlements)
     if deltas:
-        client = sb_redis.async_client()
-        await _script(client, INCR_EXISTING_LUA)(keys=list(deltas), args=list(deltas.values()))
+        await _INCR_EXISTING(keys=list(deltas), args=list(deltas.values()))
 
 
 def settle_in_redis_now(settlements: list[Settlement]) -> None:
     """The same, from sync code (at interpreter exit)."""
-    deltas = {key: delta for key, delta in _deltas(settlements).items() if delta}
+    deltas = _redis_deltas(settlements)
     if deltas:
         sb_redis.sync_client().eval(INCR_EXISTING_LUA, len(deltas), *deltas, *deltas.values())
 
@@ -414,14 +683,11 @@ def settle_in_database(settlements: list[Settlement]) -> None:
 
     from ..models import LimitCounter
 
-    counter_deltas: dict[str, int] = defaultdict(int)
     held: dict[int, int] = defaultdict(int)
     for settlement in settlements:
-        for counter, delta in zip(settlement.admission.counters, settlement.deltas, strict=True):
-            counter_deltas[counter.key] += delta
         if settlement.admission.wallet_id is not None:
             held[settlement.admission.wallet_id] += settlement.admission.hold
-    for key, delta in counter_deltas.items():
+    for key, delta in _counter_deltas(settlements).items():
         if delta:
             LimitCounter.objects.filter(key=key).update(value=F("value") + delta)
     for wallet_id, amount in held.items():

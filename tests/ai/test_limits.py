@@ -351,3 +351,85 @@ def test_usage_events_are_not_written_for_refused_requests(world, backend):
     assert _post(world, {"model": "acme-chat", "messages": HI}).status_code == 429
     assert len(wait_for_usage(1)) == 1
     assert UsageEvent.objects.count() == 1
+
+
+def test_a_refusal_reports_what_every_limit_has_left(world, backend):
+    _limit(world, requests_per_minute=5, tokens_per_minute=10_000)
+    body = {"model": "acme-chat", "messages": HI, "max_tokens": 50}
+    assert _post(world, body).status_code == 200
+    assert _post(world, body).status_code == 200
+    wait_for_usage(2)
+    _wait_for_settlements()
+    used_tokens = sum(e.prompt_tokens + e.completion_tokens for e in UsageEvent.objects.all())
+    _limit(world, tokens_per_minute=used_tokens + 10)  # room for 10 more, not for 51
+
+    refused = _post(world, body)
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "tokens per minute" in refused.json()["error"]["message"]
+    assert refused.headers["x-ratelimit-remaining-requests"] == "3"  # 5 minus the two above
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "10"
+
+
+def test_a_changed_limit_applies_to_the_next_request(world, backend):
+    _limit(world, requests_per_minute=10)
+    assert _post(world, {"model": "acme-chat", "messages": HI}).status_code == 200
+    _limit(world, requests_per_minute=1)
+    assert _post(world, {"model": "acme-chat", "messages": HI}).status_code == 429
+    _limit(world, requests_per_minute=3)
+    assert _post(world, {"model": "acme-chat", "messages": HI}).status_code == 200
+
+
+def test_redis_counters_expire_a_minute_after_their_window(world, settings):
+    if not _redis_available():
+        pytest.skip("issue 4: needs a Redis server on 127.0.0.1:6379")
+    settings.REDIS_URL = os.environ.get("REDIS_URL") or LOCAL_REDIS
+    _clear_redis_state(settings.REDIS_URL)
+    _limit(world, requests_per_minute=10, tokens_per_day=10**6, tokens_per_month=10**7)
+    assert _post(world, {"model": "acme-chat", "messages": HI}).status_code == 200
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    ttls = {key.decode().split(":")[4]: client.ttl(key) for key in client.scan_iter("sb:lim:*")}
+    assert set(ttls) == {"requests_per_minute", "tokens_per_day", "tokens_per_month"}
+    assert 60 <= ttls["requests_per_minute"] <= 120
+    assert 60 <= ttls["tokens_per_day"] <= 86_400 + 60
+    assert 60 <= ttls["tokens_per_month"] <= 31 * 86_400 + 60
+
+
+def test_windows_turn_over_at_utc_minute_day_and_month_boundaries():
+    from datetime import UTC, datetime
+
+    from ai.gateway.limits import _Plans
+    from ai.selectors import LinkInfo
+
+    link = LinkInfo(
+        id=7,
+        model_id=1,
+        organisation_id=None,
+        user_id=1,
+        is_enabled=True,
+        expires_at=None,
+        is_default=False,
+        limits={"requests_per_minute": 5, "tokens_per_day": 100, "cost_per_month": 2},
+    )
+    plans = _Plans()
+
+    def keys_at(moment: datetime) -> list[str]:
+        return [limit.key for limit in plans.get(link, None, moment.timestamp()).limits]
+
+    before = keys_at(datetime(2026, 1, 31, 23, 59, 59, tzinfo=UTC))
+    after = keys_at(datetime(2026, 2, 1, 0, 0, 0, tzinfo=UTC))
+    assert before == [
+        "sb:lim:link:7:requests_per_minute:202601312359",
+        "sb:lim:link:7:tokens_per_day:20260131",
+        "sb:lim:link:7:cost_per_month:202601",
+    ]
+    assert after == [
+        "sb:lim:link:7:requests_per_minute:202602010000",
+        "sb:lim:link:7:tokens_per_day:20260201",
+        "sb:lim:link:7:cost_per_month:202602",
+    ]
+    february = plans.get(link, None, datetime(2026, 2, 1, tzinfo=UTC).timestamp()).limits
+    assert february[2].reset_at == datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+    assert february[2].limit == 2_000_000  # credits are counted in millionths
