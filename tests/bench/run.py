@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -58,8 +59,27 @@ def lua(path: Path, body: dict, key: str | None) -> Path:
     return path
 
 
-def wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(url: str) -> float:
+    if not url:
+        return 0.0
+    import redis
+
+    info = redis.Redis.from_url(url).info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
+def wrk(
+    url: str, script: Path, concurrency: int, seconds: int, gateway_pid: int, redis_url: str
+) -> dict:
+    """One wrk run; also the CPU the gateway (and Redis) spent per request meanwhile."""
     threads = 1 if concurrency == 1 else 2
+    cpu, redis_cpu = cpu_seconds(gateway_pid), redis_cpu_seconds(redis_url)
     out = subprocess.run(
         [
             "wrk",
@@ -74,7 +94,10 @@ def wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
         capture_output=True,
         text=True,
         check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, OTHER_CORES),
     ).stdout
+    cpu, redis_cpu = cpu_seconds(gateway_pid) - cpu, redis_cpu_seconds(redis_url) - redis_cpu
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
@@ -82,6 +105,8 @@ def wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
         "p50": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
         "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
         "errors": int(non2xx.group(1)) if non2xx else 0,
+        "cpu_us": 1e6 * cpu / max(requests, 1),
+        "redis_us": 1e6 * redis_cpu / max(requests, 1),
     }
 
 
@@ -90,13 +115,29 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+# With two or more cores the gateway gets the last one to itself; wrk and the fake
+# upstream share the rest. Without that, the scheduler moves them around and the
+# same run varies by +-20 %. Redis is a system service and is left where it is.
+CORES = sorted(os.sched_getaffinity(0))
+GATEWAY_CORES = {CORES[-1]} if len(CORES) > 1 else set(CORES)
+OTHER_CORES = set(CORES[:-1]) or set(CORES)
+
+
+def start(args: list[str], env: dict, log: Path, cores: set[int]) -> subprocess.Popen:
+    return subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="gateway/limited alternations")
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--modes", default="json,sse")
@@ -133,7 +174,12 @@ def main() -> None:
             text=True,
         ).stdout.strip()
         procs.append(
-            start([py, "-m", "ai.fake_upstream", "--port", str(fake_port)], env, work / "fake.log")
+            start(
+                [py, "-m", "ai.fake_upstream", "--port", str(fake_port)],
+                env,
+                work / "fake.log",
+                OTHER_CORES,
+            )
         )
         server = {
             "uvicorn": [
@@ -151,7 +197,7 @@ def main() -> None:
             ],
             "daphne": [py, "-m", "daphne", "-p", str(gw_port), "panel.asgi:application"],
         }[args.server]
-        procs.append(start(server, env, work / "gateway.log"))
+        procs.append(start(server, env, work / "gateway.log", GATEWAY_CORES))
         wait_until_serving(f"http://127.0.0.1:{fake_port}/_fake/health")
         wait_until_serving(f"http://127.0.0.1:{gw_port}/v1/models")
         gateway = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
@@ -161,35 +207,62 @@ def main() -> None:
             "limited": (gateway, key, "bench-limited"),
         }
         kept_in = f"Redis ({args.redis})" if args.redis else "the database (no Redis)"
-        print(f"server: {args.server} (1 worker); wrk {args.seconds}s a cell; 2 cores shared")
+        print(
+            f"server: {args.server} (1 worker) on core(s) {sorted(GATEWAY_CORES)}, wrk and the "
+            f"fake upstream on {sorted(OTHER_CORES)}; wrk {args.seconds}s a run"
+        )
         print(f"gateway: a link without limits; limited: every limit and a wallet, in {kept_in}")
         print(
-            f"{'mode':5} {'c':>3} {'target':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+            f"gateway and limited alternate for {args.rounds} rounds; summaries are medians. "
+            "cpu us/req: the gateway process's CPU per request (redis: Redis server's)"
         )
-        results = {}
+        print(
+            f"{'mode':5} {'c':>3} {'target':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'non-2xx':>8} {'cpu us/req':>11} {'redis':>6}"
+        )
         modes = {"json": {}, "sse": {"stream": True}}
-        for mode, extra in ((m, modes[m]) for m in args.modes.split(",")):
+        gateway_pid = procs[1].pid
+
+        def run(name: str, mode: str, concurrency: int, warm: bool) -> dict:
+            url, auth, model = targets[name]
+            script = lua(work / f"{name}-{mode}.lua", {**BODY, "model": model, **modes[mode]}, auth)
+            if warm:
+                wrk(url, script, concurrency, 1, gateway_pid, "")  # warm up pools and caches
+            r = wrk(url, script, concurrency, args.seconds, gateway_pid, args.redis)
+            print(
+                f"{mode:5} {concurrency:>3} {name:8} {r['rps']:>9.0f} {r['p50']:>8.2f} "
+                f"{r['p99']:>8.2f} {r['errors']:>8} {r['cpu_us']:>11.0f} {r['redis_us']:>6.0f}",
+                flush=True,
+            )
+            return r
+
+        for mode in args.modes.split(","):
             for concurrency in [int(c) for c in args.concurrency.split(",")]:
-                for name, (url, auth, model) in targets.items():
-                    script = lua(
-                        work / f"{name}-{mode}.lua", {**BODY, "model": model, **extra}, auth
-                    )
-                    wrk(url, script, concurrency, 1)  # warm up pools and caches
-                    r = wrk(url, script, concurrency, args.seconds)
-                    results[(mode, concurrency, name)] = r
-                    print(
-                        f"{mode:5} {concurrency:>3} {name:8} {r['rps']:>9.0f} {r['p50']:>8.2f} "
-                        f"{r['p99']:>8.2f} {r['errors']:>8}",
-                        flush=True,
-                    )
-                d, g = (
-                    results[(mode, concurrency, "direct")],
-                    results[(mode, concurrency, "gateway")],
+                direct = run("direct", mode, concurrency, warm=True)
+                runs = {"gateway": [], "limited": []}
+                for round_ in range(args.rounds):
+                    for name in runs:
+                        runs[name].append(run(name, mode, concurrency, warm=round_ == 0))
+                g, lim = (
+                    {k: median(r[k] for r in runs[name]) for k in runs[name][0]} for name in runs
                 )
-                limited = results[(mode, concurrency, "limited")]
-                change = 100 * (limited["rps"] / g["rps"] - 1)
-                print(f"{'':5} {'':>3} {'added':8} {'':>9} {g['p50'] - d['p50']:>8.2f}")
-                print(f"{'':5} {'':>3} {'limits':8} {change:>+8.1f}% req/s vs gateway")
+                changes = [
+                    100 * (b["rps"] / a["rps"] - 1) for a, b in zip(*runs.values(), strict=True)
+                ]
+                print(
+                    f"{'':5} {'':>3} {'median':8} gateway {g['rps']:.0f} req/s, p50 {g['p50']:.2f} ms "
+                    f"(added {g['p50'] - direct['p50']:.2f} ms), {g['cpu_us']:.0f} us cpu/req"
+                )
+                print(
+                    f"{'':5} {'':>3} {'median':8} limited {lim['rps']:.0f} req/s, p50 "
+                    f"{lim['p50']:.2f} ms, {lim['cpu_us']:.0f} us cpu/req (+{lim['redis_us']:.0f} Redis)"
+                )
+                print(
+                    f"{'':5} {'':>3} {'limits':8} {100 * (lim['rps'] / g['rps'] - 1):+.1f}% req/s "
+                    f"(rounds: {', '.join(f'{c:+.0f}%' for c in changes)}), "
+                    f"{lim['cpu_us'] - g['cpu_us']:+.0f} us cpu/req",
+                    flush=True,
+                )
     finally:
         for proc in procs:
             proc.terminate()
