@@ -499,9 +499,10 @@ async def _redis_admit(admission: Admission) -> None:
     lease = admission.plan.lease
     if lease.take(admission):
         return
-    if lease.refilling is not None:
+    refilling = lease.refilling
+    if refilling is not None and refilling.get_loop() is asyncio.get_running_loop():
         # Another request is fetching a lease: wait for it rather than ask too.
-        await asyncio.wait((lease.refilling,))
+        await asyncio.wait((refilling,))
         if lease.take(admission):
             return
     size = 1 if lease.refilling is not None else lease.size
