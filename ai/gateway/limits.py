@@ -190,7 +190,7 @@ class Lease:
         taken[2] += admission.cost
         return True
 
-    def add(self, admission: Admission, asked: int, grant: int, values: list[int]) -> None:
+    def add(self, admission: Admission, asked: int, grant: int) -> None:
         """A refill for ``admission`` asked ``asked`` requests and got ``grant``; it keeps one."""
         now = time.monotonic()
         if asked == self.size:  # a refill of the current size tells how to size the next
@@ -211,7 +211,7 @@ class Lease:
         amounts = admission.amounts
         self.base = [
             value + amounts[limit.metric]
-            for value, limit in zip(values, admission.limits, strict=True)
+            for value, limit in zip(admission.values, admission.limits, strict=True)
         ]
         self.taken = [0, 0, 0]
         if self.expiry is None:
@@ -534,7 +534,7 @@ async def _refill(admission: Admission, size: int) -> list:
             await _load_wallet_balance(admission.wallet_id)
         if result[0] == 1:
             admission.values = result[2:]
-            lease.add(admission, size, result[1], admission.values)
+            lease.add(admission, size, result[1])
         return result
     finally:
         if lease.refilling is asyncio.current_task():
