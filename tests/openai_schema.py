@@ -7,8 +7,9 @@ Usage::
     validate(body, "CreateChatCompletionResponse")  # raises AssertionError if invalid
     assert errors(body, "ErrorResponse") == []
 
-The spec (``shared/reference/openai-openapi.yaml``, OpenAPI 3.1 / JSON Schema 2020-12) takes
-about a second to parse with the C YAML loader, so the parsed document is pickled under the
+The spec (``tests/reference/openai-openapi.yaml``, OpenAPI 3.1 / JSON Schema 2020-12) is a copy
+kept in the repository with its MIT licence (``tests/reference/SOURCE.txt`` names the commit), so
+a plain clone runs the suite. It takes about a second to parse with the C YAML loader, so the parsed document is pickled under the
 project's ``.pytest_cache/`` (falling back to the system temp dir), keyed by the YAML's mtime and
 size. Format assertions are off; OpenAPI annotations (``x-*``, ``discriminator``, ``example``,
 ``deprecated``) are ignored by jsonschema. The 3.0-style ``nullable: true`` that the spec still
@@ -30,7 +31,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openai-openapi.yaml"
+SPEC_PATH = Path(__file__).resolve().parent / "reference" / "openai-openapi.yaml"
 SPEC_URI = "urn:openai:openapi"
 # Bump when the on-disk cache format or the preprocessing changes.
 _CACHE_VERSION = 1
