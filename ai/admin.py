@@ -270,7 +270,7 @@ class UsageEventAdmin(admin.ModelAdmin):
         "created_at",
         "request_id",
         "route",
-        "model",
+        "model_name",
         "user",
         "organisation",
         "status",
@@ -281,7 +281,7 @@ class UsageEventAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "route", "is_stream", "is_estimated", "model"]
     list_select_related = ["model", "user", "organisation"]
-    search_fields = ["request_id", "user__username", "organisation__name"]
+    search_fields = ["request_id", "model_name", "user__username", "organisation__name"]
     date_hierarchy = "created_at"
 
     def has_add_permission(self, request):

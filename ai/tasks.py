@@ -16,6 +16,12 @@ def usage_prune_task() -> None:
 
 
 @shared_task(ignore_result=True)
+def usage_reconcile_task() -> None:
+    # No retry: the next beat tick reconciles again.
+    services.usage_reconcile()
+
+
+@shared_task(ignore_result=True)
 def upstreams_check_task() -> None:
     # No retry: the next beat tick probes again.
     services.upstreams_check()

@@ -21,6 +21,10 @@ class PanelConfig(AppConfig):
                 "schedule": float(settings.USAGE_ROLLUP_INTERVAL),
             },
             "usage-prune": {"task": "ai.tasks.usage_prune_task", "schedule": 3600.0},
+            "usage-reconcile": {
+                "task": "ai.tasks.usage_reconcile_task",
+                "schedule": float(settings.USAGE_RECONCILE_INTERVAL),
+            },
             # Ticks often; each upstream is probed once per its own interval.
             "upstreams-check": {
                 "task": "ai.tasks.upstreams_check_task",

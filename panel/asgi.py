@@ -30,8 +30,30 @@ async def http_app(scope, receive, send):
     return await django_http_app(scope, receive, send)
 
 
+async def lifespan_app(scope, receive, send):
+    """ASGI lifespan: on shutdown, write the usage, settlements and charges still pending.
+
+    uvicorn runs it after the last in-flight request has finished, so a
+    graceful stop (SIGTERM) loses no usage. Daphne has no lifespan; its exit
+    runs the same flush from ``atexit``.
+    """
+    from ai.gateway import accounting
+    from ai.gateway.upstream import close_session
+
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await accounting.shutdown()
+            await close_session()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 application = ProtocolTypeRouter(
     {
+        "lifespan": lifespan_app,
         "http": http_app,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))

@@ -33,8 +33,17 @@ def pack_items(args) -> bytes:
     return b"".join(parts)
 
 
-def _pack(*args) -> bytes:
+def pack_command(*args) -> bytes:
+    """One command as a RESP array."""
     return b"*%d\r\n" % len(args) + pack_items(args)
+
+
+_pack = pack_command
+
+
+def _ignore_reply(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it
 
 
 class PipelinedConnection:
@@ -108,6 +117,26 @@ class PipelinedConnection:
         if self.unsent and self.writer is not None:
             self.writer.write(b"".join(self.unsent))
         self.unsent.clear()
+
+    def fire(self, command: bytes) -> bool:
+        """Write one packed command without waiting for its reply.
+
+        Returns False when there is no connection yet (one is opened in the
+        background for the next call): the caller decides what that costs.
+        """
+        if self.writer is None:
+            if not self.connecting.locked():
+                task = asyncio.get_running_loop().create_task(self._connect())
+                task.add_done_callback(_ignore_reply)
+            return False
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        future.add_done_callback(_ignore_reply)
+        self.waiting.append(future)
+        self.unsent.append(command)
+        if len(self.unsent) == 1:
+            loop.call_soon(self._write_unsent)
+        return True
 
     async def execute(self, *args):
         return await self.send(_pack(*args))

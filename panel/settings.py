@@ -255,6 +255,12 @@ GATEWAY_USAGE_FLUSH_INTERVAL = env.float("GATEWAY_USAGE_FLUSH_INTERVAL", default
 # The output reserved against token and cost limits when a request sets no
 # max_tokens and its model has no max_output_tokens.
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
+# A gateway process whose heartbeat is older than this is taken as dead, and the
+# reconciler settles the requests it admitted but never recorded (ai/gateway/journal.py).
+GATEWAY_PROCESS_TIMEOUT = env.float("GATEWAY_PROCESS_TIMEOUT", default=30.0)
+# How long a graceful stop keeps retrying to write pending usage (database or Redis away).
+GATEWAY_SHUTDOWN_FLUSH_SECONDS = env.float("GATEWAY_SHUTDOWN_FLUSH_SECONDS", default=10.0)
+USAGE_RECONCILE_INTERVAL = env.int("USAGE_RECONCILE_INTERVAL", default=30)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
 
 # --- Usage rollups ------------------------------------------------------------------

@@ -77,16 +77,15 @@ def _close_server_connections() -> None:
 @pytest.fixture(autouse=True)
 def fresh_gateway_state(settings, request):
     """Each test starts with empty per-process caches, closed breakers and no pending usage."""
-    from ai.gateway import accounting, limits, router
+    from ai.gateway import accounting, journal, limits, router
     from panel.localcache import registry_cache
 
     settings.GATEWAY_USAGE_FLUSH_INTERVAL = 0.01
     registry_cache.clear()
     router.breaker.reset()
     limits._plans.forget()  # a lease of an earlier test must not settle into this one's counters
-    accounting._pending.clear()
-    accounting._pending_settlements.clear()
-    accounting._pending_charges.clear()
+    accounting.reset()
+    journal.forget()
     yield
     _wait_for_usage_writes(accounting)
     registry_cache.clear()
@@ -99,7 +98,6 @@ def _wait_for_usage_writes(accounting, timeout: float = 5.0) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        flusher = accounting._flusher
-        if not accounting._pending and (flusher is None or flusher.done()):
+        if accounting.is_idle():
             return
         time.sleep(0.01)

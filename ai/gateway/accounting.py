@@ -2,8 +2,15 @@
 
 Events are appended to an in-process buffer and written in batches by a
 background task (one thread hop per batch, never before the first byte).
-``flush()`` writes what is pending; at interpreter exit the rest is written
-synchronously.
+``flush()`` writes what is pending; ``shutdown()`` (ASGI lifespan) and, last,
+interpreter exit write the rest.
+
+What the buffer guarantees: a batch the database cannot take (it is down) is
+kept and retried, in order; a row the database refuses (an integrity or data
+error) is written on its own, so it never holds up the others, and logged if it
+still fails. Events reach the database before their Redis settlement, so a
+crash between the two leaves a journal entry (``journal``) that the reconciler
+settles from the written event.
 """
 
 from __future__ import annotations
@@ -11,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
 from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
 
 from panel import redis as sb_redis
@@ -24,11 +33,12 @@ from panel.db import insert_many, run_sync
 
 from ..models import UsageEvent
 from ..selectors import ModelInfo
-from . import observability
+from . import journal, observability
 
 logger = logging.getLogger(__name__)
 MILLION = Decimal(1_000_000)
 COST_QUANTUM = Decimal("0.000001")
+MAX_TOKENS = 2**31 - 1  # what a UsageEvent's token columns hold
 
 
 @dataclass(slots=True)
@@ -44,8 +54,11 @@ def usage_from_block(block: dict | None) -> Usage | None:
     if not isinstance(block, dict):
         return None
     prompt, completion = block.get("prompt_tokens"), block.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
+    if not all(
+        isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_TOKENS
+        for n in (prompt, completion)
+    ):
+        return None  # absent, or not a count we could store: estimated instead
     return Usage(prompt_tokens=prompt, completion_tokens=completion)
 
 
@@ -102,6 +115,7 @@ class Record:
     ttft_ms: int | None = None
     error: str = ""
     admission: object | None = None  # limits.Admission, settled when the event is queued
+    is_journaled: bool = False  # an in-flight journal entry waits for this event
 
 
 class UsageRow(NamedTuple):
@@ -114,6 +128,7 @@ class UsageRow(NamedTuple):
     api_key_id: int | None
     link_id: int
     model_id: int
+    model_name: str
     upstream_id: int | None
     route: str
     is_stream: bool
@@ -130,17 +145,26 @@ class UsageRow(NamedTuple):
     error: str
 
 
-_pending: list[UsageRow] = []
-_pending_settlements: list = []  # database path: counter deltas and wallet holds
-_pending_charges: list[tuple[int, Decimal, str]] = []  # (wallet id, cost, request id)
+class Batch(NamedTuple):
+    """What one flush writes."""
+
+    events: list[UsageRow]
+    settlements: list  # limits.Settlement: counter deltas and wallet holds
+    charges: list[tuple[int, Decimal, str]]  # (wallet id, cost, request id)
+    done: list[str]  # request ids whose journal entries go with their events
+
+
+_pending = Batch([], [], [], [])
 _flusher: asyncio.Task | None = None
+_warned_at: dict[str, float] = {}
+WARN_INTERVAL = 30.0
 
 
 def usage_record(record: Record) -> None:
     """Queue the UsageEvent of a finished request and settle its reservation."""
     cost = cost_of(record.model, record.usage)
     usage = record.usage
-    _pending.append(
+    _pending.events.append(
         UsageRow(
             timezone.now(),
             record.request_id,
@@ -149,6 +173,7 @@ def usage_record(record: Record) -> None:
             record.api_key_id,
             record.link_id,
             record.model.id,
+            record.model.name,
             record.upstream_id,
             record.route,
             record.is_stream,
@@ -165,6 +190,8 @@ def usage_record(record: Record) -> None:
             record.error[:300],
         )
     )
+    if record.is_journaled:
+        _pending.done.append(record.request_id)
     if record.admission is not None and not record.admission.is_empty:
         _settle(record, cost)
     observability.request_finished(record)
@@ -183,16 +210,31 @@ def _settle(record: Record, cost: Decimal) -> None:
         record.admission, usage=usage, cost_micro=to_micro(cost), released=released
     )
     if settlement.charge:
-        _pending_charges.append((record.admission.wallet_id, cost, record.request_id))
+        _pending.charges.append((record.admission.wallet_id, cost, record.request_id))
     # Settled in batches with the usage flush: one Redis call or one transaction
     # per interval. Until then the reservation stands, which errs on the safe side.
-    _pending_settlements.append(settlement)
+    _pending.settlements.append(settlement)
 
 
 def settlement_queue(settlement) -> None:
     """Queue a settlement that has no usage event (a lease given back, a cancelled admission)."""
-    _pending_settlements.append(settlement)
+    _pending.settlements.append(settlement)
     _ensure_flusher()
+
+
+def has_pending() -> bool:
+    return any(_pending)
+
+
+def is_idle() -> bool:
+    """Nothing pending and no flush running (tests wait for this)."""
+    return not has_pending() and (_flusher is None or _flusher.done())
+
+
+def reset() -> None:
+    """Drop everything pending (tests start afresh)."""
+    for pending in _pending:
+        pending.clear()
 
 
 def _ensure_flusher() -> None:
@@ -207,38 +249,115 @@ def _ensure_flusher() -> None:
 
 
 async def _flush_soon() -> None:
-    # Records queued while a batch is being written are picked up by the next turn.
-    while any((_pending, _pending_settlements, _pending_charges)):
-        await asyncio.sleep(settings.GATEWAY_USAGE_FLUSH_INTERVAL)
-        await flush()
+    # Records queued while a batch is being written are picked up by the next turn;
+    # a batch that could not be written waits a little longer before the next try.
+    delay = settings.GATEWAY_USAGE_FLUSH_INTERVAL
+    while has_pending():
+        await asyncio.sleep(delay)
+        written = await flush()
+        delay = settings.GATEWAY_USAGE_FLUSH_INTERVAL if written else min(max(delay, 0.5) * 2, 5)
 
 
-def _take() -> tuple[list, list, list]:
-    batch = tuple(pending[:] for pending in (_pending, _pending_settlements, _pending_charges))
-    for pending, taken in zip(
-        (_pending, _pending_settlements, _pending_charges), batch, strict=True
-    ):
+def _take() -> Batch:
+    batch = Batch(*(pending[:] for pending in _pending))
+    for pending, taken in zip(_pending, batch, strict=True):
         del pending[: len(taken)]
     return batch
 
 
-def _write(batch: tuple[list, list, list]) -> None:
-    """Events, database-path settlements and wallet charges, in one transaction."""
+def _requeue(batch: Batch) -> None:
+    for pending, taken in zip(_pending, batch, strict=True):
+        pending[:0] = taken
+
+
+def _warn(what: str, message: str, *args) -> None:
+    """Log an outage once per WARN_INTERVAL, not once per batch."""
+    now = time.monotonic()
+    if now - _warned_at.get(what, -WARN_INTERVAL) >= WARN_INTERVAL:
+        _warned_at[what] = now
+        logger.warning(message, *args, exc_info=True)
+
+
+async def flush() -> bool:
+    """Write every pending UsageEvent, charge and settlement now; False if some must wait."""
+    batch = _take()
+    if not any(batch):
+        return True
+    if sb_redis.is_configured():
+        redis_part = Batch([], batch.settlements, [], batch.done)
+        batch = Batch(batch.events, [], batch.charges, [])
+    else:
+        redis_part = None
+    # In the sync thread, so a flush cancelled mid-write still requeues what failed.
+    if any(batch) and not await run_sync(_write_or_requeue, batch):
+        if redis_part is not None:
+            _requeue(redis_part)  # settled only once their events are written
+        return False
+    if redis_part is not None and any(redis_part):
+        return await _settle_redis(redis_part)
+    return True
+
+
+async def _settle_redis(part: Batch) -> bool:
+    from .limits import settle_in_redis
+
+    try:
+        await settle_in_redis(part.settlements, done=part.done)
+    except Exception:
+        _requeue(part)
+        _warn("redis", "Settling %d requests in Redis failed; will retry", len(part.done))
+        return False
+    return True
+
+
+def _write_or_requeue(batch: Batch) -> bool:
+    """Write ``batch``; keep it for a retry while the database is unreachable."""
+    try:
+        _write(batch)
+    except (OperationalError, InterfaceError):
+        _requeue(batch)
+        _warn("database", "Writing %d usage events failed; will retry", len(batch.events))
+        return False
+    except DatabaseError:
+        # One bad row must not hold up the rest: write them one by one.
+        logger.exception(
+            "A usage batch was refused; writing its %d rows one by one", len(batch.events)
+        )
+        _write_each(batch)
+    return True
+
+
+def _write(batch: Batch) -> None:
+    """Events, database-path settlements, wallet charges and journal rows, in one transaction."""
     from django.db import transaction
 
     from orgs.services import wallet_charges_record
 
     from .limits import settle_in_database
 
-    events, settlements, charges = batch
     with transaction.atomic():
-        if events:
-            insert_many(UsageEvent, UsageRow._fields, events)
-            _touch_keys(events)
-        if settlements and not sb_redis.is_configured():
-            settle_in_database(settlements)
-        if charges:
-            wallet_charges_record(charges)
+        if batch.events:
+            insert_many(UsageEvent, UsageRow._fields, batch.events)
+            _touch_keys(batch.events)
+        if batch.settlements:
+            settle_in_database(batch.settlements)
+        if batch.charges:
+            wallet_charges_record(batch.charges)
+        if batch.done:
+            journal.db_done(batch.done)
+
+
+def _write_each(batch: Batch) -> None:
+    parts = [Batch([event], [], [], []) for event in batch.events]
+    parts += [Batch([], [], [charge], []) for charge in batch.charges]
+    parts.append(Batch([], batch.settlements, [], batch.done))
+    for part in parts:
+        try:
+            _write(part)
+        except (OperationalError, InterfaceError):
+            _requeue(part)
+        except DatabaseError:
+            logger.exception("Dropped a usage row the database refuses: %r", part)
 
 
 def _touch_keys(events: list[UsageRow]) -> None:
@@ -251,48 +370,49 @@ def _touch_keys(events: list[UsageRow]) -> None:
         APIKey.objects.filter(pk__in=key_ids).update(last_used_at=latest)
 
 
-async def flush() -> None:
-    """Apply pending settlements and write every pending UsageEvent and charge now."""
-    batch = _take()
-    if not any(batch):
-        return
-    if batch[1] and sb_redis.is_configured():
-        from .limits import settle_in_redis
+async def shutdown() -> None:
+    """Give leases back and write everything pending (ASGI lifespan shutdown).
 
-        try:
-            await settle_in_redis(batch[1])
-        except Exception:
-            _requeue(batch)
-            logger.exception("Settling %d requests in Redis failed; will retry", len(batch[1]))
-            raise
-        batch = (batch[0], [], batch[2])
-        if not any(batch):
-            return
-    try:
-        await run_sync(_write, batch)
-    except Exception:
-        # Put them back so the next flush (or exit) retries; never lose usage silently.
-        _requeue(batch)
-        logger.exception("Writing %d usage events failed; will retry", len(batch[0]))
-        raise
+    Retries for up to GATEWAY_SHUTDOWN_FLUSH_SECONDS while the database or Redis
+    is away; what is still pending then is left to the exit flush and, for
+    reservations, the reconciler.
+    """
+    from .limits import leases_release
+
+    leases_release()
+    deadline = time.monotonic() + settings.GATEWAY_SHUTDOWN_FLUSH_SECONDS
+    while True:
+        written = await flush()
+        if (written and not has_pending()) or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.25)
+    if has_pending():
+        logger.error(
+            "Shutting down with %d usage events and %d settlements unwritten",
+            len(_pending.events),
+            len(_pending.settlements),
+        )
 
 
 def _flush_sync() -> None:
-    """``flush`` for code without an event loop."""
+    """``flush`` for code without an event loop: the database first, then Redis."""
     batch = _take()
-    if batch[1] and sb_redis.is_configured():
+    if not any(batch):
+        return
+    redis_part = None
+    if sb_redis.is_configured():
+        redis_part = Batch([], batch.settlements, [], batch.done)
+        batch = Batch(batch.events, [], batch.charges, [])
+    if not _write_or_requeue(batch):
+        return
+    if redis_part is not None and any(redis_part):
         from .limits import settle_in_redis_now
 
-        settle_in_redis_now(batch[1])
-        batch = (batch[0], [], batch[2])
-    _write(batch)
-
-
-def _requeue(batch: tuple[list, list, list]) -> None:
-    for pending, taken in zip(
-        (_pending, _pending_settlements, _pending_charges), batch, strict=True
-    ):
-        pending[:0] = taken
+        try:
+            settle_in_redis_now(redis_part.settlements, done=redis_part.done)
+        except Exception:
+            _requeue(redis_part)
+            _warn("redis", "Settling %d requests in Redis failed", len(redis_part.done))
 
 
 @atexit.register

@@ -26,6 +26,7 @@ from panel.db import run_sync
 from panel.errors import InsufficientQuota, InvalidRequest, RateLimited
 from panel.redis_pipe import Script, pack_items
 
+from . import journal
 from .accounting import Usage, cost_of, estimate_prompt
 from .observability import REJECTIONS
 from .resolve import Resolution
@@ -78,6 +79,7 @@ class Admission:
     tokens: int = 0
     cost: int = 0  # micro-credits, also what is held on the wallet
     headers: dict[str, str] = field(default_factory=dict)
+    event: dict | None = None  # journalled with the reservation on the database path
 
     @property
     def limits(self) -> tuple[Limit, ...]:
@@ -360,18 +362,49 @@ def _check_request_bounds(resolution: Resolution, body: dict) -> None:
         )
 
 
-async def admit(*, resolution: Resolution, body: dict, route_name: str = "") -> Admission:
-    """Reserve the request on every limit and wallet; raise 429/402 to refuse it."""
+async def admit(
+    *,
+    resolution: Resolution,
+    body: dict,
+    route_name: str = "",
+    event: dict | None = None,
+    on_cancelled=None,
+) -> Admission:
+    """Reserve the request on every limit and wallet; raise 429/402 to refuse it.
+
+    ``event`` (the UsageEvent's ids) is journalled with a database reservation.
+    A caller cancelled while its reservation is being made never learns of it:
+    once made, ``on_cancelled(admission)`` gets it (default: give it back).
+    """
     _check_request_bounds(resolution, body)
     admission = plan(resolution, body, route_name)
     if admission.is_empty:
         return admission
+    admission.event = event
     if sb_redis.is_configured():
-        await _redis_admit(admission)
+        await _redis_admit(admission, on_cancelled or _give_back)
     else:
-        await run_sync(_db_admit, admission)
+        await _shielded(run_sync(_db_admit, admission), admission, on_cancelled or _give_back)
     admission.headers = _rate_headers(admission)
     return admission
+
+
+async def _shielded(work, admission: Admission, on_cancelled):
+    """Await ``work``; if the caller is cancelled first, hand a reservation it made on."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(lambda done: _after_cancel(done, admission, on_cancelled))
+        raise
+
+
+def _after_cancel(done: asyncio.Future, admission: Admission, on_cancelled) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    result = done.result()
+    if result is None or result[0] == 1:  # the database path returns None once admitted
+        on_cancelled(admission)
 
 
 def _duration(seconds: float) -> str:
@@ -481,21 +514,25 @@ out[2] = grant
 return out
 """.replace("{GUARD}", str(LEASE_GUARD))
 
-# Adds ARGV[i] to KEYS[i] when that key still exists (an expired window stays gone).
-INCR_EXISTING_LUA = """
-for i = 1, #KEYS do
-  if ARGV[i] ~= '0' and redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('INCRBY', KEYS[i], ARGV[i])
+# Adds ARGV[i + 1] to KEYS[i] when that key still exists (an expired window stays
+# gone), for the first ARGV[1] keys; then drops the remaining ARGV (request ids)
+# from the in-flight journal KEYS[n + 1], in the same atomic step.
+SETTLE_LUA = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  if ARGV[i + 1] ~= '0' and redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCRBY', KEYS[i], ARGV[i + 1])
   end
 end
+if #ARGV > n + 1 then redis.call('HDEL', KEYS[n + 1], unpack(ARGV, n + 2)) end
 return 1
 """
 
 _ADMIT = Script(ADMIT_LUA)
-_INCR_EXISTING = Script(INCR_EXISTING_LUA)
+_SETTLE = Script(SETTLE_LUA)
 
 
-async def _redis_admit(admission: Admission) -> None:
+async def _redis_admit(admission: Admission, on_cancelled) -> None:
     lease = admission.plan.lease
     if lease.take(admission):
         return
@@ -509,12 +546,8 @@ async def _redis_admit(admission: Admission) -> None:
     refill = asyncio.ensure_future(_refill(admission, size))
     if size > 1:
         lease.refilling = refill
-    try:
-        # Shielded: a caller that goes away mid-call gives its reservation back.
-        result = await asyncio.shield(refill)
-    except asyncio.CancelledError:
-        refill.add_done_callback(lambda _: _give_back(admission))
-        raise
+    # Shielded: a caller that goes away mid-call still settles its reservation.
+    result = await _shielded(refill, admission, on_cancelled)
     if result[0] == 0:
         admission.values = result[2:]
         raise _refuse(admission, admission.limits[result[1] - 1])
@@ -543,10 +576,9 @@ async def _refill(admission: Admission, size: int) -> list:
 
 def _give_back(admission: Admission) -> None:
     """Release the reservation of a request cancelled while it was being admitted."""
-    if admission.values:  # it was admitted
-        from .accounting import settlement_queue
+    from .accounting import settlement_queue
 
-        settlement_queue(settlement_for(admission, usage=Usage(), cost_micro=0, released=True))
+    settlement_queue(settlement_for(admission, usage=Usage(), cost_micro=0, released=True))
 
 
 async def _load_wallet_balance(wallet_id: int) -> None:
@@ -603,6 +635,8 @@ def _db_admit(admission: Admission) -> None:
             LimitCounter.objects.filter(pk=rows[limit.key].pk).update(
                 value=F("value") + amounts[limit.metric]
             )
+        if admission.event is not None:
+            journal.db_add(admission.event, admission)
     LimitCounter.objects.filter(expires_at__lt=now - timedelta(days=1)).delete()
 
 
@@ -660,18 +694,25 @@ def _redis_deltas(settlements: list[Settlement]) -> dict[str, int]:
     return {key: delta for key, delta in deltas.items() if delta}
 
 
-async def settle_in_redis(settlements: list[Settlement]) -> None:
-    """Apply a batch of settlements to Redis in one script call, whatever its size."""
+def settle_args(deltas: dict[str, int], done: list[str]) -> tuple[list, list]:
+    """SETTLE_LUA's keys and arguments: counter deltas, then journal entries to drop."""
+    keys = [*deltas, journal.inflight_key(journal.process_name())]
+    return keys, [len(deltas), *deltas.values(), *done]
+
+
+async def settle_in_redis(settlements: list[Settlement], *, done: list[str] = ()) -> None:
+    """Apply a batch of settlements and drop their journal entries, in one script call."""
     deltas = _redis_deltas(settlements)
-    if deltas:
-        await _INCR_EXISTING(keys=list(deltas), args=list(deltas.values()))
+    if deltas or done:
+        await _SETTLE(*settle_args(deltas, list(done)))
 
 
-def settle_in_redis_now(settlements: list[Settlement]) -> None:
+def settle_in_redis_now(settlements: list[Settlement], *, done: list[str] = ()) -> None:
     """The same, from sync code (at interpreter exit)."""
     deltas = _redis_deltas(settlements)
-    if deltas:
-        sb_redis.sync_client().eval(INCR_EXISTING_LUA, len(deltas), *deltas, *deltas.values())
+    if deltas or done:
+        keys, args = settle_args(deltas, list(done))
+        sb_redis.sync_client().eval(SETTLE_LUA, len(keys), *keys, *args)
 
 
 def settle_in_database(settlements: list[Settlement]) -> None:

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from accounts.authentication import Identity
+from panel import redis as sb_redis
 from panel.errors import ApiError, InvalidRequest, RateLimited, UpstreamError
 
-from . import accounting, router, streaming
+from ..models import UsageStatus
+from . import accounting, journal, router, streaming
 from .accounting import Record, Usage, usage_from_block, usage_record
 from .limits import admit
 from .resolve import Resolution, resolve
@@ -72,7 +74,6 @@ async def prepare(*, identity: Identity, route: Route, body: dict, request_id: s
     resolution = await resolve(
         identity=identity, kinds=route.kinds, model_name=model_name, model_id=model_id
     )
-    admission = await admit(resolution=resolution, body=body, route_name=route.name)
     key = resolution.key
     record = Record(
         request_id=request_id,
@@ -84,9 +85,50 @@ async def prepare(*, identity: Identity, route: Route, body: dict, request_id: s
         model=resolution.model,
         is_stream=bool(body.get("stream")) and route.streams,
         started_at=time.monotonic(),
-        admission=admission,
     )
+    event = _journal_event(record)
+    record.admission = await admit(
+        resolution=resolution,
+        body=body,
+        route_name=route.name,
+        event=event,
+        on_cancelled=lambda admission: _record_cancelled(record, admission),
+    )
+    record.is_journaled = _journal(event, record.admission)
     return Call(route=route, body=body, resolution=resolution, record=record)
+
+
+def _journal_event(record: Record) -> dict:
+    """The UsageEvent's ids, as the in-flight journal keeps them."""
+    return {
+        "request_id": record.request_id,
+        "route": record.route,
+        "is_stream": record.is_stream,
+        "user_id": record.user_id,
+        "organisation_id": record.organisation_id,
+        "api_key_id": record.api_key_id,
+        "link_id": record.link_id,
+        "model_id": record.model.id,
+        "model_name": record.model.name,
+    }
+
+
+def _journal(event: dict, admission) -> bool:
+    """Journal the admission where a reconciler finds it if this process dies."""
+    if sb_redis.is_configured():
+        return journal.redis_add(event, admission)
+    if admission.is_empty:
+        return False  # nothing reserved; without Redis it is not journalled
+    journal.db_heartbeat_start()
+    return True  # the admission's transaction wrote it
+
+
+def _record_cancelled(record: Record, admission) -> None:
+    """A caller that left while its reservation was being made: one event, reservation back."""
+    record.admission = admission
+    record.status = UsageStatus.CLIENT_CANCELLED
+    record.is_journaled = admission.event is not None and not sb_redis.is_configured()
+    _finish(record)
 
 
 def _upstream_body(call: Call, upstream_model_id: str) -> bytes:

@@ -1,6 +1,14 @@
 from .chat import Conversation, Message, MessageRole, MessageStatus
 from .registry import AIModel, HealthCheck, HealthStatus, ModelKind, ModelLink, Upstream
-from .usage import LimitCounter, RollupPeriod, UsageEvent, UsageRollup, UsageStatus
+from .usage import (
+    GatewayProcess,
+    InFlightAdmission,
+    LimitCounter,
+    RollupPeriod,
+    UsageEvent,
+    UsageRollup,
+    UsageStatus,
+)
 
 __all__ = [
     "AIModel",
@@ -8,7 +16,9 @@ __all__ = [
     "Message",
     "MessageRole",
     "MessageStatus",
+    "GatewayProcess",
     "HealthCheck",
+    "InFlightAdmission",
     "HealthStatus",
     "LimitCounter",
     "ModelKind",

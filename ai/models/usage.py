@@ -10,6 +10,8 @@ class UsageStatus(models.TextChoices):
     OK = "ok", "OK"
     UPSTREAM_ERROR = "upstream_error", "Upstream error"
     CLIENT_CANCELLED = "client_cancelled", "Client cancelled"
+    # Admitted by a gateway process that died before recording it; settled by the reconciler.
+    LOST = "lost", "Lost (process died)"
 
 
 class UsageEvent(models.Model):
@@ -17,21 +19,51 @@ class UsageEvent(models.Model):
 
     created_at = models.DateTimeField(db_index=True)
     request_id = models.CharField(max_length=64, db_index=True)
+    # References without database constraints: an admin may delete a user, key, link,
+    # model or upstream while its requests are in flight, and their usage must still be
+    # written (and outlive the row). ``model_name`` keeps what the id meant.
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        related_name="+",
     )
     organisation = models.ForeignKey(
-        "orgs.Organisation", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "orgs.Organisation",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
     )
     api_key = models.ForeignKey(
-        "accounts.APIKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "accounts.APIKey",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
     )
     link = models.ForeignKey(
-        "ai.ModelLink", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "ai.ModelLink",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
     )
-    model = models.ForeignKey("ai.AIModel", on_delete=models.SET_NULL, null=True, related_name="+")
+    model = models.ForeignKey(
+        "ai.AIModel", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
+    )
+    model_name = models.CharField(max_length=100, blank=True)
     upstream = models.ForeignKey(
-        "ai.Upstream", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "ai.Upstream",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
     )
     route = models.CharField(max_length=40)
     is_stream = models.BooleanField(default=False)
@@ -63,6 +95,37 @@ class UsageEvent(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class InFlightAdmission(models.Model):
+    """An admitted request not yet recorded, journalled by the process serving it.
+
+    Written in the admission's transaction on the database path (Redis keeps the
+    same journal in a hash per process). The usage flush deletes it with the
+    UsageEvent it becomes; one left behind by a dead process is settled as lost
+    by ``usage_reconcile``.
+    """
+
+    process = models.CharField(max_length=80)
+    request_id = models.CharField(max_length=64)
+    admitted_at = models.DateTimeField()
+    entry = models.JSONField()  # the event's ids and the reservation to release
+
+    class Meta:
+        indexes = [models.Index(fields=["process", "request_id"])]
+
+    def __str__(self):
+        return f"{self.process} {self.request_id}"
+
+
+class GatewayProcess(models.Model):
+    """A gateway process's heartbeat (database path); a stale one is taken as dead."""
+
+    name = models.CharField(max_length=80, unique=True)
+    seen_at = models.DateTimeField()
+
+    def __str__(self):
+        return self.name
 
 
 class LimitCounter(models.Model):

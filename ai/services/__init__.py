@@ -10,6 +10,7 @@ from .chat import (
     message_add,
 )
 from .health import health_prune, upstreams_check
+from .reconcile import usage_reconcile
 from .registry import DEMO_MODEL, demo_seed
 from .usage import usage_prune, usage_rollup
 
@@ -28,5 +29,6 @@ __all__ = [
     "health_prune",
     "upstreams_check",
     "usage_prune",
+    "usage_reconcile",
     "usage_rollup",
 ]

@@ -327,9 +327,7 @@ def _wait_for_settlements(timeout: float = 5.0) -> None:
     from ai.gateway import accounting
 
     deadline = time.monotonic() + timeout
-    while accounting._pending_settlements or (
-        accounting._flusher is not None and not accounting._flusher.done()
-    ):
+    while not accounting.is_idle():
         assert time.monotonic() < deadline, "settlements were not applied"
         time.sleep(0.01)
 
