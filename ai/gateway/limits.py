@@ -125,18 +125,28 @@ KEY_LIMITS = (
 
 
 def _estimate(resolution: Resolution, body: dict, route_name: str) -> tuple[int, int, int]:
-    """Reserved tokens, reserved micro-credits and images, before the call."""
+    """Reserved tokens, reserved micro-credits and images, before the call.
+
+    Reads only fields ``_check_request_bounds`` has checked.
+    """
     model = resolution.model
     if route_name == "images.generations":
-        images = body.get("n", 1) if isinstance(body.get("n", 1), int) else 1
-        return 0, to_micro(cost_of(model, Usage(images=max(images, 1)))), images
+        images = body.get("n") or 1
+        return 0, to_micro(cost_of(model, Usage(images=images))), images
     prompt = estimate_prompt(body)
     output = 0
     if route_name != "embeddings":
-        output = body.get("max_tokens") or body.get("max_completion_tokens")
-        output = output or model.max_output_tokens or settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS
+        output = _output_reserved(model, body)
     usage = Usage(prompt_tokens=prompt, completion_tokens=output)
     return prompt + output, to_micro(cost_of(model, usage)), 0
+
+
+def _output_reserved(model, body: dict) -> int:
+    """The larger of max_tokens and max_completion_tokens, else the model's output limit."""
+    asked = [body[name] for name in ("max_tokens", "max_completion_tokens") if body.get(name)]
+    if asked:
+        return max(asked)
+    return model.max_output_tokens or settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS
 
 
 # --- Leases -----------------------------------------------------------------------
@@ -346,18 +356,36 @@ def plan(resolution: Resolution, body: dict, route_name: str) -> Admission:
     return admission
 
 
+# The largest count a request may ask for when its model sets no tighter limit.
+MAX_COUNT = 2**31
+# n and best_of (OpenAI's ranges): how many outputs one request generates.
+COUNT_FIELDS = (("n", 1, 128), ("best_of", 0, 20))
+
+
 def _check_request_bounds(resolution: Resolution, body: dict) -> None:
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise InvalidRequest("max_tokens must be a positive integer.", param="max_tokens")
-    limit = resolution.model.max_output_tokens
-    if max_tokens is not None and limit and max_tokens > limit:
-        raise InvalidRequest(
-            f"max_tokens is {max_tokens}, above this model's limit of {limit}.",
-            param="max_tokens",
-        )
+    """Every number an estimate reads is an integer in range; each field is checked on its own."""
+    model_limit = resolution.model.max_output_tokens
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = _count(body, name, 1, MAX_COUNT)
+        if model_limit and value is not None and value > model_limit:
+            raise InvalidRequest(
+                f"{name} is {value}, above this model's limit of {model_limit}.", param=name
+            )
+    for name, low, high in COUNT_FIELDS:
+        _count(body, name, low, high)
+
+
+def _count(body: dict, name: str, low: int, high: int) -> int | None:
+    """``body[name]``: absent or null, else an integer (not a bool) from ``low`` to ``high``."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer of at least {low}"
+        raise InvalidRequest(f"{name} must be {kind}.", param=name)
+    if value > high:
+        raise InvalidRequest(f"{name} must be at most {high}.", param=name)
+    return value
 
 
 async def admit(*, resolution: Resolution, body: dict, route_name: str = "") -> Admission:

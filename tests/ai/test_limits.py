@@ -321,6 +321,107 @@ def test_a_billed_link_without_a_wallet_is_refused(world, acme, backend):
     assert _post(world, {"model": "acme-chat", "messages": HI}).status_code == 402
 
 
+# --- Hard limits: no negative reservation, no overshoot ------------------------------
+
+BAD_COUNTS = [
+    ({"max_tokens": None, "max_completion_tokens": -1_000_000}, "max_completion_tokens"),
+    ({"max_tokens": 10, "max_completion_tokens": -1}, "max_completion_tokens"),
+    ({"max_tokens": -5, "max_completion_tokens": None}, "max_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_completion_tokens": True}, "max_completion_tokens"),
+    ({"max_tokens": 2.5}, "max_tokens"),
+    ({"max_completion_tokens": "100"}, "max_completion_tokens"),
+    ({"max_completion_tokens": 257}, "max_completion_tokens"),  # the model's limit is 256
+    ({"n": 0}, "n"),
+    ({"n": -3}, "n"),
+    ({"n": False}, "n"),
+    ({"n": 129}, "n"),
+    ({"best_of": -1}, "best_of"),
+]
+
+
+@pytest.mark.parametrize(("fields", "param"), BAD_COUNTS)
+def test_a_count_that_feeds_the_estimate_must_be_a_sane_integer(
+    world, backend, fake_upstream, fields, param
+):
+    _limit(world, tokens_per_minute=2_000)
+    response = _post(world, {"model": "acme-chat", "messages": HI, **fields})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert fake_upstream.requests() == []
+    assert not UsageEvent.objects.exists()
+
+
+def test_a_model_without_an_output_limit_still_bounds_max_tokens(world, backend, fake_upstream):
+    world.chat.config = {}
+    world.chat.save()
+    response = _post(world, {"model": "acme-chat", "messages": HI, "max_tokens": 2**31 + 1})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "max_tokens"
+    assert fake_upstream.requests() == []
+
+
+@pytest.mark.parametrize("n", [-2, 0, True, 129])
+def test_an_image_count_must_be_a_positive_integer(world, backend, fake_upstream, n):
+    response = httpx.post(
+        f"{world.url}/v1/images/generations",
+        headers={"Authorization": f"Bearer {world.alice_key}"},
+        json={"model": "acme-image", "prompt": "a cat", "n": n},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "n"
+    assert fake_upstream.requests() == []
+
+
+def test_negative_max_completion_tokens_cannot_overspend_a_link_or_a_wallet(
+    world, billed, backend, fake_upstream
+):
+    """Issue 11, item 5: requests in flight with a negative reservation let others through."""
+    _limit(world, tokens_per_minute=2_000)
+    world.chat.output_price_per_million = Decimal("1000")  # 100 tokens out cost 0.10
+    world.chat.save()
+    wallet_topup(wallet=billed, amount=Decimal("0.99"), reason="to 1.00")
+    slow = {"latency_ms": 5000}  # holds its reservation through the honest burst
+    bad = {"model": "acme-chat", "messages": HI, "fake_upstream": slow}
+    bad |= {"max_tokens": None, "max_completion_tokens": -1_000_000}
+    good = {"model": "acme-chat", "messages": HI, "max_tokens": 100}
+    good["fake_upstream"] = {"tokens": 100}
+
+    async def attack():
+        async with httpx.AsyncClient(timeout=30) as client:
+            url, auth = (
+                f"{world.url}/v1/chat/completions",
+                {"Authorization": f"Bearer {world.alice_key}"},
+            )
+            bad_calls = [
+                asyncio.ensure_future(client.post(url, headers=auth, json=bad)) for _ in range(3)
+            ]
+            # The honest burst starts once the bad requests are refused, or admitted and upstream.
+            while len(fake_upstream.requests()) < 3:
+                done, _ = await asyncio.wait(bad_calls, timeout=0.01)
+                if len(done) == len(bad_calls):
+                    break
+            good_calls = [client.post(url, headers=auth, json=good) for _ in range(40)]
+            answered = await asyncio.gather(*good_calls)
+            return await asyncio.gather(*bad_calls), answered
+
+    refused, answered = asyncio.run(attack())
+
+    assert [r.status_code for r in refused] == [400] * 3
+    assert {r.json()["error"]["param"] for r in refused} == {"max_completion_tokens"}
+    ok = [r for r in answered if r.status_code == 200]
+    assert ok and {r.status_code for r in answered} - {200} == {402}
+    events = wait_for_usage(len(ok))
+    assert sum(e.prompt_tokens + e.completion_tokens for e in events) <= 2_000
+    _wait_for_charges(len(ok))
+    billed.refresh_from_db()
+    assert billed.balance >= 0
+    assert billed.balance == sum(
+        LedgerEntry.objects.filter(wallet=billed).values_list("amount", flat=True)
+    )
+
+
 def _wait_for_settlements(timeout: float = 5.0) -> None:
     import time
 
