@@ -13,6 +13,7 @@ transaction does it under row locks (SQLite: the database write lock).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from calendar import monthrange
 from dataclasses import dataclass, field
@@ -23,13 +24,14 @@ from django.conf import settings
 from orgs.services import redis_balance_key, redis_held_key, to_micro
 from panel import redis as sb_redis
 from panel.db import run_sync
-from panel.errors import InsufficientQuota, InvalidRequest, RateLimited
+from panel.errors import InsufficientQuota, InternalError, InvalidRequest, RateLimited
 from panel.redis_pipe import Script, pack_items
 
 from .accounting import Usage, cost_of, estimate_prompt
 from .observability import REJECTIONS
 from .resolve import Resolution
 
+logger = logging.getLogger(__name__)
 RATE, QUOTA = "rate_limit_exceeded", "quota_exceeded"
 
 
@@ -344,6 +346,8 @@ def leases_release() -> None:
 def plan(resolution: Resolution, body: dict, route_name: str) -> Admission:
     """What this request would reserve."""
     tokens, cost, _ = _estimate(resolution, body, route_name)
+    if tokens < 0 or cost < 0:
+        raise _negative(tokens, cost)
     link = resolution.link
     admission = Admission(
         plan=_plans.get(link, resolution.key, time.time()), tokens=tokens, cost=cost
@@ -451,6 +455,13 @@ def _refuse(admission: Admission, failed: Limit) -> RateLimited:
     )
 
 
+def _negative(tokens: int, cost: int) -> InternalError:
+    # A negative reservation would give room instead of taking it. Requests are
+    # checked before their estimate, so only a price below zero (or a bug) gets here.
+    logger.error("Refused a negative reservation: %d tokens, %d micro-credits", tokens, cost)
+    return InternalError("This request's reservation came out negative; it was refused.")
+
+
 def _short_of_credits() -> InsufficientQuota:
     REJECTIONS.labels("insufficient_quota").inc()
     return InsufficientQuota("Your balance cannot cover this request; top up your wallet.")
@@ -466,11 +477,13 @@ def _short_of_credits() -> InsufficientQuota:
 # what is left on a counter or the wallet, and at least one if one fits.
 # Returns {1, granted, values...} when admitted, {0, i, values...} when counter i
 # is over its limit, {-1} when the wallet balance is not loaded yet, {-2,
-# available} when it is short. One MGET reads everything; a counter gets its TTL
+# available} when it is short, {-3} when an amount is negative (refused: it
+# would hand out room instead of taking it). One MGET reads everything; a counter gets its TTL
 # when it is created.
 ADMIT_LUA = """
 local GUARD = {GUARD}
 local amounts = {1, tonumber(ARGV[1]), tonumber(ARGV[2])}
+if amounts[2] < 0 or amounts[3] < 0 then return {-3} end
 local grant = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local values = redis.call('MGET', unpack(KEYS))
@@ -510,10 +523,15 @@ return out
 """.replace("{GUARD}", str(LEASE_GUARD))
 
 # Adds ARGV[i] to KEYS[i] when that key still exists (an expired window stays gone).
+# A counter or a hold never goes below zero (a hold that faded and was taken
+# again, say); a wallet balance may, and must match the ledger.
 INCR_EXISTING_LUA = """
 for i = 1, #KEYS do
   if ARGV[i] ~= '0' and redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('INCRBY', KEYS[i], ARGV[i])
+    local value = redis.call('INCRBY', KEYS[i], ARGV[i])
+    if value < 0 and string.sub(KEYS[i], -8) ~= ':balance' then
+      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+    end
   end
 end
 return 1
@@ -548,6 +566,8 @@ async def _redis_admit(admission: Admission) -> None:
         raise _refuse(admission, admission.limits[result[1] - 1])
     if result[0] == -2:
         raise _short_of_credits()
+    if result[0] == -3:
+        raise _negative(admission.tokens, admission.cost)
 
 
 async def _refill(admission: Admission, size: int) -> list:
@@ -659,7 +679,10 @@ def settlement_for(
     if released:
         deltas = (-1, -admission.tokens, -admission.cost)
     else:
-        used = usage.prompt_tokens + usage.completion_tokens
+        # An upstream's usage block is not trusted to be positive: what a request
+        # used is never less than nothing, and never credits a wallet.
+        used = max(usage.prompt_tokens, 0) + max(usage.completion_tokens, 0)
+        cost_micro = max(cost_micro, 0)
         deltas = (0, used - admission.tokens, cost_micro - admission.cost)
     charge = 0 if released or admission.wallet_id is None else cost_micro
     return Settlement(admission=admission, deltas=deltas, charge=charge)
@@ -706,7 +729,8 @@ def settle_in_database(settlements: list[Settlement]) -> None:
     """Apply settlements to counters and wallet holds (inside the usage flush transaction)."""
     from collections import defaultdict
 
-    from django.db.models import F
+    from django.db.models import DecimalField, F, Value
+    from django.db.models.functions import Greatest
 
     from orgs.models import Wallet
 
@@ -716,8 +740,12 @@ def settle_in_database(settlements: list[Settlement]) -> None:
     for settlement in settlements:
         if settlement.admission.wallet_id is not None:
             held[settlement.admission.wallet_id] += settlement.admission.hold
+    # Neither a counter nor a hold goes below zero, whatever a settlement says.
     for key, delta in _counter_deltas(settlements).items():
         if delta:
-            LimitCounter.objects.filter(key=key).update(value=F("value") + delta)
+            LimitCounter.objects.filter(key=key).update(value=Greatest(F("value") + delta, 0))
+    zero = Value(0, output_field=DecimalField())
     for wallet_id, amount in held.items():
-        Wallet.objects.filter(pk=wallet_id).update(held=F("held") - _credits(amount))
+        Wallet.objects.filter(pk=wallet_id).update(
+            held=Greatest(F("held") - _credits(amount), zero)
+        )

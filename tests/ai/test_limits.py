@@ -422,6 +422,97 @@ def test_negative_max_completion_tokens_cannot_overspend_a_link_or_a_wallet(
     )
 
 
+def test_a_model_priced_below_zero_is_refused_rather_than_crediting_the_wallet(
+    world, billed, backend, fake_upstream
+):
+    from ai.models import AIModel
+
+    # Validators forbid it; a queryset update (or a bad migration) does not.
+    AIModel.objects.filter(pk=world.chat.pk).update(output_price_per_million=Decimal("-1000"))
+    world.chat.refresh_from_db()
+    world.chat.save()  # signal the caches
+    response = _post(world, {"model": "acme-chat", "messages": HI, "max_tokens": 20})
+    assert response.status_code == 500
+    assert fake_upstream.requests() == []
+    billed.refresh_from_db()
+    assert (billed.balance, billed.held) == (Decimal("0.01"), 0)
+
+
+def test_the_admission_script_refuses_a_negative_amount():
+    if not _redis_available():
+        pytest.skip("issue 4: needs a Redis server on 127.0.0.1:6379")
+    from ai.gateway.limits import ADMIT_LUA, TOKENS
+
+    client = redis.Redis.from_url(os.environ.get("REDIS_URL") or LOCAL_REDIS)
+    key = "sb:lim:link:0:tokens_per_minute:test"
+    client.delete(key)
+    # ARGV: tokens, cost, requests wanted, one counter, no wallet, then the counter's
+    # metric, limit and TTL.
+    for tokens, cost in ((-1000, 0), (10, -5)):
+        result = client.eval(ADMIT_LUA, 1, key, tokens, cost, 1, 1, 0, TOKENS + 1, 2_000, 60)
+        assert result[0] not in (0, 1)  # neither admitted nor over the limit: refused
+        assert client.get(key) is None
+
+
+def _counter_plan(key: str):
+    from ai.gateway.limits import RATE, TOKENS, Limit, Plan
+
+    limit = Limit(key=key, limit=100, reset_at=0, ttl=60, metric=TOKENS, code=RATE, label="tokens")
+    return Plan(None, None, (limit,), (), b"", b"", 0)
+
+
+def test_usage_reported_below_zero_settles_as_nothing_used():
+    from ai.gateway.accounting import Usage
+    from ai.gateway.limits import Admission, settlement_for
+
+    admission = Admission(tokens=30, cost=40, wallet_id=1)
+    settlement = settlement_for(
+        admission,
+        usage=Usage(prompt_tokens=-500, completion_tokens=4),
+        cost_micro=-9,
+        released=False,
+    )
+    assert settlement.deltas == (0, 4 - 30, -40)
+    assert settlement.charge == 0
+
+
+def test_a_database_settlement_never_takes_a_counter_or_a_hold_below_zero(acme):
+    from ai.gateway.limits import Admission, Settlement, settle_in_database
+    from ai.models import LimitCounter
+
+    LimitCounter.objects.create(key="sb:lim:test", value=20, expires_at="2100-01-01T00:00Z")
+    wallet = wallet_for(organisation=acme)
+    Wallet.objects.filter(pk=wallet.pk).update(held=Decimal("0.000010"))
+    admission = Admission(plan=_counter_plan("sb:lim:test"), wallet_id=wallet.pk, cost=50)
+    settle_in_database([Settlement(admission=admission, deltas=(0, -50, -50), charge=0)])
+    assert LimitCounter.objects.get(key="sb:lim:test").value == 0
+    wallet.refresh_from_db()
+    assert wallet.held == 0
+
+
+def test_a_redis_settlement_never_takes_a_counter_or_a_hold_below_zero(settings, acme):
+    if not _redis_available():
+        pytest.skip("issue 4: needs a Redis server on 127.0.0.1:6379")
+    from ai.gateway.limits import Admission, Settlement, settle_in_redis_now
+    from orgs.services import redis_balance_key, redis_held_key
+
+    settings.REDIS_URL = os.environ.get("REDIS_URL") or LOCAL_REDIS
+    _clear_redis_state(settings.REDIS_URL)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    wallet = wallet_for(organisation=acme)
+    balance, held = redis_balance_key(wallet.pk), redis_held_key(wallet.pk)
+    client.set("sb:lim:test", 20, ex=600)
+    client.set(held, 10, ex=600)
+    client.set(balance, 5)
+    plan = _counter_plan("sb:lim:test")
+    plan = type(plan)(None, None, plan.limits, (balance, held), b"", b"", 0)
+    admission = Admission(plan=plan, wallet_id=wallet.pk, cost=50)
+    settle_in_redis_now([Settlement(admission=admission, deltas=(0, -50, -50), charge=30)])
+    assert int(client.get("sb:lim:test")) == 0 and client.ttl("sb:lim:test") > 0
+    assert int(client.get(held)) == 0
+    assert int(client.get(balance)) == 5 - 30  # a balance follows the ledger, below zero too
+
+
 def _wait_for_settlements(timeout: float = 5.0) -> None:
     import time
 
