@@ -27,7 +27,7 @@ from panel.db import run_sync
 from panel.errors import InsufficientQuota, InternalError, InvalidRequest, RateLimited
 from panel.redis_pipe import Script, pack_items
 
-from .accounting import Usage, cost_of, estimate_prompt
+from .accounting import Usage, cost_of, prompt_bound
 from .observability import REJECTIONS
 from .resolve import Resolution
 
@@ -129,13 +129,17 @@ KEY_LIMITS = (
 def _estimate(resolution: Resolution, body: dict, route_name: str) -> tuple[int, int, int]:
     """Reserved tokens, reserved micro-credits and images, before the call.
 
+    At least what the request can use, as far as the gateway can know it: a
+    prompt bound and every output the request asks for (see ``prompt_bound``).
     Reads only fields ``_check_request_bounds`` has checked.
     """
     model = resolution.model
+    prompt = prompt_bound(body)
     if route_name == "images.generations":
+        # An image request records its prompt's tokens too (an estimate, without a usage block).
         images = body.get("n") or 1
-        return 0, to_micro(cost_of(model, Usage(images=images))), images
-    prompt = estimate_prompt(body)
+        usage = Usage(prompt_tokens=prompt, images=images)
+        return prompt, to_micro(cost_of(model, usage)), images
     output = 0
     if route_name != "embeddings":
         output = _output_reserved(model, body)
@@ -144,11 +148,11 @@ def _estimate(resolution: Resolution, body: dict, route_name: str) -> tuple[int,
 
 
 def _output_reserved(model, body: dict) -> int:
-    """The larger of max_tokens and max_completion_tokens, else the model's output limit."""
+    """Each of the n (or best_of) outputs: the larger max field, else the model's limit."""
     asked = [body[name] for name in ("max_tokens", "max_completion_tokens") if body.get(name)]
-    if asked:
-        return max(asked)
-    return model.max_output_tokens or settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS
+    each = max(asked) if asked else model.max_output_tokens
+    each = each or settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS
+    return each * max(body.get("n") or 1, body.get("best_of") or 1)
 
 
 # --- Leases -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Limits and wallets under concurrency, on the database path and on Redis."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -99,7 +100,31 @@ def test_it_reports_the_remaining_requests_and_tokens_on_success(world, backend)
     assert response.headers["x-ratelimit-limit-requests"] == "5"
     assert response.headers["x-ratelimit-remaining-requests"] == "4"
     assert response.headers["x-ratelimit-limit-tokens"] == "10000"
-    assert int(response.headers["x-ratelimit-remaining-tokens"]) == 10_000 - 51
+    # Reserved: a bound on the prompt (8 template tokens around the message, 8
+    # before the reply, "user" and "Hi" one a byte) and the 50 tokens asked for.
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) == 10_000 - (8 + 8 + 4 + 2) - 50
+
+
+def test_each_of_n_choices_reserves_its_own_output(world, backend):
+    _limit(world, tokens_per_minute=10_000)
+    response = _post(world, {"model": "acme-chat", "messages": HI, "max_tokens": 50, "n": 3})
+    assert response.status_code == 200
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) == 10_000 - 22 - 3 * 50
+
+
+def test_a_prompt_bound_counts_every_byte_and_what_a_template_adds():
+    from ai.gateway.accounting import MEDIA_PART_TOKENS, prompt_bound
+
+    message = {"role": "user", "name": "al", "content": "naïve"}  # ï is two bytes
+    assert prompt_bound({"messages": [message]}) == 8 + 8 + 4 + 2 + 6
+    parts = [{"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    assert prompt_bound({"messages": [{"role": "user", "content": parts}]}) == (
+        8 + 8 + 4 + 3 + MEDIA_PART_TOKENS
+    )
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert prompt_bound({"messages": [], "tools": tools}) == 8 + len(json.dumps(tools))
+    assert prompt_bound({"input": ["ab", [1, 2, 3]]}) == 2 + 3
+    assert prompt_bound({"prompt": [5, 6]}) == 2
 
 
 def test_concurrent_streams_stay_within_a_token_quota(world, backend):
@@ -511,6 +536,35 @@ def test_a_redis_settlement_never_takes_a_counter_or_a_hold_below_zero(settings,
     assert int(client.get("sb:lim:test")) == 0 and client.ttl("sb:lim:test") > 0
     assert int(client.get(held)) == 0
     assert int(client.get(balance)) == 5 - 30  # a balance follows the ledger, below zero too
+
+
+def _away_from_a_minute_turn() -> None:
+    """Wait for the next minute when this one is nearly over: its counters are about to reset."""
+    import time
+
+    left = 60 - time.time() % 60
+    if left < 15:
+        time.sleep(left + 0.1)
+
+
+def test_a_token_limit_holds_when_usage_beats_a_rule_of_thumb_estimate(world, backend):
+    """Issue 11, item 6: one-letter words, no max_tokens and the longest reply the model allows."""
+    world.chat.config = {"max_output_tokens": 100}
+    world.chat.save()
+    _limit(world, tokens_per_minute=2_000)
+    words = [{"role": "user", "content": " ".join(["a"] * 60)}]
+    body = {"model": "acme-chat", "messages": words, "fake_upstream": {"tokens": 100}}
+    _away_from_a_minute_turn()
+
+    responses = asyncio.run(_burst([world.url], world.alice_key, 30, body))
+
+    ok = [r for r in responses if r.status_code == 200]
+    assert ok and {r.status_code for r in responses} == {200, 429}
+    events = wait_for_usage(len(ok))
+    assert {(e.prompt_tokens, e.completion_tokens) for e in events} == {(60, 100)}
+    # Every reservation covers its usage, so the window ends within its limit
+    # (a four-characters-a-token estimate let 15 requests, 2,400 tokens, through).
+    assert sum(e.prompt_tokens + e.completion_tokens for e in events) <= 2_000
 
 
 def _wait_for_settlements(timeout: float = 5.0) -> None:
