@@ -478,7 +478,8 @@ def _short_of_credits() -> InsufficientQuota:
 # n counters, has wallet (0/1), then per counter its metric (1 requests,
 # 2 tokens, 3 cost), limit and TTL.
 # Grants the requests wanted, fewer when that would take more than 1/GUARD of
-# what is left on a counter or the wallet, and at least one if one fits.
+# what is left on a counter or the wallet, and at least one if one fits. A
+# counter at or past its limit refuses any amount, zero included.
 # Returns {1, granted, values...} when admitted, {0, i, values...} when counter i
 # is over its limit, {-1} when the wallet balance is not loaded yet, {-2,
 # available} when it is short, {-3} when an amount is negative (refused: it
@@ -497,7 +498,8 @@ for i = 1, n do
   local base = 2 + i * 3
   local amount = amounts[tonumber(ARGV[base + 1])]
   local left = tonumber(ARGV[base + 2]) - out[i + 2]
-  if amount > left then
+  -- A window that usage has used up refuses everything, even a request of nothing.
+  if amount > left or left <= 0 then
     out[1], out[2] = 0, i
     return out
   end
@@ -643,7 +645,8 @@ def _db_admit(admission: Admission) -> None:
         }
         admission.values = [rows[limit.key].value for limit in limits]
         for limit, value in zip(limits, admission.values, strict=True):
-            if value + amounts[limit.metric] > limit.limit:
+            # A window that usage has used up refuses everything, even a request of nothing.
+            if value + amounts[limit.metric] > limit.limit or value >= limit.limit:
                 raise _refuse(admission, limit)
         if admission.wallet_id is not None:
             wallet = Wallet.objects.select_for_update().get(pk=admission.wallet_id)

@@ -567,6 +567,24 @@ def test_a_token_limit_holds_when_usage_beats_a_rule_of_thumb_estimate(world, ba
     assert sum(e.prompt_tokens + e.completion_tokens for e in events) <= 2_000
 
 
+def test_a_spent_monthly_budget_refuses_even_a_request_that_costs_nothing(world, backend):
+    world.chat.input_price_per_million = Decimal("0")
+    world.chat.output_price_per_million = Decimal("50000")  # 20 tokens out cost 1.00
+    world.chat.save()
+    _limit(world, cost_per_month=Decimal("2"))
+    body = {"model": "acme-chat", "messages": HI, "max_tokens": 20}
+    assert [_post(world, body).status_code for _ in range(2)] == [200, 200]
+    wait_for_usage(2)
+    _wait_for_settlements()
+    world.chat.output_price_per_million = Decimal("0")  # the model is free from now on
+    world.chat.save()
+
+    refused = _post(world, body)
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+
+
 def _wait_for_settlements(timeout: float = 5.0) -> None:
     import time
 
