@@ -483,8 +483,8 @@ def _short_of_credits() -> InsufficientQuota:
 # Returns {1, granted, values...} when admitted, {0, i, values...} when counter i
 # is over its limit, {-1} when the wallet balance is not loaded yet, {-2,
 # available} when it is short, {-3} when an amount is negative (refused: it
-# would hand out room instead of taking it). One MGET reads everything; a counter gets its TTL
-# when it is created.
+# would hand out room instead of taking it). One MGET reads everything; a
+# counter gets its TTL when it is created.
 ADMIT_LUA = """
 local GUARD = {GUARD}
 local amounts = {1, tonumber(ARGV[1]), tonumber(ARGV[2])}
