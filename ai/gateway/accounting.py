@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,80 @@ def estimate_prompt(body: dict) -> int:
         elif isinstance(value, list):
             parts.extend(v for v in value if isinstance(v, str))
     return max(1, sum(estimate_tokens(p) for p in parts))
+
+
+# Reservations need an upper bound on a prompt, not a guess. A token of a
+# byte-level BPE tokenizer (GPT, Llama 3, Qwen, Mistral's Tekken) covers at
+# least one UTF-8 byte, so a text never has more tokens than bytes: one per
+# character for ASCII. A chat template adds a few special tokens around each
+# message and before the reply. An image, audio or file part has no bound the
+# gateway can see without decoding it: it is reserved at a fixed allowance.
+MESSAGE_OVERHEAD = 8
+REPLY_OVERHEAD = 8
+MEDIA_PART_TOKENS = 2048
+# Fields a template renders into the prompt as JSON (tool definitions and schemas).
+JSON_PROMPT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
+
+
+def bound_tokens(text: str) -> int:
+    """At most as many tokens as UTF-8 bytes (``isascii`` is O(1) in CPython)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def prompt_bound(body: dict) -> int:
+    """An upper bound on the prompt's tokens (text parts), for reservations."""
+    total = 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        total += REPLY_OVERHEAD + sum(_message_bound(message) for message in messages)
+    for name in ("prompt", "input", "suffix"):
+        total += _items_bound(body.get(name))
+    for name in JSON_PROMPT_FIELDS:
+        if body.get(name) is not None:
+            total += bound_tokens(json.dumps(body[name]))
+    return max(1, total)
+
+
+def _message_bound(message) -> int:
+    """A message's role, name, content, tool calls and so on, plus its template tokens."""
+    if not isinstance(message, dict):
+        return MESSAGE_OVERHEAD + bound_tokens(json.dumps(message))
+    total = MESSAGE_OVERHEAD
+    for key, value in message.items():
+        if isinstance(value, str):
+            total += bound_tokens(value)
+        elif key == "content" and isinstance(value, list):
+            total += sum(_part_bound(part) for part in value)
+        elif value is not None:
+            total += bound_tokens(json.dumps(value))
+    return total
+
+
+def _part_bound(part) -> int:
+    if isinstance(part, str):
+        return bound_tokens(part)
+    if isinstance(part, dict) and isinstance(part.get("text"), str):
+        return bound_tokens(part["text"])
+    return MEDIA_PART_TOKENS
+
+
+def _items_bound(value) -> int:
+    """``prompt`` or ``input``: a text, texts, token ids, lists of token ids, or messages."""
+    if isinstance(value, str):
+        return bound_tokens(value)
+    if not isinstance(value, list):
+        return 0
+    total = 0
+    for item in value:
+        if isinstance(item, str):
+            total += bound_tokens(item)
+        elif isinstance(item, list):
+            total += len(item)  # token ids
+        elif isinstance(item, dict):
+            total += _message_bound(item)
+        else:
+            total += 1  # one token id
+    return total
 
 
 def cost_of(model: ModelInfo, usage: Usage) -> Decimal:

@@ -13,6 +13,7 @@ transaction does it under row locks (SQLite: the database write lock).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from calendar import monthrange
 from dataclasses import dataclass, field
@@ -23,14 +24,15 @@ from django.conf import settings
 from orgs.services import redis_balance_key, redis_held_key, to_micro
 from panel import redis as sb_redis
 from panel.db import run_sync
-from panel.errors import InsufficientQuota, InvalidRequest, RateLimited
+from panel.errors import InsufficientQuota, InternalError, InvalidRequest, RateLimited
 from panel.redis_pipe import Script, pack_items
 
 from . import journal
-from .accounting import Usage, cost_of, estimate_prompt
+from .accounting import Usage, cost_of, prompt_bound
 from .observability import REJECTIONS
 from .resolve import Resolution
 
+logger = logging.getLogger(__name__)
 RATE, QUOTA = "rate_limit_exceeded", "quota_exceeded"
 
 
@@ -127,18 +129,32 @@ KEY_LIMITS = (
 
 
 def _estimate(resolution: Resolution, body: dict, route_name: str) -> tuple[int, int, int]:
-    """Reserved tokens, reserved micro-credits and images, before the call."""
+    """Reserved tokens, reserved micro-credits and images, before the call.
+
+    At least what the request can use, as far as the gateway can know it: a
+    prompt bound and every output the request asks for (see ``prompt_bound``).
+    Reads only fields ``_check_request_bounds`` has checked.
+    """
     model = resolution.model
+    prompt = prompt_bound(body)
     if route_name == "images.generations":
-        images = body.get("n", 1) if isinstance(body.get("n", 1), int) else 1
-        return 0, to_micro(cost_of(model, Usage(images=max(images, 1)))), images
-    prompt = estimate_prompt(body)
+        # An image request records its prompt's tokens too (an estimate, without a usage block).
+        images = body.get("n") or 1
+        usage = Usage(prompt_tokens=prompt, images=images)
+        return prompt, to_micro(cost_of(model, usage)), images
     output = 0
     if route_name != "embeddings":
-        output = body.get("max_tokens") or body.get("max_completion_tokens")
-        output = output or model.max_output_tokens or settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS
+        output = _output_reserved(model, body)
     usage = Usage(prompt_tokens=prompt, completion_tokens=output)
     return prompt + output, to_micro(cost_of(model, usage)), 0
+
+
+def _output_reserved(model, body: dict) -> int:
+    """Each of the n (or best_of) outputs: the larger max field, else the model's limit."""
+    asked = [body[name] for name in ("max_tokens", "max_completion_tokens") if body.get(name)]
+    each = max(asked) if asked else model.max_output_tokens
+    each = each or settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS
+    return each * max(body.get("n") or 1, body.get("best_of") or 1)
 
 
 # --- Leases -----------------------------------------------------------------------
@@ -336,6 +352,8 @@ def leases_release() -> None:
 def plan(resolution: Resolution, body: dict, route_name: str) -> Admission:
     """What this request would reserve."""
     tokens, cost, _ = _estimate(resolution, body, route_name)
+    if tokens < 0 or cost < 0:
+        raise _negative(tokens, cost)
     link = resolution.link
     admission = Admission(
         plan=_plans.get(link, resolution.key, time.time()), tokens=tokens, cost=cost
@@ -348,18 +366,36 @@ def plan(resolution: Resolution, body: dict, route_name: str) -> Admission:
     return admission
 
 
+# The largest count a request may ask for when its model sets no tighter limit.
+MAX_COUNT = 2**31
+# n and best_of (OpenAI's ranges): how many outputs one request generates.
+COUNT_FIELDS = (("n", 1, 128), ("best_of", 0, 20))
+
+
 def _check_request_bounds(resolution: Resolution, body: dict) -> None:
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise InvalidRequest("max_tokens must be a positive integer.", param="max_tokens")
-    limit = resolution.model.max_output_tokens
-    if max_tokens is not None and limit and max_tokens > limit:
-        raise InvalidRequest(
-            f"max_tokens is {max_tokens}, above this model's limit of {limit}.",
-            param="max_tokens",
-        )
+    """Every number an estimate reads is an integer in range; each field is checked on its own."""
+    model_limit = resolution.model.max_output_tokens
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = _count(body, name, 1, MAX_COUNT)
+        if model_limit and value is not None and value > model_limit:
+            raise InvalidRequest(
+                f"{name} is {value}, above this model's limit of {model_limit}.", param=name
+            )
+    for name, low, high in COUNT_FIELDS:
+        _count(body, name, low, high)
+
+
+def _count(body: dict, name: str, low: int, high: int) -> int | None:
+    """``body[name]``: absent or null, else an integer (not a bool) from ``low`` to ``high``."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer of at least {low}"
+        raise InvalidRequest(f"{name} must be {kind}.", param=name)
+    if value > high:
+        raise InvalidRequest(f"{name} must be at most {high}.", param=name)
+    return value
 
 
 async def admit(
@@ -456,6 +492,13 @@ def _refuse(admission: Admission, failed: Limit) -> RateLimited:
     )
 
 
+def _negative(tokens: int, cost: int) -> InternalError:
+    # A negative reservation would give room instead of taking it. Requests are
+    # checked before their estimate, so only a price below zero (or a bug) gets here.
+    logger.error("Refused a negative reservation: %d tokens, %d micro-credits", tokens, cost)
+    return InternalError("This request's reservation came out negative; it was refused.")
+
+
 def _short_of_credits() -> InsufficientQuota:
     REJECTIONS.labels("insufficient_quota").inc()
     return InsufficientQuota("Your balance cannot cover this request; top up your wallet.")
@@ -468,14 +511,17 @@ def _short_of_credits() -> InsufficientQuota:
 # n counters, has wallet (0/1), then per counter its metric (1 requests,
 # 2 tokens, 3 cost), limit and TTL.
 # Grants the requests wanted, fewer when that would take more than 1/GUARD of
-# what is left on a counter or the wallet, and at least one if one fits.
+# what is left on a counter or the wallet, and at least one if one fits. A
+# counter at or past its limit refuses any amount, zero included.
 # Returns {1, granted, values...} when admitted, {0, i, values...} when counter i
 # is over its limit, {-1} when the wallet balance is not loaded yet, {-2,
-# available} when it is short. One MGET reads everything; a counter gets its TTL
-# when it is created.
+# available} when it is short, {-3} when an amount is negative (refused: it
+# would hand out room instead of taking it). One MGET reads everything; a
+# counter gets its TTL when it is created.
 ADMIT_LUA = """
 local GUARD = {GUARD}
 local amounts = {1, tonumber(ARGV[1]), tonumber(ARGV[2])}
+if amounts[2] < 0 or amounts[3] < 0 then return {-3} end
 local grant = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local values = redis.call('MGET', unpack(KEYS))
@@ -485,7 +531,8 @@ for i = 1, n do
   local base = 2 + i * 3
   local amount = amounts[tonumber(ARGV[base + 1])]
   local left = tonumber(ARGV[base + 2]) - out[i + 2]
-  if amount > left then
+  -- A window that usage has used up refuses everything, even a request of nothing.
+  if amount > left or left <= 0 then
     out[1], out[2] = 0, i
     return out
   end
@@ -516,12 +563,17 @@ return out
 
 # Adds ARGV[i + 1] to KEYS[i] when that key still exists (an expired window stays
 # gone), for the first ARGV[1] keys; then drops the remaining ARGV (request ids)
-# from the in-flight journal KEYS[n + 1], in the same atomic step.
+# from the in-flight journal KEYS[n + 1], in the same atomic step. A counter or a
+# hold never goes below zero (a hold that faded and was taken again, say); a
+# wallet balance may, and must match the ledger.
 SETTLE_LUA = """
 local n = tonumber(ARGV[1])
 for i = 1, n do
   if ARGV[i + 1] ~= '0' and redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('INCRBY', KEYS[i], ARGV[i + 1])
+    local value = redis.call('INCRBY', KEYS[i], ARGV[i + 1])
+    if value < 0 and string.sub(KEYS[i], -8) ~= ':balance' then
+      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+    end
   end
 end
 if #ARGV > n + 1 then redis.call('HDEL', KEYS[n + 1], unpack(ARGV, n + 2)) end
@@ -553,6 +605,8 @@ async def _redis_admit(admission: Admission, on_cancelled) -> None:
         raise _refuse(admission, admission.limits[result[1] - 1])
     if result[0] == -2:
         raise _short_of_credits()
+    if result[0] == -3:
+        raise _negative(admission.tokens, admission.cost)
 
 
 async def _refill(admission: Admission, size: int) -> list:
@@ -623,7 +677,8 @@ def _db_admit(admission: Admission) -> None:
         }
         admission.values = [rows[limit.key].value for limit in limits]
         for limit, value in zip(limits, admission.values, strict=True):
-            if value + amounts[limit.metric] > limit.limit:
+            # A window that usage has used up refuses everything, even a request of nothing.
+            if value + amounts[limit.metric] > limit.limit or value >= limit.limit:
                 raise _refuse(admission, limit)
         if admission.wallet_id is not None:
             wallet = Wallet.objects.select_for_update().get(pk=admission.wallet_id)
@@ -665,7 +720,10 @@ def settlement_for(
     if released:
         deltas = (-1, -admission.tokens, -admission.cost)
     else:
-        used = usage.prompt_tokens + usage.completion_tokens
+        # An upstream's usage block is not trusted to be positive: what a request
+        # used is never less than nothing, and never credits a wallet.
+        used = max(usage.prompt_tokens, 0) + max(usage.completion_tokens, 0)
+        cost_micro = max(cost_micro, 0)
         deltas = (0, used - admission.tokens, cost_micro - admission.cost)
     charge = 0 if released or admission.wallet_id is None else cost_micro
     return Settlement(admission=admission, deltas=deltas, charge=charge)
@@ -719,7 +777,8 @@ def settle_in_database(settlements: list[Settlement]) -> None:
     """Apply settlements to counters and wallet holds (inside the usage flush transaction)."""
     from collections import defaultdict
 
-    from django.db.models import F
+    from django.db.models import DecimalField, F, Value
+    from django.db.models.functions import Greatest
 
     from orgs.models import Wallet
 
@@ -729,8 +788,12 @@ def settle_in_database(settlements: list[Settlement]) -> None:
     for settlement in settlements:
         if settlement.admission.wallet_id is not None:
             held[settlement.admission.wallet_id] += settlement.admission.hold
+    # Neither a counter nor a hold goes below zero, whatever a settlement says.
     for key, delta in _counter_deltas(settlements).items():
         if delta:
-            LimitCounter.objects.filter(key=key).update(value=F("value") + delta)
+            LimitCounter.objects.filter(key=key).update(value=Greatest(F("value") + delta, 0))
+    zero = Value(0, output_field=DecimalField())
     for wallet_id, amount in held.items():
-        Wallet.objects.filter(pk=wallet_id).update(held=F("held") - _credits(amount))
+        Wallet.objects.filter(pk=wallet_id).update(
+            held=Greatest(F("held") - _credits(amount), zero)
+        )

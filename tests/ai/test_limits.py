@@ -1,6 +1,7 @@
 """Limits and wallets under concurrency, on the database path and on Redis."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -99,7 +100,31 @@ def test_it_reports_the_remaining_requests_and_tokens_on_success(world, backend)
     assert response.headers["x-ratelimit-limit-requests"] == "5"
     assert response.headers["x-ratelimit-remaining-requests"] == "4"
     assert response.headers["x-ratelimit-limit-tokens"] == "10000"
-    assert int(response.headers["x-ratelimit-remaining-tokens"]) == 10_000 - 51
+    # Reserved: a bound on the prompt (8 template tokens around the message, 8
+    # before the reply, "user" and "Hi" one a byte) and the 50 tokens asked for.
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) == 10_000 - (8 + 8 + 4 + 2) - 50
+
+
+def test_each_of_n_choices_reserves_its_own_output(world, backend):
+    _limit(world, tokens_per_minute=10_000)
+    response = _post(world, {"model": "acme-chat", "messages": HI, "max_tokens": 50, "n": 3})
+    assert response.status_code == 200
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) == 10_000 - 22 - 3 * 50
+
+
+def test_a_prompt_bound_counts_every_byte_and_what_a_template_adds():
+    from ai.gateway.accounting import MEDIA_PART_TOKENS, prompt_bound
+
+    message = {"role": "user", "name": "al", "content": "naïve"}  # ï is two bytes
+    assert prompt_bound({"messages": [message]}) == 8 + 8 + 4 + 2 + 6
+    parts = [{"type": "text", "text": "abc"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    assert prompt_bound({"messages": [{"role": "user", "content": parts}]}) == (
+        8 + 8 + 4 + 3 + MEDIA_PART_TOKENS
+    )
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert prompt_bound({"messages": [], "tools": tools}) == 8 + len(json.dumps(tools))
+    assert prompt_bound({"input": ["ab", [1, 2, 3]]}) == 2 + 3
+    assert prompt_bound({"prompt": [5, 6]}) == 2
 
 
 def test_concurrent_streams_stay_within_a_token_quota(world, backend):
@@ -319,6 +344,245 @@ def test_a_billed_link_without_a_wallet_is_refused(world, acme, backend):
     Wallet.objects.all().delete()
     world.chat.save()
     assert _post(world, {"model": "acme-chat", "messages": HI}).status_code == 402
+
+
+# --- Hard limits: no negative reservation, no overshoot ------------------------------
+
+BAD_COUNTS = [
+    ({"max_tokens": None, "max_completion_tokens": -1_000_000}, "max_completion_tokens"),
+    ({"max_tokens": 10, "max_completion_tokens": -1}, "max_completion_tokens"),
+    ({"max_tokens": -5, "max_completion_tokens": None}, "max_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_completion_tokens": True}, "max_completion_tokens"),
+    ({"max_tokens": 2.5}, "max_tokens"),
+    ({"max_completion_tokens": "100"}, "max_completion_tokens"),
+    ({"max_completion_tokens": 257}, "max_completion_tokens"),  # the model's limit is 256
+    ({"n": 0}, "n"),
+    ({"n": -3}, "n"),
+    ({"n": False}, "n"),
+    ({"n": 129}, "n"),
+    ({"best_of": -1}, "best_of"),
+]
+
+
+@pytest.mark.parametrize(("fields", "param"), BAD_COUNTS)
+def test_a_count_that_feeds_the_estimate_must_be_a_sane_integer(
+    world, backend, fake_upstream, fields, param
+):
+    _limit(world, tokens_per_minute=2_000)
+    response = _post(world, {"model": "acme-chat", "messages": HI, **fields})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert fake_upstream.requests() == []
+    assert not UsageEvent.objects.exists()
+
+
+def test_a_model_without_an_output_limit_still_bounds_max_tokens(world, backend, fake_upstream):
+    world.chat.config = {}
+    world.chat.save()
+    response = _post(world, {"model": "acme-chat", "messages": HI, "max_tokens": 2**31 + 1})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "max_tokens"
+    assert fake_upstream.requests() == []
+
+
+@pytest.mark.parametrize("n", [-2, 0, True, 129])
+def test_an_image_count_must_be_a_positive_integer(world, backend, fake_upstream, n):
+    response = httpx.post(
+        f"{world.url}/v1/images/generations",
+        headers={"Authorization": f"Bearer {world.alice_key}"},
+        json={"model": "acme-image", "prompt": "a cat", "n": n},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "n"
+    assert fake_upstream.requests() == []
+
+
+def test_negative_max_completion_tokens_cannot_overspend_a_link_or_a_wallet(
+    world, billed, backend, fake_upstream
+):
+    """Issue 11, item 5: requests in flight with a negative reservation let others through."""
+    _limit(world, tokens_per_minute=2_000)
+    world.chat.output_price_per_million = Decimal("1000")  # 100 tokens out cost 0.10
+    world.chat.save()
+    wallet_topup(wallet=billed, amount=Decimal("0.99"), reason="to 1.00")
+    slow = {"latency_ms": 5000}  # holds its reservation through the honest burst
+    bad = {"model": "acme-chat", "messages": HI, "fake_upstream": slow}
+    bad |= {"max_tokens": None, "max_completion_tokens": -1_000_000}
+    good = {"model": "acme-chat", "messages": HI, "max_tokens": 100}
+    good["fake_upstream"] = {"tokens": 100}
+
+    async def attack():
+        async with httpx.AsyncClient(timeout=30) as client:
+            url, auth = (
+                f"{world.url}/v1/chat/completions",
+                {"Authorization": f"Bearer {world.alice_key}"},
+            )
+            bad_calls = [
+                asyncio.ensure_future(client.post(url, headers=auth, json=bad)) for _ in range(3)
+            ]
+            # The honest burst starts once the bad requests are refused, or admitted and upstream.
+            while len(fake_upstream.requests()) < 3:
+                done, _ = await asyncio.wait(bad_calls, timeout=0.01)
+                if len(done) == len(bad_calls):
+                    break
+            good_calls = [client.post(url, headers=auth, json=good) for _ in range(40)]
+            answered = await asyncio.gather(*good_calls)
+            return await asyncio.gather(*bad_calls), answered
+
+    refused, answered = asyncio.run(attack())
+
+    assert [r.status_code for r in refused] == [400] * 3
+    assert {r.json()["error"]["param"] for r in refused} == {"max_completion_tokens"}
+    ok = [r for r in answered if r.status_code == 200]
+    assert ok and {r.status_code for r in answered} - {200} == {402}
+    events = wait_for_usage(len(ok))
+    assert sum(e.prompt_tokens + e.completion_tokens for e in events) <= 2_000
+    _wait_for_charges(len(ok))
+    billed.refresh_from_db()
+    assert billed.balance >= 0
+    assert billed.balance == sum(
+        LedgerEntry.objects.filter(wallet=billed).values_list("amount", flat=True)
+    )
+
+
+def test_a_model_priced_below_zero_is_refused_rather_than_crediting_the_wallet(
+    world, billed, backend, fake_upstream
+):
+    from ai.models import AIModel
+
+    # Validators forbid it; a queryset update (or a bad migration) does not.
+    AIModel.objects.filter(pk=world.chat.pk).update(output_price_per_million=Decimal("-1000"))
+    world.chat.refresh_from_db()
+    world.chat.save()  # signal the caches
+    response = _post(world, {"model": "acme-chat", "messages": HI, "max_tokens": 20})
+    assert response.status_code == 500
+    assert fake_upstream.requests() == []
+    billed.refresh_from_db()
+    assert (billed.balance, billed.held) == (Decimal("0.01"), 0)
+
+
+def test_the_admission_script_refuses_a_negative_amount():
+    if not _redis_available():
+        pytest.skip("issue 4: needs a Redis server on 127.0.0.1:6379")
+    from ai.gateway.limits import ADMIT_LUA, TOKENS
+
+    client = redis.Redis.from_url(os.environ.get("REDIS_URL") or LOCAL_REDIS)
+    key = "sb:lim:link:0:tokens_per_minute:test"
+    client.delete(key)
+    # ARGV: tokens, cost, requests wanted, one counter, no wallet, then the counter's
+    # metric, limit and TTL.
+    for tokens, cost in ((-1000, 0), (10, -5)):
+        result = client.eval(ADMIT_LUA, 1, key, tokens, cost, 1, 1, 0, TOKENS + 1, 2_000, 60)
+        assert result[0] not in (0, 1)  # neither admitted nor over the limit: refused
+        assert client.get(key) is None
+
+
+def _counter_plan(key: str):
+    from ai.gateway.limits import RATE, TOKENS, Limit, Plan
+
+    limit = Limit(key=key, limit=100, reset_at=0, ttl=60, metric=TOKENS, code=RATE, label="tokens")
+    return Plan(None, None, (limit,), (), b"", b"", 0)
+
+
+def test_usage_reported_below_zero_settles_as_nothing_used():
+    from ai.gateway.accounting import Usage
+    from ai.gateway.limits import Admission, settlement_for
+
+    admission = Admission(tokens=30, cost=40, wallet_id=1)
+    settlement = settlement_for(
+        admission,
+        usage=Usage(prompt_tokens=-500, completion_tokens=4),
+        cost_micro=-9,
+        released=False,
+    )
+    assert settlement.deltas == (0, 4 - 30, -40)
+    assert settlement.charge == 0
+
+
+def test_a_database_settlement_never_takes_a_counter_or_a_hold_below_zero(acme):
+    from ai.gateway.limits import Admission, Settlement, settle_in_database
+    from ai.models import LimitCounter
+
+    LimitCounter.objects.create(key="sb:lim:test", value=20, expires_at="2100-01-01T00:00Z")
+    wallet = wallet_for(organisation=acme)
+    Wallet.objects.filter(pk=wallet.pk).update(held=Decimal("0.000010"))
+    admission = Admission(plan=_counter_plan("sb:lim:test"), wallet_id=wallet.pk, cost=50)
+    settle_in_database([Settlement(admission=admission, deltas=(0, -50, -50), charge=0)])
+    assert LimitCounter.objects.get(key="sb:lim:test").value == 0
+    wallet.refresh_from_db()
+    assert wallet.held == 0
+
+
+def test_a_redis_settlement_never_takes_a_counter_or_a_hold_below_zero(settings, acme):
+    if not _redis_available():
+        pytest.skip("issue 4: needs a Redis server on 127.0.0.1:6379")
+    from ai.gateway.limits import Admission, Settlement, settle_in_redis_now
+    from orgs.services import redis_balance_key, redis_held_key
+
+    settings.REDIS_URL = os.environ.get("REDIS_URL") or LOCAL_REDIS
+    _clear_redis_state(settings.REDIS_URL)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    wallet = wallet_for(organisation=acme)
+    balance, held = redis_balance_key(wallet.pk), redis_held_key(wallet.pk)
+    client.set("sb:lim:test", 20, ex=600)
+    client.set(held, 10, ex=600)
+    client.set(balance, 5)
+    plan = _counter_plan("sb:lim:test")
+    plan = type(plan)(None, None, plan.limits, (balance, held), b"", b"", 0)
+    admission = Admission(plan=plan, wallet_id=wallet.pk, cost=50)
+    settle_in_redis_now([Settlement(admission=admission, deltas=(0, -50, -50), charge=30)])
+    assert int(client.get("sb:lim:test")) == 0 and client.ttl("sb:lim:test") > 0
+    assert int(client.get(held)) == 0
+    assert int(client.get(balance)) == 5 - 30  # a balance follows the ledger, below zero too
+
+
+def _away_from_a_minute_turn() -> None:
+    """Wait for the next minute when this one is nearly over: its counters are about to reset."""
+    import time
+
+    left = 60 - time.time() % 60
+    if left < 15:
+        time.sleep(left + 0.1)
+
+
+def test_a_token_limit_holds_when_usage_beats_a_rule_of_thumb_estimate(world, backend):
+    """Issue 11, item 6: one-letter words, no max_tokens and the longest reply the model allows."""
+    world.chat.config = {"max_output_tokens": 100}
+    world.chat.save()
+    _limit(world, tokens_per_minute=2_000)
+    words = [{"role": "user", "content": " ".join(["a"] * 60)}]
+    body = {"model": "acme-chat", "messages": words, "fake_upstream": {"tokens": 100}}
+    _away_from_a_minute_turn()
+
+    responses = asyncio.run(_burst([world.url], world.alice_key, 30, body))
+
+    ok = [r for r in responses if r.status_code == 200]
+    assert ok and {r.status_code for r in responses} == {200, 429}
+    events = wait_for_usage(len(ok))
+    assert {(e.prompt_tokens, e.completion_tokens) for e in events} == {(60, 100)}
+    # Every reservation covers its usage, so the window ends within its limit
+    # (a four-characters-a-token estimate let 15 requests, 2,400 tokens, through).
+    assert sum(e.prompt_tokens + e.completion_tokens for e in events) <= 2_000
+
+
+def test_a_spent_monthly_budget_refuses_even_a_request_that_costs_nothing(world, backend):
+    world.chat.input_price_per_million = Decimal("0")
+    world.chat.output_price_per_million = Decimal("50000")  # 20 tokens out cost 1.00
+    world.chat.save()
+    _limit(world, cost_per_month=Decimal("2"))
+    body = {"model": "acme-chat", "messages": HI, "max_tokens": 20}
+    assert [_post(world, body).status_code for _ in range(2)] == [200, 200]
+    wait_for_usage(2)
+    _wait_for_settlements()
+    world.chat.output_price_per_million = Decimal("0")  # the model is free from now on
+    world.chat.save()
+
+    refused = _post(world, body)
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "quota_exceeded"
 
 
 def _wait_for_settlements(timeout: float = 5.0) -> None:
