@@ -1,7 +1,11 @@
 """Real servers for tests: the ASGI app under uvicorn in a thread."""
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import uvicorn
 
@@ -70,3 +74,42 @@ def wait_until_serving(url: str, timeout: float = 30.0) -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+def start_gateway(
+    redis_url: str | None, extra_env: dict | None = None, *, lifespan: str = "on"
+) -> tuple[str, subprocess.Popen]:
+    """The ASGI app under a uvicorn subprocess, on the test database, at a free port."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        database_url = f"sqlite:///{db['NAME']}"
+    else:
+        database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url or "",
+        "LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "panel.asgi:application",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--lifespan",
+            lifespan,
+            "--log-level",
+            "warning",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+    )
+    return f"http://127.0.0.1:{port}", process

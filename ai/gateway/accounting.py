@@ -291,9 +291,13 @@ def _settle(record: Record, cost: Decimal) -> None:
     _pending.settlements.append(settlement)
 
 
-def settlement_queue(settlement) -> None:
-    """Queue a settlement that has no usage event (a lease given back, a cancelled admission)."""
+def settlement_queue(settlement, *, done: list[str] = ()) -> None:
+    """Queue a settlement that has no usage event (a lease given back, a cancelled admission).
+
+    ``done`` names the journal entries it settles (a lease's).
+    """
     _pending.settlements.append(settlement)
+    _pending.done.extend(done)
     _ensure_flusher()
 
 

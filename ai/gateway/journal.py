@@ -21,6 +21,7 @@ becomes a ``lost`` UsageEvent with its reservation released.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -87,6 +88,52 @@ def redis_add(event: dict, admission) -> bool:
     conn = connection()
     _ensure_heartbeat(conn)
     return conn.fire(pack_command("HSET", inflight_key(process), event["request_id"], value))
+
+
+# A lease (ai/gateway/limits.py) holds reservations no request owns yet. Its journal
+# entry is a static field ``lease-N`` (counters, wallet) and running totals of what
+# it holds unspent in ``lease-N:r``, ``:t`` and ``:c`` (requests, tokens, micro-credits).
+_lease_ids = itertools.count(1)
+LEASE_TOTALS = (":r", ":t", ":c")
+
+
+def lease_id() -> str:
+    return f"lease-{next(_lease_ids)}"
+
+
+def lease_fields(lease: str | None) -> list[str]:
+    return [lease, *(lease + part for part in LEASE_TOTALS)] if lease else []
+
+
+def redis_lease_grant(lease: str, admission, spare: int) -> None:
+    """Journal ``spare`` more requests reserved by a lease, like the one ``admission`` asked for."""
+    from panel.redis_pipe import connection, pack_command
+
+    conn = connection()
+    key = inflight_key(process_name())
+    static = {
+        "lease": lease,
+        "admitted_at": time.time(),
+        "wallet_id": admission.wallet_id,
+        "counters": [[limit.key, limit.metric] for limit in admission.limits],
+        "wallet_keys": list(admission.plan.wallet_keys),
+    }
+    _ensure_heartbeat(conn)
+    conn.fire(pack_command("HSET", key, lease, json.dumps(static, separators=(",", ":"))))
+    for part, amount in zip(LEASE_TOTALS, (1, admission.tokens, admission.cost), strict=True):
+        conn.fire(pack_command("HINCRBY", key, lease + part, amount * spare))
+
+
+def redis_lease_take(lease: str | None, admission) -> None:
+    """One request now owns part of the lease (and journals it as its own)."""
+    if lease is None:
+        return
+    from panel.redis_pipe import connection, pack_command
+
+    conn = connection()
+    key = inflight_key(process_name())
+    for part, amount in zip(LEASE_TOTALS, (1, admission.tokens, admission.cost), strict=True):
+        conn.fire(pack_command("HINCRBY", key, lease + part, -amount))
 
 
 def _ensure_heartbeat(conn) -> None:

@@ -190,6 +190,7 @@ class Lease:
     refilling: asyncio.Task | None = None  # a refill of more than one request in flight
     expiry: asyncio.TimerHandle | None = None
     plan: Plan | None = None  # the plan whose counters it reserved on
+    journal_id: str | None = None  # its entry in the in-flight journal while it holds any
 
     def take(self, admission: Admission) -> bool:
         """Spend one request of the lease on ``admission``, if it covers it."""
@@ -206,6 +207,7 @@ class Lease:
         taken[0] += 1
         taken[1] += admission.tokens
         taken[2] += admission.cost
+        journal.redis_lease_take(self.journal_id, admission)
         return True
 
     def add(self, admission: Admission, asked: int, grant: int) -> None:
@@ -226,6 +228,9 @@ class Lease:
         self.tokens += spare * admission.tokens
         self.cost += spare * admission.cost
         self.wallet_id = admission.wallet_id
+        if self.journal_id is None:
+            self.journal_id = journal.lease_id()
+        journal.redis_lease_grant(self.journal_id, admission, spare)
         amounts = admission.amounts
         self.base = [
             value + amounts[limit.metric]
@@ -240,11 +245,12 @@ class Lease:
         if self.expiry is not None:
             self.expiry.cancel()
             self.expiry = None
-        if self.requests or self.tokens or self.cost:
+        if self.requests or self.tokens or self.cost or self.journal_id:
             from .accounting import settlement_queue
 
-            settlement_queue(self.settlement())
+            settlement_queue(self.settlement(), done=journal.lease_fields(self.journal_id))
         self.requests = self.tokens = self.cost = 0
+        self.journal_id = None
 
     def settlement(self) -> Settlement:
         unspent = Admission(

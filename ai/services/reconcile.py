@@ -42,6 +42,12 @@ LOST_FIELDS = (
     "status",
     "error",
     "is_estimated",
+    "prompt_tokens",
+    "completion_tokens",
+    "images",
+    "cost",
+    "latency_ms",
+    "attempts",
 )
 REQUESTS, TOKENS, COST = 0, 1, 2
 
@@ -70,6 +76,12 @@ def _lost_row(entry: dict, now: datetime) -> tuple:
         UsageStatus.LOST,
         "the gateway process stopped before recording this request",
         True,
+        0,
+        0,
+        0,
+        Decimal("0"),
+        0,
+        1,
     )
 
 
@@ -111,19 +123,52 @@ def _reconcile_redis(now: datetime) -> int:
     oldest = now.timestamp() - settings.GATEWAY_PROCESS_TIMEOUT
     for process in _dead_processes_redis(client):
         key = journal.inflight_key(process)
-        entries = [json.loads(value) for value in client.hgetall(key).values()]
-        entries = [entry for entry in entries if entry["admitted_at"] <= oldest]
-        if not entries:
+        fields = {name.decode(): value for name, value in client.hgetall(key).items()}
+        entries = [
+            entry
+            for name, value in fields.items()
+            if not name.startswith("lease-")
+            and (entry := json.loads(value))["admitted_at"] <= oldest
+        ]
+        leases = _leases(fields)
+        if not entries and not leases:
             continue
         deltas = _settle_entries(entries, now)
+        for counter, delta in _lease_deltas(leases).items():
+            deltas[counter] = deltas.get(counter, 0) + delta
         keys = [*deltas, key]
-        args = [len(deltas), *deltas.values(), *(entry["request_id"] for entry in entries)]
+        done = [entry["request_id"] for entry in entries]
+        done += [name for lease in leases for name in journal.lease_fields(lease["lease"])]
         # Events first, then counters and the journal in one atomic script: a crash
         # in between is settled again from the events now written.
-        client.eval(SETTLE_LUA, len(keys), *keys, *args)
+        client.eval(SETTLE_LUA, len(keys), *keys, len(deltas), *deltas.values(), *done)
         settled += len(entries)
         logger.warning("Reconciled %d requests of dead gateway process %s", len(entries), process)
     return settled
+
+
+def _leases(fields: dict[str, bytes]) -> list[dict]:
+    """Each lease's static entry with what it held unspent: requests, tokens, micro-credits."""
+    leases = []
+    for name, value in fields.items():
+        if name.startswith("lease-") and ":" not in name:
+            lease = json.loads(value)
+            lease["unspent"] = [int(fields.get(name + part, 0)) for part in journal.LEASE_TOTALS]
+            leases.append(lease)
+    return leases
+
+
+def _lease_deltas(leases: list[dict]) -> dict[str, int]:
+    from orgs.services import redis_held_key
+
+    deltas: dict[str, int] = defaultdict(int)
+    for lease in leases:
+        unspent = lease["unspent"]
+        for counter, metric in lease["counters"]:
+            deltas[counter] -= unspent[metric]
+        if lease["wallet_id"] is not None:
+            deltas[redis_held_key(lease["wallet_id"])] -= unspent[COST]
+    return deltas
 
 
 def _settle_entries(entries: list[dict], now: datetime) -> dict[str, int]:

@@ -157,3 +157,56 @@ def test_a_request_cancelled_while_admitted_gives_its_reservation_back(world, al
 
     assert _total(client, "sb:lim:*:requests_per_minute:*") == 0
     assert UsageEvent.objects.count() == 0
+
+
+def test_a_request_cancelled_during_a_wallet_admission_returns_its_hold_and_leaves_one_event(
+    world, acme, alice, on_redis
+):
+    from accounts.authentication import Identity
+    from accounts.models import hash_key
+    from ai.api.openai import CHAT_ROUTE
+    from ai.gateway import pipeline
+    from ai.selectors import key_info_get
+
+    client, _ = on_redis
+    # Billed from a wallet, with no limit counters: the hold is all it reserves.
+    ModelLink.objects.filter(model=world.chat).update(is_wallet_billed=True)
+    wallet = wallet_for(organisation=acme)
+    wallet_topup(wallet=wallet, amount=Decimal("10"), reason="test")
+    world.chat.save()
+
+    async def scenario():
+        release = asyncio.Event()
+        slow_run = limits._ADMIT.run
+
+        async def held_up(count, packed):
+            await release.wait()
+            return await slow_run(count, packed)
+
+        key = await key_info_get(hash_key(world.alice_key))
+        limits._ADMIT.run = held_up
+        try:
+            preparing = asyncio.ensure_future(
+                pipeline.prepare(
+                    identity=Identity(user_id=key.user_id, key=key),
+                    route=CHAT_ROUTE,
+                    body={"model": "acme-chat", "messages": HI},
+                    request_id="req_cancelled",
+                )
+            )
+            await asyncio.sleep(0.05)
+            preparing.cancel()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await preparing
+            await asyncio.sleep(0.05)
+        finally:
+            limits._ADMIT.run = slow_run
+        await accounting.flush()
+
+    asyncio.run(scenario())
+
+    assert int(client.get(f"sb:wallet:{wallet.pk}:held") or 0) == 0
+    events = list(UsageEvent.objects.all())
+    assert [(e.request_id, e.status) for e in events] == [("req_cancelled", "client_cancelled")]
+    assert events[0].cost == 0

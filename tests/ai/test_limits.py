@@ -3,21 +3,18 @@
 import asyncio
 import json
 import os
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from django.db import connection
 
 from ai.models import ModelLink, UsageEvent
 from orgs.models import LedgerEntry, LedgerKind, Wallet
 from orgs.services import wallet_for, wallet_topup
 from tests.ai.conftest import make_model, wait_for_usage
-from tests.servers import free_port, wait_until_serving
+from tests.servers import start_gateway, wait_until_serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -184,7 +181,7 @@ def test_two_gateway_processes_sharing_redis_admit_exactly_the_limit(world, sett
     redis_url = os.environ.get("REDIS_URL") or LOCAL_REDIS
     _clear_redis_state(redis_url)
     _limit(world, requests_per_minute=10)
-    servers = [_start_gateway(redis_url) for _ in range(2)]
+    servers = [start_gateway(redis_url) for _ in range(2)]
     try:
         urls = [url for url, _ in servers]
         for url in urls:
@@ -200,42 +197,6 @@ def test_two_gateway_processes_sharing_redis_admit_exactly_the_limit(world, sett
     assert {r.status_code for r in responses[0::2]} >= {200} or {
         r.status_code for r in responses[1::2]
     } >= {200}
-
-
-def _start_gateway(
-    redis_url: str | None, extra_env: dict | None = None
-) -> tuple[str, subprocess.Popen]:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        database_url = f"sqlite:///{db['NAME']}"
-    else:
-        database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url or "",
-        "LOG_LEVEL": "WARNING",
-        **(extra_env or {}),
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "panel.asgi:application",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--lifespan",
-            "off",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    return f"http://127.0.0.1:{port}", process
 
 
 # --- Wallets ------------------------------------------------------------------------
