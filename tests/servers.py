@@ -70,3 +70,79 @@ def wait_until_serving(url: str, timeout: float = 30.0) -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+LOCAL_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+def redis_url_or_skip() -> str:
+    """The Redis the suite may use (REDIS_URL, else the local server), or skip the test."""
+    import os
+
+    import pytest
+    import redis
+
+    url = os.environ.get("REDIS_URL") or LOCAL_REDIS
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        pytest.skip(f"issue 11: needs a Redis server at {url} (CI always has one)")
+    return url
+
+
+def postgres_admin_url_or_skip() -> str:
+    """A URL to the `postgres` maintenance database (the host of DATABASE_URL when it
+    names PostgreSQL, else the local server), or skip the test."""
+    import os
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+    import pytest
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        url = LOCAL_POSTGRES
+    url = urlunsplit(urlsplit(url)._replace(path="/postgres"))
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        pytest.skip("issue 11: needs a PostgreSQL server (CI always has one)")
+    return url
+
+
+class ScratchDatabase:
+    """A PostgreSQL database of one test's own, created on entry and dropped on exit."""
+
+    def __init__(self, admin_url: str, name: str) -> None:
+        from urllib.parse import urlsplit, urlunsplit
+
+        self.admin_url = admin_url
+        self.name = name
+        self.url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+
+    def _execute(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def __enter__(self) -> "ScratchDatabase":
+        self._execute(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
