@@ -5,9 +5,8 @@ channel layer, a local-memory cache and a Celery broker on the file system.
 DATABASE_URL and REDIS_URL switch it to PostgreSQL and Redis.
 """
 
-import base64
-import hashlib
 import os
+import secrets
 from pathlib import Path
 
 import environ
@@ -19,34 +18,49 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("DEBUG", default=True)
+# Off unless asked for: `make run` and the test suite set DEBUG=true.
+DEBUG = env.bool("DEBUG", default=False)
 DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "data")))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-# Development-only fallbacks. With DEBUG off both secrets must come from the
-# environment, so a production deployment never runs on a key from the repo.
-_DEV_SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"
+
+def _generated_secret(name: str, make) -> str:
+    """A development secret made once and kept in DATA_DIR (mode 0600), never a constant."""
+    path = DATA_DIR / name.lower().replace("_", "-")
+    if not path.exists():
+        # Written aside and linked into place, so two processes starting together
+        # (web, worker, beat) never read a half-written file: one link wins.
+        spare = path.with_name(f".{path.name}.{os.getpid()}")
+        spare.write_text(make())
+        spare.chmod(0o600)
+        try:
+            os.link(spare, path)
+        except FileExistsError:
+            pass
+        finally:
+            spare.unlink()
+    return path.read_text().strip()
 
 
-def _required_secret(name: str, dev_default: str) -> str:
+def _required_secret(name: str, make) -> str:
     value = env.str(name, default="")
     if value:
         return value
     if DEBUG:
-        return dev_default
+        return _generated_secret(name, make)
     raise ImproperlyConfigured(
         f"{name} is not set. Set it in the environment or in .env before starting "
         "with DEBUG=false (see .env.example)."
     )
 
 
-SECRET_KEY = _required_secret("SECRET_KEY", _DEV_SECRET_KEY)
+SECRET_KEY = _required_secret("SECRET_KEY", lambda: secrets.token_urlsafe(50))
 # Fernet keys (comma-separated, newest first) for upstream credentials at rest.
-_dev_field_key = base64.urlsafe_b64encode(
-    hashlib.sha256(f"field-encryption:{SECRET_KEY}".encode()).digest()
-).decode()
 FIELD_ENCRYPTION_KEYS = [
-    k.strip() for k in _required_secret("FIELD_ENCRYPTION_KEY", _dev_field_key).split(",")
+    k.strip()
+    for k in _required_secret("FIELD_ENCRYPTION_KEY", lambda: Fernet.generate_key().decode()).split(
+        ","
+    )
 ]
 for _key in FIELD_ENCRYPTION_KEYS:
     try:
@@ -58,7 +72,8 @@ for _key in FIELD_ENCRYPTION_KEYS:
             'print(Fernet.generate_key().decode())"'
         ) from _exc
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"] if DEBUG else ["localhost", "127.0.0.1"])
+# Also the origins the chat WebSocket accepts (channels' AllowedHostsOriginValidator).
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [

@@ -117,6 +117,9 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
     output = _log(log)
     assert "admin password: demo-password-1" in output
     assert "demo API key:   sb-" in output
+    # Like `make run`: DEBUG on, no secrets given, so it made its own and kept them.
+    for name in ("secret-key", "field-encryption-key"):
+        assert (data_dir / name).stat().st_mode & 0o777 == 0o600
 
     base = f"http://127.0.0.1:{web_port}"
     login = _wait_for(lambda: _get(f"{base}/admin/login/"), 30, "the admin login page")
