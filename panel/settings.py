@@ -288,6 +288,11 @@ GATEWAY_USAGE_FLUSH_INTERVAL = env.float("GATEWAY_USAGE_FLUSH_INTERVAL", default
 # max_tokens and its model has no max_output_tokens.
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
+# Read timeouts of the web server's HTTP protocol (panel.http): the whole request line
+# and headers within HTTP_HEADER_TIMEOUT seconds, no body read stalled for longer than
+# HTTP_BODY_TIMEOUT seconds. 0 turns one off.
+HTTP_HEADER_TIMEOUT = env.float("HTTP_HEADER_TIMEOUT", default=10.0)
+HTTP_BODY_TIMEOUT = env.float("HTTP_BODY_TIMEOUT", default=30.0)
 
 # --- Usage rollups ------------------------------------------------------------------
 USAGE_ROLLUP_INTERVAL = env.int("USAGE_ROLLUP_INTERVAL", default=60)

@@ -146,3 +146,41 @@ class ScratchDatabase:
 
     def __exit__(self, *exc) -> None:
         self._execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def send_slowly_until_closed(
+    port: int, start: bytes, *, trickle: bytes = b"", interval: float = 0.2, bound: float = 60.0
+) -> bytes:
+    """Send ``start``, then ``trickle`` a byte at a time every ``interval`` seconds (each
+    byte would reset an idle timeout), until the server closes the connection.
+
+    Returns what the server wrote before closing; fails if it has not closed within
+    ``bound`` seconds (a generous limit, not the timeout under test).
+    """
+    import socket
+    import time
+
+    received = b""
+    deadline = time.monotonic() + bound
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(interval)
+        if start:
+            sock.sendall(start)
+        position = 0
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                if trickle:
+                    try:
+                        sock.sendall(trickle[position % len(trickle) :][:1])
+                    except (BrokenPipeError, ConnectionResetError):
+                        return received
+                    position += 1
+                continue
+            except ConnectionResetError:
+                return received
+            if not data:
+                return received
+            received += data
+    raise AssertionError(f"the server kept the connection open for {bound} s")

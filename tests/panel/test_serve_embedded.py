@@ -19,6 +19,7 @@ from tests.servers import (
     free_port,
     postgres_admin_url_or_skip,
     redis_url_or_skip,
+    send_slowly_until_closed,
 )
 from tests.servers import wait_for as _wait_for
 
@@ -102,7 +103,12 @@ def _launch(data_dir: Path, **env_vars: str):
 
 @pytest.fixture
 def embedded(tmp_path):
-    with _launch(tmp_path) as (process, web_port, fake_port, log):
+    with _launch(tmp_path, HTTP_HEADER_TIMEOUT="2", HTTP_BODY_TIMEOUT="2") as (
+        process,
+        web_port,
+        fake_port,
+        log,
+    ):
         yield process, web_port, fake_port, tmp_path, log
 
 
@@ -138,6 +144,27 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
     assert reply.status_code == 200, reply.text
     assert reply.json()["model"] == "demo-chat"
     assert f"curl {base}/v1/chat/completions -H 'Authorization: Bearer {key}'" in output
+
+    # The web server times out requests that never finish (slowloris), yet a stream
+    # that outlasts both read timeouts is relayed whole.
+    answer = send_slowly_until_closed(
+        web_port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ", trickle=b"abc" * 200
+    )
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    with httpx.stream(
+        "POST",
+        f"{base}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "model": "demo-chat",
+            "stream": True,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "fake_upstream": {"chunk_delay_ms": 250, "tokens": 16},
+        },
+        timeout=30,
+    ) as stream:
+        assert stream.status_code == 200
+        assert "data: [DONE]" in stream.read().decode()
 
     db = data_dir / "switchboard.sqlite3"
     assert _query(db, "SELECT name FROM ai_aimodel") == [("demo-chat",)]
