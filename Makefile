@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo asks for DEBUG (unless the environment already says); with no SECRET_KEY or
+# FIELD_ENCRYPTION_KEY it makes its own once and keeps them in DATA_DIR.
+run: export DEBUG ?= true
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py serve_embedded

@@ -15,6 +15,7 @@ from django.conf import settings  # noqa: E402
 
 from ai.routing import websocket_urlpatterns  # noqa: E402
 from panel.fastpath import FastPathHandler, is_fast_path  # noqa: E402
+from panel.security import SecurityHeadersMiddleware  # noqa: E402
 
 fast_app = FastPathHandler()
 django_http_app = django_asgi_app
@@ -54,7 +55,8 @@ async def lifespan_app(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "lifespan": lifespan_app,
-        "http": http_app,
+        # In front of the fast path, static files and Django alike.
+        "http": SecurityHeadersMiddleware(http_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

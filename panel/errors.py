@@ -249,6 +249,29 @@ class ApiErrorMiddleware:
         return None
 
 
+def api_route_not_found(request, *args, **kwargs):
+    """The last URL pattern under API prefixes: the JSON 404 even with DEBUG on.
+
+    Django answers an unmatched URL with its HTML debug page when DEBUG is on,
+    before ``handler404``; matching every remaining API path here avoids that.
+    It keeps APPEND_SLASH's redirect, which CommonMiddleware no longer makes
+    once every API path matches something.
+    """
+    from django.conf import settings
+    from django.http import HttpResponsePermanentRedirect
+    from django.urls import Resolver404, resolve
+
+    path = request.path_info
+    if settings.APPEND_SLASH and not path.endswith("/") and request.method in ("GET", "HEAD"):
+        try:
+            match = resolve(f"{path}/")
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not api_route_not_found:
+            return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+    return error_response(NotFound(f"No route for {request.method} {request.path}."))
+
+
 def handler404(request, exception=None):
     if is_api_path(request.path):
         return error_response(NotFound(f"No route for {request.method} {request.path}."))

@@ -5,9 +5,8 @@ channel layer, a local-memory cache and a Celery broker on the file system.
 DATABASE_URL and REDIS_URL switch it to PostgreSQL and Redis.
 """
 
-import base64
-import hashlib
 import os
+import secrets
 from pathlib import Path
 
 import environ
@@ -19,34 +18,49 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("DEBUG", default=True)
+# Off unless asked for: `make run` and the test suite set DEBUG=true.
+DEBUG = env.bool("DEBUG", default=False)
 DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "data")))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-# Development-only fallbacks. With DEBUG off both secrets must come from the
-# environment, so a production deployment never runs on a key from the repo.
-_DEV_SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"
+
+def _generated_secret(name: str, make) -> str:
+    """A development secret made once and kept in DATA_DIR (mode 0600), never a constant."""
+    path = DATA_DIR / name.lower().replace("_", "-")
+    if not path.exists():
+        # Written aside and linked into place, so two processes starting together
+        # (web, worker, beat) never read a half-written file: one link wins.
+        spare = path.with_name(f".{path.name}.{os.getpid()}")
+        spare.write_text(make())
+        spare.chmod(0o600)
+        try:
+            os.link(spare, path)
+        except FileExistsError:
+            pass
+        finally:
+            spare.unlink()
+    return path.read_text().strip()
 
 
-def _required_secret(name: str, dev_default: str) -> str:
+def _required_secret(name: str, make) -> str:
     value = env.str(name, default="")
     if value:
         return value
     if DEBUG:
-        return dev_default
+        return _generated_secret(name, make)
     raise ImproperlyConfigured(
         f"{name} is not set. Set it in the environment or in .env before starting "
         "with DEBUG=false (see .env.example)."
     )
 
 
-SECRET_KEY = _required_secret("SECRET_KEY", _DEV_SECRET_KEY)
+SECRET_KEY = _required_secret("SECRET_KEY", lambda: secrets.token_urlsafe(50))
 # Fernet keys (comma-separated, newest first) for upstream credentials at rest.
-_dev_field_key = base64.urlsafe_b64encode(
-    hashlib.sha256(f"field-encryption:{SECRET_KEY}".encode()).digest()
-).decode()
 FIELD_ENCRYPTION_KEYS = [
-    k.strip() for k in _required_secret("FIELD_ENCRYPTION_KEY", _dev_field_key).split(",")
+    k.strip()
+    for k in _required_secret("FIELD_ENCRYPTION_KEY", lambda: Fernet.generate_key().decode()).split(
+        ","
+    )
 ]
 for _key in FIELD_ENCRYPTION_KEYS:
     try:
@@ -58,7 +72,8 @@ for _key in FIELD_ENCRYPTION_KEYS:
             'print(Fernet.generate_key().decode())"'
         ) from _exc
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"] if DEBUG else ["localhost", "127.0.0.1"])
+# Also the origins the chat WebSocket accepts (channels' AllowedHostsOriginValidator).
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -234,7 +249,24 @@ STATIC_ROOT = DATA_DIR / "staticfiles"
 # --- Security in production ---------------------------------------------------------
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# "HTTP_X_FORWARDED_PROTO,https" behind a proxy that sets that header (and strips a
+# client's own); unset, only the connection's own scheme counts as HTTPS.
+SECURE_PROXY_SSL_HEADER = tuple(env.list("SECURE_PROXY_SSL_HEADER", default=[])) or None
+if SECURE_PROXY_SSL_HEADER and len(SECURE_PROXY_SSL_HEADER) != 2:
+    raise ImproperlyConfigured(
+        "SECURE_PROXY_SSL_HEADER is a header and a value, e.g. HTTP_X_FORWARDED_PROTO,https."
+    )
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Load balancers and scrapers probe these over plain HTTP on the internal address.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Sent on every response by panel.security (fast path and static files too).
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 
 LOGGING = {
     "version": 1,
@@ -262,6 +294,11 @@ GATEWAY_PROCESS_TIMEOUT = env.float("GATEWAY_PROCESS_TIMEOUT", default=30.0)
 GATEWAY_SHUTDOWN_FLUSH_SECONDS = env.float("GATEWAY_SHUTDOWN_FLUSH_SECONDS", default=10.0)
 USAGE_RECONCILE_INTERVAL = env.int("USAGE_RECONCILE_INTERVAL", default=30)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
+# Read timeouts of the web server's HTTP protocol (panel.http): the whole request line
+# and headers within HTTP_HEADER_TIMEOUT seconds, no body read stalled for longer than
+# HTTP_BODY_TIMEOUT seconds. 0 turns one off.
+HTTP_HEADER_TIMEOUT = env.float("HTTP_HEADER_TIMEOUT", default=10.0)
+HTTP_BODY_TIMEOUT = env.float("HTTP_BODY_TIMEOUT", default=30.0)
 
 # --- Usage rollups ------------------------------------------------------------------
 USAGE_ROLLUP_INTERVAL = env.int("USAGE_ROLLUP_INTERVAL", default=60)

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -9,7 +9,7 @@ from ai.api import health
 from ai.api.urls import botserver_patterns, openai_patterns, panel_patterns
 from ai.views import chat_page
 from panel import api as panel_api
-from panel import views
+from panel import errors, views
 
 urlpatterns = [
     path("admin/usage/", admin.site.admin_view(usage_dashboard), name="usage-dashboard"),
@@ -41,6 +41,8 @@ urlpatterns = [
     path("healthz", views.healthz),
     path("readyz", views.readyz),
     path("metrics", views.metrics),
+    # Last: every other API path answers the JSON 404, whatever DEBUG says.
+    re_path(r"^(?:api|v1)/", errors.api_route_not_found),
 ]
 
 handler400 = "panel.errors.handler400"

@@ -113,3 +113,117 @@ def start_gateway(
         env=env,
     )
     return f"http://127.0.0.1:{port}", process
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+LOCAL_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+def redis_url_or_skip() -> str:
+    """The Redis the suite may use (REDIS_URL, else the local server), or skip the test."""
+    import os
+
+    import pytest
+    import redis
+
+    url = os.environ.get("REDIS_URL") or LOCAL_REDIS
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        pytest.skip(f"issue 11: needs a Redis server at {url} (CI always has one)")
+    return url
+
+
+def postgres_admin_url_or_skip() -> str:
+    """A URL to the `postgres` maintenance database (the host of DATABASE_URL when it
+    names PostgreSQL, else the local server), or skip the test."""
+    import os
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+    import pytest
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        url = LOCAL_POSTGRES
+    url = urlunsplit(urlsplit(url)._replace(path="/postgres"))
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        pytest.skip("issue 11: needs a PostgreSQL server (CI always has one)")
+    return url
+
+
+class ScratchDatabase:
+    """A PostgreSQL database of one test's own, created on entry and dropped on exit."""
+
+    def __init__(self, admin_url: str, name: str) -> None:
+        from urllib.parse import urlsplit, urlunsplit
+
+        self.admin_url = admin_url
+        self.name = name
+        self.url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+
+    def _execute(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def __enter__(self) -> "ScratchDatabase":
+        self._execute(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def send_slowly_until_closed(
+    port: int, start: bytes, *, trickle: bytes = b"", interval: float = 0.2, bound: float = 60.0
+) -> bytes:
+    """Send ``start``, then ``trickle`` a byte at a time every ``interval`` seconds (each
+    byte would reset an idle timeout), until the server closes the connection.
+
+    Returns what the server wrote before closing; fails if it has not closed within
+    ``bound`` seconds (a generous limit, not the timeout under test).
+    """
+    import socket
+    import time
+
+    received = b""
+    deadline = time.monotonic() + bound
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(interval)
+        if start:
+            sock.sendall(start)
+        position = 0
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                if trickle:
+                    try:
+                        sock.sendall(trickle[position % len(trickle) :][:1])
+                    except (BrokenPipeError, ConnectionResetError):
+                        return received
+                    position += 1
+                continue
+            except ConnectionResetError:
+                return received
+            if not data:
+                return received
+            received += data
+    raise AssertionError(f"the server kept the connection open for {bound} s")

@@ -113,7 +113,7 @@ def test_it_records_a_client_that_goes_away_mid_stream(world, acme, fake_upstrea
     body = b'{"model": "slow", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}'
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {world.alice_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

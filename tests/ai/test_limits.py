@@ -264,7 +264,7 @@ def test_a_stream_aborted_before_content_is_charged_nothing(
     body = b'{"model": "slow", "stream": true, "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}'
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {world.alice_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

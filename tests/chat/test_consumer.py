@@ -20,8 +20,8 @@ def _cookie(user) -> bytes:
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-async def _connect(user=None):
-    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+async def _connect(user=None, origin=b"http://localhost"):
+    headers = [(b"origin", origin), (b"host", b"localhost")]
     if user is not None:
         headers.append((b"cookie", await sync_to_async(_cookie)(user)))
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
@@ -41,6 +41,16 @@ async def _until(communicator, kind, wait=10):
 @pytest.fixture
 def slow(acme, fake_upstream, world):
     return make_model("slow", owner=acme, base_urls=[fake_upstream.base_url(chunk_delay_ms=80)])
+
+
+async def test_it_refuses_a_socket_opened_from_a_foreign_origin(world, alice):
+    # Issue 11: with DEBUG's ALLOWED_HOSTS=* any page on any site could open the chat
+    # socket with the visitor's session cookie.
+    _, connected, _ = await _connect(alice, origin=b"https://evil.example")
+    assert not connected
+    communicator, connected, _ = await _connect(alice, origin=b"http://127.0.0.1:8000")
+    assert connected
+    await communicator.disconnect()
 
 
 async def test_it_closes_an_anonymous_socket_with_a_clear_code(world):

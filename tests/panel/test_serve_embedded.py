@@ -1,34 +1,29 @@
 """`make run`'s command, end to end: fake upstream, demo model, web, worker and beat."""
 
+import contextlib
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
+import uuid
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
+from tests.servers import (
+    ScratchDatabase,
+    free_port,
+    postgres_admin_url_or_skip,
+    redis_url_or_skip,
+    send_slowly_until_closed,
+)
+from tests.servers import wait_for as _wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _refuses(port: int) -> bool:
@@ -44,18 +39,31 @@ def _query(db: Path, sql: str):
             return []
 
 
-@pytest.fixture
-def embedded(tmp_path):
-    web_port, fake_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+@contextlib.contextmanager
+def _launch(data_dir: Path, **env_vars: str):
+    """`make run` (migrate, then serve_embedded) in a subprocess, with its environment.
+
+    Like the Makefile it sets DEBUG=true and no secrets, so the command generates and
+    keeps its own keys in DATA_DIR. The environment names the database and Redis
+    explicitly (none means the embedded SQLite file and no Redis).
+    """
+    web_port, fake_port = free_port(), free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY"}
+        and not k.startswith("FIELD_ENCRYPTION")
+    }
     env.update(
-        DATA_DIR=str(tmp_path),
+        DEBUG="true",
+        DATA_DIR=str(data_dir),
         CELERY_HEARTBEAT_INTERVAL="1",
         HEALTH_CHECK_INTERVAL="1",
         HEALTH_CHECK_TICK="1",
         ADMIN_USERNAME="admin",
         ADMIN_PASSWORD="demo-password-1",
         PYTHONUNBUFFERED="1",
+        **env_vars,
     )
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run(
@@ -66,7 +74,7 @@ def embedded(tmp_path):
         capture_output=True,
         timeout=120,
     )
-    log = open(tmp_path / "run.log", "w+")  # noqa: SIM115 - read back by the test
+    log = open(data_dir / "run.log", "w+")  # noqa: SIM115 - read back by the test
     process = subprocess.Popen(
         [
             *manage,
@@ -82,11 +90,26 @@ def embedded(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        yield process, web_port, fake_port, tmp_path, log
+        yield process, web_port, fake_port, log
     finally:
         if process.poll() is None:
-            process.kill()
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
         log.close()
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    with _launch(tmp_path, HTTP_HEADER_TIMEOUT="2", HTTP_BODY_TIMEOUT="2") as (
+        process,
+        web_port,
+        fake_port,
+        log,
+    ):
+        yield process, web_port, fake_port, tmp_path, log
 
 
 def _log(log) -> str:
@@ -100,6 +123,9 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
     output = _log(log)
     assert "admin password: demo-password-1" in output
     assert "demo API key:   sb-" in output
+    # Like `make run`: DEBUG on, no secrets given, so it made its own and kept them.
+    for name in ("secret-key", "field-encryption-key"):
+        assert (data_dir / name).stat().st_mode & 0o777 == 0o600
 
     base = f"http://127.0.0.1:{web_port}"
     login = _wait_for(lambda: _get(f"{base}/admin/login/"), 30, "the admin login page")
@@ -118,6 +144,27 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
     assert reply.status_code == 200, reply.text
     assert reply.json()["model"] == "demo-chat"
     assert f"curl {base}/v1/chat/completions -H 'Authorization: Bearer {key}'" in output
+
+    # The web server times out requests that never finish (slowloris), yet a stream
+    # that outlasts both read timeouts is relayed whole.
+    answer = send_slowly_until_closed(
+        web_port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ", trickle=b"abc" * 200
+    )
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    with httpx.stream(
+        "POST",
+        f"{base}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "model": "demo-chat",
+            "stream": True,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "fake_upstream": {"chunk_delay_ms": 250, "tokens": 16},
+        },
+        timeout=30,
+    ) as stream:
+        assert stream.status_code == 200
+        assert "data: [DONE]" in stream.read().decode()
 
     db = data_dir / "switchboard.sqlite3"
     assert _query(db, "SELECT name FROM ai_aimodel") == [("demo-chat",)]
@@ -154,3 +201,50 @@ def _get(url):
         return httpx.get(url, timeout=2)
     except httpx.HTTPError:
         return None
+
+
+def test_it_runs_on_postgresql_and_redis_with_a_live_worker_and_beat(tmp_path):
+    """Issue 11: with DATABASE_URL and REDIS_URL the worker died at start (kombu needed a
+    newer redis-py) and the launcher then stopped everything."""
+    redis_url = redis_url_or_skip()
+    admin_url = postgres_admin_url_or_skip()
+    tag = uuid.uuid4().hex[:10]
+    with (
+        ScratchDatabase(admin_url, f"sb_launch_{tag}") as database,
+        _launch(
+            tmp_path,
+            DATABASE_URL=database.url,
+            REDIS_URL=redis_url,
+            CACHE_KEY_PREFIX=f"sb-launch-{tag}",
+        ) as (process, web_port, _, log),
+    ):
+        _wait_for(lambda: "Switchboard is running" in _log(log), 90, "the start banner")
+        base = f"http://127.0.0.1:{web_port}"
+
+        def alive():
+            response = _get(f"{base}/api/status")
+            if response is None or response.status_code != 200:
+                return None
+            body = response.json()
+            return body if body.get("celery", {}).get("beat_and_worker_alive") else None
+
+        status = _wait_for(alive, 90, "a fresh heartbeat from the worker, in /api/status")
+        assert status["database"] == {"reachable": True}
+        assert status["redis"] == {"configured": True, "reachable": True}
+
+        key = _log(log).split("demo API key:   ")[1].split()[0]
+        reply = httpx.post(
+            f"{base}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]},
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text
+        with psycopg.connect(database.url) as conn:
+            heartbeats = conn.execute("SELECT name FROM panel_heartbeat").fetchall()
+        assert heartbeats == [("beat",)]
+
+        assert process.poll() is None, _log(log)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) is not None
+        assert _refuses(web_port)

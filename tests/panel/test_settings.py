@@ -23,6 +23,11 @@ print(json.dumps({
     "broker": settings.CELERY_BROKER_URL,
     "broker_options": settings.CELERY_BROKER_TRANSPORT_OPTIONS,
     "debug": settings.DEBUG,
+    "secret_key": settings.SECRET_KEY,
+    "field_keys": settings.FIELD_ENCRYPTION_KEYS,
+    "allowed_hosts": settings.ALLOWED_HOSTS,
+    "session_cookie_secure": settings.SESSION_COOKIE_SECURE,
+    "csrf_cookie_secure": settings.CSRF_COOKIE_SECURE,
 }))
 """
 
@@ -45,8 +50,14 @@ def _run(tmp_path, **env_vars):
     )
 
 
-def test_it_runs_embedded_with_no_environment(tmp_path):
-    result = _run(tmp_path)
+SECRETS = {
+    "SECRET_KEY": "a-real-secret",
+    "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
+}
+
+
+def test_it_runs_embedded_when_debug_is_asked_for(tmp_path):
+    result = _run(tmp_path, DEBUG="true")
     assert result.returncode == 0, result.stderr
     probe = json.loads(result.stdout)
     assert probe["db"] == "django.db.backends.sqlite3"
@@ -61,6 +72,7 @@ def test_it_runs_embedded_with_no_environment(tmp_path):
 def test_it_selects_postgresql_and_redis_from_the_environment(tmp_path):
     result = _run(
         tmp_path,
+        DEBUG="true",
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/test",
         REDIS_URL="redis://127.0.0.1:6379/0",
     )
@@ -75,25 +87,51 @@ def test_it_selects_postgresql_and_redis_from_the_environment(tmp_path):
     assert probe["broker"] == "redis://127.0.0.1:6379/0"
 
 
+def test_it_is_safe_by_default_with_no_environment(tmp_path):
+    # Issue 11: DEBUG defaulted to true, with ALLOWED_HOSTS=* and keys derived from
+    # constants in settings.py. Now nothing set means production: secrets required.
+    result = _run(tmp_path)
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_debug_is_off_and_cookies_secure_unless_asked_for(tmp_path):
+    result = _run(tmp_path, **SECRETS)
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert probe["debug"] is False
+    assert probe["session_cookie_secure"] is True
+    assert probe["csrf_cookie_secure"] is True
+    assert "*" not in probe["allowed_hosts"]
+
+
+def test_debug_generates_its_secrets_once_and_keeps_them_in_the_data_dir(tmp_path):
+    (tmp_path / "other").mkdir()
+    first = json.loads(_run(tmp_path, DEBUG="true").stdout)
+    again = json.loads(_run(tmp_path, DEBUG="true").stdout)
+    other = json.loads(_run(tmp_path / "other", DEBUG="true").stdout)
+    assert first["secret_key"] == again["secret_key"] != other["secret_key"]
+    assert first["field_keys"] == again["field_keys"] != other["field_keys"]
+    assert "dev-only" not in first["secret_key"]
+    for name in ("secret-key", "field-encryption-key"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "field-encryption-key").read_text() == first["field_keys"][0]
+    assert "*" not in first["allowed_hosts"]
+    assert first["session_cookie_secure"] is False
+
+
+@pytest.mark.parametrize("debug", [{}, {"DEBUG": "false"}])
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "FIELD_ENCRYPTION_KEY"])
-def test_it_refuses_to_start_without_secrets_when_debug_is_off(tmp_path, missing):
-    secrets = {
-        "SECRET_KEY": "a-real-secret",
-        "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
-    }
+def test_it_refuses_to_start_without_secrets_when_debug_is_off(tmp_path, missing, debug):
+    secrets = dict(SECRETS)
     del secrets[missing]
-    result = _run(tmp_path, DEBUG="false", **secrets)
+    result = _run(tmp_path, **debug, **secrets)
     assert result.returncode != 0
     assert f"{missing} is not set" in result.stderr
 
 
 def test_it_starts_with_debug_off_when_secrets_are_given(tmp_path):
-    result = _run(
-        tmp_path,
-        DEBUG="false",
-        SECRET_KEY="a-real-secret",
-        FIELD_ENCRYPTION_KEY="2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
-    )
+    result = _run(tmp_path, DEBUG="false", **SECRETS)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["debug"] is False
 

@@ -1,6 +1,6 @@
 """`make run`: the whole product on one machine with nothing else installed.
 
-Starts the fake upstream, seeds the demo model, then runs daphne, a Celery
+Starts the fake upstream, seeds the demo model, then runs uvicorn, a Celery
 worker and beat as child processes until Ctrl-C, which stops all of them.
 """
 
@@ -18,12 +18,13 @@ from django.core.management.base import BaseCommand
 from accounts.models import APIKey, Permission
 from accounts.services import admin_ensure, apikey_create
 from ai.services import DEMO_MODEL, demo_seed
+from panel.http import uvicorn_args
 
 DEMO_KEY_NAME = "demo (make run)"
 
 
 class Command(BaseCommand):
-    help = "Run web (daphne), a Celery worker, beat and the fake upstream for the demo."
+    help = "Run web (uvicorn), a Celery worker, beat and the fake upstream for the demo."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -44,9 +45,8 @@ class Command(BaseCommand):
             admin, password = self._admin()
             demo_seed(upstream_base_url=f"http://127.0.0.1:{fake_upstream_port}/v1", user=admin)
             plain = self._demo_key(admin)
-            self._start(
-                "web", "-m", "daphne", "-b", host, "-p", str(port), "panel.asgi:application"
-            )
+            # The production server command, with its read timeouts (panel.http).
+            self._start("web", "-m", "uvicorn", *uvicorn_args(host=host, port=port))
             self._start(
                 "worker",
                 "-m",
