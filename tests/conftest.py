@@ -91,13 +91,13 @@ def fresh_gateway_state(settings, request):
     registry_cache.clear()
 
 
-def _wait_for_usage_writes(accounting, timeout: float = 5.0) -> None:
+def _wait_for_usage_writes(accounting, attempts: int = 500) -> None:
     # Usage is written by a background task on the server's loop; let it land
-    # before the test's database is flushed under it.
+    # before the test's database is flushed under it. Counted in sleeps, not by
+    # the clock: some tests stand in for time.monotonic.
     import time
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    for _ in range(attempts):
         if accounting.is_idle():
             return
         time.sleep(0.01)

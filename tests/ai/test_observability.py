@@ -83,11 +83,10 @@ def test_one_json_log_line_per_request_and_no_secret_in_any_log(world, caplog):
 
 
 def test_metrics_sum_several_processes_in_multiprocess_mode(world, tmp_path, settings):
-    from tests.ai.test_limits import _start_gateway
-    from tests.servers import wait_until_serving
+    from tests.servers import start_gateway, wait_until_serving
 
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "METRICS_TOKEN": "scrape-me"}
-    servers = [_start_gateway(redis_url=None, extra_env=env) for _ in range(2)]
+    servers = [start_gateway(None, env) for _ in range(2)]
     try:
         for url, _ in servers:
             wait_until_serving(f"{url}/healthz")
