@@ -7,7 +7,8 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 
 from accounts.api.permissions import IsStaff, ManagementAccess
-from panel.errors import PermissionDenied
+from panel.db import MAX_ID
+from panel.errors import NotFound, PermissionDenied
 
 from ..models import Membership, Organisation
 from ..selectors import can_administer, can_own, memberships_of, organisations_for_user
@@ -68,6 +69,12 @@ class MemberViewSet(viewsets.ModelViewSet):
     filterset_fields = ["role"]
     ordering_fields = ["created_at", "role", "user__username"]
     ordering = ["created_at", "id"]
+
+    def get_object(self):
+        # An id past the largest row id names nobody; SQLite could not even bind it.
+        if int(self.kwargs["user_id"]) > MAX_ID:
+            raise NotFound("No such member.")
+        return super().get_object()
 
     def get_organisation(self) -> Organisation:
         if not hasattr(self, "_organisation"):
