@@ -14,6 +14,7 @@ from ..models import Membership, Organisation
 from ..selectors import can_administer, can_own, memberships_of, organisations_for_user
 from ..services import membership_add, membership_remove, membership_role_set, organisation_create
 from .serializers import (
+    MemberAddSerializer,
     MemberRoleSerializer,
     MemberSerializer,
     OrganisationCreateSerializer,
@@ -88,11 +89,11 @@ class MemberViewSet(viewsets.ModelViewSet):
         return memberships_of(self.get_organisation())
 
     def get_serializer_class(self):
-        return (
-            MemberRoleSerializer
-            if self.action in ("update", "partial_update")
-            else MemberSerializer
-        )
+        if self.action == "create":
+            return MemberAddSerializer
+        if self.action in ("update", "partial_update"):
+            return MemberRoleSerializer
+        return MemberSerializer
 
     def initial(self, request, *args, **kwargs):
         # Outsiders get 404 and plain members 403 before any input is looked at.
