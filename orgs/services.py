@@ -183,9 +183,8 @@ def membership_add(
     _require_owner_for(role_change=role == Role.OWNER, by=by, organisation=organisation)
     user = _addable_user(by=by, username=username, email=email)
     if organisation.memberships.filter(user=user).exists():
-        raise InvalidRequest(
-            "This user is already a member.", param="username", code="already_member"
-        )
+        param = "username" if username is not None else "email"
+        raise InvalidRequest("This user is already a member.", param=param, code="already_member")
     return Membership.objects.create(user=user, organisation=organisation, role=role)
 
 

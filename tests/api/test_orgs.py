@@ -125,3 +125,12 @@ def test_it_needs_exactly_one_of_username_and_email(api, keys, acme, dave):
         response = _add(api, keys["alice"], **body)
         assert (response.status_code, response.json()["error"]["param"]) == (400, "username")
     assert not acme.memberships.filter(user=dave).exists()
+
+
+def test_it_names_the_field_used_when_the_user_is_already_a_member(api, keys, acme, bob):
+    response = _add(api, keys["alice"], email="bob@example.com")
+    assert response.status_code == 400
+    assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (
+        "already_member",
+        "email",
+    )
