@@ -30,5 +30,17 @@ def can_own(user, organisation: Organisation) -> bool:
     return user.is_staff or organisation_role(user, organisation) == Role.OWNER
 
 
+def users_addable_by(user) -> QuerySet:
+    """The users ``user`` may add to an organisation they run: anyone for staff; otherwise
+    only people who already share an organisation with them, so that adding a member
+    never tells whether another tenant's user exists."""
+    from accounts.models import User
+
+    if user.is_staff:
+        return User.objects.all()
+    shared = Membership.objects.filter(organisation__memberships__user=user)
+    return User.objects.filter(pk__in=shared.values("user_id"))
+
+
 def memberships_of(organisation: Organisation) -> QuerySet[Membership]:
     return organisation.memberships.select_related("user").order_by("created_at", "id")

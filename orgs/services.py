@@ -15,7 +15,7 @@ from panel.db import insert_many
 from panel.errors import InvalidRequest, PermissionDenied
 
 from .models import LedgerEntry, LedgerKind, Membership, Organisation, Role, Wallet
-from .selectors import can_own
+from .selectors import can_own, users_addable_by
 
 MICRO = Decimal("0.000001")
 
@@ -148,13 +148,43 @@ def _require_another_owner(membership) -> None:
         )
 
 
-def membership_add(*, organisation, user, role: str, by):
-    """Add a user to an organisation; only owners (or staff) may add an owner."""
-    _require_owner_for(role_change=role == Role.OWNER, by=by, organisation=organisation)
-    if organisation.memberships.filter(user=user).exists():
+# One answer for a user who does not exist and one who belongs to other tenants only.
+NO_ADDABLE_USER = (
+    "No one you can add has this username or e-mail address. You can add people who "
+    "already share an organisation with you; an administrator can add anyone."
+)
+
+
+def _addable_user(*, by, username: str | None, email: str | None):
+    candidates = users_addable_by(by)
+    if username is not None:
+        found = list(candidates.filter(username=username)[:2])
+    else:
+        found = list(candidates.filter(email__iexact=email)[:2])
+    param = "username" if username is not None else "email"
+    if not found:
+        raise InvalidRequest(NO_ADDABLE_USER, param=param, code="user_not_found")
+    if len(found) > 1:
         raise InvalidRequest(
-            "This user is already a member.", param="username", code="already_member"
+            "Several people you can add have this e-mail address; add one by username.",
+            param=param,
+            code="ambiguous_email",
         )
+    return found[0]
+
+
+def membership_add(
+    *, organisation, role: str, by, username: str | None = None, email: str | None = None
+):
+    """Add a user, named by username or e-mail, whom ``by`` may add (``users_addable_by``).
+
+    Only owners (or staff) may add an owner.
+    """
+    _require_owner_for(role_change=role == Role.OWNER, by=by, organisation=organisation)
+    user = _addable_user(by=by, username=username, email=email)
+    if organisation.memberships.filter(user=user).exists():
+        param = "username" if username is not None else "email"
+        raise InvalidRequest("This user is already a member.", param=param, code="already_member")
     return Membership.objects.create(user=user, organisation=organisation, role=role)
 
 

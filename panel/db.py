@@ -3,6 +3,10 @@
 from asgiref.sync import sync_to_async
 from django.db import connections
 
+# The largest id a BigAutoField holds. A larger integer names no row, and SQLite
+# cannot even bind it (OverflowError), so inputs that become ids are bounded by it.
+MAX_ID = 2**63 - 1
+
 
 def _drop_broken_connections() -> None:
     # Django closes connections around each request; this long-lived worker

@@ -176,7 +176,8 @@ def _first_error(detail, prefix: str = "") -> tuple[str | None, str]:
     """The first field name (dotted for nested) and message in a DRF error detail."""
     if isinstance(detail, dict):
         for key, value in detail.items():
-            name = key if key != "non_field_errors" else ""
+            # ListField errors are keyed by index: 0 is a name too.
+            name = str(key) if key != "non_field_errors" else ""
             param, message = _first_error(value, f"{prefix}.{name}" if prefix and name else name)
             return param or None, message
     if isinstance(detail, list) and detail:

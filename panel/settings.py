@@ -205,6 +205,11 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "panel.errors.drf_exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "panel.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.api.authentication.APIKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",

@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from orgs.models import Organisation
+from panel.db import MAX_ID
 
 from ..models import APIKey, Permission
 from ..selectors import models_usable_by, users_visible_to
@@ -103,7 +104,7 @@ class KeyCreateSerializer(KeyScopeMixin, serializers.Serializer):
         default=[Permission.READ, Permission.PROXY],
     )
     allowed_models = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), default=list, max_length=100
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID), default=list, max_length=100
     )
     expires_at = serializers.IntegerField(
         required=False, allow_null=True, help_text="Unix time; empty: never."
@@ -147,7 +148,10 @@ class KeyPermissionsSerializer(KeyScopeMixin, serializers.Serializer):
     permissions = serializers.ListField(child=serializers.ChoiceField(Permission.choices))
     permission_mode = serializers.ChoiceField(["allow_all", "per_instance"], read_only=True)
     allowed_models = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, max_length=100, write_only=True
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        required=False,
+        max_length=100,
+        write_only=True,
     )
     instances = KeyInstanceSerializer(many=True, read_only=True)
 

@@ -6,6 +6,8 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from panel.db import MAX_ID
+
 from ..models import APIKey
 from ..selectors import apikeys_for_user
 from ..services import apikey_create, apikey_permissions_set, apikey_revoke
@@ -19,7 +21,7 @@ from .serializers import (
 
 
 class KeyFilter(filters.FilterSet):
-    user = filters.NumberFilter(field_name="user_id")
+    user = filters.NumberFilter(field_name="user_id", min_value=1, max_value=MAX_ID)
     organisation = filters.CharFilter(field_name="organisation__slug")
 
     class Meta:

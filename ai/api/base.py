@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from functools import wraps
@@ -20,6 +19,7 @@ from panel.errors import (
     MethodNotAllowed,
     error_response,
 )
+from panel.parsers import JSONTooDeep, json_loads
 
 from ..gateway.pipeline import Reply, Stream
 from ..selectors import ai_enabled_get
@@ -68,9 +68,11 @@ def ai_route(*, methods: dict[str, str]):
 def json_body(request) -> dict:
     """The request's JSON object, or a 400 in the envelope."""
     try:
-        body = json.loads(request.body or b"null")
+        body = json_loads(request.body or b"null")
     except RequestDataTooBig as exc:
         raise InvalidRequest("The request body is too large.", code="request_too_large") from exc
+    except JSONTooDeep as exc:
+        raise InvalidRequest(str(exc), code="invalid_json") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(
             "We could not parse the JSON body of your request.", code="invalid_json"

@@ -18,9 +18,12 @@ from .base import ai_route, json_response
 def _moment(value: str | None, name: str, default: datetime) -> datetime:
     if not value:
         return default
-    parsed = parse_datetime(value)
-    if parsed is None and (day := parse_date(value)) is not None:
-        parsed = datetime(day.year, day.month, day.day)
+    try:
+        parsed = parse_datetime(value)
+        if parsed is None and (day := parse_date(value)) is not None:
+            parsed = datetime(day.year, day.month, day.day)
+    except ValueError:  # well formed but impossible, e.g. 2024-13-45
+        parsed = None
     if parsed is None:
         raise InvalidRequest(f"'{name}' must be an ISO date or datetime.", param=name)
     return parsed if timezone.is_aware(parsed) else parsed.replace(tzinfo=UTC)

@@ -17,7 +17,7 @@ import aiohttp
 
 from accounts.authentication import Identity
 from panel import redis as sb_redis
-from panel.errors import ApiError, InvalidRequest, RateLimited, UpstreamError
+from panel.errors import ApiError, RateLimited, UpstreamError
 
 from ..models import UsageStatus
 from . import accounting, journal, router, streaming
@@ -25,6 +25,7 @@ from .accounting import Record, Usage, usage_from_block, usage_record
 from .limits import admit
 from .resolve import Resolution, resolve
 from .upstream import RETRYABLE_ERRORS, is_retryable_status, send
+from .validation import body_check
 
 # Our own request fields, never sent upstream.
 LOCAL_FIELDS = ("modelId",)
@@ -62,17 +63,13 @@ class Call:
 
 
 async def prepare(*, identity: Identity, route: Route, body: dict, request_id: str) -> Call:
-    """Resolve the model and admit the request (steps 2 and 3)."""
-    model_id = body.get("modelId")
-    if model_id is not None and (isinstance(model_id, bool) or not isinstance(model_id, int)):
-        raise InvalidRequest("modelId must be an integer.", param="modelId")
-    model_name = body.get("model")
-    if model_name is not None and not isinstance(model_name, str):
-        raise InvalidRequest("model must be a string.", param="model")
-    if route.required not in body:
-        raise InvalidRequest(f"'{route.required}' is a required property.", param=route.required)
+    """Check the fields the gateway reads, resolve the model and admit the request (steps 2, 3)."""
+    body_check(body, required=route.required)
     resolution = await resolve(
-        identity=identity, kinds=route.kinds, model_name=model_name, model_id=model_id
+        identity=identity,
+        kinds=route.kinds,
+        model_name=body.get("model"),
+        model_id=body.get("modelId"),
     )
     key = resolution.key
     record = Record(
@@ -83,7 +80,7 @@ async def prepare(*, identity: Identity, route: Route, body: dict, request_id: s
         api_key_id=key.id if key else None,
         link_id=resolution.link.id,
         model=resolution.model,
-        is_stream=bool(body.get("stream")) and route.streams,
+        is_stream=body.get("stream") is True and route.streams,
         started_at=time.monotonic(),
     )
     event = _journal_event(record)

@@ -20,8 +20,14 @@ _sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 RETRYABLE_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
 
+# An upstream that refuses our credentials (401, 403) has failed, whatever the
+# client sent: passed through, it would read as the client's key being invalid.
+UPSTREAM_AUTH_FAILURES = (401, 403)
+
+
 def is_retryable_status(status: int) -> bool:
-    return status >= 500 or status == 429
+    """A status after which the next upstream is tried, counted by the circuit breaker."""
+    return status >= 500 or status == 429 or status in UPSTREAM_AUTH_FAILURES
 
 
 def session() -> aiohttp.ClientSession:

@@ -86,6 +86,15 @@ class AIModel(models.Model):
         return self.config.get("max_output_tokens") if isinstance(self.config, dict) else None
 
 
+def validate_header_safe(value: str) -> None:
+    """Refuse text that cannot be an HTTP header value: control characters, edge spaces."""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value) or value != value.strip():
+        raise ValidationError(
+            "Use no control characters (line breaks, tabs…) and no leading or trailing spaces.",
+            code="header_unsafe",
+        )
+
+
 class HealthStatus(models.TextChoices):
     HEALTHY = "healthy", "Healthy"
     DEGRADED = "degraded", "Degraded"
@@ -98,7 +107,8 @@ class Upstream(models.Model):
     """One OpenAI-compatible endpoint serving a model."""
 
     model = models.ForeignKey(AIModel, on_delete=models.CASCADE, related_name="upstreams")
-    name = models.CharField(max_length=100)
+    # Sent in every response's x-switchboard-upstream header.
+    name = models.CharField(max_length=100, validators=[validate_header_safe])
     base_url = models.URLField(
         max_length=500, help_text="OpenAI-compatible base URL, e.g. https://api.example.com/v1"
     )

@@ -37,9 +37,7 @@ class MemberSerializer(serializers.ModelSerializer):
     """A membership, named by the member's user id in URLs."""
 
     user_id = serializers.IntegerField(read_only=True)
-    username = serializers.SlugRelatedField(
-        source="user", slug_field="username", queryset=User.objects.all()
-    )
+    username = serializers.CharField(source="user.username", read_only=True)
     role = serializers.ChoiceField(Role.choices, default=Role.MEMBER)
 
     class Meta:
@@ -48,8 +46,33 @@ class MemberSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at"]
 
 
+class MemberAddSerializer(MemberSerializer):
+    """A new member, named by username or e-mail address (give one)."""
+
+    username = serializers.CharField(
+        source="user.username",
+        required=False,
+        max_length=150,
+        help_text="Someone who already shares an organisation with you (staff: anyone).",
+    )
+    email = serializers.EmailField(
+        required=False, write_only=True, help_text="Instead of `username`."
+    )
+
+    class Meta(MemberSerializer.Meta):
+        fields = [*MemberSerializer.Meta.fields, "email"]
+
+    def validate(self, attrs):
+        username = attrs.pop("user", {}).get("username")
+        email = attrs.pop("email", None)
+        if (username is None) == (email is None):
+            raise serializers.ValidationError(
+                {"username": "Give either a username or an e-mail address."}
+            )
+        return {**attrs, "username": username, "email": email}
+
+
 class MemberRoleSerializer(MemberSerializer):
     """A role change: the member stays the same."""
 
-    username = serializers.CharField(source="user.username", read_only=True)
     role = serializers.ChoiceField(Role.choices)

@@ -7,12 +7,14 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 
 from accounts.api.permissions import IsStaff, ManagementAccess
-from panel.errors import PermissionDenied
+from panel.db import MAX_ID
+from panel.errors import NotFound, PermissionDenied
 
 from ..models import Membership, Organisation
 from ..selectors import can_administer, can_own, memberships_of, organisations_for_user
 from ..services import membership_add, membership_remove, membership_role_set, organisation_create
 from .serializers import (
+    MemberAddSerializer,
     MemberRoleSerializer,
     MemberSerializer,
     OrganisationCreateSerializer,
@@ -69,6 +71,12 @@ class MemberViewSet(viewsets.ModelViewSet):
     ordering_fields = ["created_at", "role", "user__username"]
     ordering = ["created_at", "id"]
 
+    def get_object(self):
+        # An id past the largest row id names nobody; SQLite could not even bind it.
+        if int(self.kwargs["user_id"]) > MAX_ID:
+            raise NotFound("No such member.")
+        return super().get_object()
+
     def get_organisation(self) -> Organisation:
         if not hasattr(self, "_organisation"):
             visible = organisations_for_user(self.request.user)
@@ -81,11 +89,11 @@ class MemberViewSet(viewsets.ModelViewSet):
         return memberships_of(self.get_organisation())
 
     def get_serializer_class(self):
-        return (
-            MemberRoleSerializer
-            if self.action in ("update", "partial_update")
-            else MemberSerializer
-        )
+        if self.action == "create":
+            return MemberAddSerializer
+        if self.action in ("update", "partial_update"):
+            return MemberRoleSerializer
+        return MemberSerializer
 
     def initial(self, request, *args, **kwargs):
         # Outsiders get 404 and plain members 403 before any input is looked at.

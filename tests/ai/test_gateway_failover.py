@@ -87,6 +87,67 @@ def test_it_answers_502_when_every_upstream_fails(world, acme, fake_upstream):
     assert (event.status, event.attempts, event.http_status) == ("upstream_error", 2, 502)
 
 
+def _raw_chat(world, model, **fields):
+    return httpx.post(
+        f"{world.base()}/chat/completions",
+        headers={"Authorization": f"Bearer {world.alice_key}"},
+        json={"model": model, "messages": HI, **fields},
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("status", [401, 403])
+def test_it_answers_an_upstreams_own_auth_failure_with_a_502_not_invalid_api_key(
+    world, acme, fake_upstream, status, stream
+):
+    # The client's key is fine; the upstream refused ours. That is an upstream failure.
+    make_model("locked", owner=acme, base_urls=[fake_upstream.base_url(status=status)])
+    response = _raw_chat(world, "locked", stream=stream)
+    assert response.status_code == 502
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["code"] == "upstream_error"
+    assert "invalid_api_key" not in response.text
+    (event,) = wait_for_usage(1)
+    assert (event.status, event.http_status, event.is_stream) == ("upstream_error", 502, stream)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("status", [401, 403])
+def test_it_fails_over_when_an_upstream_refuses_its_credentials(
+    world, acme, fake_upstream, status, stream
+):
+    make_model(
+        "ha",
+        owner=acme,
+        base_urls=[fake_upstream.base_url(status=status), fake_upstream.base_url()],
+    )
+    response = _raw_chat(world, "ha", stream=stream)
+    assert response.status_code == 200
+    assert response.headers["x-switchboard-upstream"] == "ha-1"
+    assert "tok0" in response.text
+    (event,) = wait_for_usage(1)
+    assert (event.status, event.attempts, event.upstream.name) == ("ok", 2, "ha-1")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_it_counts_upstream_auth_failures_for_the_breaker(
+    world, acme, fake_upstream, settings, stream
+):
+    settings.GATEWAY_BREAKER_THRESHOLD = 2
+    settings.GATEWAY_BREAKER_COOLDOWN = 300
+    make_model(
+        "ha", owner=acme, base_urls=[fake_upstream.base_url(status=401), fake_upstream.base_url()]
+    )
+    primary = Upstream.objects.get(name="ha-0")
+    for _ in range(2):
+        assert _raw_chat(world, "ha", stream=stream).status_code == 200
+    assert router.breaker.is_open(primary.id)
+    fake_upstream.clear()
+    assert _raw_chat(world, "ha", stream=stream).status_code == 200
+    assert len(fake_upstream.requests()) == 1  # the open breaker skipped the primary
+
+
 def test_it_passes_an_upstream_client_error_through(world, acme, fake_upstream):
     make_model("strict", owner=acme, base_urls=[fake_upstream.base_url(status=400)])
     with pytest.raises(openai.BadRequestError):

@@ -155,3 +155,20 @@ def test_it_reads_values_written_with_an_older_key_after_rotation(settings):
     upstream = UpstreamFactory(api_key="rotate-me")
     settings.FIELD_ENCRYPTION_KEYS = [new, old]
     assert Upstream.objects.get(pk=upstream.pk).api_key == "rotate-me"
+
+
+@pytest.mark.parametrize(
+    "name", ["bad\x01name", "line\nbreak", "tab\tbed", "del\x7f", "c1\x9b", " padded", "padded "]
+)
+def test_it_rejects_an_upstream_name_that_cannot_be_a_header_value(name):
+    # The name is sent in the x-switchboard-upstream header of every response.
+    upstream = Upstream(model=AIModelFactory(), name=name, base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValidationError) as error:
+        upstream.full_clean()
+    assert set(error.value.message_dict) == {"name"}
+
+
+def test_it_accepts_an_upstream_name_in_any_script():
+    Upstream(
+        model=AIModelFactory(), name="Zürich – 東京 #2", base_url="http://127.0.0.1:9/v1"
+    ).full_clean()

@@ -10,7 +10,15 @@ from accounts.models import APIKey, Permission
 from accounts.roles import MODEL_MANAGER
 from accounts.services import apikey_create
 from ai.models import AIModel, ModelLink, Upstream
-from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory, UserFactory
+from orgs.models import Role
+from tests.factories import (
+    AIModelFactory,
+    MembershipFactory,
+    ModelLinkFactory,
+    OrganisationFactory,
+    UpstreamFactory,
+    UserFactory,
+)
 
 MANAGE = [Permission.READ, Permission.PROXY, Permission.MANAGE]
 UPSTREAM_SECRET = "sk-upstream-secret-never-returned"
@@ -30,9 +38,13 @@ def staff(db):
 
 
 @pytest.fixture
-def dave(db):
-    """Someone an organisation may add as a member."""
-    return UserFactory(username="dave")
+def dave(alice):
+    """Someone alice may add to acme: a member of Acme Labs, her other organisation."""
+    user = UserFactory(username="dave")
+    labs = OrganisationFactory(name="Acme Labs", slug="acme-labs")
+    MembershipFactory(user=alice, organisation=labs, role=Role.OWNER)
+    MembershipFactory(user=user, organisation=labs)
+    return user
 
 
 @dataclass

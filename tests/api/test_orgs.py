@@ -82,3 +82,55 @@ def test_it_hides_other_orgs_members_from_an_owner(api, keys, acme, charlie):
     assert client.get("/api/v1/orgs/globex/members").status_code == 404
     assert client.delete(f"/api/v1/orgs/globex/members/{charlie.pk}").status_code == 404
     assert globex.memberships.filter(user=charlie).exists()
+
+
+def _add(api, key, **body):
+    return as_key(api, key).post("/api/v1/orgs/acme/members", body, format="json")
+
+
+def test_it_lets_an_owner_add_someone_she_shares_an_organisation_with_by_email(
+    api, keys, acme, dave
+):
+    response = _add(api, keys["alice"], email="DAVE@example.com")
+    assert response.status_code == 201
+    assert response.json() == {**response.json(), "user_id": dave.pk, "username": "dave"}
+    assert "email" not in response.json()
+    assert acme.memberships.filter(user=dave, role=Role.MEMBER).exists()
+
+
+def test_it_answers_an_unknown_and_another_tenants_user_alike(api, keys, acme, charlie):
+    globex = OrganisationFactory(slug="globex")
+    MembershipFactory(user=charlie, organisation=globex, role=Role.OWNER)
+    for field, foreign, unknown in (
+        ("username", "charlie", "nobody"),
+        ("email", "charlie@example.com", "nobody@example.com"),
+    ):
+        foreign_answer = _add(api, keys["alice"], **{field: foreign})
+        unknown_answer = _add(api, keys["alice"], **{field: unknown})
+        assert foreign_answer.status_code == unknown_answer.status_code == 400
+        assert foreign_answer.json() == unknown_answer.json()
+        assert foreign_answer.json()["error"]["param"] == field
+        assert "charlie" not in foreign_answer.content.decode()
+    assert not acme.memberships.filter(user=charlie).exists()
+
+
+def test_it_lets_staff_add_anyone(api, keys, acme, charlie):
+    response = _add(api, keys["staff"], username="charlie")
+    assert response.status_code == 201
+    assert acme.memberships.filter(user=charlie).exists()
+
+
+def test_it_needs_exactly_one_of_username_and_email(api, keys, acme, dave):
+    for body in ({}, {"username": "dave", "email": "dave@example.com"}):
+        response = _add(api, keys["alice"], **body)
+        assert (response.status_code, response.json()["error"]["param"]) == (400, "username")
+    assert not acme.memberships.filter(user=dave).exists()
+
+
+def test_it_names_the_field_used_when_the_user_is_already_a_member(api, keys, acme, bob):
+    response = _add(api, keys["alice"], email="bob@example.com")
+    assert response.status_code == 400
+    assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (
+        "already_member",
+        "email",
+    )

@@ -131,6 +131,15 @@ def test_it_clears_the_upstream_key_on_request(admin_client, populated):
     assert upstream.api_key == ""
 
 
+def test_it_refuses_an_upstream_name_with_a_control_character(admin_client, populated):
+    upstream = Upstream.objects.get()
+    data = _upstream_form(upstream, name="bad\x01name", new_api_key="")
+    response = admin_client.post(_url(Upstream, "change", upstream.pk), data)
+    assert response.status_code == 200
+    assert "name" in response.context["adminform"].form.errors
+    assert Upstream.objects.get().name == upstream.name
+
+
 def _upstream_form(upstream, **extra):
     return {
         "model": upstream.model_id,
