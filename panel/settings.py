@@ -133,10 +133,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # An unreachable server fails a connection attempt after this many seconds
+    # instead of the OS's minutes; DATABASE_URL's ?connect_timeout= overrides it.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, channel layer, Celery broker ------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# Seconds to connect to Redis and to wait for a reply before it counts as down.
+REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=2.0)
 
 if REDIS_URL:
     CACHES = {

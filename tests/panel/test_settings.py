@@ -17,6 +17,7 @@ print(json.dumps({
     "db": settings.DATABASES["default"]["ENGINE"],
     "db_name": str(settings.DATABASES["default"]["NAME"]),
     "db_host": settings.DATABASES["default"].get("HOST", ""),
+    "db_options": settings.DATABASES["default"].get("OPTIONS", {}),
     "cache": settings.CACHES["default"]["BACKEND"],
     "cache_location": settings.CACHES["default"].get("LOCATION", ""),
     "channels": settings.CHANNEL_LAYERS["default"]["BACKEND"],
@@ -73,6 +74,19 @@ def test_it_selects_postgresql_and_redis_from_the_environment(tmp_path):
     assert probe["cache_location"] == "redis://127.0.0.1:6379/0"
     assert probe["channels"] == "channels_redis.core.RedisChannelLayer"
     assert probe["broker"] == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "seconds"),
+    [
+        ("postgres://postgres@db.internal/sb", 3),
+        ("postgres://postgres@db.internal/sb?connect_timeout=7", 7),
+    ],
+)
+def test_a_database_that_cannot_be_reached_fails_a_connection_in_seconds(tmp_path, url, seconds):
+    result = _run(tmp_path, DATABASE_URL=url)
+    assert result.returncode == 0, result.stderr
+    assert int(json.loads(result.stdout)["db_options"]["connect_timeout"]) == seconds
 
 
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "FIELD_ENCRYPTION_KEY"])
