@@ -260,6 +260,12 @@ GATEWAY_USAGE_FLUSH_INTERVAL = env.float("GATEWAY_USAGE_FLUSH_INTERVAL", default
 # The output reserved against token and cost limits when a request sets no
 # max_tokens and its model has no max_output_tokens.
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
+# While the database is unreachable, cached keys, users and models are served
+# for up to this many seconds after they were loaded; past it (or never loaded) 503.
+GATEWAY_STALE_CACHE_SECONDS = env.float("GATEWAY_STALE_CACHE_SECONDS", default=300.0)
+# The per-process cache keeps at most this many found entries, and as many
+# not-found ones (unknown keys), least recently used dropped first.
+GATEWAY_CACHE_MAX_ENTRIES = env.int("GATEWAY_CACHE_MAX_ENTRIES", default=10_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
 
 # --- Usage rollups ------------------------------------------------------------------
