@@ -23,7 +23,7 @@ from django.conf import settings
 from orgs.services import redis_balance_key, redis_held_key, to_micro
 from panel import redis as sb_redis
 from panel.db import run_sync
-from panel.errors import InsufficientQuota, InvalidRequest, RateLimited
+from panel.errors import DependencyUnavailable, InsufficientQuota, InvalidRequest, RateLimited
 from panel.redis_pipe import Script, pack_items
 
 from .accounting import Usage, cost_of, estimate_prompt
@@ -367,7 +367,15 @@ async def admit(*, resolution: Resolution, body: dict, route_name: str = "") -> 
     if admission.is_empty:
         return admission
     if sb_redis.is_configured():
-        await _redis_admit(admission)
+        try:
+            await _redis_admit(admission)
+        except sb_redis.UNREACHABLE as exc:
+            # The counters live in Redis: refuse rather than guess. A reservation made
+            # just before the connection was lost stays counted, the safe side.
+            REJECTIONS.labels("service_unavailable").inc()
+            raise DependencyUnavailable(
+                "Limits cannot be checked right now (Redis is unreachable); retry shortly."
+            ) from exc
     else:
         await run_sync(_db_admit, admission)
     admission.headers = _rate_headers(admission)
