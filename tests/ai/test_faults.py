@@ -1,5 +1,6 @@
 """The gateway while Redis or the database is down: degraded answers, never a 500."""
 
+import asyncio
 import logging
 import shutil
 import time
@@ -7,11 +8,14 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from django.db import connection
 
 from ai.models import ModelLink
 from orgs.services import wallet_for, wallet_topup
+from panel.db import run_sync
+from panel.localcache import registry_cache
 from tests.ai.conftest import make_model, wait_for_usage
-from tests.servers import RedisServer
+from tests.servers import RedisServer, TcpProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -101,3 +105,53 @@ def test_limited_links_answer_503_and_unlimited_ones_work_while_redis_is_down(
     _until(lambda: _chat(world, "limited").status_code == 200)
     assert _chat(world, "billed").status_code == 200
     assert any("Redis answers again" in r.getMessage() for r in caplog.records)
+
+
+# --- The database ------------------------------------------------------------------------
+
+
+def _close_gateway_connection() -> None:
+    connection.close()
+
+
+@pytest.fixture
+def database_behind_proxy(transactional_db):
+    """The gateway's database connection goes through a proxy this test can cut."""
+    if connection.vendor != "postgresql":
+        pytest.skip("issue 11: cutting the database needs PostgreSQL (DATABASE_URL)")
+    # Every thread's connection is made from this one dict; the test's own
+    # connection is already open and stays direct.
+    shared = connection.settings_dict
+    saved = shared["HOST"], shared["PORT"]
+    proxy = TcpProxy(saved[0] or "127.0.0.1", int(saved[1] or 5432)).start()
+    shared["HOST"], shared["PORT"] = "127.0.0.1", proxy.port
+    # The gateway loads through the one sync thread run_sync uses: reconnect it via the proxy.
+    asyncio.run(run_sync(_close_gateway_connection))
+    yield proxy
+    proxy.restore()
+    shared["HOST"], shared["PORT"] = saved
+    asyncio.run(run_sync(_close_gateway_connection))
+    proxy.stop()
+
+
+def test_warm_keys_are_served_from_cache_and_cold_ones_get_503_while_the_database_is_down(
+    world, database_behind_proxy, monkeypatch
+):
+    assert _chat(world, "acme-chat").status_code == 200
+    wait_for_usage(1)
+    # Every cached entry is now past its max age, well within the staleness bound.
+    monkeypatch.setattr(registry_cache, "clock", lambda: time.monotonic() + 120)
+    database_behind_proxy.cut()
+
+    warm = [_chat(world, "acme-chat") for _ in range(5)]
+    models = httpx.get(
+        f"{world.url}/v1/models", headers={"Authorization": f"Bearer {world.alice_key}"}
+    )
+    cold = [_chat(world, "acme-chat", key=world.bob_key) for _ in range(3)]
+
+    assert [r.status_code for r in warm] == [200] * 5
+    assert models.status_code == 200 and "acme-chat" in models.text
+    for response in cold:
+        _assert_unavailable(response)
+    database_behind_proxy.restore()
+    _until(lambda: _chat(world, "acme-chat", key=world.bob_key).status_code == 200)
