@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from panel.errors import AuthenticationFailed, PermissionDenied
 
-from .models import hash_key
+from .models import hash_key, is_well_formed_key
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -48,7 +48,7 @@ async def authenticate(request, *, permission: str) -> Identity:
 
     token = _bearer(request)
     if token is not None:
-        key = await key_info_get(hash_key(token))
+        key = await key_info_get(hash_key(token)) if is_well_formed_key(token) else None
         if key is None or not key.is_usable(timezone.now()):
             raise AuthenticationFailed("Incorrect API key provided.")
         identity = Identity(user_id=key.user_id, key=key)

@@ -1,6 +1,7 @@
 """Users (with their portal tier) and API keys."""
 
 import hashlib
+import re
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
@@ -30,6 +31,15 @@ class Permission(models.TextChoices):
     READ = "read", "Read (list models, usage)"
     PROXY = "proxy", "Proxy (call models)"
     MANAGE = "manage", "Manage (management API)"
+
+
+# What apikey_generate issues: "sb-" and token_urlsafe(32), 43 url-safe characters.
+KEY_FORMAT = re.compile(r"sb-[A-Za-z0-9_-]{43}")
+
+
+def is_well_formed_key(plain: str) -> bool:
+    """Whether ``plain`` could be one of our keys; anything else needs no lookup to refuse."""
+    return KEY_FORMAT.fullmatch(plain) is not None
 
 
 def hash_key(plain: str) -> str:

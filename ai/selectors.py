@@ -233,7 +233,8 @@ async def user_info_get(user_id: int) -> UserInfo | None:
 
 
 async def key_info_get(key_hash: str) -> KeyInfo | None:
-    # Unknown hashes are cached briefly too, so a flood of bad keys stays off the database.
+    # Unknown hashes are cached briefly too (in a bounded table of their own), so a flood
+    # of random keys costs one query each and never pushes a real key out.
     return await registry_cache.get(("key", key_hash), _load_key, key_hash, max_age=5.0)
 
 

@@ -120,6 +120,17 @@ class ServiceUnavailable(ApiError):
     default_message = "The service is temporarily unavailable."
 
 
+class DependencyUnavailable(ServiceUnavailable):
+    """The database or Redis that this request needs is unreachable; retry shortly."""
+
+    default_message = "The service is temporarily unavailable; retry shortly."
+    retry_after = 5
+
+    def __init__(self, message: str | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(self.retry_after))
+
+
 class ModelNotAvailable(ServiceUnavailable):
     type = "invalid_request_error"
     code = "model_not_available"

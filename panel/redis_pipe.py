@@ -6,6 +6,11 @@ parsing), more than the whole 15 % budget for limits. This sends commands on
 one persistent connection per event loop, writes them as they come, and
 matches replies to callers in order; hiredis parses the replies. Everything
 else keeps using redis-py.
+
+A dead Redis fails fast: connecting and every reply are bounded by
+REDIS_TIMEOUT, and while ``panel.outage.redis`` says Redis is down only one
+connection attempt per retry interval is made; other callers get
+``RedisUnavailable`` at once.
 """
 
 from __future__ import annotations
@@ -19,9 +24,15 @@ from urllib.parse import urlparse
 import hiredis
 from django.conf import settings
 
+from panel import outage
+
 
 class RedisError(Exception):
-    pass
+    """Redis answered with an error reply."""
+
+
+class RedisUnavailable(ConnectionError):
+    """Redis could not be reached, or stopped answering."""
 
 
 def pack_items(args) -> bytes:
@@ -57,37 +68,35 @@ class PipelinedConnection:
         self.unsent: list[bytes] = []  # commands of this loop iteration, written together
         self.connecting: asyncio.Lock = asyncio.Lock()
         self.listener: asyncio.Task | None = None
+        self.replies = 0  # replies received, which the watchdog checks for progress
+        self.watched_replies = 0
+        self.watchdog: asyncio.TimerHandle | None = None
 
     async def _connect(self) -> None:
         async with self.connecting:
             if self.writer is not None:
                 return
-            reader, writer = await asyncio.open_connection(
-                self.url.hostname or "127.0.0.1", self.url.port or 6379
-            )
-            setup = []
-            if self.url.password:
-                setup.append(
-                    _pack(
-                        "AUTH",
-                        *([self.url.username] if self.url.username else []),
-                        self.url.password,
-                    )
-                )
-            database = (self.url.path or "/0").lstrip("/") or "0"
-            setup.append(_pack("SELECT", database))
-            writer.write(b"".join(setup))
-            parser = hiredis.Reader()
-            for _ in setup:
-                reply = False
-                while reply is False:
-                    parser.feed(await reader.read(65536))
-                    reply = parser.gets()
-                if isinstance(reply, hiredis.ReplyError):
-                    writer.close()
-                    raise RedisError(str(reply))
-            self.reader, self.writer = reader, writer
-            self.listener = asyncio.get_running_loop().create_task(self._listen(reader, parser))
+            if not outage.redis.may_try():
+                raise RedisUnavailable("Redis is unreachable (retrying once a second)")
+            try:
+                async with asyncio.timeout(settings.REDIS_TIMEOUT):
+                    await self._open()
+            except (OSError, RedisError) as exc:  # TimeoutError is an OSError
+                outage.redis.failed(exc)
+                raise RedisUnavailable(f"Redis is unreachable: {exc!r}") from exc
+            outage.redis.recovered()
+
+    async def _open(self) -> None:
+        reader, writer = await asyncio.open_connection(
+            self.url.hostname or "127.0.0.1", self.url.port or 6379
+        )
+        try:
+            parser = await _handshake(self.url, reader, writer)
+        except BaseException:
+            writer.close()
+            raise
+        self.reader, self.writer = reader, writer
+        self.listener = asyncio.get_running_loop().create_task(self._listen(reader, parser))
 
     async def _listen(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
         try:
@@ -97,6 +106,7 @@ class PipelinedConnection:
                     raise ConnectionError("Redis closed the connection")
                 parser.feed(data)
                 while (reply := parser.gets()) is not False:
+                    self.replies += 1
                     future = self.waiting.popleft()
                     if not future.done():
                         future.set_result(reply)
@@ -108,10 +118,33 @@ class PipelinedConnection:
             self.writer.close()
         self.reader = self.writer = None
         self.unsent.clear()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(ConnectionError(f"Redis connection lost: {exc}"))
+                future.set_exception(RedisUnavailable(f"Redis connection lost: {exc!r}"))
+
+    def _watch(self) -> None:
+        # One timer per connection, not one per command: it fires every
+        # REDIS_TIMEOUT while commands wait, and fails the connection when no
+        # reply at all came in a whole period.
+        self.watchdog = None
+        if not self.waiting:
+            return
+        if self.replies == self.watched_replies:
+            exc = TimeoutError(f"no reply from Redis in {settings.REDIS_TIMEOUT} s")
+            outage.redis.failed(exc)
+            if self.listener is not None:
+                self.listener.cancel()
+            self._fail(exc)
+            return
+        self._arm_watchdog()
+
+    def _arm_watchdog(self) -> None:
+        self.watched_replies = self.replies
+        self.watchdog = asyncio.get_running_loop().call_later(settings.REDIS_TIMEOUT, self._watch)
 
     def _write_unsent(self) -> None:
         if self.unsent and self.writer is not None:
@@ -148,6 +181,8 @@ class PipelinedConnection:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.waiting.append(future)
+        if self.watchdog is None:
+            self._arm_watchdog()
         self.unsent.append(command)
         if len(self.unsent) == 1:
             # One socket write for every command sent in this iteration of the loop.
@@ -156,6 +191,28 @@ class PipelinedConnection:
         if isinstance(reply, hiredis.ReplyError):
             raise RedisError(str(reply))
         return reply
+
+
+async def _handshake(url, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    """AUTH and SELECT on a new connection; the reply parser to keep using."""
+    setup = []
+    if url.password:
+        setup.append(_pack("AUTH", *([url.username] if url.username else []), url.password))
+    database = (url.path or "/0").lstrip("/") or "0"
+    setup.append(_pack("SELECT", database))
+    writer.write(b"".join(setup))
+    parser = hiredis.Reader()
+    for _ in setup:
+        reply = False
+        while reply is False:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("Redis closed the connection")
+            parser.feed(data)
+            reply = parser.gets()
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisError(str(reply))
+    return parser
 
 
 _connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -148,10 +148,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # An unreachable server fails a connection attempt after this many seconds
+    # instead of the OS's minutes; DATABASE_URL's ?connect_timeout= overrides it.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, channel layer, Celery broker ------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# Seconds to connect to Redis and to wait for a reply before it counts as down.
+REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=2.0)
 
 if REDIS_URL:
     CACHES = {
@@ -298,6 +303,12 @@ GATEWAY_PROCESS_TIMEOUT = env.float("GATEWAY_PROCESS_TIMEOUT", default=30.0)
 # How long a graceful stop keeps retrying to write pending usage (database or Redis away).
 GATEWAY_SHUTDOWN_FLUSH_SECONDS = env.float("GATEWAY_SHUTDOWN_FLUSH_SECONDS", default=10.0)
 USAGE_RECONCILE_INTERVAL = env.int("USAGE_RECONCILE_INTERVAL", default=30)
+# While the database is unreachable, cached keys, users and models are served
+# for up to this many seconds after they were loaded; past it (or never loaded) 503.
+GATEWAY_STALE_CACHE_SECONDS = env.float("GATEWAY_STALE_CACHE_SECONDS", default=300.0)
+# The per-process cache keeps at most this many found entries, and as many
+# not-found ones (unknown keys), least recently used dropped first.
+GATEWAY_CACHE_MAX_ENTRIES = env.int("GATEWAY_CACHE_MAX_ENTRIES", default=10_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
 # Read timeouts of the web server's HTTP protocol (panel.http): the whole request line
 # and headers within HTTP_HEADER_TIMEOUT seconds, no body read stalled for longer than

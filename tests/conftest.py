@@ -78,9 +78,12 @@ def _close_server_connections() -> None:
 def fresh_gateway_state(settings, request):
     """Each test starts with empty per-process caches, closed breakers and no pending usage."""
     from ai.gateway import accounting, journal, limits, router
+    from panel import outage
     from panel.localcache import registry_cache
 
     settings.GATEWAY_USAGE_FLUSH_INTERVAL = 0.01
+    outage.database.reset()
+    outage.redis.reset()
     registry_cache.clear()
     router.breaker.reset()
     limits._plans.forget()  # a lease of an earlier test must not settle into this one's counters

@@ -11,14 +11,17 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.authentication import authenticate
+from panel import outage
 from panel.errors import (
     ApiError,
+    DependencyUnavailable,
     FeatureDisabled,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
     error_response,
 )
+from panel.localcache import DATABASE_ERRORS
 from panel.parsers import JSONTooDeep, json_loads
 
 from ..gateway.pipeline import Reply, Stream
@@ -52,6 +55,13 @@ def ai_route(*, methods: dict[str, str]):
                 response = error_response(exc)
             except DisallowedHost:
                 response = error_response(InvalidRequest("Invalid Host header.", code="bad_host"))
+            except DATABASE_ERRORS as exc:
+                # Past the cache (a session, a wallet, limits kept in the database): the
+                # database is down, which is no bug; logged once per interval, not per request.
+                outage.database.failed(exc)
+                response = error_response(
+                    DependencyUnavailable("Switchboard cannot reach its database; retry shortly.")
+                )
             except Exception:
                 # Served without Django's middleware, so render the 500 here too.
                 logger.exception("Unhandled error in %s", request.path)

@@ -24,7 +24,13 @@ from django.conf import settings
 from orgs.services import redis_balance_key, redis_held_key, to_micro
 from panel import redis as sb_redis
 from panel.db import run_sync
-from panel.errors import InsufficientQuota, InternalError, InvalidRequest, RateLimited
+from panel.errors import (
+    DependencyUnavailable,
+    InsufficientQuota,
+    InternalError,
+    InvalidRequest,
+    RateLimited,
+)
 from panel.redis_pipe import Script, pack_items
 
 from . import journal
@@ -424,7 +430,15 @@ async def admit(
         return admission
     admission.event = event
     if sb_redis.is_configured():
-        await _redis_admit(admission, on_cancelled or _give_back)
+        try:
+            await _redis_admit(admission, on_cancelled or _give_back)
+        except sb_redis.UNREACHABLE as exc:
+            # The counters live in Redis: refuse rather than guess. A reservation made
+            # just before the connection was lost stays counted, the safe side.
+            REJECTIONS.labels("service_unavailable").inc()
+            raise DependencyUnavailable(
+                "Limits cannot be checked right now (Redis is unreachable); retry shortly."
+            ) from exc
     else:
         await _shielded(run_sync(_db_admit, admission), admission, on_cancelled or _give_back)
     admission.headers = _rate_headers(admission)

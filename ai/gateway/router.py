@@ -5,7 +5,8 @@ Unhealthy upstreams and those whose breaker is open are tried last, only
 when nothing else is left. After BREAKER_THRESHOLD consecutive failures an
 upstream's breaker opens for BREAKER_COOLDOWN seconds; a success closes it.
 With Redis the state is shared by every process (hashes sb:breaker:fails and
-sb:breaker:open), read at most once a second per process.
+sb:breaker:open), read at most once a second per process; while Redis is
+unreachable each process keeps counting on its own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from itertools import groupby
 
 from django.conf import settings
 
+from panel import outage
 from panel import redis as sb_redis
 
 from ..models import HealthStatus
@@ -69,17 +71,18 @@ class Breaker:
         if not sb_redis.is_configured() or now - self._synced_at < SYNC_INTERVAL:
             return
         self._synced_at = now
-        shared = await sb_redis.async_client().hgetall(OPEN_KEY)
-        self.open_until = {int(k): float(v) for k, v in shared.items()}
+        shared = await _shared("hgetall", OPEN_KEY)
+        if shared is not None:
+            self.open_until = {int(k): float(v) for k, v in shared.items()}
 
     async def record_failure(
         self, upstream_id: int, *, upstream_name: str = "", model_name: str = ""
     ) -> None:
         threshold = settings.GATEWAY_BREAKER_THRESHOLD
+        count = None
         if sb_redis.is_configured():
-            client = sb_redis.async_client()
-            count = await client.hincrby(FAILS_KEY, upstream_id, 1)
-        else:
+            count = await _shared("hincrby", FAILS_KEY, upstream_id, 1)
+        if count is None:
             count = self.failures.get(upstream_id, 0) + 1
         self.failures[upstream_id] = count
         UPSTREAM_ERRORS.labels(model_name, upstream_name).inc()
@@ -88,7 +91,7 @@ class Breaker:
             self.open_until[upstream_id] = until
             BREAKER_OPEN.labels(upstream_name).set(1)
             if sb_redis.is_configured():
-                await client.hset(OPEN_KEY, upstream_id, until)
+                await _shared("hset", OPEN_KEY, upstream_id, until)
 
     async def record_success(self, upstream_id: int, *, upstream_name: str = "") -> None:
         if upstream_id not in self.failures and upstream_id not in self.open_until:
@@ -97,9 +100,8 @@ class Breaker:
         self.failures.pop(upstream_id, None)
         self.open_until.pop(upstream_id, None)
         if sb_redis.is_configured():
-            client = sb_redis.async_client()
-            await client.hdel(FAILS_KEY, upstream_id)
-            await client.hdel(OPEN_KEY, upstream_id)
+            await _shared("hdel", FAILS_KEY, upstream_id)
+            await _shared("hdel", OPEN_KEY, upstream_id)
 
     def reset(self) -> None:
         self.failures.clear()
@@ -107,6 +109,19 @@ class Breaker:
         self._synced_at = 0.0
         if sb_redis.is_configured():
             sb_redis.sync_client().delete(FAILS_KEY, OPEN_KEY)
+
+
+async def _shared(command: str, *args):
+    """A command on the shared breaker state; None while Redis is unreachable."""
+    if not outage.redis.may_try():
+        return None
+    try:
+        reply = await getattr(sb_redis.async_client(), command)(*args)
+    except sb_redis.UNREACHABLE as exc:
+        outage.redis.failed(exc)
+        return None
+    outage.redis.recovered()
+    return reply
 
 
 breaker = Breaker()

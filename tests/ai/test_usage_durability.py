@@ -23,7 +23,7 @@ from ai.services import usage_reconcile
 from orgs.models import LedgerEntry, LedgerKind, Wallet
 from orgs.services import wallet_for, wallet_topup
 from tests.ai.conftest import wait_for_usage
-from tests.servers import free_port, start_gateway, wait_until_serving
+from tests.servers import RedisServer, start_gateway, wait_until_serving
 
 HI = [{"role": "user", "content": "Hi"}]
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -210,40 +210,22 @@ def _run_load(url: str, world) -> list:
 @pytest.fixture
 def own_redis():
     """A Redis server of this test's own, which it may kill."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.skip("issue 11: needs the redis-server binary")
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield url, server
-    server.kill()
-    server.wait()
+    server = RedisServer().start()
+    yield server
+    server.stop()
 
 
 def test_usage_reaches_the_database_when_redis_is_gone_at_shutdown(world, limited, own_redis):
-    redis_url, redis_server = own_redis
     url, process = start_gateway(
-        redis_url,
+        own_redis.url,
         {"GATEWAY_USAGE_FLUSH_INTERVAL": "60", "GATEWAY_SHUTDOWN_FLUSH_SECONDS": "1"},
     )
     try:
         wait_until_serving(f"{url}/healthz")
         statuses = [_chat(url, world.alice_key).status_code for _ in range(20)]
-        redis_server.kill()
-        redis_server.wait()
+        own_redis.kill()
         _stop(process, signal.SIGTERM)
     finally:
         if process.poll() is None:

@@ -17,6 +17,7 @@ print(json.dumps({
     "db": settings.DATABASES["default"]["ENGINE"],
     "db_name": str(settings.DATABASES["default"]["NAME"]),
     "db_host": settings.DATABASES["default"].get("HOST", ""),
+    "db_options": settings.DATABASES["default"].get("OPTIONS", {}),
     "cache": settings.CACHES["default"]["BACKEND"],
     "cache_location": settings.CACHES["default"].get("LOCATION", ""),
     "channels": settings.CHANNEL_LAYERS["default"]["BACKEND"],
@@ -118,6 +119,19 @@ def test_debug_generates_its_secrets_once_and_keeps_them_in_the_data_dir(tmp_pat
     assert (tmp_path / "field-encryption-key").read_text() == first["field_keys"][0]
     assert "*" not in first["allowed_hosts"]
     assert first["session_cookie_secure"] is False
+
+
+@pytest.mark.parametrize(
+    ("url", "seconds"),
+    [
+        ("postgres://postgres@db.internal/sb", 3),
+        ("postgres://postgres@db.internal/sb?connect_timeout=7", 7),
+    ],
+)
+def test_a_database_that_cannot_be_reached_fails_a_connection_in_seconds(tmp_path, url, seconds):
+    result = _run(tmp_path, DATABASE_URL=url, **SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert int(json.loads(result.stdout)["db_options"]["connect_timeout"]) == seconds
 
 
 @pytest.mark.parametrize("debug", [{}, {"DEBUG": "false"}])
