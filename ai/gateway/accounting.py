@@ -306,7 +306,12 @@ def has_pending() -> bool:
 
 
 def is_idle() -> bool:
-    """Nothing pending and no flush running (tests wait for this)."""
+    """No flush running and nothing pending that one would write (tests wait for this).
+
+    What a flusher left on a closed event loop waits for the next loop (or exit).
+    """
+    if _flusher is not None and _flusher.get_loop().is_closed():
+        return True
     return not has_pending() and (_flusher is None or _flusher.done())
 
 

@@ -14,6 +14,18 @@ class UsageStatus(models.TextChoices):
     LOST = "lost", "Lost (process died)"
 
 
+def _reference(to: str, **options) -> models.ForeignKey:
+    """A reference that outlives its row: no database constraint, nothing done on delete."""
+    return models.ForeignKey(
+        to,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        related_name="+",
+        **options,
+    )
+
+
 class UsageEvent(models.Model):
     """One admitted request, whatever its end: tokens, cost, timings and who made it."""
 
@@ -22,49 +34,13 @@ class UsageEvent(models.Model):
     # References without database constraints: an admin may delete a user, key, link,
     # model or upstream while its requests are in flight, and their usage must still be
     # written (and outlive the row). ``model_name`` keeps what the id meant.
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        null=True,
-        related_name="+",
-    )
-    organisation = models.ForeignKey(
-        "orgs.Organisation",
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    api_key = models.ForeignKey(
-        "accounts.APIKey",
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    link = models.ForeignKey(
-        "ai.ModelLink",
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    model = models.ForeignKey(
-        "ai.AIModel", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
-    )
+    user = _reference(settings.AUTH_USER_MODEL)
+    organisation = _reference("orgs.Organisation", blank=True)
+    api_key = _reference("accounts.APIKey", blank=True)
+    link = _reference("ai.ModelLink", blank=True)
+    model = _reference("ai.AIModel")
     model_name = models.CharField(max_length=100, blank=True)
-    upstream = models.ForeignKey(
-        "ai.Upstream",
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
+    upstream = _reference("ai.Upstream", blank=True)
     route = models.CharField(max_length=40)
     is_stream = models.BooleanField(default=False)
     status = models.CharField(max_length=20, choices=UsageStatus.choices)

@@ -15,7 +15,7 @@ from orgs.services import wallet_for, wallet_topup
 from panel.db import run_sync
 from panel.localcache import registry_cache
 from tests.ai.conftest import make_model, wait_for_usage
-from tests.servers import RedisServer, TcpProxy
+from tests.servers import RedisServer, TcpProxy, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,17 +29,6 @@ def _chat(world, model: str, key: str | None = None) -> httpx.Response:
         json={"model": model, "messages": HI, "max_tokens": 5},
         timeout=30,
     )
-
-
-def _until(check, timeout: float = 30.0):
-    """Poll ``check`` until it returns something truthy (recovery takes a retry interval)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError("the condition did not hold in time")
 
 
 def _assert_unavailable(response: httpx.Response) -> None:
@@ -102,7 +91,7 @@ def test_limited_links_answer_503_and_unlimited_ones_work_while_redis_is_down(
     assert "Redis is unreachable" in problems[0].getMessage()
 
     own_redis.start() if failure == "killed" else own_redis.resume()
-    _until(lambda: _chat(world, "limited").status_code == 200)
+    wait_for(lambda: _chat(world, "limited").status_code == 200, 30, "Redis to be back")
     assert _chat(world, "billed").status_code == 200
     assert any("Redis answers again" in r.getMessage() for r in caplog.records)
 
@@ -154,4 +143,8 @@ def test_warm_keys_are_served_from_cache_and_cold_ones_get_503_while_the_databas
     for response in cold:
         _assert_unavailable(response)
     database_behind_proxy.restore()
-    _until(lambda: _chat(world, "acme-chat", key=world.bob_key).status_code == 200)
+    wait_for(
+        lambda: _chat(world, "acme-chat", key=world.bob_key).status_code == 200,
+        30,
+        "the database to be back",
+    )

@@ -123,37 +123,15 @@ def test_a_request_cancelled_while_admitted_gives_its_reservation_back(world, al
 
     client, _ = on_redis
     _limit(world, requests_per_minute=5)
-    release = None
 
-    async def scenario():
-        nonlocal release
-        release = asyncio.Event()
-        slow_run = limits._ADMIT.run
-
-        async def held_up(count, packed):
-            await release.wait()
-            return await slow_run(count, packed)
-
+    async def admitting():
         key = await key_info_get(hash_key(world.alice_key))
         resolution = await resolve(
             identity=Identity(user_id=key.user_id, key=key), kinds=CHAT, model_name="acme-chat"
         )
-        limits._ADMIT.run = held_up
-        try:
-            admitting = asyncio.ensure_future(
-                limits.admit(resolution=resolution, body={"messages": HI})
-            )
-            await asyncio.sleep(0.05)
-            admitting.cancel()
-            release.set()
-            with pytest.raises(asyncio.CancelledError):
-                await admitting
-            await asyncio.sleep(0.05)
-        finally:
-            limits._ADMIT.run = slow_run
-        await accounting.flush()
+        return limits.admit(resolution=resolution, body={"messages": HI})
 
-    asyncio.run(scenario())
+    asyncio.run(_cancelled_while_redis_admits(admitting))
 
     assert _total(client, "sb:lim:*:requests_per_minute:*") == 0
     assert UsageEvent.objects.count() == 0
@@ -175,38 +153,43 @@ def test_a_request_cancelled_during_a_wallet_admission_returns_its_hold_and_leav
     wallet_topup(wallet=wallet, amount=Decimal("10"), reason="test")
     world.chat.save()
 
-    async def scenario():
-        release = asyncio.Event()
-        slow_run = limits._ADMIT.run
-
-        async def held_up(count, packed):
-            await release.wait()
-            return await slow_run(count, packed)
-
+    async def preparing():
         key = await key_info_get(hash_key(world.alice_key))
-        limits._ADMIT.run = held_up
-        try:
-            preparing = asyncio.ensure_future(
-                pipeline.prepare(
-                    identity=Identity(user_id=key.user_id, key=key),
-                    route=CHAT_ROUTE,
-                    body={"model": "acme-chat", "messages": HI},
-                    request_id="req_cancelled",
-                )
-            )
-            await asyncio.sleep(0.05)
-            preparing.cancel()
-            release.set()
-            with pytest.raises(asyncio.CancelledError):
-                await preparing
-            await asyncio.sleep(0.05)
-        finally:
-            limits._ADMIT.run = slow_run
-        await accounting.flush()
+        return pipeline.prepare(
+            identity=Identity(user_id=key.user_id, key=key),
+            route=CHAT_ROUTE,
+            body={"model": "acme-chat", "messages": HI},
+            request_id="req_cancelled",
+        )
 
-    asyncio.run(scenario())
+    asyncio.run(_cancelled_while_redis_admits(preparing))
 
     assert int(client.get(f"sb:wallet:{wallet.pk}:held") or 0) == 0
     events = list(UsageEvent.objects.all())
     assert [(e.request_id, e.status) for e in events] == [("req_cancelled", "client_cancelled")]
     assert events[0].cost == 0
+
+
+async def _cancelled_while_redis_admits(make_call) -> None:
+    """Start the coroutine ``make_call()`` gives, cancel it while its admission script is
+    held up, then let the script finish and flush what the cancellation left."""
+    release = asyncio.Event()
+    slow_run = limits._ADMIT.run
+
+    async def held_up(count, packed):
+        await release.wait()
+        return await slow_run(count, packed)
+
+    call = await make_call()
+    limits._ADMIT.run = held_up
+    try:
+        task = asyncio.ensure_future(call)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)
+    finally:
+        limits._ADMIT.run = slow_run
+    await accounting.flush()

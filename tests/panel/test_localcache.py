@@ -9,21 +9,6 @@ from panel.errors import DependencyUnavailable
 from panel.localcache import LocalCache, bump_generation
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(localcache.time, "monotonic", clock)
-    return clock
-
-
 async def test_it_loads_once_and_serves_from_memory(clock):
     cache, calls = LocalCache(), []
     for _ in range(3):

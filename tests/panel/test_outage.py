@@ -2,25 +2,8 @@
 
 import logging
 
-import pytest
-
 from panel import outage as outage_module
 from panel.outage import Outage
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(outage_module.time, "monotonic", clock)
-    return clock
 
 
 def test_a_thousand_failures_log_one_line_per_interval(clock, caplog):
