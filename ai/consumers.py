@@ -14,6 +14,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from panel.errors import ApiError, FeatureDisabled, NotFound
+from panel.parsers import json_loads
 
 from . import services
 from .models import MessageRole, MessageStatus
@@ -56,6 +57,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        # Parsed here, not by Channels: a frame that is not a JSON object (or is
+        # nested past the parser's depth limit) gets an error, never a crash.
+        try:
+            content = json_loads(text_data or bytes_data or b"")
+        except ValueError:
+            content = None
+        if not isinstance(content, dict):
+            await self.send_json({"type": "error", "message": "Unknown request."})
+            return
+        await self.receive_json(content)
 
     async def receive_json(self, content, **kwargs):
         handler = getattr(self, f"on_{content.get('type')}", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from accounts.models import TIER_RANK, Permission, Tier
-from panel.errors import InvalidRequest, ModelNotFound, PermissionDenied
+from panel.errors import InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
 
 from ..gateway import pipeline
 from ..gateway.resolve import caller_get
@@ -53,11 +53,21 @@ async def _reply(identity, request_id, body: dict, extra: dict) -> dict:
             raise
         return {"reply": FALLBACK_REPLY}
     reply = await pipeline.call_json(call)
-    payload = json.loads(reply.body)
-    if reply.status != 200:
-        return payload
-    content = payload["choices"][0]["message"].get("content") or ""
+    content, payload = _reply_content(reply)
     return {"reply": content, "model": payload.get("model"), "usage": payload.get("usage")}
+
+
+def _reply_content(reply) -> tuple[str, dict]:
+    """The reply text of a chat completion; an upstream refusal or odd answer is a 502."""
+    try:
+        payload = json.loads(reply.body)
+        message = payload["choices"][0]["message"]
+        content = message.get("content") or ""
+    except (ValueError, LookupError, TypeError, AttributeError):
+        payload, content = None, None
+    if reply.status != 200 or not isinstance(content, str):
+        raise UpstreamError(f"The model could not answer (HTTP {reply.status}).")
+    return content, payload
 
 
 @ai_route(methods={"POST": Permission.PROXY})

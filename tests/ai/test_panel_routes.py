@@ -131,3 +131,17 @@ def test_it_requires_authentication_on_panel_routes(world):
     for path in ("/api/ai/models", "/api/ai/my-models"):
         assert httpx.get(f"{world.url}{path}").status_code == 401
     assert httpx.post(f"{world.url}/api/ai/chat", json={"message": "Hi"}).status_code == 401
+
+
+def test_an_upstream_refusal_is_a_502_envelope_not_a_200(
+    world, alice, alice_browser, fake_upstream
+):
+    from tests.ai.conftest import make_model
+
+    refusing = make_model("refusing", owner=alice, base_urls=[fake_upstream.base_url(status=400)])
+    refusing.save()  # signal the caches
+
+    response = alice_browser.post("/api/ai/chat", json={"message": "Hi", "modelId": refusing.id})
+
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"

@@ -53,6 +53,32 @@ async def test_it_refuses_a_socket_opened_from_a_foreign_origin(world, alice):
     await communicator.disconnect()
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        "[1, 2]",
+        "42",
+        "[" * 5000 + "]" * 5000,
+        '{"type": ' + "[" * 100 + "]" * 100 + "}",
+    ],
+)
+async def test_a_frame_that_is_not_a_request_gets_an_error_and_the_socket_stays_open(
+    world, alice, frame
+):
+    communicator, connected, _ = await _connect(alice)
+    assert connected
+    await communicator.send_to(text_data=frame)
+    assert await communicator.receive_json_from(timeout=5) == {
+        "type": "error",
+        "message": "Unknown request.",
+    }
+    await communicator.send_json_to({"type": "list"})
+    message, _ = await _until(communicator, "conversations")
+    assert message["conversations"] == []
+    await communicator.disconnect()
+
+
 async def test_it_closes_an_anonymous_socket_with_a_clear_code(world):
     communicator, connected, code = await _connect()
     assert not connected and code == 4401
