@@ -6,8 +6,10 @@ from pathlib import Path
 from tests import openai_schema
 
 ROOT = Path(__file__).resolve().parents[1]
-# A path that climbs out of the repository to the team's shared folder.
-OUTSIDE = re.compile(r"\.\./shared|/shared/reference|parents\[\d\]\s*/\s*\"shared\"")
+# A path that climbs out of the repository to the team's shared folder (spelt in
+# pieces so that this file does not match itself).
+SHARED = "sha" + "red"
+OUTSIDE = re.compile(rf"\.\./{SHARED}|/{SHARED}/reference|parents\[\d\]\s*/\s*\"{SHARED}\"")
 
 
 def test_it_validates_against_a_spec_kept_inside_the_repository():
@@ -25,7 +27,7 @@ def test_no_project_file_reads_outside_the_repository():
     offenders = [
         str(path.relative_to(ROOT))
         for path in files
-        if path.is_file() and path != Path(__file__) and OUTSIDE.search(path.read_text())
+        if path.is_file() and OUTSIDE.search(path.read_text())
     ]
 
     assert offenders == []
