@@ -133,14 +133,8 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
     assert _get(f"{base}/static/admin/css/base.css").status_code == 200
     assert _get(f"http://127.0.0.1:{fake_port}/v1/models").status_code == 200
 
-    # The printed key works through daphne against the demo model.
-    key = output.split("demo API key:   ")[1].split()[0]
-    reply = httpx.post(
-        f"{base}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]},
-        timeout=10,
-    )
+    # The printed key works through the web server against the demo model.
+    key, reply = _chat_with_printed_key(base, output)
     assert reply.status_code == 200, reply.text
     assert reply.json()["model"] == "demo-chat"
     assert f"curl {base}/v1/chat/completions -H 'Authorization: Bearer {key}'" in output
@@ -232,13 +226,7 @@ def test_it_runs_on_postgresql_and_redis_with_a_live_worker_and_beat(tmp_path):
         assert status["database"] == {"reachable": True}
         assert status["redis"] == {"configured": True, "reachable": True}
 
-        key = _log(log).split("demo API key:   ")[1].split()[0]
-        reply = httpx.post(
-            f"{base}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {key}"},
-            json={"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]},
-            timeout=10,
-        )
+        _, reply = _chat_with_printed_key(base, _log(log))
         assert reply.status_code == 200, reply.text
         with psycopg.connect(database.url) as conn:
             heartbeats = conn.execute("SELECT name FROM panel_heartbeat").fetchall()
@@ -248,3 +236,15 @@ def test_it_runs_on_postgresql_and_redis_with_a_live_worker_and_beat(tmp_path):
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) is not None
         assert _refuses(web_port)
+
+
+def _chat_with_printed_key(base: str, output: str) -> tuple[str, httpx.Response]:
+    """The demo key ``make run`` printed, and a chat completion made with it."""
+    key = output.split("demo API key:   ")[1].split()[0]
+    reply = httpx.post(
+        f"{base}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]},
+        timeout=10,
+    )
+    return key, reply
