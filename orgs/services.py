@@ -10,7 +10,6 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Tier
-from panel import redis as sb_redis
 from panel.db import insert_many
 from panel.errors import InvalidRequest, PermissionDenied
 
@@ -19,25 +18,15 @@ from .selectors import can_own, users_addable_by
 
 MICRO = Decimal("0.000001")
 
-# Applies a delta to the Redis copy of a balance only if a copy exists; a
-# missing copy is loaded from the database on the next admission.
-_INCR_IF_EXISTS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
-return nil
-"""
-
 
 def to_micro(amount: Decimal) -> int:
-    """Credits as an integer number of millionths (what Redis counts in)."""
+    """Credits as an integer number of millionths (the gateway's one money unit)."""
     return int((Decimal(amount) / MICRO).to_integral_value())
 
 
-def redis_balance_key(wallet_id: int) -> str:
-    return f"sb:wallet:{wallet_id}:balance"
-
-
-def redis_held_key(wallet_id: int) -> str:
-    return f"sb:wallet:{wallet_id}:held"
+def credits(micro: int) -> Decimal:
+    """Micro-credits back as Decimal credits, exactly (for the rows that store money)."""
+    return Decimal(micro) * MICRO
 
 
 def wallet_for(*, user=None, organisation=None) -> Wallet:
@@ -62,11 +51,6 @@ def _apply(*, wallet: Wallet, kind: str, amount: Decimal, reason: str, by=None, 
             created_by=by,
             request_id=request_id,
         )
-        if sb_redis.is_configured():
-            key, micro = redis_balance_key(wallet.pk), to_micro(amount)
-            transaction.on_commit(
-                lambda: sb_redis.sync_client().eval(_INCR_IF_EXISTS, 1, key, micro)
-            )
     wallet.refresh_from_db(fields=["balance", "held"])
     return entry
 

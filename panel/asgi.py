@@ -38,7 +38,7 @@ async def lifespan_app(scope, receive, send):
     graceful stop (SIGTERM) loses no usage. Daphne has no lifespan; its exit
     runs the same flush from ``atexit``.
     """
-    from ai.gateway import accounting
+    from ai.gateway import pipeline
     from ai.gateway.upstream import close_session
 
     while True:
@@ -46,7 +46,7 @@ async def lifespan_app(scope, receive, send):
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await accounting.shutdown()
+            await pipeline.shutdown()
             await close_session()
             await send({"type": "lifespan.shutdown.complete"})
             return

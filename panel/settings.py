@@ -297,6 +297,9 @@ GATEWAY_USAGE_FLUSH_INTERVAL = env.float("GATEWAY_USAGE_FLUSH_INTERVAL", default
 # The output reserved against token and cost limits when a request sets no
 # max_tokens and its model has no max_output_tokens.
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=1024)
+# With Redis, a process reserves several requests at a time (a lease, ai/gateway/leases.py)
+# and gives back what it has not spent after this many seconds.
+GATEWAY_LEASE_SECONDS = env.float("GATEWAY_LEASE_SECONDS", default=1.0)
 # A gateway process whose heartbeat is older than this is taken as dead, and the
 # reconciler settles the requests it admitted but never recorded (ai/gateway/journal.py).
 GATEWAY_PROCESS_TIMEOUT = env.float("GATEWAY_PROCESS_TIMEOUT", default=30.0)

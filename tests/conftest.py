@@ -96,7 +96,9 @@ def _close_server_connections() -> None:
 @pytest.fixture(autouse=True)
 def fresh_gateway_state(settings, request):
     """Each test starts with empty per-process caches, closed breakers and no pending usage."""
-    from ai.gateway import accounting, journal, limits, router
+    from ai.gateway import journal, ledger, router
+    from ai.gateway.leases import leases
+    from ai.gateway.reservations import plans
     from panel import outage
     from panel.localcache import registry_cache
 
@@ -105,21 +107,22 @@ def fresh_gateway_state(settings, request):
     outage.redis.reset()
     registry_cache.clear()
     router.breaker.reset()
-    limits._plans.forget()  # a lease of an earlier test must not settle into this one's counters
-    accounting.reset()
+    plans.reset()
+    leases.reset()  # a lease of an earlier test must not settle into this one's counters
+    ledger.reset()
     journal.forget()
     yield
-    _wait_for_usage_writes(accounting)
+    _wait_for_usage_writes(ledger)
     registry_cache.clear()
 
 
-def _wait_for_usage_writes(accounting, attempts: int = 500) -> None:
+def _wait_for_usage_writes(ledger, attempts: int = 500) -> None:
     # Usage is written by a background task on the server's loop; let it land
     # before the test's database is flushed under it. Counted in sleeps, not by
     # the clock: some tests stand in for time.monotonic.
     import time
 
     for _ in range(attempts):
-        if accounting.is_idle():
+        if ledger.is_idle():
             return
         time.sleep(0.01)

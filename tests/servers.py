@@ -296,12 +296,20 @@ class TcpProxy:
     def start(self) -> "TcpProxy":
         self.thread.start()
         server = self._call(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.replies = self._call(_open_gate())
         self.server = server
         self.port = server.sockets[0].getsockname()[1]
         return self
 
     def cut(self) -> None:
         self._call(self._set_cut(True))
+
+    def hold(self) -> None:
+        """Keep the server's replies back (requests still reach it) until ``release``."""
+        self.loop.call_soon_threadsafe(self.replies.clear)
+
+    def release(self) -> None:
+        self.loop.call_soon_threadsafe(self.replies.set)
 
     def restore(self) -> None:
         self._call(self._set_cut(False))
@@ -329,16 +337,26 @@ class TcpProxy:
                 return
             up_reader, up_writer = await asyncio.open_connection(*self.target)
             self.transports.add(up_writer.transport)
-            await asyncio.gather(_forward(reader, up_writer), _forward(up_reader, writer))
+            await asyncio.gather(
+                _forward(reader, up_writer), _forward(up_reader, writer, self.replies)
+            )
         except OSError:
             pass
         finally:
             writer.transport.abort()
 
 
-async def _forward(reader, writer) -> None:
+async def _open_gate() -> asyncio.Event:
+    gate = asyncio.Event()
+    gate.set()
+    return gate
+
+
+async def _forward(reader, writer, gate: asyncio.Event | None = None) -> None:
     try:
         while data := await reader.read(65536):
+            if gate is not None:
+                await gate.wait()
             writer.write(data)
             await writer.drain()
     except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from functools import wraps
@@ -93,12 +94,14 @@ def json_body(request) -> dict:
 
 
 def render(result: Reply | Stream) -> HttpResponse:
+    """The gateway's answer on the wire: SSE for a stream, else its JSON (or the raw bytes)."""
     if isinstance(result, Stream):
-        response = StreamingHttpResponse(result.events, content_type="text/event-stream")
+        response = StreamingHttpResponse(result.wire(), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
     else:
-        response = HttpResponse(result.body, status=result.status, content_type="application/json")
+        body = json.dumps(result.payload).encode() if result.payload is not None else result.raw
+        response = HttpResponse(body, status=result.status, content_type="application/json")
     for name, value in result.headers.items():
         response[name] = value
     return response

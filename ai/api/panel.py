@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from accounts.models import TIER_RANK, Permission, Tier
 from panel.errors import InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
 
@@ -53,21 +51,20 @@ async def _reply(identity, request_id, body: dict, extra: dict) -> dict:
             raise
         return {"reply": FALLBACK_REPLY}
     reply = await pipeline.call_json(call)
-    content, payload = _reply_content(reply)
+    payload = reply.payload or {}
+    content = _reply_content(payload)
+    if reply.status != 200 or content is None:
+        raise UpstreamError(f"The model could not answer (HTTP {reply.status}).")
     return {"reply": content, "model": payload.get("model"), "usage": payload.get("usage")}
 
 
-def _reply_content(reply) -> tuple[str, dict]:
-    """The reply text of a chat completion; an upstream refusal or odd answer is a 502."""
+def _reply_content(payload: dict) -> str | None:
+    """The reply text of a chat completion, or None when the answer has none."""
     try:
-        payload = json.loads(reply.body)
-        message = payload["choices"][0]["message"]
-        content = message.get("content") or ""
-    except (ValueError, LookupError, TypeError, AttributeError):
-        payload, content = None, None
-    if reply.status != 200 or not isinstance(content, str):
-        raise UpstreamError(f"The model could not answer (HTTP {reply.status}).")
-    return content, payload
+        content = payload["choices"][0]["message"].get("content") or ""
+    except (LookupError, TypeError, AttributeError):
+        return None
+    return content if isinstance(content, str) else None
 
 
 @ai_route(methods={"POST": Permission.PROXY})

@@ -90,7 +90,7 @@ def redis_add(event: dict, admission) -> bool:
     return conn.fire(pack_command("HSET", inflight_key(process), event["request_id"], value))
 
 
-# A lease (ai/gateway/limits.py) holds reservations no request owns yet. Its journal
+# A lease (ai/gateway/leases.py) holds reservations no request owns yet. Its journal
 # entry is a static field ``lease-N`` (counters, wallet) and running totals of what
 # it holds unspent in ``lease-N:r``, ``:t`` and ``:c`` (requests, tokens, micro-credits).
 _lease_ids = itertools.count(1)

@@ -44,6 +44,10 @@ FAILOVERS = Counter(
 REJECTIONS = Counter(
     "switchboard_limit_rejections_total", "Requests refused by a limit or a wallet.", ["code"]
 )
+ADMISSION_CALLS = Counter(
+    "switchboard_limit_admission_calls_total",
+    "Admission script calls to Redis (fewer than admitted requests while leases serve them).",
+)
 BREAKER_OPEN = Gauge(
     "switchboard_upstream_breaker_open",
     "1 while an upstream's circuit breaker is open in this process.",

@@ -1,8 +1,10 @@
 """The request path end to end, for one admitted request.
 
-``prepare`` resolves and admits; ``call_json`` and ``open_stream`` try the
-model's upstreams in order, failing over while no byte has reached the client;
-every admitted request ends in exactly one ``usage_record``.
+``prepare`` checks, resolves and admits; ``call_json`` and ``open_stream``
+try the model's upstreams in order (``_failover``), failing over while no
+byte has reached the client; every admitted request ends in exactly one
+``usage_record``. What they return is data (``Reply``, ``Stream``): the
+routes and the chat page render it.
 """
 
 from __future__ import annotations
@@ -10,19 +12,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from accounts.authentication import Identity
-from panel import redis as sb_redis
 from panel.errors import ApiError, RateLimited, UpstreamError
 
 from ..models import UsageStatus
-from . import accounting, journal, router, streaming
-from .accounting import Record, Usage, usage_from_block, usage_record
-from .limits import admit
+from ..selectors import UpstreamInfo
+from . import ledger, router, streaming
+from .accounting import Record, usage_record
+from .admission import admit
+from .leases import leases
+from .pricing import estimated_usage, reply_usage
 from .resolve import Resolution, resolve
 from .upstream import RETRYABLE_ERRORS, is_retryable_status, send
 from .validation import body_check
@@ -42,15 +46,38 @@ class Route:
 
 @dataclass(slots=True)
 class Reply:
+    """A whole answer: its JSON object, or the upstream's bytes when it sent no object."""
+
     status: int
-    body: bytes
+    payload: dict | None
+    raw: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class Stream:
-    events: AsyncIterator[bytes]
+    """An answer being streamed: batches of SSE events, as they arrive."""
+
+    batches: AsyncIterator[list[bytes]]
     headers: dict[str, str]
+    failure: str = ""  # set before the error event when the upstream fails mid-stream
+
+    async def wire(self) -> AsyncIterator[bytes]:
+        """The events as bytes for an HTTP client, one write a batch."""
+        async for batch in self.batches:
+            yield b"".join(batch)
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """The content pieces of the reply; a mid-stream failure raises UpstreamError."""
+        try:
+            async for batch in self.batches:
+                if self.failure:
+                    raise UpstreamError(self.failure)
+                for event in batch:
+                    if piece := streaming.event_text(event):
+                        yield piece
+        finally:
+            await self.batches.aclose()
 
 
 @dataclass(slots=True)
@@ -83,150 +110,139 @@ async def prepare(*, identity: Identity, route: Route, body: dict, request_id: s
         is_stream=body.get("stream") is True and route.streams,
         started_at=time.monotonic(),
     )
-    event = _journal_event(record)
     record.admission = await admit(
         resolution=resolution,
         body=body,
         route_name=route.name,
-        event=event,
+        event=record.event_ids(),
         on_cancelled=lambda admission: _record_cancelled(record, admission),
     )
-    record.is_journaled = _journal(event, record.admission)
     return Call(route=route, body=body, resolution=resolution, record=record)
-
-
-def _journal_event(record: Record) -> dict:
-    """The UsageEvent's ids, as the in-flight journal keeps them."""
-    return {
-        "request_id": record.request_id,
-        "route": record.route,
-        "is_stream": record.is_stream,
-        "user_id": record.user_id,
-        "organisation_id": record.organisation_id,
-        "api_key_id": record.api_key_id,
-        "link_id": record.link_id,
-        "model_id": record.model.id,
-        "model_name": record.model.name,
-    }
-
-
-def _journal(event: dict, admission) -> bool:
-    """Journal the admission where a reconciler finds it if this process dies."""
-    if sb_redis.is_configured():
-        return journal.redis_add(event, admission)
-    if admission.is_empty:
-        return False  # nothing reserved; without Redis it is not journalled
-    journal.db_heartbeat_start()
-    return True  # the admission's transaction wrote it
 
 
 def _record_cancelled(record: Record, admission) -> None:
     """A caller that left while its reservation was being made: one event, reservation back."""
     record.admission = admission
     record.status = UsageStatus.CLIENT_CANCELLED
-    record.is_journaled = admission.event is not None and not sb_redis.is_configured()
     _finish(record)
 
 
-def _upstream_body(call: Call, upstream_model_id: str) -> bytes:
-    body = {k: v for k, v in call.body.items() if k not in LOCAL_FIELDS}
-    body["model"] = upstream_model_id
-    if call.record.is_stream:
-        options = body.get("stream_options")
-        options = dict(options) if isinstance(options, dict) else {}
-        call.client_wants_usage = bool(options.get("include_usage"))
-        options["include_usage"] = True
-        body["stream_options"] = options
-    return json.dumps(body).encode()
+async def call_json(call: Call) -> Reply:
+    """Steps 4-7 for a JSON response; the usage event is queued in every case."""
+    try:
+        return await _failover(call, _json_attempt)
+    except asyncio.CancelledError:
+        call.record.status = UsageStatus.CLIENT_CANCELLED
+        raise
+    finally:
+        _finish(call.record)
 
 
-def _elapsed_ms(since: float) -> int:
-    return int((time.monotonic() - since) * 1000)
+async def open_stream(call: Call) -> Stream | Reply:
+    """Find an upstream that sends a first event; fail over until then.
+
+    Returns the stream to relay (its end queues the usage event), or a Reply
+    when the upstream answered with a client error (4xx) before streaming.
+    """
+    try:
+        result = await _failover(call, _stream_attempt)
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            call.record.status = UsageStatus.CLIENT_CANCELLED
+        _finish(call.record)
+        raise
+    if isinstance(result, Reply):
+        _finish(call.record)
+    return result
 
 
-def _headers(call: Call, upstream_name: str, upstream_ms: int) -> dict[str, str]:
-    return {
-        **call.record.admission.headers,
-        "x-request-id": call.record.request_id,
-        "x-switchboard-upstream": upstream_name,
-        "x-switchboard-upstream-ms": str(upstream_ms),
-    }
+async def shutdown() -> None:
+    """Give leases back and write everything pending (ASGI lifespan shutdown)."""
+    leases.release_all()
+    await ledger.shutdown()
 
 
-def _all_failed(call: Call, last_status: int | None, last_error: str) -> ApiError:
-    call.record.status = "upstream_error"
-    call.record.error = last_error
-    if last_status == 429:
+# --- Failover -------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """An upstream's answer after which the next upstream is tried."""
+
+    def __init__(self, status: int | None, error: str) -> None:
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+async def _failover(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitable]):
+    """``attempt`` each upstream in order until one answers; counted by the breaker."""
+    record, model = call.record, call.resolution.model
+    last = _Retry(None, "")
+    await router.breaker.sync()
+    for upstream in router.candidates(model):
+        record.attempts += 1
+        record.upstream_id = upstream.id
+        try:
+            result = await attempt(call, upstream)
+        except _Retry as exc:
+            last = exc
+        except RETRYABLE_ERRORS as exc:
+            last = _Retry(None, f"{upstream.name}: {type(exc).__name__}")
+        else:
+            await router.breaker.record_success(upstream.id, upstream_name=upstream.name)
+            return result
+        await router.breaker.record_failure(
+            upstream.id, upstream_name=upstream.name, model_name=model.name
+        )
+    raise _all_failed(call, last)
+
+
+def _check_status(upstream: UpstreamInfo, status: int) -> None:
+    if is_retryable_status(status):
+        raise _Retry(status, f"{upstream.name}: HTTP {status}")
+
+
+def _all_failed(call: Call, last: _Retry) -> ApiError:
+    call.record.status = UsageStatus.UPSTREAM_ERROR
+    call.record.error = last.error
+    if last.status == 429:
         call.record.http_status = 429
         return RateLimited("Every upstream of this model is rate limited; retry later.")
     call.record.http_status = 502
     return UpstreamError(f"No upstream of model '{call.resolution.model.name}' answered.")
 
 
-async def call_json(call: Call) -> Reply:
-    """Steps 4-7 for a JSON response; the usage event is queued in every case."""
+def _refused(call: Call, upstream: UpstreamInfo, status: int, data: bytes, ms: int) -> Reply:
+    """The upstream refused the request itself (4xx): the client sees its answer."""
     record = call.record
-    try:
-        return await _call_json(call)
-    except asyncio.CancelledError:
-        record.status = "client_cancelled"
-        raise
-    finally:
-        record.latency_ms = _elapsed_ms(record.started_at)
-        usage_record(record)
+    record.status, record.http_status = UsageStatus.UPSTREAM_ERROR, status
+    record.error = f"HTTP {status}"
+    payload = _object(data)
+    return Reply(status, payload, b"" if payload else data, _headers(call, upstream, ms))
 
 
-async def _call_json(call: Call) -> Reply:
-    record, model = call.record, call.resolution.model
-    last_status, last_error = None, ""
-    await router.breaker.sync()
-    for upstream in router.candidates(model):
-        record.attempts += 1
-        record.upstream_id = upstream.id
-        started = time.monotonic()
-        try:
-            response = await send(
-                upstream,
-                call.route.path,
-                _upstream_body(call, upstream.upstream_model_id),
-                request_id=record.request_id,
-            )
-            async with response:
-                data = await response.read()
-        except RETRYABLE_ERRORS as exc:
-            last_status, last_error = None, f"{upstream.name}: {type(exc).__name__}"
-            await router.breaker.record_failure(
-                upstream.id, upstream_name=upstream.name, model_name=model.name
-            )
-            continue
-        if is_retryable_status(response.status):
-            last_status, last_error = response.status, f"{upstream.name}: HTTP {response.status}"
-            await router.breaker.record_failure(
-                upstream.id, upstream_name=upstream.name, model_name=model.name
-            )
-            continue
-        await router.breaker.record_success(upstream.id, upstream_name=upstream.name)
-        upstream_ms = _elapsed_ms(started)
-        headers = _headers(call, upstream.name, upstream_ms)
-        record.http_status = response.status
-        if response.status >= 400:
-            # The upstream refused the request itself (4xx): the client sees its answer.
-            record.status, record.error = "upstream_error", f"HTTP {response.status}"
-            return Reply(response.status, data, headers)
-        return Reply(200, _rewrite_json(call, data, upstream, upstream_ms), headers)
-    raise _all_failed(call, last_status, last_error)
+# --- JSON -----------------------------------------------------------------------------
 
 
-def _rewrite_json(call: Call, data: bytes, upstream, upstream_ms: int) -> bytes:
+async def _json_attempt(call: Call, upstream: UpstreamInfo) -> Reply:
+    started = time.monotonic()
+    response = await _send(call, upstream)
+    async with response:
+        data = await response.read()
+    _check_status(upstream, response.status)
+    upstream_ms = _elapsed_ms(started)
+    if response.status >= 400:
+        return _refused(call, upstream, response.status, data, upstream_ms)
+    call.record.http_status = response.status
+    return _json_reply(call, upstream, data, upstream_ms)
+
+
+def _json_reply(call: Call, upstream: UpstreamInfo, data: bytes, upstream_ms: int) -> Reply:
     """Show the public model name, add the extension block, and read the usage."""
-    record = call.record
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
-        record.usage = Usage(prompt_tokens=accounting.estimate_prompt(call.body), is_estimated=True)
-        return data
+    record, headers = call.record, _headers(call, upstream, upstream_ms)
+    payload = _object(data)
+    if payload is None:
+        record.usage = estimated_usage(call.body)
+        return Reply(200, None, data, headers)
     if "model" in payload:
         payload["model"] = call.resolution.model.name
     payload["x_switchboard"] = {
@@ -235,103 +251,51 @@ def _rewrite_json(call: Call, data: bytes, upstream, upstream_ms: int) -> bytes:
         "response_time_ms": upstream_ms,
         "request_id": record.request_id,
     }
-    record.usage = _json_usage(call, payload)
-    return json.dumps(payload).encode()
+    counts_images = call.route.name == "images.generations"
+    record.usage = reply_usage(payload, call.body, counts_images=counts_images)
+    return Reply(200, payload, b"", headers)
 
 
-def _json_usage(call: Call, payload: dict) -> Usage:
-    images = len(payload.get("data") or ()) if call.route.name == "images.generations" else 0
-    usage = usage_from_block(payload.get("usage"))
-    if usage is None:
-        usage = Usage(
-            prompt_tokens=accounting.estimate_prompt(call.body),
-            completion_tokens=accounting.estimate_tokens(_reply_text(payload)),
-            is_estimated=True,
-        )
-    usage.images = images
-    return usage
-
-
-def _reply_text(payload: dict) -> str:
-    """The generated text of a chat or text completion, for estimates."""
-    parts = []
-    for choice in payload.get("choices") or ():
-        if isinstance(choice, dict):
-            message = choice.get("message") or {}
-            text = choice.get("text") or (
-                message.get("content") if isinstance(message, dict) else ""
-            )
-            parts.append(text if isinstance(text, str) else "")
-    return "".join(parts)
-
-
-async def open_stream(call: Call) -> Stream | Reply:
-    """Find an upstream that sends a first event; fail over until then.
-
-    Returns the stream to relay, or a Reply when the upstream answered with a
-    client error (4xx) before streaming.
-    """
-    record, model = call.record, call.resolution.model
-    last_status, last_error = None, ""
+def _object(data: bytes) -> dict | None:
     try:
-        await router.breaker.sync()
-        for upstream in router.candidates(model):
-            record.attempts += 1
-            record.upstream_id = upstream.id
-            started = time.monotonic()
-            response = None
-            try:
-                response = await send(
-                    upstream,
-                    call.route.path,
-                    _upstream_body(call, upstream.upstream_model_id),
-                    request_id=record.request_id,
-                )
-                if is_retryable_status(response.status):
-                    last_status = response.status
-                    last_error = f"{upstream.name}: HTTP {response.status}"
-                    response.release()
-                    await router.breaker.record_failure(
-                        upstream.id, upstream_name=upstream.name, model_name=model.name
-                    )
-                    continue
-                if response.status >= 400:
-                    data = await response.read()
-                    response.release()
-                    await router.breaker.record_success(upstream.id, upstream_name=upstream.name)
-                    record.status, record.http_status = "upstream_error", response.status
-                    record.error = f"HTTP {response.status}"
-                    _finish(record)
-                    return Reply(response.status, data, _headers(call, upstream.name, 0))
-                batches = streaming.sse_batches(response)
-                first = await anext(batches)
-            except (*RETRYABLE_ERRORS, StopAsyncIteration) as exc:
-                last_status, last_error = None, f"{upstream.name}: {type(exc).__name__}"
-                if response is not None:
-                    response.close()
-                await router.breaker.record_failure(
-                    upstream.id, upstream_name=upstream.name, model_name=model.name
-                )
-                continue
-            await router.breaker.record_success(upstream.id, upstream_name=upstream.name)
-            record.http_status = 200
-            headers = _headers(call, upstream.name, _elapsed_ms(started))
-            return Stream(_relay(call, response, first, batches), headers)
-    except asyncio.CancelledError:
-        record.status = "client_cancelled"
-        _finish(record)
+        payload = json.loads(data)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+# --- Streams --------------------------------------------------------------------------
+
+
+async def _stream_attempt(call: Call, upstream: UpstreamInfo) -> Stream | Reply:
+    started = time.monotonic()
+    response = await _send(call, upstream)
+    try:
+        _check_status(upstream, response.status)
+        if response.status >= 400:
+            data = await response.read()
+            response.release()
+            return _refused(call, upstream, response.status, data, 0)
+        batches = streaming.sse_batches(response)
+        first = await anext(batches, None)
+        if first is None:
+            raise _Retry(None, f"{upstream.name}: the stream ended before its first event")
+    except BaseException:
+        response.close()
         raise
-    error = _all_failed(call, last_status, last_error)
-    _finish(record)
-    raise error
+    call.record.http_status = 200
+    stream = Stream(None, _headers(call, upstream, _elapsed_ms(started)))
+    stream.batches = _relay(call, stream, response, first, batches)
+    return stream
 
 
 async def _relay(
     call: Call,
+    stream: Stream,
     response: aiohttp.ClientResponse,
     first: list[bytes],
     batches: AsyncIterator[list[bytes]],
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[list[bytes]]:
     """Pass events on as they arrive; always ends by queueing the usage event."""
     record = call.record
     relay = streaming.EventRelay(
@@ -350,24 +314,55 @@ async def _relay(
         if not relay.saw_done:
             raise aiohttp.ClientPayloadError("the upstream ended the stream early")
     except RETRYABLE_ERRORS as exc:
-        record.status, record.error = "upstream_error", f"mid-stream: {type(exc).__name__}"
-        yield streaming.error_event("The upstream failed mid-stream; the reply is incomplete.")
+        record.status = UsageStatus.UPSTREAM_ERROR
+        record.error = f"mid-stream: {type(exc).__name__}"
+        stream.failure = "The upstream failed mid-stream; the reply is incomplete."
+        yield [streaming.error_event(UpstreamError(stream.failure))]
     except (asyncio.CancelledError, GeneratorExit):
-        record.status = "client_cancelled"
+        record.status = UsageStatus.CLIENT_CANCELLED
         raise
     finally:
         response.close()
-        record.usage = relay.usage or Usage(
-            prompt_tokens=accounting.estimate_prompt(call.body),
-            completion_tokens=relay.content_events,
-            is_estimated=True,
-        )
+        record.usage = relay.usage or estimated_usage(call.body, relay.content_events)
         _finish(record)
 
 
 def _mark_first_token(record: Record, relay: streaming.EventRelay) -> None:
     if record.ttft_ms is None and relay.content_events:
         record.ttft_ms = _elapsed_ms(record.started_at)
+
+
+# --- Shared ---------------------------------------------------------------------------
+
+
+async def _send(call: Call, upstream: UpstreamInfo) -> aiohttp.ClientResponse:
+    body = _upstream_body(call, upstream.upstream_model_id)
+    return await send(upstream, call.route.path, body, request_id=call.record.request_id)
+
+
+def _upstream_body(call: Call, upstream_model_id: str) -> bytes:
+    body = {k: v for k, v in call.body.items() if k not in LOCAL_FIELDS}
+    body["model"] = upstream_model_id
+    if call.record.is_stream:
+        options = body.get("stream_options")
+        options = dict(options) if isinstance(options, dict) else {}
+        call.client_wants_usage = bool(options.get("include_usage"))
+        options["include_usage"] = True
+        body["stream_options"] = options
+    return json.dumps(body).encode()
+
+
+def _headers(call: Call, upstream: UpstreamInfo, upstream_ms: int) -> dict[str, str]:
+    return {
+        **call.record.admission.headers,
+        "x-request-id": call.record.request_id,
+        "x-switchboard-upstream": upstream.name,
+        "x-switchboard-upstream-ms": str(upstream_ms),
+    }
+
+
+def _elapsed_ms(since: float) -> int:
+    return int((time.monotonic() - since) * 1000)
 
 
 def _finish(record: Record) -> None:

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from .accounting import Usage, usage_from_block
+from panel.errors import ApiError
+
+from .pricing import Usage, usage_from_block
 
 MODEL_RE = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 CONTENT_RE = re.compile(rb'"(?:content|text)"\s*:\s*"(?:[^"\\]|\\.)')
@@ -39,9 +41,28 @@ async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[by
         yield [buffer]
 
 
-def error_event(message: str, *, code: str = "upstream_error") -> bytes:
-    payload = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+def error_event(error: ApiError) -> bytes:
+    """An error as the last event of a stream, in the API's error envelope."""
+    return b"data: " + json.dumps(error.envelope()).encode() + b"\n\n"
+
+
+def event_text(event: bytes) -> str:
+    """The content a chat or text completion event adds (parsed: for readers, not the relay)."""
+    data = event.partition(b"data:")[2].strip()
+    if not data or data == b"[DONE]" or not CONTENT_RE.search(data):
+        return ""
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return ""
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    pieces = []
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict):
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            pieces.append(text if isinstance(text, str) else "")
+    return "".join(pieces)
 
 
 class EventRelay:
@@ -57,9 +78,9 @@ class EventRelay:
         self.content_events = 0
         self.saw_done = False
 
-    def relay_batch(self, events: list[bytes]) -> bytes:
-        """The bytes to send on for a batch of events (possibly empty)."""
-        return b"".join(out for event in events if (out := self.relay(event)))
+    def relay_batch(self, events: list[bytes]) -> list[bytes]:
+        """The events to send on for a batch of events (possibly none)."""
+        return [out for event in events if (out := self.relay(event))]
 
     def relay(self, event: bytes) -> bytes | None:
         """The event to send on, or None to drop it."""

@@ -14,6 +14,10 @@ from __future__ import annotations
 from panel.errors import InvalidRequest
 
 N_MAX = 128  # OpenAI's own bound for chat completions
+# The largest count a request may ask for when its model sets no tighter limit.
+MAX_COUNT = 2**31
+# n and best_of (OpenAI's ranges): how many outputs one request generates.
+COUNT_FIELDS = (("n", 1, 128), ("best_of", 0, 20))
 
 
 def body_check(body: dict, *, required: str) -> None:
@@ -79,3 +83,28 @@ def _check_stream(body: dict) -> None:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _wrong("stream_options", "an object")
+
+
+def bounds_check(body: dict, *, max_output_tokens: int | None) -> None:
+    """Every number an estimate reads is an integer in range; each field is checked on its own."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = _count(body, name, 1, MAX_COUNT)
+        if max_output_tokens and value is not None and value > max_output_tokens:
+            raise InvalidRequest(
+                f"{name} is {value}, above this model's limit of {max_output_tokens}.", param=name
+            )
+    for name, low, high in COUNT_FIELDS:
+        _count(body, name, low, high)
+
+
+def _count(body: dict, name: str, low: int, high: int) -> int | None:
+    """``body[name]``: absent or null, else an integer (not a bool) from ``low`` to ``high``."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_int(value) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer of at least {low}"
+        raise InvalidRequest(f"{name} must be {kind}.", param=name)
+    if value > high:
+        raise InvalidRequest(f"{name} must be at most {high}.", param=name)
+    return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -90,25 +89,6 @@ def chat_body(*, conversation: Conversation, model_id: int | None) -> dict:
     return body
 
 
-def _deltas(batch: bytes) -> list[str]:
-    """Content pieces of a batch of SSE events; an error event raises."""
-    pieces = []
-    for line in batch.split(b"\n"):
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if not data or data == b"[DONE]":
-            continue
-        chunk = json.loads(data)
-        if "error" in chunk:
-            raise UpstreamError(chunk["error"].get("message") or "The model failed mid-reply.")
-        for choice in chunk.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
-            if content:
-                pieces.append(content)
-    return pieces
-
-
 async def chat_stream(*, user_id: int, body: dict) -> tuple[dict, AsyncIterator[str]]:
     """Stream a reply through the gateway (resolution, limits, failover, usage): headers, pieces.
 
@@ -126,13 +106,4 @@ async def chat_stream(*, user_id: int, body: dict) -> tuple[dict, AsyncIterator[
     if isinstance(result, Reply):
         raise UpstreamError(f"The model refused the request (HTTP {result.status}).")
 
-    async def pieces() -> AsyncIterator[str]:
-        events = result.events
-        try:
-            async for batch in events:
-                for piece in _deltas(batch):
-                    yield piece
-        finally:
-            await events.aclose()
-
-    return result.headers, pieces()
+    return result.headers, result.deltas()

@@ -116,7 +116,7 @@ def _dead_processes_redis(client) -> list[str]:
 
 
 def _reconcile_redis(now: datetime) -> int:
-    from ..gateway.limits import SETTLE_LUA
+    from ..gateway.ledger import SETTLE_LUA
 
     client = sb_redis.sync_client()
     settled = 0
@@ -159,7 +159,7 @@ def _leases(fields: dict[str, bytes]) -> list[dict]:
 
 
 def _lease_deltas(leases: list[dict]) -> dict[str, int]:
-    from orgs.services import redis_held_key
+    from ..gateway.reservations import held_key
 
     deltas: dict[str, int] = defaultdict(int)
     for lease in leases:
@@ -167,13 +167,13 @@ def _lease_deltas(leases: list[dict]) -> dict[str, int]:
         for counter, metric in lease["counters"]:
             deltas[counter] -= unspent[metric]
         if lease["wallet_id"] is not None:
-            deltas[redis_held_key(lease["wallet_id"])] -= unspent[COST]
+            deltas[held_key(lease["wallet_id"])] -= unspent[COST]
     return deltas
 
 
 def _settle_entries(entries: list[dict], now: datetime) -> dict[str, int]:
     """Write lost events and charges in the database; the Redis deltas that settle them."""
-    from orgs.services import redis_balance_key, redis_held_key
+    from ..gateway.reservations import balance_key, held_key
 
     events = {
         event.request_id: event
@@ -189,8 +189,8 @@ def _settle_entries(entries: list[dict], now: datetime) -> dict[str, int]:
         for counter, delta in counters.items():
             totals[counter] += delta
         if entry["wallet_id"] is not None:
-            totals[redis_held_key(entry["wallet_id"])] += wallet["held"]
-            totals[redis_balance_key(entry["wallet_id"])] -= wallet["charge"]
+            totals[held_key(entry["wallet_id"])] += wallet["held"]
+            totals[balance_key(entry["wallet_id"])] -= wallet["charge"]
     # The charges of written events were written with them; lost ones are not charged.
     insert_many(UsageEvent, list(LOST_FIELDS), lost)
     return {key: delta for key, delta in totals.items() if delta}

@@ -141,9 +141,9 @@ def test_it_makes_no_database_query_on_a_warm_request(world, monkeypatch, settin
     assert queries == []
     from asgiref.sync import async_to_sync
 
-    from ai.gateway import accounting
+    from ai.gateway import ledger
 
-    async_to_sync(accounting.flush)()
+    async_to_sync(ledger.flush)()
 
 
 @pytest.mark.parametrize(

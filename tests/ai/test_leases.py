@@ -4,12 +4,14 @@ import asyncio
 import os
 import time
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
-from ai.gateway import accounting, limits
+from ai.gateway import admission, ledger
 from ai.models import ModelLink, UsageEvent
 from orgs.services import to_micro, wallet_for, wallet_topup
 from tests.ai.conftest import wait_for_usage
@@ -21,7 +23,7 @@ URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
-def on_redis(settings, monkeypatch):
+def on_redis(settings):
     """Limits in Redis; admission script calls counted; leases given back after 0.2 s."""
     client = redis.Redis.from_url(URL)
     try:
@@ -33,16 +35,22 @@ def on_redis(settings, monkeypatch):
         keys = list(client.scan_iter(pattern))
         if keys:
             client.delete(*keys)
-    monkeypatch.setattr(limits, "LEASE_SECONDS", 0.2)
-    calls = []
-    run = limits._ADMIT.run
+    settings.GATEWAY_LEASE_SECONDS = 0.2
+    return client, AdmissionCalls()
 
-    async def counted(count, packed):
-        calls.append(count)
-        return await run(count, packed)
 
-    monkeypatch.setattr(limits._ADMIT, "run", counted)
-    return client, calls
+class AdmissionCalls:
+    """Admission script calls to Redis since it was made, from the gateway's own metric."""
+
+    def __init__(self) -> None:
+        self.start = self._total()
+
+    @staticmethod
+    def _total() -> float:
+        return REGISTRY.get_sample_value("switchboard_limit_admission_calls_total") or 0
+
+    def __len__(self) -> int:
+        return int(self._total() - self.start)
 
 
 def _limit(world, **fields):
@@ -129,7 +137,12 @@ def test_a_request_cancelled_while_admitted_gives_its_reservation_back(world, al
         resolution = await resolve(
             identity=Identity(user_id=key.user_id, key=key), kinds=CHAT, model_name="acme-chat"
         )
-        return limits.admit(resolution=resolution, body={"messages": HI})
+        return admission.admit(
+            resolution=resolution,
+            body={"messages": HI},
+            route_name="chat.completions",
+            event={"request_id": "req_admitting"},
+        )
 
     asyncio.run(_cancelled_while_redis_admits(admitting))
 
@@ -171,25 +184,27 @@ def test_a_request_cancelled_during_a_wallet_admission_returns_its_hold_and_leav
 
 
 async def _cancelled_while_redis_admits(make_call) -> None:
-    """Start the coroutine ``make_call()`` gives, cancel it while its admission script is
-    held up, then let the script finish and flush what the cancellation left."""
-    release = asyncio.Event()
-    slow_run = limits._ADMIT.run
+    """Start the coroutine ``make_call()`` gives, cancel it while Redis's answer to its
+    admission script is held back (a proxy in between), then let the answer through and
+    flush what the cancellation left."""
+    from django.conf import settings
 
-    async def held_up(count, packed):
-        await release.wait()
-        return await slow_run(count, packed)
+    from tests.servers import TcpProxy
 
+    direct = urlsplit(settings.REDIS_URL)
+    proxy = TcpProxy(direct.hostname, direct.port or 6379).start()
     call = await make_call()
-    limits._ADMIT.run = held_up
+    settings.REDIS_URL = direct._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
     try:
+        proxy.hold()
         task = asyncio.ensure_future(call)
         await asyncio.sleep(0.05)
         task.cancel()
-        release.set()
+        proxy.release()
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.sleep(0.05)
+        await ledger.flush()
     finally:
-        limits._ADMIT.run = slow_run
-    await accounting.flush()
+        settings.REDIS_URL = direct.geturl()
+        proxy.stop()

@@ -110,7 +110,7 @@ def test_each_of_n_choices_reserves_its_own_output(world, backend):
 
 
 def test_a_prompt_bound_counts_every_byte_and_what_a_template_adds():
-    from ai.gateway.accounting import MEDIA_PART_TOKENS, prompt_bound
+    from ai.gateway.pricing import MEDIA_PART_TOKENS, prompt_bound
 
     message = {"role": "user", "name": "al", "content": "naïve"}  # ï is two bytes
     assert prompt_bound({"messages": [message]}) == 8 + 8 + 4 + 2 + 6
@@ -427,7 +427,8 @@ def test_a_model_priced_below_zero_is_refused_rather_than_crediting_the_wallet(
 def test_the_admission_script_refuses_a_negative_amount():
     if not _redis_available():
         pytest.skip("issue 4: needs a Redis server on 127.0.0.1:6379")
-    from ai.gateway.limits import ADMIT_LUA, TOKENS
+    from ai.gateway.leases import ADMIT_LUA
+    from ai.gateway.reservations import TOKENS
 
     client = redis.Redis.from_url(os.environ.get("REDIS_URL") or LOCAL_REDIS)
     key = "sb:lim:link:0:tokens_per_minute:test"
@@ -440,37 +441,40 @@ def test_the_admission_script_refuses_a_negative_amount():
         assert client.get(key) is None
 
 
-def _counter_plan(key: str):
-    from ai.gateway.limits import RATE, TOKENS, Limit, Plan
+def _counter_plan(key: str, wallet_keys: tuple[str, ...] = ()):
+    from ai.gateway.reservations import RATE, TOKENS, Limit, Plan
 
     limit = Limit(key=key, limit=100, reset_at=0, ttl=60, metric=TOKENS, code=RATE, label="tokens")
-    return Plan(None, None, (limit,), (), b"", b"", 0)
+    return Plan(None, None, 0, (limit,), wallet_keys)
 
 
 def test_usage_reported_below_zero_settles_as_nothing_used():
-    from ai.gateway.accounting import Usage
-    from ai.gateway.limits import Admission, settlement_for
+    from ai.gateway.pricing import Usage
+    from ai.gateway.reservations import Admission, settlement_for
 
     admission = Admission(tokens=30, cost=40, wallet_id=1)
     settlement = settlement_for(
         admission,
         usage=Usage(prompt_tokens=-500, completion_tokens=4),
-        cost_micro=-9,
+        cost=-9,
         released=False,
     )
     assert settlement.deltas == (0, 4 - 30, -40)
     assert settlement.charge == 0
 
 
-def test_a_database_settlement_never_takes_a_counter_or_a_hold_below_zero(acme):
-    from ai.gateway.limits import Admission, Settlement, settle_in_database
+def test_a_database_settlement_never_takes_a_counter_or_a_hold_below_zero(settings, acme):
+    from ai.gateway import ledger
+    from ai.gateway.reservations import Admission, Settlement
     from ai.models import LimitCounter
 
+    settings.REDIS_URL = ""  # the database path, whatever this run is configured with
     LimitCounter.objects.create(key="sb:lim:test", value=20, expires_at="2100-01-01T00:00Z")
     wallet = wallet_for(organisation=acme)
     Wallet.objects.filter(pk=wallet.pk).update(held=Decimal("0.000010"))
     admission = Admission(plan=_counter_plan("sb:lim:test"), wallet_id=wallet.pk, cost=50)
-    settle_in_database([Settlement(admission=admission, deltas=(0, -50, -50), charge=0)])
+    ledger.settlement_queue(Settlement(admission=admission, deltas=(0, -50, -50), charge=0))
+    ledger.flush_now()
     assert LimitCounter.objects.get(key="sb:lim:test").value == 0
     wallet.refresh_from_db()
     assert wallet.held == 0
@@ -479,21 +483,21 @@ def test_a_database_settlement_never_takes_a_counter_or_a_hold_below_zero(acme):
 def test_a_redis_settlement_never_takes_a_counter_or_a_hold_below_zero(settings, acme):
     if not _redis_available():
         pytest.skip("issue 4: needs a Redis server on 127.0.0.1:6379")
-    from ai.gateway.limits import Admission, Settlement, settle_in_redis_now
-    from orgs.services import redis_balance_key, redis_held_key
+    from ai.gateway import ledger
+    from ai.gateway.reservations import Admission, Settlement, balance_key, held_key
 
     settings.REDIS_URL = os.environ.get("REDIS_URL") or LOCAL_REDIS
     _clear_redis_state(settings.REDIS_URL)
     client = redis.Redis.from_url(settings.REDIS_URL)
     wallet = wallet_for(organisation=acme)
-    balance, held = redis_balance_key(wallet.pk), redis_held_key(wallet.pk)
+    balance, held = balance_key(wallet.pk), held_key(wallet.pk)
     client.set("sb:lim:test", 20, ex=600)
     client.set(held, 10, ex=600)
     client.set(balance, 5)
-    plan = _counter_plan("sb:lim:test")
-    plan = type(plan)(None, None, plan.limits, (balance, held), b"", b"", 0)
+    plan = _counter_plan("sb:lim:test", (balance, held))
     admission = Admission(plan=plan, wallet_id=wallet.pk, cost=50)
-    settle_in_redis_now([Settlement(admission=admission, deltas=(0, -50, -50), charge=30)])
+    ledger.settlement_queue(Settlement(admission=admission, deltas=(0, -50, -50), charge=30))
+    ledger.flush_now()
     assert int(client.get("sb:lim:test")) == 0 and client.ttl("sb:lim:test") > 0
     assert int(client.get(held)) == 0
     assert int(client.get(balance)) == 5 - 30  # a balance follows the ledger, below zero too
@@ -549,10 +553,10 @@ def test_a_spent_monthly_budget_refuses_even_a_request_that_costs_nothing(world,
 def _wait_for_settlements(timeout: float = 5.0) -> None:
     import time
 
-    from ai.gateway import accounting
+    from ai.gateway import ledger
 
     deadline = time.monotonic() + timeout
-    while not accounting.is_idle():
+    while not ledger.is_idle():
         assert time.monotonic() < deadline, "settlements were not applied"
         time.sleep(0.01)
 
@@ -623,7 +627,7 @@ def test_redis_counters_expire_a_minute_after_their_window(world, settings):
 def test_windows_turn_over_at_utc_minute_day_and_month_boundaries():
     from datetime import UTC, datetime
 
-    from ai.gateway.limits import _Plans
+    from ai.gateway.reservations import Plans
     from ai.selectors import LinkInfo
 
     link = LinkInfo(
@@ -636,7 +640,7 @@ def test_windows_turn_over_at_utc_minute_day_and_month_boundaries():
         is_default=False,
         limits={"requests_per_minute": 5, "tokens_per_day": 100, "cost_per_month": 2},
     )
-    plans = _Plans()
+    plans = Plans()
 
     def keys_at(moment: datetime) -> list[str]:
         return [limit.key for limit in plans.get(link, None, moment.timestamp()).limits]

@@ -15,7 +15,7 @@ import redis
 from asgiref.sync import async_to_sync
 
 from accounts.models import User
-from ai.gateway import accounting
+from ai.gateway import accounting, ledger
 from ai.gateway.accounting import Record
 from ai.models import AIModel, InFlightAdmission, LimitCounter, ModelLink, UsageEvent
 from ai.selectors import registry_get
@@ -162,10 +162,10 @@ def test_one_row_the_database_refuses_does_not_hold_up_the_others(world, caplog)
 
     for request_id, latency in (("req_a", 5), ("req_bad", -5), ("req_b", 7)):
         accounting.usage_record(record(request_id, latency))  # latency_ms must be >= 0
-    async_to_sync(accounting.flush)()
+    async_to_sync(ledger.flush)()
 
     assert sorted(UsageEvent.objects.values_list("request_id", flat=True)) == ["req_a", "req_b"]
-    assert not accounting.has_pending()
+    assert not ledger.has_pending()
     assert "req_bad" in caplog.text
 
 
