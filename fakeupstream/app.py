@@ -18,7 +18,7 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
 ``fail_first``      answer ``status`` (default 500) only for the first K requests carrying this
                     exact option set, then normally
 
-Run: ``python -m ai.fake_upstream --host 127.0.0.1 --port 9100 [--models a,b]``.
+Run: ``python -m fakeupstream --host 127.0.0.1 --port 9100 [--models a,b]``.
 """
 
 from __future__ import annotations
@@ -1005,7 +1005,3 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.host, args.port, models))
     sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    main()
