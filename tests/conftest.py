@@ -64,7 +64,7 @@ def superuser(db):
 @pytest.fixture(scope="session")
 def fake_upstream():
     """The project's fake OpenAI-compatible upstream, a real server on loopback."""
-    from ai.fake_upstream import FakeUpstreamThread
+    from fakeupstream import FakeUpstreamThread
 
     with FakeUpstreamThread() as server:
         yield server

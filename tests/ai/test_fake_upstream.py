@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from ai.fake_upstream import (
+from fakeupstream import (
     DEFAULT_TOKENS,
     FakeUpstreamThread,
     auth_fingerprint,

@@ -242,7 +242,7 @@ def test_it_always_asks_a_streaming_upstream_for_usage(world, acme, fake_upstrea
 
 
 def test_it_sends_the_upstream_key_only_to_the_upstream(world, fake_upstream):
-    from ai.fake_upstream import auth_fingerprint
+    from fakeupstream import auth_fingerprint
     from tests.ai.conftest import UPSTREAM_SECRET
 
     response = httpx.post(

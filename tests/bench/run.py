@@ -175,7 +175,7 @@ def main() -> None:
         ).stdout.strip()
         procs.append(
             start(
-                [py, "-m", "ai.fake_upstream", "--port", str(fake_port)],
+                [py, "-m", "fakeupstream", "--port", str(fake_port)],
                 env,
                 work / "fake.log",
                 OTHER_CORES,

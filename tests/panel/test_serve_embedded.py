@@ -174,10 +174,10 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
         return rows[0][0] if rows else None
 
     _wait_for(lambda: status() == "healthy", 60, "the demo upstream to be healthy")
-    subprocess.run(["pkill", "-f", f"ai.fake_upstream --port {fake_port}"], check=True)
+    subprocess.run(["pkill", "-f", f"fakeupstream --port {fake_port}"], check=True)
     _wait_for(lambda: status() == "unhealthy", 60, "the stopped upstream to be unhealthy")
     revived = subprocess.Popen(
-        [sys.executable, "-m", "ai.fake_upstream", "--port", str(fake_port)], cwd=ROOT
+        [sys.executable, "-m", "fakeupstream", "--port", str(fake_port)], cwd=ROOT
     )
     try:
         _wait_for(lambda: status() in ("healthy", "degraded"), 60, "the upstream to come back")

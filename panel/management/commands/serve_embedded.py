@@ -39,9 +39,7 @@ class Command(BaseCommand):
         self.children: list[subprocess.Popen] = []
         signal.signal(signal.SIGTERM, lambda *_: self._stop(0))
         try:
-            self._start(
-                "fake-upstream", "-m", "ai.fake_upstream", "--port", str(fake_upstream_port)
-            )
+            self._start("fake-upstream", "-m", "fakeupstream", "--port", str(fake_upstream_port))
             admin, password = self._admin()
             demo_seed(upstream_base_url=f"http://127.0.0.1:{fake_upstream_port}/v1", user=admin)
             plain = self._demo_key(admin)

@@ -1,0 +1,160 @@
+"""Scripted answers: what a chat or text completion says, how long it is, and its usage.
+
+Owns the deterministic content (token ``i`` is ``f"tok{i} "``), the rough token counts of
+prompts and messages, and ``Plan``, the decision a completion handler renders as JSON or SSE.
+Also the checks on the request fields a plan reads (``model``, ``max_tokens``, ``prompt``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from fakeupstream.wire import BadRequest
+
+DEFAULT_TOKENS = 20
+
+_TOKEN_CACHE: list[str] = []
+
+
+def tokens(n: int) -> list[str]:
+    """The first ``n`` tokens of every scripted answer."""
+    while len(_TOKEN_CACHE) < n:
+        _TOKEN_CACHE.append(f"tok{len(_TOKEN_CACHE)} ")
+    return _TOKEN_CACHE[:n]
+
+
+@functools.lru_cache(maxsize=256)
+def _content(n: int) -> str:
+    return "".join(tokens(n))
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def _words(text: Any) -> int:
+    return len(text.split()) if isinstance(text, str) else 0
+
+
+def message_words(messages: list[Any]) -> int:
+    """The words in the text parts of chat messages (the fake's prompt token count)."""
+    total = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            total += _words(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
+                    total += _words(part.get("text"))
+                elif isinstance(part, str):
+                    total += _words(part)
+    return total
+
+
+def _is_token_array(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    )
+
+
+def prompt_items(value: Any, field: str) -> list[str | list[int]]:
+    """Normalise a ``prompt``/``input``: string, list of strings, token array(s)."""
+    if isinstance(value, str):
+        return [value]
+    if _is_token_array(value):
+        return [value]
+    if isinstance(value, list) and value:
+        items: list[str | list[int]] = []
+        for item in value:
+            if isinstance(item, str) or _is_token_array(item):
+                items.append(item)
+            else:
+                raise BadRequest(
+                    f"'{field}' items must be strings or arrays of integers", param=field
+                )
+        return items
+    raise BadRequest(
+        f"'{field}' must be a string, an array of strings or an array of token arrays",
+        param=field,
+    )
+
+
+def item_tokens(item: str | list[int]) -> int:
+    return _words(item) if isinstance(item, str) else len(item)
+
+
+# --------------------------------------------------------------------------- request fields
+
+
+def model_of(body: dict[str, Any], default: str) -> str:
+    model = body.get("model")
+    if model is None:
+        return default
+    if not isinstance(model, str):
+        raise BadRequest("'model' must be a string", param="model")
+    return model
+
+
+def optional_int(body: dict[str, Any], field: str, minimum: int = 0) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise BadRequest(f"'{field}' must be an integer >= {minimum}", param=field)
+    return value
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+class Plan:
+    """What to answer for a chat/completions request."""
+
+    __slots__ = (
+        "model",
+        "pieces",
+        "content",
+        "finish",
+        "usage",
+        "stream",
+        "include_usage",
+    )
+
+    def __init__(self, body: dict[str, Any], opts: dict[str, Any], default_model: str, words: int):
+        self.model = model_of(body, default_model)
+        cap = optional_int(body, "max_completion_tokens")
+        if cap is None:
+            cap = optional_int(body, "max_tokens")
+        self.finish = "stop"
+        if opts.get("echo"):
+            self.content = json.dumps(body, sort_keys=True)
+            self.pieces: list[str] | None = None
+            completion_tokens = max(1, len(self.content.split()))
+        else:
+            n = opts.get("tokens", DEFAULT_TOKENS)
+            if cap is not None and cap < n:
+                n = cap
+                self.finish = "length"
+            self.pieces = tokens(n)
+            self.content = _content(n)
+            completion_tokens = n
+        self.usage = None if opts.get("no_usage") else _usage(max(1, words), completion_tokens)
+        self.stream = body.get("stream") is True
+        stream_options = body.get("stream_options")
+        self.include_usage = (
+            isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        )
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
