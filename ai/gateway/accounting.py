@@ -66,10 +66,7 @@ def usage_record(record: Record) -> None:
     admission = record.admission
     settlement = None
     if admission is not None and not admission.is_empty:
-        usage = record.usage
-        # Nothing delivered (a failure, or a client gone before any content): charge nothing.
-        released = record.status != UsageStatus.OK and not (usage.completion_tokens or usage.images)
-        settlement = settlement_for(admission, usage=usage, cost=cost, released=released)
+        settlement = settlement_for(admission, usage=record.usage, cost=cost, status=record.status)
     is_journaled = admission is not None and admission.is_journaled
     ledger.usage_queue(_row(record, cost), settlement, is_journaled=is_journaled)
     observability.request_finished(record)

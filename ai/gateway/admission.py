@@ -17,6 +17,7 @@ from panel import redis as sb_redis
 from panel.db import run_sync
 from panel.errors import DependencyUnavailable
 
+from ..models import UsageStatus
 from . import journal, ledger
 from .leases import redis_admit
 from .observability import REJECTIONS
@@ -87,7 +88,10 @@ def _after_cancel(done: asyncio.Future, admission: Admission, on_cancelled) -> N
 
 def give_back(admission: Admission) -> None:
     """Release the reservation of a request cancelled while it was being admitted."""
-    ledger.settlement_queue(settlement_for(admission, usage=Usage(), cost=0, released=True))
+    cancelled = settlement_for(
+        admission, usage=Usage(), cost=0, status=UsageStatus.CLIENT_CANCELLED
+    )
+    ledger.settlement_queue(cancelled)
 
 
 def _db_admit(admission: Admission) -> None:

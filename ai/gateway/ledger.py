@@ -219,9 +219,7 @@ def flush_now() -> None:
     if redis_part is None or not any(redis_part):
         return
     try:
-        keys, args = _settle_args(redis_part)
-        if len(args) > 1:
-            sb_redis.sync_client().eval(SETTLE_LUA, len(keys), *keys, *args)
+        settle_now(_redis_deltas(redis_part.settlements), redis_part.done)
     except Exception:
         _settle_failed(redis_part)
 
@@ -277,22 +275,28 @@ def _redis_deltas(settlements: list[Settlement]) -> dict[str, int]:
 
 
 def _settle_args(part: Batch) -> tuple[list, list]:
-    """SETTLE_LUA's keys and arguments: counter deltas, then journal entries to drop."""
     return settle_args(_redis_deltas(part.settlements), part.done)
 
 
 _SETTLE = Script(SETTLE_LUA)
 
 
-def settle_args(deltas: dict[str, int], done: list[str]) -> tuple[list, list]:
-    keys = [*deltas, journal.inflight_key(journal.process_name())]
+def settle_args(deltas: dict[str, int], done: list[str], process: str = "") -> tuple[list, list]:
+    """SETTLE_LUA's keys and arguments: deltas, then the journal entries of ``process`` to drop."""
+    keys = [*deltas, journal.inflight_key(process or journal.process_name())]
     return keys, [len(deltas), *deltas.values(), *done]
+
+
+def settle_now(deltas: dict[str, int], done: list[str] = (), *, process: str = "") -> None:
+    """Apply ``deltas`` and drop ``done`` from a journal (default: this process's), from sync code."""
+    keys, args = settle_args(deltas, list(done), process)
+    if len(args) > 1:
+        sb_redis.sync_client().eval(SETTLE_LUA, len(keys), *keys, *args)
 
 
 def balance_add(*, wallet_id: int, micro: int) -> None:
     """Change the Redis copy of a wallet's balance, if it has one (a top-up, a refund)."""
-    keys, args = settle_args({balance_key(wallet_id): micro}, [])
-    sb_redis.sync_client().eval(SETTLE_LUA, len(keys), *keys, *args)
+    settle_now({balance_key(wallet_id): micro})
 
 
 # --- Database ---------------------------------------------------------------------------

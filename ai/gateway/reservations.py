@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from orgs.services import to_micro
 from panel.errors import InsufficientQuota, InternalError, RateLimited
 
+from ..models import UsageStatus
 from .observability import REJECTIONS
 from .pricing import Usage, reserved_amounts
 from .resolve import Resolution
@@ -150,8 +151,13 @@ def reservation_for(resolution: Resolution, body: dict, route_name: str) -> Admi
     return admission
 
 
-def settlement_for(admission: Admission, *, usage: Usage, cost: int, released: bool) -> Settlement:
-    """Deltas that turn the reservation into what was used (all of it back when released)."""
+def settlement_for(admission: Admission, *, usage: Usage, cost: int, status: str) -> Settlement:
+    """Deltas that turn the reservation into what was used, for a request that ended so.
+
+    A request that delivered nothing (it failed, or its client left before any
+    content) gives all of its reservation back and is charged nothing.
+    """
+    released = status != UsageStatus.OK and not (usage.completion_tokens or usage.images)
     if released:
         deltas = (-1, -admission.tokens, -admission.cost)
     else:

@@ -24,6 +24,7 @@ from panel import redis as sb_redis
 from panel.db import insert_many
 
 from ..gateway import journal
+from ..gateway.reservations import COST
 from ..models import GatewayProcess, InFlightAdmission, LimitCounter, UsageEvent, UsageStatus
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ LOST_FIELDS = (
     "latency_ms",
     "attempts",
 )
-REQUESTS, TOKENS, COST = 0, 1, 2
 
 
 def usage_reconcile(*, now: datetime | None = None) -> int:
@@ -86,21 +86,25 @@ def _lost_row(entry: dict, now: datetime) -> tuple:
 
 
 def _deltas(entry: dict, event: UsageEvent | None) -> tuple[dict[str, int], dict[str, int]]:
-    """Counter deltas and wallet (held, charge) changes that settle ``entry``."""
+    """Counter deltas and wallet (held, charge) changes that settle ``entry``.
+
+    The same settlement the dead process would have made: from its written
+    event, or, when none was written, as a request that delivered nothing.
+    """
     from orgs.services import to_micro
 
-    released = event is None or (
-        event.status != UsageStatus.OK and not (event.completion_tokens or event.images)
-    )
-    cost = 0 if event is None else to_micro(event.cost)
-    if released:
-        amounts = (-1, -entry["tokens"], -entry["cost"])
+    from ..gateway.pricing import Usage
+    from ..gateway.reservations import Admission, settlement_for
+
+    admission = Admission(tokens=entry["tokens"], cost=entry["cost"], wallet_id=entry["wallet_id"])
+    if event is None:
+        usage, cost, status = Usage(), 0, UsageStatus.LOST
     else:
-        used = event.prompt_tokens + event.completion_tokens
-        amounts = (0, used - entry["tokens"], cost - entry["cost"])
-    counters = {key: amounts[metric] for key, metric in entry["counters"]}
-    wallet = {"held": -entry["hold"], "charge": 0 if released else cost}
-    return counters, wallet
+        usage = Usage(event.prompt_tokens, event.completion_tokens, event.images)
+        cost, status = to_micro(event.cost), event.status
+    settlement = settlement_for(admission, usage=usage, cost=cost, status=status)
+    counters = {key: settlement.deltas[metric] for key, metric in entry["counters"]}
+    return counters, {"held": -entry["hold"], "charge": settlement.charge}
 
 
 # --- Redis ---------------------------------------------------------------------------
@@ -116,14 +120,14 @@ def _dead_processes_redis(client) -> list[str]:
 
 
 def _reconcile_redis(now: datetime) -> int:
-    from ..gateway.ledger import SETTLE_LUA
+    from ..gateway.ledger import settle_now
 
     client = sb_redis.sync_client()
     settled = 0
     oldest = now.timestamp() - settings.GATEWAY_PROCESS_TIMEOUT
     for process in _dead_processes_redis(client):
-        key = journal.inflight_key(process)
-        fields = {name.decode(): value for name, value in client.hgetall(key).items()}
+        journal_key = journal.inflight_key(process)
+        fields = {name.decode(): value for name, value in client.hgetall(journal_key).items()}
         entries = [
             entry
             for name, value in fields.items()
@@ -136,12 +140,11 @@ def _reconcile_redis(now: datetime) -> int:
         deltas = _settle_entries(entries, now)
         for counter, delta in _lease_deltas(leases).items():
             deltas[counter] = deltas.get(counter, 0) + delta
-        keys = [*deltas, key]
         done = [entry["request_id"] for entry in entries]
         done += [name for lease in leases for name in journal.lease_fields(lease["lease"])]
         # Events first, then counters and the journal in one atomic script: a crash
         # in between is settled again from the events now written.
-        client.eval(SETTLE_LUA, len(keys), *keys, len(deltas), *deltas.values(), *done)
+        settle_now({k: v for k, v in deltas.items() if v}, done, process=process)
         settled += len(entries)
         logger.warning("Reconciled %d requests of dead gateway process %s", len(entries), process)
     return settled

@@ -457,7 +457,7 @@ def test_usage_reported_below_zero_settles_as_nothing_used():
         admission,
         usage=Usage(prompt_tokens=-500, completion_tokens=4),
         cost=-9,
-        released=False,
+        status="ok",
     )
     assert settlement.deltas == (0, 4 - 30, -40)
     assert settlement.charge == 0
