@@ -44,29 +44,10 @@ def ai_route(*, methods: dict[str, str]):
         async def wrapper(request, *args, **kwargs):
             request_id = f"req_{uuid.uuid4().hex}"
             try:
-                permission = methods.get(request.method)
-                if permission is None:
-                    raise MethodNotAllowed(f"{request.method} is not allowed here.")
-                request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would check it
-                if not await ai_enabled_get():
-                    raise FeatureDisabled()
-                identity = await authenticate(request, permission=permission)
+                identity = await _caller(request, methods)
                 response = await view(request, identity, request_id, *args, **kwargs)
-            except (ApiError, FeatureDisabled) as exc:
-                response = error_response(exc)
-            except DisallowedHost:
-                response = error_response(InvalidRequest("Invalid Host header.", code="bad_host"))
-            except DATABASE_ERRORS as exc:
-                # Past the cache (a session, a wallet, limits kept in the database): the
-                # database is down, which is no bug; logged once per interval, not per request.
-                outage.database.failed(exc)
-                response = error_response(
-                    DependencyUnavailable("Switchboard cannot reach its database; retry shortly.")
-                )
-            except Exception:
-                # Served without Django's middleware, so render the 500 here too.
-                logger.exception("Unhandled error in %s", request.path)
-                response = error_response(InternalError())
+            except Exception as exc:
+                response = _error_response(request, exc)
             response["x-request-id"] = request_id
             return response
 
@@ -74,6 +55,34 @@ def ai_route(*, methods: dict[str, str]):
         return wrapper
 
     return decorator
+
+
+async def _caller(request, methods: dict[str, str]):
+    """The authenticated caller, once the method, host and feature flag allow the request."""
+    permission = methods.get(request.method)
+    if permission is None:
+        raise MethodNotAllowed(f"{request.method} is not allowed here.")
+    request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would check it
+    if not await ai_enabled_get():
+        raise FeatureDisabled()
+    return await authenticate(request, permission=permission)
+
+
+def _error_response(request, exc: Exception) -> HttpResponse:
+    """Any exception of an AI view as the API's error envelope (served without middleware)."""
+    if isinstance(exc, ApiError | FeatureDisabled):
+        return error_response(exc)
+    if isinstance(exc, DisallowedHost):
+        return error_response(InvalidRequest("Invalid Host header.", code="bad_host"))
+    if isinstance(exc, DATABASE_ERRORS):
+        # Past the cache (a session, a wallet, limits kept in the database): the
+        # database is down, which is no bug; logged once per interval, not per request.
+        outage.database.failed(exc)
+        return error_response(
+            DependencyUnavailable("Switchboard cannot reach its database; retry shortly.")
+        )
+    logger.exception("Unhandled error in %s", request.path, exc_info=exc)
+    return error_response(InternalError())
 
 
 def json_body(request) -> dict:
