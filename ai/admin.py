@@ -154,18 +154,22 @@ class HealthCheckInline(admin.TabularInline):
         return queryset.filter(id__in=ids)
 
 
-@admin.register(HealthCheck)
-class HealthCheckAdmin(admin.ModelAdmin):
-    list_display = ["checked_at", "upstream", "status", "is_success", "latency_ms", "error"]
-    list_filter = ["status", "is_success"]
-    list_select_related = ["upstream__model"]
-    date_hierarchy = "checked_at"
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Rows the system writes (checks, usage): listed and opened, never added or edited here."""
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(ViewOnlyAdmin):
+    list_display = ["checked_at", "upstream", "status", "is_success", "latency_ms", "error"]
+    list_filter = ["status", "is_success"]
+    list_select_related = ["upstream__model"]
+    date_hierarchy = "checked_at"
 
 
 @admin.register(Upstream)
@@ -265,7 +269,7 @@ class ModelLinkAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(admin.ModelAdmin):
+class UsageEventAdmin(ViewOnlyAdmin):
     list_display = [
         "created_at",
         "request_id",
@@ -284,15 +288,9 @@ class UsageEventAdmin(admin.ModelAdmin):
     search_fields = ["request_id", "model_name", "user__username", "organisation__name"]
     date_hierarchy = "created_at"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(UsageRollup)
-class UsageRollupAdmin(admin.ModelAdmin):
+class UsageRollupAdmin(ViewOnlyAdmin):
     list_display = [
         "period",
         "bucket_start",
@@ -307,12 +305,6 @@ class UsageRollupAdmin(admin.ModelAdmin):
     ]
     list_filter = ["period"]
     date_hierarchy = "bucket_start"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 def usage_dashboard(request):

@@ -1,7 +1,7 @@
 """What this process knows about a dependency being down, and one log line per interval.
 
 The request path asks a dependency (PostgreSQL, Redis) only while it is up,
-or once per RETRY_INTERVAL while it is down, so a dead one costs a request
+or once per GATEWAY_OUTAGE_RETRY_SECONDS while it is down, so a dead one costs a request
 nothing but its fallback. Every failure is counted; a warning is logged at
 most once per LOG_INTERVAL with the number of failures since the last one,
 and one line when a dependency reported down answers again: at most two lines
@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import time
 
+from django.conf import settings
+
 logger = logging.getLogger(__name__)
 
-RETRY_INTERVAL = 1.0
 LOG_INTERVAL = 30.0
 
 
@@ -43,7 +44,9 @@ class Outage:
         now = time.monotonic()
         if now < self.retry_at:
             return False
-        self.retry_at = now + RETRY_INTERVAL  # claimed: others wait for this attempt
+        self.retry_at = (
+            now + settings.GATEWAY_OUTAGE_RETRY_SECONDS
+        )  # claimed: others wait for this attempt
         return True
 
     def failed(self, exc: BaseException) -> None:
@@ -52,7 +55,7 @@ class Outage:
         if self.down_since is None:
             self.down_since = now
         self.failed_at = now
-        self.retry_at = now + RETRY_INTERVAL
+        self.retry_at = now + settings.GATEWAY_OUTAGE_RETRY_SECONDS
         self.unreported += 1
         if self.reported_at is None or now - self.reported_at >= LOG_INTERVAL:
             logger.warning(

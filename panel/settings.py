@@ -312,6 +312,9 @@ GATEWAY_STALE_CACHE_SECONDS = env.float("GATEWAY_STALE_CACHE_SECONDS", default=3
 # The per-process cache keeps at most this many found entries, and as many
 # not-found ones (unknown keys), least recently used dropped first.
 GATEWAY_CACHE_MAX_ENTRIES = env.int("GATEWAY_CACHE_MAX_ENTRIES", default=10_000)
+# While the database or Redis is unreachable, the request path tries it again at
+# most once per this many seconds (panel.outage); meanwhile requests get the fallback.
+GATEWAY_OUTAGE_RETRY_SECONDS = env.float("GATEWAY_OUTAGE_RETRY_SECONDS", default=1.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
 # Read timeouts of the web server's HTTP protocol (panel.http): the whole request line
 # and headers within HTTP_HEADER_TIMEOUT seconds, no body read stalled for longer than

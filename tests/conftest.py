@@ -1,5 +1,7 @@
 """Shared fixtures: the personas alice (org owner), bob (member) and charlie (outsider)."""
 
+import contextlib
+
 import pytest
 
 from orgs.models import Role
@@ -28,6 +30,28 @@ def clock(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(time, "monotonic", clock)
     return clock
+
+
+@pytest.fixture
+def assert_fixed_queries(django_assert_num_queries, django_capture_on_commit_callbacks):
+    """Checks that a list costs the same number of queries with more rows (no N+1).
+
+    ``listed()`` makes the request and returns how many items it listed; ``add_rows()``
+    adds rows for it to list, with their on-commit hooks run (the gateway's cache
+    invalidation), so each request below starts from the same state. The first
+    request is not counted: it leaves behind what every request would (a session).
+    """
+
+    def check(queries: int, listed, add_rows) -> None:
+        lengths = []
+        for is_counted in (False, True, True):
+            with django_capture_on_commit_callbacks(execute=True):
+                add_rows()
+            with django_assert_num_queries(queries) if is_counted else contextlib.nullcontext():
+                lengths.append(listed())
+        assert 0 < lengths[0] < lengths[1] < lengths[2]
+
+    return check
 
 
 @pytest.fixture

@@ -17,33 +17,29 @@ EMBEDDING_ROUTE = Route("embeddings", "embeddings", EMBEDDING, "input")
 IMAGE_ROUTE = Route("images.generations", "images/generations", IMAGE, "prompt")
 
 
-async def _proxy(request, identity, request_id, route: Route):
-    call = await pipeline.prepare(
-        identity=identity, route=route, body=json_body(request), request_id=request_id
-    )
-    if call.record.is_stream:
-        return render(await pipeline.open_stream(call))
-    return render(await pipeline.call_json(call))
+def proxy_view(route: Route):
+    """The POST view relaying ``route`` to its model's upstreams: JSON, or SSE when asked."""
+
+    @ai_route(methods={"POST": Permission.PROXY})
+    async def view(request, identity, request_id):
+        call = await pipeline.prepare(
+            identity=identity, route=route, body=json_body(request), request_id=request_id
+        )
+        if call.record.is_stream:
+            return render(await pipeline.open_stream(call))
+        return render(await pipeline.call_json(call))
+
+    view.__name__ = view.__qualname__ = route.name.replace(".", "_")
+    view.route = route
+    return view
 
 
-@ai_route(methods={"POST": Permission.PROXY})
-async def chat_completions(request, identity, request_id):
-    return await _proxy(request, identity, request_id, CHAT_ROUTE)
-
-
-@ai_route(methods={"POST": Permission.PROXY})
-async def completions(request, identity, request_id):
-    return await _proxy(request, identity, request_id, COMPLETION_ROUTE)
-
-
-@ai_route(methods={"POST": Permission.PROXY})
-async def embeddings(request, identity, request_id):
-    return await _proxy(request, identity, request_id, EMBEDDING_ROUTE)
-
-
-@ai_route(methods={"POST": Permission.PROXY})
-async def images_generations(request, identity, request_id):
-    return await _proxy(request, identity, request_id, IMAGE_ROUTE)
+chat_completions = proxy_view(CHAT_ROUTE)
+completions = proxy_view(COMPLETION_ROUTE)
+embeddings = proxy_view(EMBEDDING_ROUTE)
+images_generations = proxy_view(IMAGE_ROUTE)
+# Each is served at the OpenAI path it relays to (urls.py).
+PROXY_VIEWS = (chat_completions, completions, embeddings, images_generations)
 
 
 def _model_object(model: ModelInfo) -> dict:

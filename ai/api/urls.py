@@ -2,12 +2,9 @@ from django.urls import path
 
 from . import openai, panel, usage
 
-# The same views under every OpenAI base URL the seeds use.
+# The same views under every OpenAI base URL the seeds use; each proxy at its OpenAI path.
 openai_patterns = [
-    path("chat/completions", openai.chat_completions),
-    path("completions", openai.completions),
-    path("embeddings", openai.embeddings),
-    path("images/generations", openai.images_generations),
+    *(path(view.route.path, view) for view in openai.PROXY_VIEWS),
     path("models", openai.models_list),
     path("models/<path:model_name>", openai.model_detail),
 ]

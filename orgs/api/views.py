@@ -21,15 +21,23 @@ from .serializers import (
     OrganisationSerializer,
 )
 
+# What an organisation slug may hold in a URL.
+SLUG_PATTERN = "[-a-zA-Z0-9_]+"
+
 
 @extend_schema(tags=["Organisations"])
-class OrganisationViewSet(viewsets.ModelViewSet):
+class OrganisationResourceViewSet(viewsets.ModelViewSet):
+    """What organisations and their members share: management access and the schema's tag."""
+
+    permission_classes = [ManagementAccess]
+
+
+class OrganisationViewSet(OrganisationResourceViewSet):
     """Organisations: members see theirs, owners and admins edit, staff create."""
 
     serializer_class = OrganisationSerializer
-    permission_classes = [ManagementAccess]
     lookup_field = "slug"
-    lookup_value_regex = "[-a-zA-Z0-9_]+"
+    lookup_value_regex = SLUG_PATTERN
     filterset_fields = ["tier"]
     ordering_fields = ["id", "name", "slug", "created_at"]
     ordering = ["name"]
@@ -59,12 +67,10 @@ class OrganisationViewSet(viewsets.ModelViewSet):
             raise PermissionDenied("Only an owner or admin of this organisation can change it.")
 
 
-@extend_schema(tags=["Organisations"])
-class MemberViewSet(viewsets.ModelViewSet):
+class MemberViewSet(OrganisationResourceViewSet):
     """Members of one organisation and their roles, by user id."""
 
     serializer_class = MemberSerializer
-    permission_classes = [ManagementAccess]
     lookup_field = "user_id"
     lookup_value_regex = "[0-9]+"
     filterset_fields = ["role"]

@@ -3,10 +3,17 @@
 Playwright cannot download its own browser on these machines, so it launches the one
 `make browser` installs from Debian. One browser serves the whole session; each test gets
 a fresh context and page, and leaves a screenshot of where it ended in its ``tmp_path``.
+
+Playwright's sync API runs its own event loop in the thread that starts it and keeps
+that loop marked as running there between calls. In the test thread that would stop
+pytest-asyncio from running the async tests' loops and make Django refuse plain ORM
+calls, so Playwright gets a thread of its own: the tests hold `Remote` stand-ins that
+run every call in that thread and wait for the answer. Event handlers (`page.on`) and
+predicates (`expect_response`) run in Playwright's thread, on Playwright's objects.
 """
 
-import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,48 +33,95 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1280, "height": 900}
 
 
+class PlaywrightThread:
+    """The one thread that may touch Playwright's sync objects."""
+
+    def __init__(self):
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playwright")
+
+    def call(self, function, *args, **kwargs):
+        """Runs function in Playwright's thread and returns (or raises) what it did."""
+        return self.executor.submit(function, *args, **kwargs).result()
+
+    def close(self):
+        self.executor.shutdown(wait=True)
+
+
+class Remote:
+    """A Playwright object seen from the test thread: each use runs in Playwright's thread.
+
+    Attributes and call results that are Playwright objects come back as Remotes too;
+    Remotes passed as arguments are handed back to Playwright as the objects they stand for.
+    Its own names start with an underscore so that they hide none of Playwright's.
+    """
+
+    def __init__(self, thread: PlaywrightThread, target):
+        self._thread = thread
+        self._target = target
+
+    def __getattr__(self, name):
+        value = self._thread.call(getattr, self._target, name)
+        if not callable(value):
+            return self._wrap(value)
+
+        def method(*args, **kwargs):
+            args = [unwrap(arg) for arg in args]
+            kwargs = {key: unwrap(arg) for key, arg in kwargs.items()}
+            return self._wrap(self._thread.call(value, *args, **kwargs))
+
+        return method
+
+    def __enter__(self):
+        return self._wrap(self._thread.call(self._target.__enter__))
+
+    def __exit__(self, *exc_info):
+        return self._thread.call(self._target.__exit__, *exc_info)
+
+    def __repr__(self):
+        return f"Remote({self._target!r})"
+
+    def _wrap(self, value):
+        if isinstance(value, list):
+            return [self._wrap(item) for item in value]
+        if type(value).__module__.startswith("playwright."):
+            return Remote(self._thread, value)
+        return value
+
+
+def unwrap(value):
+    return value._target if isinstance(value, Remote) else value
+
+
+def _launch():
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    return playwright, browser
+
+
+def _stop(playwright, browser):
+    try:
+        browser.close()
+    finally:
+        playwright.stop()
+
+
 @pytest.fixture(scope="session")
-def _playwright_session():
-    """Chromium under Playwright for the session, and the event loop Playwright runs on."""
+def browser():
+    """Chromium under Playwright for the session, run in Playwright's own thread."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
             f"{CHROMIUM} is missing: the e2e tests need Debian's Chromium. Run `make browser`.",
             pytrace=False,
         )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        # Every sync call leaves Playwright's loop marked as running in this thread.
-        loop = asyncio.get_running_loop()
-        asyncio._set_running_loop(None)  # until an e2e test uses it, see _playwright_turn
-        try:
-            yield browser, loop
-        finally:
-            asyncio._set_running_loop(loop)
-            browser.close()
-    # Leaving sync_playwright() ran the loop to its end, which cleared the mark.
-
-
-@pytest.fixture(scope="session")
-def browser(_playwright_session):
-    return _playwright_session[0]
-
-
-@pytest.fixture(autouse=True)
-def _playwright_turn(_playwright_session, monkeypatch):
-    """Lends the thread to Playwright for one e2e test, and takes it back after.
-
-    Playwright's sync API keeps its event loop marked as running in the main thread
-    between calls. Left so after the e2e tests, pytest-asyncio could not run the later
-    async tests' loops; so the mark is set only while an e2e test runs. Meanwhile Django
-    takes the thread for an async one and refuses ORM calls from it, which are in fact
-    plain sync calls here: DJANGO_ALLOW_ASYNC_UNSAFE lets them through for the test.
-    """
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    asyncio._set_running_loop(_playwright_session[1])
+    thread = PlaywrightThread()
     try:
-        yield
+        playwright, browser = thread.call(_launch)
+        try:
+            yield Remote(thread, browser)
+        finally:
+            thread.call(_stop, playwright, browser)
     finally:
-        asyncio._set_running_loop(None)
+        thread.close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@ import re
 from decimal import Decimal
 
 import pytest
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.urls import reverse
@@ -18,7 +19,7 @@ from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
 pytestmark = pytest.mark.django_db
 
 UPSTREAM_SECRET = "sk-upstream-very-secret-value"
-MODELS = sorted(admin.site._registry, key=lambda m: m._meta.label)
+MODELS = sorted(filter(admin.site.is_registered, apps.get_models()), key=lambda m: m._meta.label)
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_it_renders_every_changelist_for_a_superuser(admin_client, populated, mo
 def test_it_renders_every_add_page_a_superuser_may_use(
     admin_client, populated, model, rf, superuser
 ):
-    model_admin = admin.site._registry[model]
+    model_admin = admin.site.get_model_admin(model)
     request = rf.get("/")
     request.user = superuser
     response = admin_client.get(_url(model, "add"))

@@ -71,8 +71,8 @@ async def test_a_value_never_loaded_is_a_503_while_the_database_is_down(clock):
     assert raised.value.status_code == 503 and raised.value.headers["Retry-After"]
 
 
-async def test_it_reloads_in_the_background_once_the_database_is_back(monkeypatch):
-    monkeypatch.setattr(outage, "RETRY_INTERVAL", 0.0)
+async def test_it_reloads_in_the_background_once_the_database_is_back(settings):
+    settings.GATEWAY_OUTAGE_RETRY_SECONDS = 0.0
     cache, offset = LocalCache(), [0.0]
     cache.clock = lambda: 1000.0 + offset[0]
     await cache.get("k", lambda: "old", max_age=5)

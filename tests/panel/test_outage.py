@@ -22,12 +22,12 @@ def test_a_thousand_failures_log_one_line_per_interval(clock, caplog):
     assert [r.getMessage() for r in caplog.records[2:]] == ["Redis answers again after 40.0 s."]
 
 
-def test_while_down_it_is_tried_once_per_retry_interval(clock):
+def test_while_down_it_is_tried_once_per_retry_interval(clock, settings):
     outage = Outage("Redis", "")
     assert outage.may_try() and outage.may_try()  # up: always
     outage.failed(ConnectionError("refused"))
     assert not outage.may_try()
-    clock.now += outage_module.RETRY_INTERVAL
+    clock.now += settings.GATEWAY_OUTAGE_RETRY_SECONDS
     assert outage.may_try()
     assert not outage.may_try()  # the attempt is claimed by the first caller
     outage.recovered()
