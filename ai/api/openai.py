@@ -6,15 +6,10 @@ from accounts.models import Permission
 from panel.errors import ModelNotFound
 
 from ..gateway import pipeline
-from ..gateway.pipeline import Route
-from ..gateway.resolve import CHAT, COMPLETION, EMBEDDING, IMAGE, caller_get
+from ..gateway.pipeline import CHAT_ROUTE, COMPLETION_ROUTE, EMBEDDING_ROUTE, IMAGE_ROUTE, Route
+from ..gateway.resolve import caller_get
 from ..selectors import ModelInfo, models_for_caller, registry_get
 from .base import ai_route, json_body, json_response, render
-
-CHAT_ROUTE = Route("chat.completions", "chat/completions", CHAT, "messages", streams=True)
-COMPLETION_ROUTE = Route("completions", "completions", COMPLETION, "prompt", streams=True)
-EMBEDDING_ROUTE = Route("embeddings", "embeddings", EMBEDDING, "input")
-IMAGE_ROUTE = Route("images.generations", "images/generations", IMAGE, "prompt")
 
 
 def proxy_view(route: Route):

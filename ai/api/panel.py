@@ -9,7 +9,6 @@ from ..gateway import pipeline
 from ..gateway.resolve import caller_get
 from ..selectors import models_for_caller, registry_get, usable_links
 from .base import ai_route, json_body, json_response
-from .openai import CHAT_ROUTE
 
 FALLBACK_REPLY = (
     "AI chat is not set up for your account yet. Ask an administrator to assign you a model."
@@ -44,7 +43,7 @@ async def _reply(identity, request_id, body: dict, extra: dict) -> dict:
         chat["modelId"] = body["modelId"]
     try:
         call = await pipeline.prepare(
-            identity=identity, route=CHAT_ROUTE, body=chat, request_id=request_id
+            identity=identity, route=pipeline.CHAT_ROUTE, body=chat, request_id=request_id
         )
     except ModelNotFound:
         if "modelId" in chat:

@@ -27,7 +27,7 @@ from .accounting import Record, usage_record
 from .admission import admit
 from .leases import leases
 from .pricing import estimated_usage, reply_usage
-from .resolve import Resolution, resolve
+from .resolve import CHAT, COMPLETION, EMBEDDING, IMAGE, Resolution, resolve
 from .upstream import RETRYABLE_ERRORS, is_retryable_status, send
 from .validation import body_check
 
@@ -42,6 +42,12 @@ class Route:
     kinds: frozenset[str]
     required: str  # the body field the route cannot do without
     streams: bool = False
+
+
+CHAT_ROUTE = Route("chat.completions", "chat/completions", CHAT, "messages", streams=True)
+COMPLETION_ROUTE = Route("completions", "completions", COMPLETION, "prompt", streams=True)
+EMBEDDING_ROUTE = Route("embeddings", "embeddings", EMBEDDING, "input")
+IMAGE_ROUTE = Route("images.generations", "images/generations", IMAGE, "prompt")
 
 
 @dataclass(slots=True)

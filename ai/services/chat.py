@@ -94,11 +94,9 @@ async def chat_stream(*, user_id: int, body: dict) -> tuple[dict, AsyncIterator[
 
     The same functions serve /v1/chat/completions; nothing here calls the HTTP API.
     """
-    from ..api.openai import CHAT_ROUTE
-
     call = await pipeline.prepare(
         identity=Identity(user_id=user_id, key=None),
-        route=CHAT_ROUTE,
+        route=pipeline.CHAT_ROUTE,
         body=body,
         request_id=f"req_{uuid.uuid4().hex}",
     )

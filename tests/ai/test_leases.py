@@ -155,7 +155,6 @@ def test_a_request_cancelled_during_a_wallet_admission_returns_its_hold_and_leav
 ):
     from accounts.authentication import Identity
     from accounts.models import hash_key
-    from ai.api.openai import CHAT_ROUTE
     from ai.gateway import pipeline
     from ai.selectors import key_info_get
 
@@ -170,7 +169,7 @@ def test_a_request_cancelled_during_a_wallet_admission_returns_its_hold_and_leav
         key = await key_info_get(hash_key(world.alice_key))
         return pipeline.prepare(
             identity=Identity(user_id=key.user_id, key=key),
-            route=CHAT_ROUTE,
+            route=pipeline.CHAT_ROUTE,
             body={"model": "acme-chat", "messages": HI},
             request_id="req_cancelled",
         )
