@@ -47,17 +47,21 @@ class Record:
 
     def event_ids(self) -> dict:
         """The UsageEvent's ids, as the in-flight journal keeps them."""
-        return {
-            "request_id": self.request_id,
-            "route": self.route,
-            "is_stream": self.is_stream,
-            "user_id": self.user_id,
-            "organisation_id": self.organisation_id,
-            "api_key_id": self.api_key_id,
-            "link_id": self.link_id,
-            "model_id": self.model.id,
-            "model_name": self.model.name,
-        }
+        ids = {name: getattr(self, name) for name in EVENT_ID_FIELDS}
+        ids.update(model_id=self.model.id, model_name=self.model.name)
+        return ids
+
+
+# What a reconciler needs to write a request's event if this process dies first.
+EVENT_ID_FIELDS = (
+    "request_id",
+    "route",
+    "is_stream",
+    "user_id",
+    "organisation_id",
+    "api_key_id",
+    "link_id",
+)
 
 
 def usage_record(record: Record) -> None:
