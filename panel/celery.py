@@ -1,4 +1,5 @@
-"""The Celery app; reads CELERY_* settings, finds tasks in every installed app."""
+"""The Celery app: reads CELERY_* settings, finds tasks in every installed app, and holds
+beat's schedule, to which each app adds its own entries (``schedule``)."""
 
 import os
 
