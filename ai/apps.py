@@ -6,6 +6,9 @@ class AiConfig(AppConfig):
     verbose_name = "AI models"
 
     def ready(self):
-        from . import signals
+        from panel import celery
+
+        from . import signals, tasks
 
         signals.connect()
+        celery.schedule(tasks.beat_schedule())

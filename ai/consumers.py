@@ -13,7 +13,7 @@ import contextlib
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from panel.errors import ApiError, FeatureDisabled, NotFound
+from panel.errors import ApiError, ErrorCode, FeatureDisabled, NotFound
 from panel.parsers import json_loads
 
 from . import services
@@ -29,14 +29,14 @@ def plain_words(exc: Exception) -> str:
         return "AI chat is turned off by the administrator."
     code = getattr(exc, "code", "")
     retry = getattr(exc, "headers", {}).get("Retry-After")
-    if code in ("rate_limit_exceeded", "quota_exceeded"):
+    if code in (ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.QUOTA_EXCEEDED):
         when = f" It resets in {retry} seconds." if retry else ""
         return f"You have reached your usage limit for this model.{when}"
-    if code == "insufficient_quota":
+    if code == ErrorCode.INSUFFICIENT_QUOTA:
         return "Your balance is too low for this request. Ask an administrator to top it up."
-    if code in ("model_not_available", "upstream_error"):
+    if code in (ErrorCode.MODEL_NOT_AVAILABLE, ErrorCode.UPSTREAM_ERROR):
         return "The model is unavailable right now. Please try again in a moment."
-    if code == "model_not_found":
+    if code == ErrorCode.MODEL_NOT_FOUND:
         return "This model is not available to you."
     return getattr(exc, "message", None) or "Something went wrong."
 

@@ -1,6 +1,7 @@
 """Celery tasks: thin wrappers that call services and own their retry policy."""
 
 from celery import shared_task
+from django.conf import settings
 
 from . import services
 
@@ -30,3 +31,24 @@ def upstreams_check_task() -> None:
 @shared_task(ignore_result=True)
 def health_prune_task() -> None:
     services.health_prune()
+
+
+def beat_schedule() -> dict:
+    """This app's entries of Celery beat's schedule (``ai.apps`` adds them)."""
+    return {
+        "usage-rollup": {
+            "task": usage_rollup_task.name,
+            "schedule": float(settings.USAGE_ROLLUP_INTERVAL),
+        },
+        "usage-prune": {"task": usage_prune_task.name, "schedule": 3600.0},
+        "usage-reconcile": {
+            "task": usage_reconcile_task.name,
+            "schedule": float(settings.USAGE_RECONCILE_INTERVAL),
+        },
+        # Ticks often; each upstream is probed once per its own interval.
+        "upstreams-check": {
+            "task": upstreams_check_task.name,
+            "schedule": float(settings.HEALTH_CHECK_TICK),
+        },
+        "health-prune": {"task": health_prune_task.name, "schedule": 3600.0},
+    }

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts.models import Tier
 from panel.db import insert_many
-from panel.errors import InvalidRequest, PermissionDenied
+from panel.errors import ErrorCode, InvalidRequest, PermissionDenied
 
 from .models import LedgerEntry, LedgerKind, Membership, Organisation, Role, Wallet
 from .selectors import can_own, users_addable_by
@@ -128,7 +128,7 @@ def _require_another_owner(membership) -> None:
     others = membership.organisation.memberships.filter(role=Role.OWNER).exclude(pk=membership.pk)
     if membership.role == Role.OWNER and not others.exists():
         raise InvalidRequest(
-            "An organisation keeps at least one owner.", param="role", code="last_owner"
+            "An organisation keeps at least one owner.", param="role", code=ErrorCode.LAST_OWNER
         )
 
 
@@ -147,12 +147,12 @@ def _addable_user(*, by, username: str | None, email: str | None):
         found = list(candidates.filter(email__iexact=email)[:2])
     param = "username" if username is not None else "email"
     if not found:
-        raise InvalidRequest(NO_ADDABLE_USER, param=param, code="user_not_found")
+        raise InvalidRequest(NO_ADDABLE_USER, param=param, code=ErrorCode.USER_NOT_FOUND)
     if len(found) > 1:
         raise InvalidRequest(
             "Several people you can add have this e-mail address; add one by username.",
             param=param,
-            code="ambiguous_email",
+            code=ErrorCode.AMBIGUOUS_EMAIL,
         )
     return found[0]
 
@@ -168,7 +168,9 @@ def membership_add(
     user = _addable_user(by=by, username=username, email=email)
     if organisation.memberships.filter(user=user).exists():
         param = "username" if username is not None else "email"
-        raise InvalidRequest("This user is already a member.", param=param, code="already_member")
+        raise InvalidRequest(
+            "This user is already a member.", param=param, code=ErrorCode.ALREADY_MEMBER
+        )
     return Membership.objects.create(user=user, organisation=organisation, role=role)
 
 

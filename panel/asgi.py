@@ -13,8 +13,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from ai.api.fastpath import FastPathHandler, is_fast_path  # noqa: E402
 from ai.routing import websocket_urlpatterns  # noqa: E402
-from panel.fastpath import FastPathHandler, is_fast_path  # noqa: E402
 from panel.security import SecurityHeadersMiddleware  # noqa: E402
 
 fast_app = FastPathHandler()

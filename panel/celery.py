@@ -1,4 +1,5 @@
-"""The Celery app; reads CELERY_* settings, finds tasks in every installed app."""
+"""The Celery app: reads CELERY_* settings, finds tasks in every installed app, and holds
+beat's schedule, to which each app adds its own entries (``schedule``)."""
 
 import os
 
@@ -9,3 +10,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "panel.settings")
 app = Celery("switchboard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def schedule(entries: dict) -> None:
+    """Adds entries to beat's schedule; each app adds its own from its ``ready()``."""
+    app.conf.beat_schedule = {**app.conf.beat_schedule, **entries}

@@ -9,6 +9,7 @@ API prefixes render it as the OpenAI envelope
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -21,13 +22,79 @@ logger = logging.getLogger(__name__)
 API_PREFIXES = ("/api/", "/v1/")
 
 
+class ErrorCode(StrEnum):
+    """Every ``code`` an API error carries; the values are the strings clients see."""
+
+    # The request itself
+    INVALID_REQUEST = "invalid_request"
+    INVALID_VALUE = "invalid_value"
+    INVALID_JSON = "invalid_json"
+    REQUEST_TOO_LARGE = "request_too_large"
+    BAD_HOST = "bad_host"
+    INVALID_MODEL_TYPE = "invalid_model_type"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    # Who may do what
+    INVALID_API_KEY = "invalid_api_key"
+    PERMISSION_DENIED = "permission_denied"
+    INSUFFICIENT_PERMISSIONS = "insufficient_permissions"
+    CSRF_FAILED = "csrf_failed"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    TIER_REQUIRED = "tier_required"
+    # Nothing by that name, or not for this caller
+    NOT_FOUND = "not_found"
+    MODEL_NOT_FOUND = "model_not_found"
+    CONVERSATION_NOT_FOUND = "conversation_not_found"
+    DEPLOYMENT_NOT_FOUND = "deployment_not_found"
+    USER_NOT_FOUND = "user_not_found"
+    # Organisations and their members
+    LAST_OWNER = "last_owner"
+    AMBIGUOUS_EMAIL = "ambiguous_email"
+    ALREADY_MEMBER = "already_member"
+    # Limits and money
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    INSUFFICIENT_QUOTA = "insufficient_quota"
+    # Availability
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    MODEL_NOT_AVAILABLE = "model_not_available"
+    FEATURE_DISABLED = "feature_disabled"
+    UPSTREAM_ERROR = "upstream_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+# OpenAI's error ``type`` follows the status; a class may still name its own.
+TYPES = {
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+}
+
+
 class ApiError(Exception):
-    """Base of every error an API route returns; carries its own status and code."""
+    """Base of every error an API route returns; carries its own status and code.
+
+    A subclass names them in its bases: ``class NotFound(ApiError, status=404,
+    code=ErrorCode.NOT_FOUND)``; its ``type`` follows from the status (TYPES).
+    """
 
     status_code = 400
     type = "invalid_request_error"
+    # An ErrorCode; DRF's own codes (``from_drf``) pass through as plain strings.
     code: str | None = None
     default_message = "Invalid request."
+
+    def __init_subclass__(cls, *, status: int | None = None, code: ErrorCode | None = None):
+        super().__init_subclass__()
+        if status is not None:
+            cls.status_code = status
+            if "type" not in cls.__dict__:
+                cls.type = TYPES.get(status, "invalid_request_error")
+        if code is not None:
+            cls.code = code
 
     def __init__(
         self,
@@ -59,64 +126,43 @@ class ApiError(Exception):
         return body
 
 
-class InvalidRequest(ApiError):
-    code = "invalid_request"
+class InvalidRequest(ApiError, code=ErrorCode.INVALID_REQUEST):
+    default_message = "Invalid request."
 
 
-class InvalidModelType(ApiError):
-    code = "invalid_model_type"
+class InvalidModelType(ApiError, code=ErrorCode.INVALID_MODEL_TYPE):
     default_message = "This model cannot be used with this endpoint."
 
 
-class AuthenticationFailed(ApiError):
-    status_code = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
+class AuthenticationFailed(ApiError, status=401, code=ErrorCode.INVALID_API_KEY):
     default_message = "Incorrect or missing API key."
 
 
-class PermissionDenied(ApiError):
-    status_code = 403
-    type = "permission_error"
-    code = "permission_denied"
+class PermissionDenied(ApiError, status=403, code=ErrorCode.PERMISSION_DENIED):
     default_message = "You do not have permission to do this."
 
 
-class InsufficientQuota(ApiError):
-    status_code = 402
-    type = "insufficient_quota"
-    code = "insufficient_quota"
+class InsufficientQuota(ApiError, status=402, code=ErrorCode.INSUFFICIENT_QUOTA):
     default_message = "Insufficient balance."
 
 
-class NotFound(ApiError):
-    status_code = 404
-    code = "not_found"
+class NotFound(ApiError, status=404, code=ErrorCode.NOT_FOUND):
     default_message = "Not found."
 
 
-class ModelNotFound(NotFound):
-    code = "model_not_found"
+class ModelNotFound(NotFound, code=ErrorCode.MODEL_NOT_FOUND):
     default_message = "The model does not exist or you do not have access to it."
 
 
-class MethodNotAllowed(ApiError):
-    status_code = 405
-    code = "method_not_allowed"
+class MethodNotAllowed(ApiError, status=405, code=ErrorCode.METHOD_NOT_ALLOWED):
     default_message = "Method not allowed."
 
 
-class RateLimited(ApiError):
-    status_code = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
+class RateLimited(ApiError, status=429, code=ErrorCode.RATE_LIMIT_EXCEEDED):
     default_message = "Rate limit exceeded."
 
 
-class ServiceUnavailable(ApiError):
-    status_code = 503
-    type = "service_unavailable"
-    code = "service_unavailable"
+class ServiceUnavailable(ApiError, status=503, code=ErrorCode.SERVICE_UNAVAILABLE):
     default_message = "The service is temporarily unavailable."
 
 
@@ -131,23 +177,16 @@ class DependencyUnavailable(ServiceUnavailable):
         self.headers.setdefault("Retry-After", str(self.retry_after))
 
 
-class ModelNotAvailable(ServiceUnavailable):
+class ModelNotAvailable(ServiceUnavailable, code=ErrorCode.MODEL_NOT_AVAILABLE):
     type = "invalid_request_error"
-    code = "model_not_available"
     default_message = "The model has no available upstream."
 
 
-class UpstreamError(ApiError):
-    status_code = 502
-    type = "upstream_error"
-    code = "upstream_error"
+class UpstreamError(ApiError, status=502, code=ErrorCode.UPSTREAM_ERROR):
     default_message = "The upstream failed to answer."
 
 
-class InternalError(ApiError):
-    status_code = 500
-    type = "server_error"
-    code = "internal_error"
+class InternalError(ApiError, status=500, code=ErrorCode.INTERNAL_ERROR):
     default_message = "The server had an error while processing your request."
 
 
@@ -157,7 +196,7 @@ class FeatureDisabled(Exception):
     status_code = 503
 
     def envelope(self) -> dict:
-        return {"error": "feature_disabled"}
+        return {"error": ErrorCode.FEATURE_DISABLED}
 
 
 def error_response(exc: ApiError | FeatureDisabled) -> JsonResponse:
@@ -204,7 +243,7 @@ def _first_error(detail, prefix: str = "") -> tuple[str | None, str]:
 def from_drf(exc: drf_exceptions.APIException) -> ApiError:
     if isinstance(exc, drf_exceptions.ValidationError):
         param, message = _first_error(exc.detail)
-        return InvalidRequest(message, param=param, code="invalid_value")
+        return InvalidRequest(message, param=param, code=ErrorCode.INVALID_VALUE)
     for drf_class, api_class in _DRF_MAP:
         if isinstance(exc, drf_class):
             return api_class(str(exc.detail))

@@ -186,9 +186,7 @@ def _retrieve_exception(task: asyncio.Task) -> None:
 
 async def _read_generation():
     if sb_redis.is_configured():
-        from panel.redis_pipe import connection
-
-        return await connection().execute("GET", GENERATION_KEY)
+        return await sb_redis.connection().execute("GET", GENERATION_KEY)
     return django_cache.get(GENERATION_KEY)
 
 

@@ -1,7 +1,7 @@
 """Security headers on every HTTP response, and the HTTPS redirect, at the ASGI edge.
 
 Django's SecurityMiddleware and XFrameOptionsMiddleware cover only what goes
-through Django's middleware; the gateway's fast path (panel.fastpath) and the
+through Django's middleware; the gateway's fast path (ai.api.fastpath) and the
 static files handler skip it. This wrapper sits in front of all three and
 adds, from a list built once per settings change, each header a response does
 not already carry: nosniff, X-Frame-Options, CSP frame-ancestors,

@@ -244,6 +244,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "panel.openapi.postprocess",
+        "ai.api.openapi.postprocess",
     ],
 }
 

@@ -1,4 +1,4 @@
-"""Real servers for tests: the ASGI app under uvicorn in a thread."""
+"""Real servers for tests: the ASGI app under uvicorn, Redis (TCP or TLS), a TCP proxy."""
 
 import asyncio
 import os
@@ -229,12 +229,69 @@ def send_slowly_until_closed(
     raise AssertionError(f"the server kept the connection open for {bound} s")
 
 
-class RedisServer:
-    """A redis-server of the test's own on a free port, to kill, hang and bring back."""
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, its own CA, and its key: PEM files."""
+    import datetime
+    import ipaddress
 
-    def __init__(self) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    subject_key = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(subject_key, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(subject_key),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "redis.crt", directory / "redis.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, to kill, hang and bring back.
+
+    With ``tls_dir`` it speaks TLS only, with a self-signed certificate written
+    there, and ``url`` is a ``rediss://`` URL that trusts it; ``args`` are more
+    server options (``--user ...``).
+    """
+
+    def __init__(self, *, tls_dir: Path | None = None, args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.options = ["--port", str(self.port)]
+        if tls_dir is not None:
+            self.cert, key = self_signed_certificate(tls_dir)
+            self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.cert}"
+            self.options = ["--port", "0", "--tls-port", str(self.port)]
+            self.options += ["--tls-cert-file", str(self.cert), "--tls-key-file", str(key)]
+            self.options += ["--tls-ca-cert-file", str(self.cert), "--tls-auth-clients", "no"]
+        self.options += list(args)
         self.process = None
 
     def start(self) -> "RedisServer":
@@ -243,15 +300,17 @@ class RedisServer:
         import redis
 
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+            ["redis-server", "--bind", "127.0.0.1", *self.options]
             + ["--save", "", "--appendonly", "no", "--daemonize", "no"],
             stdout=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_timeout=1)
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
         for _ in range(200):
             try:
                 client.ping()
                 return self
+            except redis.AuthenticationError:
+                return self  # it answers; this URL is just not allowed in
             except redis.ConnectionError:
                 threading.Event().wait(0.02)
         raise RuntimeError("redis-server did not start")
@@ -282,7 +341,9 @@ class TcpProxy:
 
     While cut, open connections are dropped and new ones are accepted but never
     answered, as with a host that vanished from the network; ``restore``
-    forwards again.
+    forwards again. While stalled, every connection stays open and nothing is
+    forwarded either way, as with a server that stopped answering; ``resume``
+    forwards what was held and carries on.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -291,12 +352,13 @@ class TcpProxy:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.transports: set = set()
         self.is_cut = False
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self.port = 0
 
     def start(self) -> "TcpProxy":
         self.thread.start()
         server = self._call(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.replies = self._call(_open_gate())
         self.server = server
         self.port = server.sockets[0].getsockname()[1]
         return self
@@ -304,17 +366,17 @@ class TcpProxy:
     def cut(self) -> None:
         self._call(self._set_cut(True))
 
-    def hold(self) -> None:
-        """Keep the server's replies back (requests still reach it) until ``release``."""
-        self.loop.call_soon_threadsafe(self.replies.clear)
-
-    def release(self) -> None:
-        self.loop.call_soon_threadsafe(self.replies.set)
-
     def restore(self) -> None:
         self._call(self._set_cut(False))
 
+    def stall(self) -> None:
+        self.loop.call_soon_threadsafe(self.flowing.clear)
+
+    def resume(self) -> None:
+        self.loop.call_soon_threadsafe(self.flowing.set)
+
     def stop(self) -> None:
+        self.resume()
         self._call(self._set_cut(True))
         self.loop.call_soon_threadsafe(self.server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -338,7 +400,7 @@ class TcpProxy:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
             self.transports.add(up_writer.transport)
             await asyncio.gather(
-                _forward(reader, up_writer), _forward(up_reader, writer, self.replies)
+                _forward(reader, up_writer, self.flowing), _forward(up_reader, writer, self.flowing)
             )
         except OSError:
             pass
@@ -346,17 +408,10 @@ class TcpProxy:
             writer.transport.abort()
 
 
-async def _open_gate() -> asyncio.Event:
-    gate = asyncio.Event()
-    gate.set()
-    return gate
-
-
-async def _forward(reader, writer, gate: asyncio.Event | None = None) -> None:
+async def _forward(reader, writer, flowing: asyncio.Event) -> None:
     try:
         while data := await reader.read(65536):
-            if gate is not None:
-                await gate.wait()
+            await flowing.wait()
             writer.write(data)
             await writer.drain()
     except OSError:

@@ -16,6 +16,7 @@ from panel import outage
 from panel.errors import (
     ApiError,
     DependencyUnavailable,
+    ErrorCode,
     FeatureDisabled,
     InternalError,
     InvalidRequest,
@@ -73,7 +74,7 @@ def _error_response(request, exc: Exception) -> HttpResponse:
     if isinstance(exc, ApiError | FeatureDisabled):
         return error_response(exc)
     if isinstance(exc, DisallowedHost):
-        return error_response(InvalidRequest("Invalid Host header.", code="bad_host"))
+        return error_response(InvalidRequest("Invalid Host header.", code=ErrorCode.BAD_HOST))
     if isinstance(exc, DATABASE_ERRORS):
         # Past the cache (a session, a wallet, limits kept in the database): the
         # database is down, which is no bug; logged once per interval, not per request.
@@ -90,15 +91,17 @@ def json_body(request) -> dict:
     try:
         body = json_loads(request.body or b"null")
     except RequestDataTooBig as exc:
-        raise InvalidRequest("The request body is too large.", code="request_too_large") from exc
+        raise InvalidRequest(
+            "The request body is too large.", code=ErrorCode.REQUEST_TOO_LARGE
+        ) from exc
     except JSONTooDeep as exc:
-        raise InvalidRequest(str(exc), code="invalid_json") from exc
+        raise InvalidRequest(str(exc), code=ErrorCode.INVALID_JSON) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(
-            "We could not parse the JSON body of your request.", code="invalid_json"
+            "We could not parse the JSON body of your request.", code=ErrorCode.INVALID_JSON
         ) from exc
     if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+        raise InvalidRequest("The request body must be a JSON object.", code=ErrorCode.INVALID_JSON)
     return body
 
 

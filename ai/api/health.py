@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from accounts.models import Permission
 from panel.db import run_sync
-from panel.errors import NotFound
+from panel.errors import ErrorCode, NotFound
 
 from ..gateway.resolve import caller_get
 from ..selectors import deployment_health, models_for_caller, registry_get
@@ -22,6 +22,6 @@ async def deployment(request, identity, request_id, model_id: int, upstream_id: 
         )
     if health is None:
         raise NotFound(
-            "No deployment with this id is available to you.", code="deployment_not_found"
+            "No deployment with this id is available to you.", code=ErrorCode.DEPLOYMENT_NOT_FOUND
         )
     return json_response(health)

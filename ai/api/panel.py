@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from accounts.models import TIER_RANK, Permission, Tier
-from panel.errors import InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
+from panel.errors import ErrorCode, InvalidRequest, ModelNotFound, PermissionDenied, UpstreamError
 
 from ..gateway import pipeline
 from ..gateway.resolve import caller_get
@@ -75,7 +75,9 @@ async def chat(request, identity, request_id):
 async def studio(request, identity, request_id):
     user = await caller_get(identity)
     if user.best_tier_rank < TIER_RANK[Tier.PAID]:
-        raise PermissionDenied("AI Studio needs the paid tier or higher.", code="tier_required")
+        raise PermissionDenied(
+            "AI Studio needs the paid tier or higher.", code=ErrorCode.TIER_REQUIRED
+        )
     body = json_body(request)
     extra = {}
     max_tokens, temperature = body.get("maxTokens"), body.get("temperature")

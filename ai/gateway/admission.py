@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from panel import redis as sb_redis
 from panel.db import run_sync
-from panel.errors import DependencyUnavailable
+from panel.errors import DependencyUnavailable, ErrorCode
 
 from ..models import UsageStatus
 from . import journal, ledger
@@ -58,7 +58,7 @@ async def admit(
         except sb_redis.UNREACHABLE as exc:
             # The counters live in Redis: refuse rather than guess. A reservation made
             # just before the connection was lost stays counted, the safe side.
-            REJECTIONS.labels("service_unavailable").inc()
+            REJECTIONS.labels(ErrorCode.SERVICE_UNAVAILABLE).inc()
             raise DependencyUnavailable(
                 "Limits cannot be checked right now (Redis is unreachable); retry shortly."
             ) from exc

@@ -81,7 +81,7 @@ def entry_for(event: dict, admission) -> dict:
 
 def redis_add(event: dict, admission) -> bool:
     """Journal an admission in Redis without waiting; False if Redis cannot take it now."""
-    from panel.redis_pipe import connection, pack_command
+    from panel.redis import connection, pack_command
 
     process = process_name()
     value = json.dumps(entry_for(event, admission), separators=(",", ":"))
@@ -107,7 +107,7 @@ def lease_fields(lease: str | None) -> list[str]:
 
 def redis_lease_grant(lease: str, admission, spare: int) -> None:
     """Journal ``spare`` more requests reserved by a lease, like the one ``admission`` asked for."""
-    from panel.redis_pipe import connection, pack_command
+    from panel.redis import connection, pack_command
 
     conn = connection()
     key = inflight_key(process_name())
@@ -128,7 +128,7 @@ def redis_lease_take(lease: str | None, admission) -> None:
     """One request now owns part of the lease (and journals it as its own)."""
     if lease is None:
         return
-    from panel.redis_pipe import connection, pack_command
+    from panel.redis import connection, pack_command
 
     conn = connection()
     key = inflight_key(process_name())
@@ -147,7 +147,7 @@ def _ensure_heartbeat(conn) -> None:
 
 
 def _beat_redis(conn) -> None:
-    from panel.redis_pipe import pack_command
+    from panel.redis import pack_command
 
     ttl = str(max(1, int(settings.GATEWAY_PROCESS_TIMEOUT)))
     conn.fire(pack_command("SET", alive_key(process_name()), "1", "EX", ttl))
@@ -155,7 +155,7 @@ def _beat_redis(conn) -> None:
 
 async def _heartbeat_loop() -> None:
     from panel.db import run_sync
-    from panel.redis_pipe import connection
+    from panel.redis import connection
 
     while True:
         await asyncio.sleep(HEARTBEAT_SECONDS)

@@ -26,7 +26,7 @@ from django.conf import settings
 from orgs.services import to_micro
 from panel import redis as sb_redis
 from panel.db import run_sync
-from panel.redis_pipe import Script, pack_items
+from panel.redis import Script, pack_items
 
 from . import journal, ledger
 from .observability import ADMISSION_CALLS

@@ -31,7 +31,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, transacti
 from orgs.services import credits
 from panel import redis as sb_redis
 from panel.db import insert_many, run_sync
-from panel.redis_pipe import Script
+from panel.redis import Script
 
 from ..models import UsageEvent
 from . import journal

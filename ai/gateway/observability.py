@@ -13,6 +13,8 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ..models import UsageStatus
+
 logger = logging.getLogger("switchboard.gateway")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -65,7 +67,7 @@ def request_finished(record) -> None:
         TTFT.labels(model).observe(record.ttft_ms / 1000)
     TOKENS.labels(model, "prompt").inc(record.usage.prompt_tokens)
     TOKENS.labels(model, "completion").inc(record.usage.completion_tokens)
-    if record.attempts > 1 and record.status == "ok":
+    if record.attempts > 1 and record.status == UsageStatus.OK:
         FAILOVERS.labels(model).inc()
     if logger.isEnabledFor(logging.INFO):
         logger.info(

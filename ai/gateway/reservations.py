@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from orgs.services import to_micro
-from panel.errors import InsufficientQuota, InternalError, RateLimited
+from panel.errors import ErrorCode, InsufficientQuota, InternalError, RateLimited
 
 from ..models import UsageStatus
 from .observability import REJECTIONS
@@ -29,7 +29,7 @@ from .pricing import Usage, reserved_amounts
 from .resolve import Resolution
 
 logger = logging.getLogger(__name__)
-RATE, QUOTA = "rate_limit_exceeded", "quota_exceeded"
+RATE, QUOTA = ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.QUOTA_EXCEEDED
 REQUESTS, TOKENS, COST = 0, 1, 2  # what a limit counts: an index into Admission.amounts
 METRIC_NAMES = ("requests", "tokens", "cost")
 
@@ -145,7 +145,7 @@ def reservation_for(resolution: Resolution, body: dict, route_name: str) -> Admi
     )
     if link.is_wallet_billed:
         if link.wallet_id is None:
-            REJECTIONS.labels("insufficient_quota").inc()
+            REJECTIONS.labels(ErrorCode.INSUFFICIENT_QUOTA).inc()
             raise InsufficientQuota("This model is billed from a wallet that has no credits.")
         admission.wallet_id = link.wallet_id
     return admission
@@ -315,5 +315,5 @@ def negative(tokens: int, cost: int) -> InternalError:
 
 
 def short_of_credits() -> InsufficientQuota:
-    REJECTIONS.labels("insufficient_quota").inc()
+    REJECTIONS.labels(ErrorCode.INSUFFICIENT_QUOTA).inc()
     return InsufficientQuota("Your balance cannot cover this request; top up your wallet.")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from accounts.authentication import Identity
 from panel.errors import (
     AuthenticationFailed,
+    ErrorCode,
     InvalidModelType,
     ModelNotAvailable,
     ModelNotFound,
@@ -80,7 +81,7 @@ async def resolve(
         raise PermissionDenied(
             f"This API key may not use the model '{model.name}'.",
             param="model",
-            code="model_not_allowed",
+            code=ErrorCode.MODEL_NOT_ALLOWED,
         )
     _check_usable(model, kinds)
     return Resolution(user=user, key=key, model=model, link=link)

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from accounts.authentication import Identity
-from panel.errors import NotFound, UpstreamError
+from panel.errors import ErrorCode, NotFound, UpstreamError
 
 from ..gateway import pipeline
 from ..gateway.pipeline import Reply, Stream
@@ -19,7 +19,7 @@ def conversation_get_for_user(*, user_id: int, conversation_id) -> Conversation:
     """The user's own conversation; anyone else's is simply not found."""
     conversation = Conversation.objects.filter(pk=conversation_id, user_id=user_id).first()
     if conversation is None:
-        raise NotFound("No such conversation.", code="conversation_not_found")
+        raise NotFound("No such conversation.", code=ErrorCode.CONVERSATION_NOT_FOUND)
     return conversation
 
 

@@ -183,9 +183,9 @@ def test_a_request_cancelled_during_a_wallet_admission_returns_its_hold_and_leav
 
 
 async def _cancelled_while_redis_admits(make_call) -> None:
-    """Start the coroutine ``make_call()`` gives, cancel it while Redis's answer to its
-    admission script is held back (a proxy in between), then let the answer through and
-    flush what the cancellation left."""
+    """Start the coroutine ``make_call()`` gives, cancel it while its admission script is
+    held up in a stalled proxy to Redis, then let the script through and flush what the
+    cancellation left."""
     from django.conf import settings
 
     from tests.servers import TcpProxy
@@ -195,11 +195,11 @@ async def _cancelled_while_redis_admits(make_call) -> None:
     call = await make_call()
     settings.REDIS_URL = direct._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
     try:
-        proxy.hold()
+        proxy.stall()
         task = asyncio.ensure_future(call)
         await asyncio.sleep(0.05)
         task.cancel()
-        proxy.release()
+        proxy.resume()
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.sleep(0.05)

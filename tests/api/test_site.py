@@ -4,7 +4,7 @@ from django.contrib.staticfiles import finders
 from django.urls import resolve
 
 from ai.api import openai
-from panel.fastpath import is_fast_path
+from ai.api.fastpath import is_fast_path
 from tests.api.conftest import as_key
 
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from django.http import HttpResponse
 from django.test import override_settings
@@ -108,3 +110,41 @@ def test_it_names_the_failing_field_of_a_validation_error(detail, param, message
 
     error = errors.from_drf(ValidationError(detail))
     assert (error.status_code, error.param, error.message) == (400, param, message)
+
+
+# What each class answers: OpenAI's status, type and code, and the code is an ErrorCode.
+ENVELOPES = [
+    (errors.InvalidRequest, 400, "invalid_request_error", "invalid_request"),
+    (errors.InvalidModelType, 400, "invalid_request_error", "invalid_model_type"),
+    (errors.AuthenticationFailed, 401, "authentication_error", "invalid_api_key"),
+    (errors.InsufficientQuota, 402, "insufficient_quota", "insufficient_quota"),
+    (errors.PermissionDenied, 403, "permission_error", "permission_denied"),
+    (errors.NotFound, 404, "invalid_request_error", "not_found"),
+    (errors.ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (errors.MethodNotAllowed, 405, "invalid_request_error", "method_not_allowed"),
+    (errors.RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
+    (errors.InternalError, 500, "server_error", "internal_error"),
+    (errors.UpstreamError, 502, "upstream_error", "upstream_error"),
+    (errors.ServiceUnavailable, 503, "service_unavailable", "service_unavailable"),
+    (errors.DependencyUnavailable, 503, "service_unavailable", "service_unavailable"),
+    (errors.ModelNotAvailable, 503, "invalid_request_error", "model_not_available"),
+]
+
+
+def _all_subclasses(cls) -> set:
+    return {sub for child in cls.__subclasses__() for sub in (child, *_all_subclasses(child))}
+
+
+def test_every_error_class_is_listed_with_what_it_answers():
+    assert {row[0] for row in ENVELOPES} == _all_subclasses(errors.ApiError)
+
+
+@pytest.mark.parametrize(("error_class", "status", "type_", "code"), ENVELOPES)
+def test_each_error_class_answers_its_status_type_and_code_as_plain_json(
+    error_class, status, type_, code
+):
+    response = errors.error_response(error_class())
+    assert response.status_code == status
+    error = json.loads(response.content)["error"]
+    assert (error["type"], error["code"]) == (type_, code)
+    assert isinstance(error_class.code, errors.ErrorCode)

@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from orgs.models import Organisation
 
-from ...models import AIModel, ModelLink, Upstream
+from ...models import AIModel, HealthStatus, ModelLink, Upstream
 from ...selectors import STATUS_ORDER
 
 
@@ -143,7 +143,7 @@ class AIModelSerializer(ModelCleanMixin, serializers.ModelSerializer):
     def get_status(self, model) -> str:
         """The best health of the model's enabled upstreams."""
         statuses = [u.health_status for u in model.upstreams.all() if u.is_enabled]
-        return min(statuses, key=STATUS_ORDER.index) if statuses else "unknown"
+        return min(statuses, key=STATUS_ORDER.index) if statuses else HealthStatus.UNKNOWN
 
     def update(self, instance, validated_data):
         for name, value in validated_data.items():

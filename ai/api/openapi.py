@@ -1,0 +1,131 @@
+"""The gateway's routes in the OpenAPI document (/api/schema/), described by hand.
+
+The OpenAI, botserver and panel routes are plain async Django views served
+without middleware (``ai.api.fastpath``); they are not DRF views, so the
+generator cannot see them. This drf-spectacular hook describes them instead,
+after the project's own (``panel.openapi``), without touching them.
+"""
+
+from __future__ import annotations
+
+from panel.openapi import ANY_OBJECT, add_paths, operation
+
+REQUEST_SCHEMAS = {
+    "ChatCompletionRequest": {
+        "type": "object",
+        "description": "OpenAI's chat completion request; `stream: true` answers with SSE.",
+        "properties": {
+            "model": {"type": "string", "description": "Default: the caller's default model."},
+            "modelId": {"type": "integer", "description": "A model by id."},
+            "messages": {"type": "array", "items": ANY_OBJECT},
+            "stream": {"type": "boolean"},
+            "max_tokens": {"type": "integer"},
+            "temperature": {"type": "number"},
+        },
+        "required": ["messages"],
+        "additionalProperties": True,
+    },
+    "CompletionRequest": {
+        "type": "object",
+        "properties": {"model": {"type": "string"}, "prompt": {}, "stream": {"type": "boolean"}},
+        "required": ["prompt"],
+        "additionalProperties": True,
+    },
+    "EmbeddingRequest": {
+        "type": "object",
+        "properties": {"model": {"type": "string"}, "input": {}},
+        "required": ["input"],
+        "additionalProperties": True,
+    },
+    "ImageGenerationRequest": {
+        "type": "object",
+        "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}},
+        "required": ["prompt"],
+        "additionalProperties": True,
+    },
+    "PanelChatRequest": {
+        "type": "object",
+        "description": "A message (or messages) for the panel's chat; `modelId` picks a model.",
+        "additionalProperties": True,
+    },
+}
+
+OPENAI_PREFIXES = ("/v1", "/api/v1", "/api/ai/openai/v1")
+MODEL_PARAM = [("model", "path", "string")]
+
+
+def gateway_paths() -> dict[str, dict]:
+    """The fast-path routes (see ``ai.api.urls`` and ``panel.urls``)."""
+    paths: dict[str, dict] = {}
+    for prefix in OPENAI_PREFIXES:
+        tag = "OpenAI"
+        paths.update(
+            {
+                f"{prefix}/chat/completions": {
+                    "post": operation("Create a chat completion", tag, body="ChatCompletionRequest")
+                },
+                f"{prefix}/completions": {
+                    "post": operation("Create a completion", tag, body="CompletionRequest")
+                },
+                f"{prefix}/embeddings": {
+                    "post": operation("Create embeddings", tag, body="EmbeddingRequest")
+                },
+                f"{prefix}/images/generations": {
+                    "post": operation("Generate images", tag, body="ImageGenerationRequest")
+                },
+                f"{prefix}/models": {"get": operation("Models the caller may use", tag)},
+                f"{prefix}/models/{{model}}": {
+                    "get": operation("One model", tag, params=MODEL_PARAM)
+                },
+            }
+        )
+    for name, body in (
+        ("chat/completions", "ChatCompletionRequest"),
+        ("inference", "ChatCompletionRequest"),
+        ("embeddings", "EmbeddingRequest"),
+    ):
+        paths[f"/api/v1/ai/{name}"] = {
+            "post": operation(f"botserver: {name}", "botserver", body=body)
+        }
+    panel = "Panel"
+    paths.update(
+        {
+            "/api/ai/chat": {"post": operation("Chat", panel, body="PanelChatRequest")},
+            "/api/ai/studio": {
+                "post": operation("Studio (paid tier)", panel, body="PanelChatRequest")
+            },
+            "/api/ai/models": {"get": operation("Models for the panel", panel)},
+            "/api/ai/my-models": {"get": operation("The caller's models", panel)},
+            "/api/ai/usage": {
+                "get": operation(
+                    "Usage report",
+                    panel,
+                    params=[
+                        ("from", "query", "string"),
+                        ("to", "query", "string"),
+                        ("group_by", "query", "string"),
+                    ],
+                )
+            },
+            "/api/deployments/{model_id}/health": {
+                "get": operation(
+                    "Deployment health", "Health", params=[("model_id", "path", "integer")]
+                )
+            },
+            "/api/deployments/{model_id}/upstreams/{upstream_id}/health": {
+                "get": operation(
+                    "Upstream health",
+                    "Health",
+                    params=[("model_id", "path", "integer"), ("upstream_id", "path", "integer")],
+                )
+            },
+        }
+    )
+    return paths
+
+
+def postprocess(result, generator, request, public):
+    """Adds the request schemas and the hand-described gateway routes."""
+    result.setdefault("components", {}).setdefault("schemas", {}).update(REQUEST_SCHEMAS)
+    add_paths(result, gateway_paths())
+    return result
