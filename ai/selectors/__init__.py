@@ -1,0 +1,44 @@
+"""Reads of the ``ai`` app, by subject: request-path snapshots, usage reports, health."""
+
+from .health import STATUS_ORDER, deployment_health, model_statuses
+from .snapshots import (
+    KeyInfo,
+    LinkInfo,
+    ModelInfo,
+    Registry,
+    UpstreamInfo,
+    UserInfo,
+    _load_registry,
+    _load_user,
+    ai_enabled_get,
+    key_info_get,
+    models_for_caller,
+    registry_get,
+    usable_links,
+    user_info_get,
+)
+from .usage import USAGE_GROUPS, dashboard_data, usage_scope_filter, usage_summary
+
+__all__ = [
+    "STATUS_ORDER",
+    "USAGE_GROUPS",
+    "KeyInfo",
+    "LinkInfo",
+    "ModelInfo",
+    "Registry",
+    "UpstreamInfo",
+    "UserInfo",
+    "_load_registry",
+    "_load_user",
+    "ai_enabled_get",
+    "dashboard_data",
+    "deployment_health",
+    "key_info_get",
+    "model_statuses",
+    "models_for_caller",
+    "registry_get",
+    "usable_links",
+    "usage_scope_filter",
+    "usage_summary",
+    "user_info_get",
+]
