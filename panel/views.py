@@ -57,12 +57,13 @@ async def readyz(request):
 
 
 def _status_snapshot() -> dict:
+    from ai.models import HealthStatus
     from ai.selectors import model_statuses
 
     heartbeat = Heartbeat.objects.filter(name="beat").first()
     fresh = timedelta(seconds=3 * settings.CELERY_HEARTBEAT_INTERVAL)
     alive = heartbeat is not None and heartbeat.beat_at > timezone.now() - fresh
-    counts = dict.fromkeys(("healthy", "degraded", "unhealthy", "starting", "unknown"), 0)
+    counts = dict.fromkeys(HealthStatus.values, 0)
     for status in model_statuses().values():
         counts[status] += 1
     return {

@@ -18,7 +18,7 @@ from orgs.models import Wallet
 from panel.localcache import registry_cache
 from panel.models import SiteSettings
 
-from ..models import AIModel, ModelLink
+from ..models import AIModel, HealthStatus, ModelLink
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ def _load_registry() -> Registry:
                 health_status=u.health_status,
                 probed_ok_at=(
                     u.last_checked_at.timestamp()
-                    if u.last_checked_at and u.health_status in ("healthy", "degraded")
+                    if u.last_checked_at and HealthStatus.is_serving(u.health_status)
                     else None
                 ),
             )
