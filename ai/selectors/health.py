@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-
-from django.utils import timezone
+from dataclasses import dataclass
+from datetime import datetime
 
 from ..models import AIModel, HealthCheck, HealthStatus, Upstream
 
@@ -24,38 +24,34 @@ def model_statuses() -> dict[int, str]:
     }
 
 
-SERVICE_STATE = {
-    "healthy": "running",
-    "degraded": "degraded",
-    "unhealthy": "down",
-    "starting": "starting",
-    "unknown": "unknown",
-}
+@dataclass(frozen=True, slots=True)
+class DeploymentHealth:
+    """A model's (or one upstream's) health from the last probes of its enabled upstreams."""
+
+    status: str  # HealthStatus: the best of the upstreams'
+    upstream_statuses: dict[str, str]  # HealthStatus by upstream name
+    is_model_active: bool
+    response_time_ms: int | None  # of the latest successful probe
+    last_checked_at: datetime | None
 
 
-def deployment_health(*, model_id: int, upstream_id: int | None = None) -> dict | None:
-    """Seed 001's deployment health for a model, or one of its upstreams."""
+def deployment_health(*, model_id: int, upstream_id: int | None = None) -> DeploymentHealth | None:
+    """The health of a model's deployment, or of one of its upstreams (None if not enabled)."""
     upstreams = list(Upstream.objects.filter(model_id=model_id, is_enabled=True))
     if upstream_id is not None:
         upstreams = [u for u in upstreams if u.pk == upstream_id]
         if not upstreams:
             return None
-    status = HealthStatus.best(u.health_status for u in upstreams)
     latest = (
         HealthCheck.objects.filter(upstream__in=upstreams, is_success=True)
         .values_list("latency_ms", flat=True)
         .first()
     )
     checked = [u.last_checked_at for u in upstreams if u.last_checked_at]
-    model_active = AIModel.objects.filter(pk=model_id, is_active=True).exists()
-    running = model_active and HealthStatus.is_serving(status)
-    return {
-        "status": status,
-        "timestamp": timezone.now().isoformat(),
-        "services": {u.name: SERVICE_STATE[u.health_status] for u in upstreams},
-        "deployment_status": "running"
-        if running
-        else ("starting" if status == HealthStatus.STARTING else "stopped"),
-        "response_time_ms": latest,
-        "last_checked": max(checked).isoformat() if checked else None,
-    }
+    return DeploymentHealth(
+        status=HealthStatus.best(u.health_status for u in upstreams),
+        upstream_statuses={u.name: u.health_status for u in upstreams},
+        is_model_active=AIModel.objects.filter(pk=model_id, is_active=True).exists(),
+        response_time_ms=latest,
+        last_checked_at=max(checked, default=None),
+    )
