@@ -1,25 +1,68 @@
-"""Usage reports from the rollups: what a user may see, summaries, the admin dashboard."""
+"""Usage reports from the rollups: what a user may see, summaries, the admin dashboard.
+
+They return values (dataclasses of ints, Decimals and datetimes); the API view and
+the admin page turn them into their JSON.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import APIKey, User
+from orgs.models import Membership, Organisation, Role
 
-from ..models import AIModel
+from ..models import AIModel, RollupPeriod, UsageRollup
 
-USAGE_GROUPS = ("model", "user", "org", "key", "day", "hour")
+# The rollup column each id grouping reads, and how the group is named.
+ID_GROUPS = {
+    "model": ("model_id", AIModel, "name"),
+    "user": ("user_id", User, "username"),
+    "org": ("organisation_id", Organisation, "slug"),
+    "key": ("api_key_id", APIKey, "prefix"),
+}
+TIME_GROUPS = ("day", "hour")
+USAGE_GROUPS = (*ID_GROUPS, *TIME_GROUPS)
+COUNTED = ("requests", "errors", "prompt_tokens", "completion_tokens", "images")
 
 
-def usage_scope_filter(user: User):
+@dataclass(slots=True)
+class UsageTotals:
+    """Sums over rollup rows."""
+
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    cost: Decimal = Decimal(0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, row: UsageRollup) -> None:
+        for name in COUNTED:
+            setattr(self, name, getattr(self, name) + getattr(row, name))
+        self.cost += row.cost
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGroup:
+    """One group of a summary: an id (None for none) and its name, or a bucket's start."""
+
+    group: int | datetime | None
+    name: str | None
+    totals: UsageTotals
+
+
+def usage_scope_filter(user: User) -> Q:
     """What usage a user may see: their own, their admin orgs', or everything for staff."""
-    from django.db.models import Q
-
-    from orgs.models import Membership, Role
-
     if user.is_staff:
         return Q()
     admin_orgs = Membership.objects.filter(
@@ -28,106 +71,82 @@ def usage_scope_filter(user: User):
     return Q(user_id=user.pk) | Q(organisation_id__in=list(admin_orgs))
 
 
-def usage_summary(*, user: User, start: datetime, end: datetime, group_by: str) -> list[dict]:
+def usage_summary(*, user: User, start: datetime, end: datetime, group_by: str) -> list[UsageGroup]:
     """Usage from rollups between ``start`` and ``end``, grouped, within the user's scope."""
-    from collections import defaultdict
-
-    from orgs.models import Organisation
-
-    from ..models import RollupPeriod, UsageRollup
-
     period = RollupPeriod.DAY if group_by == "day" else RollupPeriod.HOUR
     rows = UsageRollup.objects.filter(
         usage_scope_filter(user), period=period, bucket_start__gte=start, bucket_start__lt=end
     )
-    field = {
-        "model": "model_id",
-        "user": "user_id",
-        "org": "organisation_id",
-        "key": "api_key_id",
-    }.get(group_by)
-    totals: dict = defaultdict(lambda: defaultdict(int))
+    column, model, name_field = ID_GROUPS.get(group_by, (None, None, None))
+    totals: dict = defaultdict(UsageTotals)
     for row in rows:
-        group = getattr(row, field) if field else row.bucket_start
-        bucket = totals[group]
-        for name in ("requests", "errors", "prompt_tokens", "completion_tokens", "images"):
-            bucket[name] += getattr(row, name)
-        bucket["cost"] += row.cost
-    names = {
-        "model": lambda ids: dict(AIModel.objects.filter(pk__in=ids).values_list("pk", "name")),
-        "user": lambda ids: dict(User.objects.filter(pk__in=ids).values_list("pk", "username")),
-        "org": lambda ids: dict(Organisation.objects.filter(pk__in=ids).values_list("pk", "slug")),
-        "key": lambda ids: dict(APIKey.objects.filter(pk__in=ids).values_list("pk", "prefix")),
-    }.get(group_by, lambda ids: {})(list(totals))
-    data = []
-    for group, sums in sorted(totals.items(), key=lambda item: str(item[0])):
-        entry = {"group": group.isoformat() if isinstance(group, datetime) else group or None}
-        if field:
-            entry["name"] = names.get(group)
-        entry.update(sums)
-        entry["total_tokens"] = sums["prompt_tokens"] + sums["completion_tokens"]
-        entry["cost"] = str(sums["cost"])
-        data.append(entry)
-    return data
+        totals[getattr(row, column) if column else row.bucket_start].add(row)
+    names = {}
+    if model is not None:
+        names = dict(model.objects.filter(pk__in=list(totals)).values_list("pk", name_field))
+    # An id of 0 in a rollup means none (no organisation, no key).
+    return [
+        UsageGroup(group=group or None, name=names.get(group), totals=sums)
+        for group, sums in sorted(totals.items(), key=lambda item: str(item[0]))
+    ]
 
 
-def dashboard_data(*, days: int = 14, now: datetime | None = None) -> dict:
-    """Daily series and top users, organisations and models from rollups, for the admin."""
-    from collections import defaultdict
-    from datetime import timedelta
+# The rollup columns the dashboard ranks by cost, and how each is named.
+SPENDERS = {
+    "user_id": (User, "username"),
+    "organisation_id": (Organisation, "name"),
+    "model_id": (AIModel, "name"),
+}
 
-    from orgs.models import Organisation
 
-    from ..models import RollupPeriod, UsageRollup
+@dataclass(frozen=True, slots=True)
+class TopUsage:
+    """A user, organisation or model among the biggest spenders; name None once deleted."""
 
+    id: int
+    name: str | None
+    requests: int
+    cost: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDashboard:
+    """The admin's usage page: every day of the window, the days with usage, the top lists."""
+
+    days: tuple[date, ...]
+    daily: dict[date, UsageTotals]
+    top_users: tuple[TopUsage, ...]
+    top_orgs: tuple[TopUsage, ...]
+    top_models: tuple[TopUsage, ...]
+
+
+def dashboard_data(*, days: int = 14, now: datetime | None = None, top: int = 10) -> UsageDashboard:
+    """Daily totals and the ``top`` users, organisations and models by cost, from rollups."""
     now = now or timezone.now()
     first = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     rows = UsageRollup.objects.filter(period=RollupPeriod.DAY, bucket_start__gte=first)
-    labels = [(first + timedelta(days=i)).date().isoformat() for i in range(days)]
-    series = {name: dict.fromkeys(labels, 0) for name in ("requests", "tokens", "cost")}
-    tops = {
-        "user_id": defaultdict(Decimal),
-        "organisation_id": defaultdict(Decimal),
-        "model_id": defaultdict(Decimal),
-    }
-    requests_by = {dim: defaultdict(int) for dim in tops}
+    daily: dict[date, UsageTotals] = defaultdict(UsageTotals)
+    spenders = {column: defaultdict(UsageTotals) for column in SPENDERS}
     for row in rows:
-        label = row.bucket_start.date().isoformat()
-        series["requests"][label] += row.requests
-        series["tokens"][label] += row.prompt_tokens + row.completion_tokens
-        series["cost"][label] += float(row.cost)
-        for dim in tops:
-            if getattr(row, dim):
-                tops[dim][getattr(row, dim)] += row.cost
-                requests_by[dim][getattr(row, dim)] += row.requests
-    names = {
-        "user_id": dict(User.objects.values_list("pk", "username")),
-        "organisation_id": dict(Organisation.objects.values_list("pk", "name")),
-        "model_id": dict(AIModel.objects.values_list("pk", "name")),
-    }
+        daily[row.bucket_start.date()].add(row)
+        for column, by_id in spenders.items():
+            if getattr(row, column):
+                by_id[getattr(row, column)].add(row)
 
-    def top(dim):
-        ranked = sorted(tops[dim], key=lambda i: (tops[dim][i], requests_by[dim][i]), reverse=True)
-        return [
-            {
-                "name": names[dim].get(i, f"#{i} (deleted)"),
-                "requests": requests_by[dim][i],
-                "cost": str(tops[dim][i]),
-            }
-            for i in ranked[:10]
-        ]
+    def ranked(column: str) -> tuple[TopUsage, ...]:
+        by_id = spenders[column]
+        ids = sorted(by_id, key=lambda i: (by_id[i].cost, by_id[i].requests), reverse=True)[:top]
+        model, name_field = SPENDERS[column]
+        names = dict(model.objects.filter(pk__in=ids).values_list("pk", name_field))
+        return tuple(
+            TopUsage(id=i, name=names.get(i), requests=by_id[i].requests, cost=by_id[i].cost)
+            for i in ids
+        )
 
-    return {
-        "labels": labels,
-        "requests": list(series["requests"].values()),
-        "tokens": list(series["tokens"].values()),
-        "cost": [round(v, 6) for v in series["cost"].values()],
-        "top_users": top("user_id"),
-        "top_orgs": top("organisation_id"),
-        "top_models": top("model_id"),
-        "totals": {
-            "requests": sum(series["requests"].values()),
-            "tokens": sum(series["tokens"].values()),
-            "cost": round(sum(series["cost"].values()), 6),
-        },
-    }
+    return UsageDashboard(
+        days=tuple((first + timedelta(days=i)).date() for i in range(days)),
+        daily=dict(daily),
+        top_users=ranked("user_id"),
+        top_orgs=ranked("organisation_id"),
+        top_models=ranked("model_id"),
+    )
