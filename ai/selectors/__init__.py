@@ -1,8 +1,12 @@
-"""Reads of the ``ai`` app, by subject: request-path snapshots, usage reports, health."""
+"""Reads of the ``ai`` app, by subject: request-path snapshots, usage reports, health.
+
+The key snapshot lives in ``accounts.selectors``; it is re-exported for old importers.
+"""
+
+from accounts.selectors import KeyInfo, key_info_get
 
 from .health import STATUS_ORDER, deployment_health, model_statuses
 from .snapshots import (
-    KeyInfo,
     LinkInfo,
     ModelInfo,
     Registry,
@@ -11,7 +15,6 @@ from .snapshots import (
     _load_registry,
     _load_user,
     ai_enabled_get,
-    key_info_get,
     models_for_caller,
     registry_get,
     usable_links,

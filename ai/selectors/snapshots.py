@@ -13,7 +13,8 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from accounts.models import TIER_RANK, APIKey, User
+from accounts.models import TIER_RANK, User
+from accounts.selectors import KeyInfo
 from orgs.models import Wallet
 from panel.localcache import registry_cache
 from panel.models import SiteSettings
@@ -93,21 +94,6 @@ class UserInfo:
     @property
     def best_tier_rank(self) -> int:
         return max(TIER_RANK.get(t, 0) for t in (self.tier, *self.org_tiers.values()))
-
-
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    id: int
-    user_id: int
-    organisation_id: int | None
-    permissions: frozenset[str]
-    allowed_model_ids: frozenset[int]
-    expires_at: datetime | None
-    is_revoked: bool
-    limits: dict = field(default_factory=dict)
-
-    def is_usable(self, now: datetime) -> bool:
-        return not self.is_revoked and (self.expires_at is None or self.expires_at > now)
 
 
 def _load_registry() -> Registry:
@@ -199,25 +185,6 @@ def _load_user(user_id: int) -> UserInfo | None:
     )
 
 
-def _load_key(key_hash: str) -> KeyInfo | None:
-    key = APIKey.objects.filter(key_hash=key_hash).first()
-    if key is None:
-        return None
-    return KeyInfo(
-        id=key.id,
-        user_id=key.user_id,
-        organisation_id=key.organisation_id,
-        permissions=frozenset(key.permissions),
-        allowed_model_ids=frozenset(key.allowed_models.values_list("id", flat=True)),
-        expires_at=key.expires_at,
-        is_revoked=key.is_revoked,
-        limits={
-            "requests_per_minute": key.requests_per_minute,
-            "cost_per_month": key.cost_per_month,
-        },
-    )
-
-
 def _load_ai_enabled() -> bool:
     # Read without creating the row: a write here would invalidate the cache it fills.
     flag = SiteSettings.objects.filter(pk=1).values_list("is_ai_enabled", flat=True).first()
@@ -230,12 +197,6 @@ async def registry_get() -> Registry:
 
 async def user_info_get(user_id: int) -> UserInfo | None:
     return await registry_cache.get(("user", user_id), _load_user, user_id)
-
-
-async def key_info_get(key_hash: str) -> KeyInfo | None:
-    # Unknown hashes are cached briefly too (in a bounded table of their own), so a flood
-    # of random keys costs one query each and never pushes a real key out.
-    return await registry_cache.get(("key", key_hash), _load_key, key_hash, max_age=5.0)
 
 
 async def ai_enabled_get() -> bool:
