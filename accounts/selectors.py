@@ -12,6 +12,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from panel.localcache import registry_cache
+from panel.snapshot import snapshot_of
 
 from .models import APIKey, User, hash_key, is_well_formed_key, key_is_live
 
@@ -37,14 +38,11 @@ def _load_key(key_hash: str) -> KeyInfo | None:
     key = APIKey.objects.filter(key_hash=key_hash).first()
     if key is None:
         return None
-    return KeyInfo(
-        id=key.id,
-        user_id=key.user_id,
-        organisation_id=key.organisation_id,
+    return snapshot_of(
+        KeyInfo,
+        key,
         permissions=frozenset(key.permissions),
         allowed_model_ids=frozenset(key.allowed_models.values_list("id", flat=True)),
-        expires_at=key.expires_at,
-        is_revoked=key.is_revoked,
         limits={
             "requests_per_minute": key.requests_per_minute,
             "cost_per_month": key.cost_per_month,

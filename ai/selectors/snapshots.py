@@ -18,8 +18,9 @@ from accounts.selectors import KeyInfo
 from orgs.models import Wallet
 from panel.localcache import registry_cache
 from panel.models import SiteSettings
+from panel.snapshot import snapshot_of
 
-from ..models import AIModel, HealthStatus, ModelLink
+from ..models import AIModel, HealthStatus, ModelLink, Upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,65 +97,39 @@ class UserInfo:
         return max(TIER_RANK.get(t, 0) for t in (self.tier, *self.org_tiers.values()))
 
 
+def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
+    probed_ok = upstream.last_checked_at and HealthStatus.is_serving(upstream.health_status)
+    return snapshot_of(
+        UpstreamInfo,
+        upstream,
+        base_url=upstream.base_url.rstrip("/"),
+        upstream_model_id=upstream.provider_model_id or model.name,
+        probed_ok_at=upstream.last_checked_at.timestamp() if probed_ok else None,
+    )
+
+
+def _model_info(model: AIModel) -> ModelInfo:
+    upstreams = sorted(model.upstreams.all(), key=lambda u: (u.priority, u.id))
+    return snapshot_of(
+        ModelInfo,
+        model,
+        display_name=model.display_name or model.name,
+        tags=tuple(model.tags or ()),
+        config=dict(model.config or {}),
+        created=int(model.created_at.timestamp()),
+        upstreams=tuple(_upstream_info(u, model) for u in upstreams if u.is_enabled),
+    )
+
+
 def _load_registry() -> Registry:
     models = AIModel.objects.prefetch_related("upstreams").order_by("name")
-    infos = []
-    for model in models:
-        upstreams = tuple(
-            UpstreamInfo(
-                id=u.id,
-                name=u.name,
-                base_url=u.base_url.rstrip("/"),
-                api_key=u.api_key,
-                upstream_model_id=u.provider_model_id or model.name,
-                priority=u.priority,
-                weight=u.weight,
-                connect_timeout=u.connect_timeout,
-                first_byte_timeout=u.first_byte_timeout,
-                total_timeout=u.total_timeout,
-                health_status=u.health_status,
-                probed_ok_at=(
-                    u.last_checked_at.timestamp()
-                    if u.last_checked_at and HealthStatus.is_serving(u.health_status)
-                    else None
-                ),
-            )
-            for u in sorted(model.upstreams.all(), key=lambda u: (u.priority, u.id))
-            if u.is_enabled
-        )
-        infos.append(
-            ModelInfo(
-                id=model.id,
-                name=model.name,
-                display_name=model.display_name or model.name,
-                kind=model.kind,
-                is_active=model.is_active,
-                tags=tuple(model.tags or ()),
-                config=dict(model.config or {}),
-                input_price_per_million=model.input_price_per_million,
-                output_price_per_million=model.output_price_per_million,
-                price_per_image=model.price_per_image,
-                created=int(model.created_at.timestamp()),
-                upstreams=upstreams,
-            )
-        )
+    infos = [_model_info(model) for model in models]
     return Registry(by_name={m.name: m for m in infos}, by_id={m.id: m for m in infos})
 
 
-def _link_info(link: ModelLink, wallets: dict) -> LinkInfo:
-    owner = ("user", link.user_id) if link.user_id else ("org", link.organisation_id)
-    return LinkInfo(
-        id=link.id,
-        model_id=link.model_id,
-        user_id=link.user_id,
-        organisation_id=link.organisation_id,
-        is_enabled=link.is_enabled,
-        expires_at=link.expires_at,
-        is_default=link.is_default,
-        limits=link.limits,
-        is_wallet_billed=link.is_wallet_billed,
-        wallet_id=wallets.get(owner),
-    )
+def _owner(row: ModelLink | Wallet) -> tuple[str, int]:
+    """Whom a link or a wallet belongs to: a user, else an organisation."""
+    return ("user", row.user_id) if row.user_id else ("org", row.organisation_id)
 
 
 def _load_user(user_id: int) -> UserInfo | None:
@@ -167,22 +142,14 @@ def _load_user(user_id: int) -> UserInfo | None:
     )
     # The user's own links come first: they win over an organisation's link.
     ordered = sorted(links, key=lambda link: (link.user_id is None, link.id))
-    wallets = {}
     owned = Wallet.objects.filter(user_id=user_id) | Wallet.objects.filter(
         organisation_id__in=list(org_tiers)
     )
-    for wallet in owned:
-        owner = ("user", wallet.user_id) if wallet.user_id else ("org", wallet.organisation_id)
-        wallets[owner] = wallet.id
-    return UserInfo(
-        id=user.id,
-        username=user.username,
-        is_active=user.is_active,
-        is_staff=user.is_staff,
-        tier=user.tier,
-        org_tiers=org_tiers,
-        links=tuple(_link_info(link, wallets) for link in ordered),
+    wallets = {_owner(wallet): wallet.id for wallet in owned}
+    infos = tuple(
+        snapshot_of(LinkInfo, link, wallet_id=wallets.get(_owner(link))) for link in ordered
     )
+    return snapshot_of(UserInfo, user, org_tiers=org_tiers, links=infos)
 
 
 def _load_ai_enabled() -> bool:
