@@ -12,13 +12,13 @@ from .snapshots import (
     Registry,
     UpstreamInfo,
     UserInfo,
-    _load_registry,
-    _load_user,
     ai_enabled_get,
     models_for_caller,
     registry_get,
+    registry_load,
     usable_links,
     user_info_get,
+    user_info_load,
 )
 from .usage import USAGE_GROUPS, dashboard_data, usage_scope_filter, usage_summary
 
@@ -31,8 +31,6 @@ __all__ = [
     "Registry",
     "UpstreamInfo",
     "UserInfo",
-    "_load_registry",
-    "_load_user",
     "ai_enabled_get",
     "dashboard_data",
     "deployment_health",
@@ -40,8 +38,10 @@ __all__ = [
     "model_statuses",
     "models_for_caller",
     "registry_get",
+    "registry_load",
     "usable_links",
     "usage_scope_filter",
     "usage_summary",
     "user_info_get",
+    "user_info_load",
 ]

@@ -121,7 +121,8 @@ def _model_info(model: AIModel) -> ModelInfo:
     )
 
 
-def _load_registry() -> Registry:
+def registry_load() -> Registry:
+    """The registry, read now (sync, uncached); the request path uses ``registry_get``."""
     models = AIModel.objects.prefetch_related("upstreams").order_by("name")
     infos = [_model_info(model) for model in models]
     return Registry(by_name={m.name: m for m in infos}, by_id={m.id: m for m in infos})
@@ -132,7 +133,8 @@ def _owner(row: ModelLink | Wallet) -> tuple[str, int]:
     return ("user", row.user_id) if row.user_id else ("org", row.organisation_id)
 
 
-def _load_user(user_id: int) -> UserInfo | None:
+def user_info_load(user_id: int) -> UserInfo | None:
+    """A user's snapshot, read now (sync, uncached); the request path uses ``user_info_get``."""
     user = User.objects.filter(pk=user_id).first()
     if user is None:
         return None
@@ -159,11 +161,11 @@ def _load_ai_enabled() -> bool:
 
 
 async def registry_get() -> Registry:
-    return await registry_cache.get("registry", _load_registry)
+    return await registry_cache.get("registry", registry_load)
 
 
 async def user_info_get(user_id: int) -> UserInfo | None:
-    return await registry_cache.get(("user", user_id), _load_user, user_id)
+    return await registry_cache.get(("user", user_id), user_info_load, user_id)
 
 
 async def ai_enabled_get() -> bool:
