@@ -92,9 +92,10 @@ def apikeys_for_user(user: User) -> QuerySet[APIKey]:
 
 def models_usable_by(user: User) -> QuerySet:
     """The models linked to a user directly or through an organisation (for key scopes)."""
-    from ai.models import AIModel
-
-    return AIModel.objects.filter(
+    # The model a key may be narrowed to, reached through the key's own relation:
+    # accounts sits below ai and imports nothing from it.
+    ai_model = APIKey._meta.get_field("allowed_models").related_model
+    return ai_model.objects.filter(
         Q(links__user=user) | Q(links__organisation__memberships__user=user)
     ).distinct()
 
