@@ -1,4 +1,10 @@
-"""Who is calling: a Bearer API key (hashed lookup, cached) or the browser session."""
+"""Who is calling: a Bearer API key (hashed lookup, cached) or the browser session.
+
+``key_for_header`` (the management API's DRF authentication) and ``akey_for_header``
+(the gateway's ``authenticate``) are the one way from an Authorization header to a
+usable key; they differ only in where the key comes from (the row, or its cached
+snapshot).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,15 @@ from importlib import import_module
 from django.conf import settings
 from django.contrib.auth import aget_user
 from django.middleware.csrf import CsrfViewMiddleware
-from django.utils import timezone
 
 from panel.errors import AuthenticationFailed, PermissionDenied
 
-from .models import hash_key, is_well_formed_key
+from .models import APIKey
+from .selectors import KeyInfo, apikey_verify, key_info_verify
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MALFORMED_HEADER = "The Authorization header must be 'Bearer <API key>'."
+INCORRECT_KEY = "Incorrect API key provided."
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +30,7 @@ class Identity:
     """An authenticated caller; ``key`` is None for a browser session (full permissions)."""
 
     user_id: int
-    key: object | None  # ai.selectors.KeyInfo
+    key: KeyInfo | None
 
     def require(self, permission: str) -> None:
         if self.key is not None and permission not in self.key.permissions:
@@ -32,25 +40,38 @@ class Identity:
             )
 
 
-def _bearer(request) -> str | None:
-    header = request.headers.get("Authorization")
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header; None without a header."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed("The Authorization header must be 'Bearer <API key>'.")
+        raise AuthenticationFailed(MALFORMED_HEADER)
     return token.strip()
+
+
+def key_for_header(header: str | None) -> APIKey | None:
+    """The usable key an Authorization header carries, with its owner; None without one."""
+    token = bearer_token(header)
+    return None if token is None else _found(apikey_verify(plain=token))
+
+
+async def akey_for_header(header: str | None) -> KeyInfo | None:
+    """The same for the request path: the key's cached snapshot."""
+    token = bearer_token(header)
+    return None if token is None else _found(await key_info_verify(plain=token))
+
+
+def _found(key):
+    if key is None:
+        raise AuthenticationFailed(INCORRECT_KEY)
+    return key
 
 
 async def authenticate(request, *, permission: str) -> Identity:
     """The caller of an API request, holding ``permission``; raises 401/403 otherwise."""
-    from ai.selectors import key_info_get
-
-    token = _bearer(request)
-    if token is not None:
-        key = await key_info_get(hash_key(token)) if is_well_formed_key(token) else None
-        if key is None or not key.is_usable(timezone.now()):
-            raise AuthenticationFailed("Incorrect API key provided.")
+    key = await akey_for_header(request.headers.get("Authorization"))
+    if key is not None:
         identity = Identity(user_id=key.user_id, key=key)
     else:
         user = await _session_user(request)

@@ -51,6 +51,11 @@ def hash_key(plain: str) -> str:
     return hashlib.sha256(plain.encode()).hexdigest()
 
 
+def key_is_live(key, now) -> bool:
+    """Whether ``key`` (an APIKey or a snapshot of one) is neither revoked nor expired at ``now``."""
+    return not key.is_revoked and (key.expires_at is None or key.expires_at > now)
+
+
 class APIKey(models.Model):
     """A bearer key: only its hash and a visible prefix are stored."""
 
@@ -112,7 +117,7 @@ class APIKey(models.Model):
 
     @property
     def is_usable(self) -> bool:
-        return not self.is_revoked and not self.is_expired and self.user.is_active
+        return key_is_live(self, timezone.now()) and self.user.is_active
 
     def has_permission(self, permission: str) -> bool:
         return permission in self.permissions

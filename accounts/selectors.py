@@ -1,8 +1,86 @@
-"""Reads of accounts data on a user's behalf: the tenancy checks live here."""
+"""Reads of accounts data: on a user's behalf (the tenancy checks live here), and the API
+key behind a token, uncached for the management API and as a cached snapshot for the
+request path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
-from .models import APIKey, User
+from panel.localcache import registry_cache
+from panel.snapshot import snapshot_of
+
+from .models import APIKey, User, hash_key, is_well_formed_key, key_is_live
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """An API key as the request path sees it, kept in ``registry_cache``."""
+
+    id: int
+    user_id: int
+    organisation_id: int | None
+    permissions: frozenset[str]
+    allowed_model_ids: frozenset[int]
+    expires_at: datetime | None
+    is_revoked: bool
+    limits: dict = field(default_factory=dict)
+
+    def is_usable(self, now: datetime) -> bool:
+        return key_is_live(self, now)
+
+
+def _load_key(key_hash: str) -> KeyInfo | None:
+    key = APIKey.objects.filter(key_hash=key_hash).first()
+    if key is None:
+        return None
+    return snapshot_of(
+        KeyInfo,
+        key,
+        permissions=frozenset(key.permissions),
+        allowed_model_ids=frozenset(key.allowed_models.values_list("id", flat=True)),
+        limits={
+            "requests_per_minute": key.requests_per_minute,
+            "cost_per_month": key.cost_per_month,
+        },
+    )
+
+
+async def key_info_get(key_hash: str) -> KeyInfo | None:
+    # Unknown hashes are cached briefly too (in a bounded table of their own), so a flood
+    # of random keys costs one query each and never pushes a real key out.
+    return await registry_cache.get(("key", key_hash), _load_key, key_hash, max_age=5.0)
+
+
+def _lookup_hash(plain: str) -> str | None:
+    """The hash to look ``plain`` up by; None when it cannot be one of our keys (no query)."""
+    return hash_key(plain) if is_well_formed_key(plain) else None
+
+
+def apikey_verify(*, plain: str) -> APIKey | None:
+    """The usable key matching ``plain``, or None (unknown, revoked, expired, inactive owner)."""
+    key_hash = _lookup_hash(plain)
+    if key_hash is None:
+        return None
+    key = APIKey.objects.select_related("user").filter(key_hash=key_hash).first()
+    return key if key is not None and key.is_usable else None
+
+
+async def key_info_verify(*, plain: str) -> KeyInfo | None:
+    """The request path's twin of ``apikey_verify``: the cached snapshot of the usable key.
+
+    The owner is not looked at here: the gateway loads the caller's snapshot anyway and
+    refuses an inactive one there ("This account is disabled.").
+    """
+    key_hash = _lookup_hash(plain)
+    if key_hash is None:
+        return None
+    key = await key_info_get(key_hash)
+    return key if key is not None and key.is_usable(timezone.now()) else None
 
 
 def apikeys_for_user(user: User) -> QuerySet[APIKey]:
@@ -14,9 +92,10 @@ def apikeys_for_user(user: User) -> QuerySet[APIKey]:
 
 def models_usable_by(user: User) -> QuerySet:
     """The models linked to a user directly or through an organisation (for key scopes)."""
-    from ai.models import AIModel
-
-    return AIModel.objects.filter(
+    # The model a key may be narrowed to, reached through the key's own relation:
+    # accounts sits below ai and imports nothing from it.
+    ai_model = APIKey._meta.get_field("allowed_models").related_model
+    return ai_model.objects.filter(
         Q(links__user=user) | Q(links__organisation__memberships__user=user)
     ).distinct()
 

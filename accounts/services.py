@@ -1,4 +1,4 @@
-"""API key creation and verification."""
+"""API keys: creation, revocation, permissions and use; the first admin user."""
 
 import secrets
 from collections.abc import Iterable
@@ -7,7 +7,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from .models import APIKey, Permission, User, hash_key, is_well_formed_key
+from .models import APIKey, Permission, User, hash_key
 
 SECRET_BYTES = 32
 PREFIX_LENGTH = 12
@@ -45,16 +45,6 @@ def apikey_create(
     if allowed:
         key.allowed_models.set(allowed)
     return key, plain
-
-
-def apikey_verify(*, plain: str) -> APIKey | None:
-    """The usable key matching ``plain``, or None (unknown, revoked, expired, inactive owner)."""
-    if not plain or not is_well_formed_key(plain):
-        return None
-    key = APIKey.objects.select_related("user").filter(key_hash=hash_key(plain)).first()
-    if key is None or not key.is_usable:
-        return None
-    return key
 
 
 def apikey_revoke(*, key: APIKey) -> APIKey:

@@ -13,7 +13,7 @@ from .models import (
     UsageEvent,
     UsageRollup,
 )
-from .selectors import dashboard_data
+from .selectors.usage import TopUsage, UsageDashboard, dashboard_data
 from .services import upstreams_check
 
 HEALTH_COLOURS = {
@@ -312,10 +312,34 @@ def usage_dashboard(request):
     context = {
         **admin.site.each_context(request),
         "title": "Usage",
-        "data": dashboard_data(days=_days(request.GET.get("days"))),
+        "data": _charts(dashboard_data(days=_days(request.GET.get("days")))),
     }
     return TemplateResponse(request, "admin/usage_dashboard.html", context)
 
 
 def _days(value: str | None) -> int:
     return int(value) if value and value.isdigit() and 1 <= int(value) <= 366 else 14
+
+
+def _charts(usage: UsageDashboard) -> dict:
+    """The page's data for its template and Chart.js: labels, series, top lists and totals."""
+    daily = [usage.daily.get(day) for day in usage.days]
+    # A day without a rollup row is drawn as 0; cost as a float, which Chart.js plots.
+    costs = [round(float(sums.cost), 6) if sums else 0 for sums in daily]
+    requests = [sums.requests if sums else 0 for sums in daily]
+    tokens = [sums.total_tokens if sums else 0 for sums in daily]
+    return {
+        "labels": [day.isoformat() for day in usage.days],
+        "requests": requests,
+        "tokens": tokens,
+        "cost": costs,
+        "top_users": [_top_row(top) for top in usage.top_users],
+        "top_orgs": [_top_row(top) for top in usage.top_orgs],
+        "top_models": [_top_row(top) for top in usage.top_models],
+        "totals": {"requests": sum(requests), "tokens": sum(tokens), "cost": round(sum(costs), 6)},
+    }
+
+
+def _top_row(top: TopUsage) -> dict:
+    name = top.name if top.name is not None else f"#{top.id} (deleted)"
+    return {"name": name, "requests": top.requests, "cost": str(top.cost)}

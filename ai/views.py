@@ -3,14 +3,14 @@
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
-from .selectors import _load_registry, _load_user, models_for_caller
+from .selectors import models_for_caller, registry_load, user_info_load
 
 
 @login_required
 def chat_page(request):
     """The chat page; everything after the first paint goes over /ws/chat/."""
-    user = _load_user(request.user.pk)
-    models = models_for_caller(_load_registry(), user, None) if user else []
+    user = user_info_load(request.user.pk)
+    models = models_for_caller(registry_load(), user, None) if user else []
     default = (
         next((link.model_id for link in user.links if link.is_default), None) if user else None
     )

@@ -3,7 +3,10 @@
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from ..services import apikey_touch, apikey_verify
+from panel.errors import AuthenticationFailed
+
+from ..authentication import key_for_header
+from ..services import apikey_touch
 
 
 class APIKeyAuthentication(authentication.BaseAuthentication):
@@ -11,16 +14,13 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate(self, request):
         header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
-            return None
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise exceptions.AuthenticationFailed(
-                "The Authorization header must be 'Bearer <API key>'."
-            )
-        key = apikey_verify(plain=token.strip())
+        try:
+            key = key_for_header(header)
+        except AuthenticationFailed as error:
+            # DRF's own class, so that DRF marks the request unauthenticated.
+            raise exceptions.AuthenticationFailed(error.message) from None
         if key is None:
-            raise exceptions.AuthenticationFailed("Incorrect API key provided.")
+            return None
         apikey_touch(key=key)
         return key.user, key
 

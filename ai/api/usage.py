@@ -11,7 +11,7 @@ from accounts.models import Permission, User
 from panel.db import run_sync
 from panel.errors import InvalidRequest
 
-from ..selectors import USAGE_GROUPS, usage_summary
+from ..selectors.usage import ID_GROUPS, USAGE_GROUPS, UsageGroup, usage_summary
 from .base import ai_route, json_response
 
 
@@ -42,13 +42,33 @@ async def usage(request, identity, request_id):
             f"'group_by' must be one of {', '.join(USAGE_GROUPS)}.", param="group_by"
         )
     user = await User.objects.aget(pk=identity.user_id)
-    data = await run_sync(lambda: usage_summary(user=user, start=start, end=end, group_by=group_by))
+    groups = await run_sync(
+        lambda: usage_summary(user=user, start=start, end=end, group_by=group_by)
+    )
     return json_response(
         {
             "object": "list",
             "group_by": group_by,
             "from": start.isoformat(),
             "to": end.isoformat(),
-            "data": data,
+            "data": [_entry(group, is_named=group_by in ID_GROUPS) for group in groups],
         }
     )
+
+
+def _entry(group: UsageGroup, *, is_named: bool) -> dict:
+    """One group as JSON: a bucket's start in ISO 8601, cost as a decimal string."""
+    moment = isinstance(group.group, datetime)
+    entry = {"group": group.group.isoformat() if moment else group.group}
+    if is_named:
+        entry["name"] = group.name
+    sums = group.totals
+    return entry | {
+        "requests": sums.requests,
+        "errors": sums.errors,
+        "prompt_tokens": sums.prompt_tokens,
+        "completion_tokens": sums.completion_tokens,
+        "images": sums.images,
+        "cost": str(sums.cost),
+        "total_tokens": sums.total_tokens,
+    }

@@ -1,5 +1,6 @@
 """The model registry: models, the upstreams that serve them, and who may use them."""
 
+from collections.abc import Iterable
 from decimal import Decimal
 
 from django.conf import settings
@@ -101,6 +102,21 @@ class HealthStatus(models.TextChoices):
     UNHEALTHY = "unhealthy", "Unhealthy"
     STARTING = "starting", "Starting"
     UNKNOWN = "unknown", "Unknown"
+
+    @classmethod
+    def best_first(cls) -> tuple["HealthStatus", ...]:
+        """Every status, from the best an upstream can report to the worst."""
+        return (cls.HEALTHY, cls.DEGRADED, cls.STARTING, cls.UNKNOWN, cls.UNHEALTHY)
+
+    @classmethod
+    def best(cls, statuses: Iterable[str]) -> str:
+        """A model's health: the best of its enabled upstreams' ``statuses``; unknown if none."""
+        return min(statuses, key=cls.best_first().index, default=cls.UNKNOWN)
+
+    @classmethod
+    def is_serving(cls, status: str) -> bool:
+        """Whether an upstream in ``status`` answered its last probe."""
+        return status in (cls.HEALTHY, cls.DEGRADED)
 
 
 class Upstream(models.Model):

@@ -5,7 +5,8 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import APIKey, Permission, hash_key
-from accounts.services import apikey_create, apikey_revoke, apikey_verify
+from accounts.selectors import apikey_verify
+from accounts.services import apikey_create, apikey_revoke
 from tests.factories import AIModelFactory
 
 pytestmark = pytest.mark.django_db

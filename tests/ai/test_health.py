@@ -208,6 +208,25 @@ def test_deployment_health_for_alices_model(world, alice):
     assert one.json()["services"] == {"acme-chat-primary": "running"}
 
 
+def test_a_model_is_as_healthy_as_its_best_enabled_upstream_everywhere(
+    world, alice, acme, superuser, client
+):
+    model = make_model("mixed", owner=acme, base_urls=["http://127.0.0.1:9"] * 4)
+    statuses = [HealthStatus.UNHEALTHY, HealthStatus.UNKNOWN, HealthStatus.DEGRADED]
+    for upstream, status in zip(model.upstreams.order_by("priority"), statuses, strict=False):
+        Upstream.objects.filter(pk=upstream.pk).update(health_status=status)
+    # The best upstream of all is disabled: it does not count.
+    model.upstreams.filter(priority=3).update(health_status=HealthStatus.HEALTHY, is_enabled=False)
+
+    by_status = httpx.get(f"{world.url}/api/status").json()["models"]["by_status"]
+    deployment = session_client(alice, world.url).get(f"/api/deployments/{model.id}/health")
+    client.force_login(superuser)
+    managed = client.get(f"/api/v1/ai/models/{model.id}").json()
+    assert by_status == {"healthy": 0, "degraded": 1, "unhealthy": 0, "starting": 0, "unknown": 4}
+    assert deployment.json()["status"] == managed["status"] == "degraded"
+    assert deployment.json()["deployment_status"] == "running"
+
+
 def test_deployment_health_is_404_for_charlie(world, charlie):
     for path in (
         f"/api/deployments/{world.chat.id}/health",

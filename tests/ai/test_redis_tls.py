@@ -8,8 +8,9 @@ import httpx
 import pytest
 import redis
 
+from ai.gateway.reservations import balance_key as redis_balance_key
 from ai.models import ModelLink
-from orgs.services import redis_balance_key, to_micro, wallet_for, wallet_topup
+from orgs.services import to_micro, wallet_for, wallet_topup
 from tests.ai.conftest import wait_for_usage
 from tests.servers import RedisServer
 

@@ -10,7 +10,6 @@ from rest_framework import serializers
 from orgs.models import Organisation
 
 from ...models import AIModel, HealthStatus, ModelLink, Upstream
-from ...selectors import STATUS_ORDER
 
 
 def drf_detail(exc: DjangoValidationError) -> dict | list:
@@ -139,11 +138,10 @@ class AIModelSerializer(ModelCleanMixin, serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
         validators = []
 
-    @extend_schema_field(serializers.ChoiceField(list(STATUS_ORDER)))
+    @extend_schema_field(serializers.ChoiceField([s.value for s in HealthStatus.best_first()]))
     def get_status(self, model) -> str:
         """The best health of the model's enabled upstreams."""
-        statuses = [u.health_status for u in model.upstreams.all() if u.is_enabled]
-        return min(statuses, key=STATUS_ORDER.index) if statuses else HealthStatus.UNKNOWN
+        return HealthStatus.best(u.health_status for u in model.upstreams.all() if u.is_enabled)
 
     def update(self, instance, validated_data):
         for name, value in validated_data.items():

@@ -1,0 +1,47 @@
+"""Reads of the ``ai`` app, by subject: request-path snapshots, usage reports, health.
+
+The key snapshot lives in ``accounts.selectors``; it is re-exported for old importers.
+"""
+
+from accounts.selectors import KeyInfo, key_info_get
+
+from .health import STATUS_ORDER, deployment_health, model_statuses
+from .snapshots import (
+    LinkInfo,
+    ModelInfo,
+    Registry,
+    UpstreamInfo,
+    UserInfo,
+    ai_enabled_get,
+    models_for_caller,
+    registry_get,
+    registry_load,
+    usable_links,
+    user_info_get,
+    user_info_load,
+)
+from .usage import USAGE_GROUPS, dashboard_data, usage_scope_filter, usage_summary
+
+__all__ = [
+    "STATUS_ORDER",
+    "USAGE_GROUPS",
+    "KeyInfo",
+    "LinkInfo",
+    "ModelInfo",
+    "Registry",
+    "UpstreamInfo",
+    "UserInfo",
+    "ai_enabled_get",
+    "dashboard_data",
+    "deployment_health",
+    "key_info_get",
+    "model_statuses",
+    "models_for_caller",
+    "registry_get",
+    "registry_load",
+    "usable_links",
+    "usage_scope_filter",
+    "usage_summary",
+    "user_info_get",
+    "user_info_load",
+]
