@@ -11,6 +11,7 @@ from accounts.models import Permission, User
 from panel.db import run_sync
 from panel.errors import InvalidRequest
 
+from ..gateway.resolve import caller_get
 from ..selectors.usage import ID_GROUPS, USAGE_GROUPS, UsageGroup, usage_summary
 from .base import ai_route, json_response
 
@@ -41,6 +42,7 @@ async def usage(request, identity, request_id):
         raise InvalidRequest(
             f"'group_by' must be one of {', '.join(USAGE_GROUPS)}.", param="group_by"
         )
+    await caller_get(identity)  # an inactive or deleted user is not authenticated
     user = await User.objects.aget(pk=identity.user_id)
     groups = await run_sync(
         lambda: usage_summary(user=user, start=start, end=end, group_by=group_by)

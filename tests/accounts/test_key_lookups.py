@@ -113,3 +113,14 @@ def test_a_deactivated_owners_key_is_refused_by_both_apis(bob):
     assert management[1]["error"]["message"] == "Incorrect API key provided."
     # The gateway refuses the caller's snapshot, after the key's.
     assert gateway[1]["error"]["message"] == "This account is disabled."
+
+
+def test_a_deactivated_owners_key_reads_no_usage(bob, django_capture_on_commit_callbacks):
+    _, plain = apikey_create(user=bob, name="bob", permissions=[*Permission.values])
+    assert _answer("/api/ai/usage", f"Bearer {plain}")[0] == 200
+    bob.is_active = False
+    with django_capture_on_commit_callbacks(execute=True):  # the cached snapshot goes
+        bob.save()
+    status, body = _answer("/api/ai/usage", f"Bearer {plain}")
+    assert status == 401
+    assert body["error"]["code"] == "invalid_api_key"
