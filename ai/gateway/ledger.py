@@ -238,6 +238,11 @@ async def shutdown() -> None:
     reservations, the reconciler.
     """
     deadline = time.monotonic() + settings.GATEWAY_SHUTDOWN_FLUSH_SECONDS
+    flusher = _flusher
+    if flusher is not None and flusher.get_loop() is asyncio.get_running_loop():
+        # A batch the background flush has taken is not pending any more: let it land
+        # (or be requeued) before the last flush, or the process could exit under it.
+        await asyncio.wait((flusher,), timeout=settings.GATEWAY_SHUTDOWN_FLUSH_SECONDS)
     while True:
         written = await flush()
         if (written and not has_pending()) or time.monotonic() >= deadline:
