@@ -46,6 +46,11 @@ class ErrorCode(StrEnum):
     CONVERSATION_NOT_FOUND = "conversation_not_found"
     DEPLOYMENT_NOT_FOUND = "deployment_not_found"
     USER_NOT_FOUND = "user_not_found"
+    INSTANCE_NOT_FOUND = "instance_not_found"
+    # Local model instances
+    INVALID_NAME = "invalid_name"
+    INSTANCE_NOT_RUNNING = "instance_not_running"
+    AGENT_UNAVAILABLE = "agent_unavailable"
     # Organisations and their members
     LAST_OWNER = "last_owner"
     AMBIGUOUS_EMAIL = "ambiguous_email"
@@ -180,6 +185,16 @@ class DependencyUnavailable(ServiceUnavailable):
 class ModelNotAvailable(ServiceUnavailable, code=ErrorCode.MODEL_NOT_AVAILABLE):
     type = "invalid_request_error"
     default_message = "The model has no available upstream."
+
+
+class InstanceNotRunning(ServiceUnavailable, code=ErrorCode.INSTANCE_NOT_RUNNING):
+    default_message = "The instance is not running."
+
+
+class AgentUnavailable(ServiceUnavailable, code=ErrorCode.AGENT_UNAVAILABLE):
+    """The instance agent of a node did not answer (down, or not started)."""
+
+    default_message = "The instance agent is not answering."
 
 
 class UpstreamError(ApiError, status=502, code=ErrorCode.UPSTREAM_ERROR):

@@ -5,6 +5,8 @@ channel layer, a local-memory cache and a Celery broker on the file system.
 DATABASE_URL and REDIS_URL switch it to PostgreSQL and Redis.
 """
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -347,3 +349,26 @@ HEALTH_RETENTION_DAYS = env.int("HEALTH_RETENTION_DAYS", default=7)
 # Several worker processes on a host: set PROMETHEUS_MULTIPROC_DIR (prometheus-client's
 # multiprocess mode) so /metrics sums them.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+# --- Local model instances (seed 003; ai/instances) --------------------------------------
+# This host's node: its agent (`manage.py instance_agent`) runs the instances whose node
+# has this name, binds them to INSTANCE_HOST, and answers on INSTANCE_AGENT_URL.
+INSTANCE_NODE = env.str("INSTANCE_NODE", default="local")
+INSTANCE_HOST = env.str("INSTANCE_HOST", default="127.0.0.1")
+INSTANCE_AGENT_URL = env.str("INSTANCE_AGENT_URL", default="http://127.0.0.1:9201")
+# The agent's bearer key; unset, one derived from SECRET_KEY (every process of one
+# deployment shares it).
+INSTANCE_AGENT_KEY = (
+    env.str("INSTANCE_AGENT_KEY", default="")
+    or hmac.new(SECRET_KEY.encode(), b"switchboard-instance-agent", hashlib.sha256).hexdigest()
+)
+# Ports given to instances that name none, "first-last".
+INSTANCE_PORT_RANGE = env.str("INSTANCE_PORT_RANGE", default="8200-8999")
+INSTANCE_LOG_DIR = Path(env.str("INSTANCE_LOG_DIR", default=str(DATA_DIR / "instances")))
+# Each instance's log is cut at this size, keeping this many older files.
+INSTANCE_LOG_MAX_BYTES = env.int("INSTANCE_LOG_MAX_BYTES", default=10 * 1024 * 1024)
+INSTANCE_LOG_BACKUPS = env.int("INSTANCE_LOG_BACKUPS", default=3)
+# Seconds between SIGTERM and SIGKILL when an instance is stopped.
+INSTANCE_STOP_GRACE = env.float("INSTANCE_STOP_GRACE", default=10.0)
+# Seconds between the agent's looks at the database and its children.
+INSTANCE_POLL_INTERVAL = env.float("INSTANCE_POLL_INTERVAL", default=0.5)

@@ -1,4 +1,5 @@
 from .chat import Conversation, Message, MessageRole, MessageStatus
+from .instances import Backend, DesiredState, Instance, InstanceStatus
 from .registry import AIModel, HealthCheck, HealthStatus, ModelKind, ModelLink, Upstream
 from .usage import (
     GatewayProcess,
@@ -12,6 +13,10 @@ from .usage import (
 
 __all__ = [
     "AIModel",
+    "Backend",
+    "DesiredState",
+    "Instance",
+    "InstanceStatus",
     "Conversation",
     "Message",
     "MessageRole",

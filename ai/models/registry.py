@@ -126,7 +126,18 @@ class Upstream(models.Model):
     # Sent in every response's x-switchboard-upstream header.
     name = models.CharField(max_length=100, validators=[validate_header_safe])
     base_url = models.URLField(
-        max_length=500, help_text="OpenAI-compatible base URL, e.g. https://api.example.com/v1"
+        max_length=500,
+        blank=True,
+        help_text="OpenAI-compatible base URL, e.g. https://api.example.com/v1. Empty for an "
+        "instance: its node and port at request time.",
+    )
+    instance = models.ForeignKey(
+        "Instance",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="upstreams",
+        help_text="A local model server: routed to only while it runs.",
     )
     api_key = EncryptedTextField(blank=True, default="")
     provider_model_id = models.CharField(
@@ -168,6 +179,7 @@ class Upstream(models.Model):
         "model",
         "name",
         "base_url",
+        "instance",
         "provider_model_id",
         "priority",
         "weight",
@@ -189,6 +201,10 @@ class Upstream(models.Model):
 
     def __str__(self):
         return f"{self.model.name} / {self.name}"
+
+    def clean(self):
+        if not self.base_url and self.instance_id is None:
+            raise ValidationError({"base_url": "Give a base URL, or an instance to serve it."})
 
     @property
     def upstream_model_id(self) -> str:

@@ -1,0 +1,1 @@
+"""Local model servers: backends, the agent that runs them, and how the web asks it."""

@@ -1,0 +1,86 @@
+"""How web processes, Celery and the admin talk to a node's instance agent.
+
+The agent (``ai.instances.agent``) serves a small HTTP API on its node, every
+call with ``Authorization: Bearer <INSTANCE_AGENT_KEY>``:
+
+- ``GET /health``: ``{"node", "pid", "instances": {name: status}}``
+- ``POST /reconcile``: look at the database now instead of at the next poll (202)
+- ``GET /instances/{name}/logs?lines=N``: the last N lines of the log (text; all
+  without ``lines``), 404 when the instance has no log on this node (never started)
+
+Desired state lives in the database, so a nudge that fails loses nothing: the
+agent applies it at its next poll once it is back. Calls that need an answer
+(logs) raise ``AgentUnavailable`` when the agent does not give one.
+"""
+
+from __future__ import annotations
+
+import httpx
+from django.conf import settings
+
+from panel.errors import AgentUnavailable
+
+TIMEOUT = httpx.Timeout(3.0, connect=1.0)
+
+
+def agent_url(node: str) -> str:
+    """The base URL of ``node``'s agent (only this host's node is known until nodes exist)."""
+    if node != settings.INSTANCE_NODE:
+        raise AgentUnavailable(f"No agent is known for node '{node}'.")
+    return settings.INSTANCE_AGENT_URL.rstrip("/")
+
+
+def instance_address(node: str) -> str:
+    """The host at which ``node``'s instances answer."""
+    return settings.INSTANCE_HOST
+
+
+def _headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {settings.INSTANCE_AGENT_KEY}"}
+
+
+def _unavailable(node: str, exc: Exception | None = None) -> AgentUnavailable:
+    reason = f" ({type(exc).__name__})" if exc else ""
+    return AgentUnavailable(
+        f"The instance agent of node '{node}' is not answering{reason}; is "
+        "`manage.py instance_agent` running there?"
+    )
+
+
+def agent_nudge(node: str) -> bool:
+    """Ask ``node``'s agent to reconcile now; False when it did not answer."""
+    try:
+        reply = httpx.post(f"{agent_url(node)}/reconcile", headers=_headers(), timeout=TIMEOUT)
+    except (httpx.HTTPError, AgentUnavailable):
+        return False
+    return reply.status_code == 202
+
+
+def agent_health(node: str) -> dict:
+    """What ``node``'s agent reports of itself; raises AgentUnavailable."""
+    try:
+        reply = httpx.get(f"{agent_url(node)}/health", headers=_headers(), timeout=TIMEOUT)
+    except httpx.HTTPError as exc:
+        raise _unavailable(node, exc) from exc
+    if reply.status_code != 200:
+        raise _unavailable(node)
+    return reply.json()
+
+
+def agent_logs(node: str, name: str, lines: int | None = None) -> str:
+    """The last ``lines`` lines of an instance's log (all when None)."""
+    params = {} if lines is None else {"lines": str(lines)}
+    try:
+        reply = httpx.get(
+            f"{agent_url(node)}/instances/{name}/logs",
+            params=params,
+            headers=_headers(),
+            timeout=TIMEOUT,
+        )
+    except httpx.HTTPError as exc:
+        raise _unavailable(node, exc) from exc
+    if reply.status_code == 404:
+        return ""  # never started on this node: no log yet
+    if reply.status_code != 200:
+        raise _unavailable(node)
+    return reply.text
