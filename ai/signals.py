@@ -1,5 +1,8 @@
 """Cache invalidation: any change to rows the gateway caches bumps the shared generation.
 
+Writes that send no signal (``QuerySet.update``, such as the instance agent's
+status writes or the health probes') call ``bump_generation`` after them.
+
 A wallet's balance is cached too, in Redis (``ai.gateway.ledger``): a ledger entry
 written through the ORM (a top-up, refund or adjustment) changes that copy once
 its transaction commits. Usage charges are inserted in bulk by the ledger itself,
@@ -39,11 +42,13 @@ def connect() -> None:
     from orgs.models import LedgerEntry, Membership, Organisation
     from panel.models import SiteSettings
 
-    from .models import AIModel, ModelLink, Upstream
+    from .models import AIModel, Instance, ModelLink, Upstream
 
+    # An instance's status and port decide whether (and where) its upstream is routed.
     for model in (
         AIModel,
         Upstream,
+        Instance,
         ModelLink,
         APIKey,
         User,

@@ -58,7 +58,7 @@ async def readyz(request):
 
 def _status_snapshot() -> dict:
     from ai.models import HealthStatus
-    from ai.selectors import model_statuses
+    from ai.selectors import instance_counts, model_statuses
 
     heartbeat = Heartbeat.objects.filter(name="beat").first()
     fresh = timedelta(seconds=3 * settings.CELERY_HEARTBEAT_INTERVAL)
@@ -66,6 +66,7 @@ def _status_snapshot() -> dict:
     counts = dict.fromkeys(HealthStatus.values, 0)
     for status in model_statuses().values():
         counts[status] += 1
+    instances = instance_counts()
     return {
         "celery": {
             "beat_last_run": heartbeat.beat_at.isoformat() if heartbeat else None,
@@ -73,6 +74,7 @@ def _status_snapshot() -> dict:
             "beat_and_worker_alive": alive,
         },
         "models": {"total": sum(counts.values()), "by_status": counts},
+        "instances": {"total": sum(instances.values()), "by_status": instances},
     }
 
 
@@ -108,6 +110,8 @@ def metrics(request):
     )
     from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
+    from ai.instances.metrics import INSTANCES  # registered on the default registry once
+
     token = settings.METRICS_TOKEN
     if not token:
         return HttpResponseNotFound("metrics are off")
@@ -120,4 +124,6 @@ def metrics(request):
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        # Read from the database by the process that answers: not summed over processes.
+        registry.register(INSTANCES)
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -14,7 +14,7 @@ from panel.errors import (
     PermissionDenied,
 )
 
-from ..models import ModelKind
+from ..models import InstanceStatus, ModelKind
 from ..selectors import (
     KeyInfo,
     LinkInfo,
@@ -112,3 +112,16 @@ def _check_usable(model: ModelInfo, kinds: frozenset[str]) -> None:
         raise ModelNotAvailable(f"Model '{model.name}' is not active.", param="model")
     if not model.upstreams:
         raise ModelNotAvailable(f"Model '{model.name}' has no enabled upstream.", param="model")
+    if not model.routable:
+        raise ModelNotAvailable(_not_running(model), param="model")
+
+
+def _not_running(model: ModelInfo) -> str:
+    """Why none of the model's upstreams can be tried: its instances are not running."""
+    reasons = dict.fromkeys(
+        f"Instance '{u.instance_name}' has no port yet."
+        if u.instance_status == InstanceStatus.RUNNING
+        else f"Instance '{u.instance_name}' is {u.instance_status}."
+        for u in model.upstreams
+    )
+    return " ".join(reasons)

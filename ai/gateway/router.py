@@ -2,8 +2,10 @@
 
 Upstreams go by priority (lower first), weighted random within a priority.
 Unhealthy upstreams and those whose breaker is open are tried last, only
-when nothing else is left. After BREAKER_THRESHOLD consecutive failures an
-upstream's breaker opens for BREAKER_COOLDOWN seconds; a success closes it.
+when nothing else is left. An instance that is not running is not tried at
+all (``ModelInfo.routable``; resolve refuses a model left with none). After
+BREAKER_THRESHOLD consecutive failures an upstream's breaker opens for
+BREAKER_COOLDOWN seconds; a success closes it.
 With Redis the state is shared by every process (hashes sb:breaker:fails and
 sb:breaker:open), read at most once a second per process; while Redis is
 unreachable each process keeps counting on its own.
@@ -37,10 +39,10 @@ def _weighted_order(group: list[UpstreamInfo]) -> list[UpstreamInfo]:
 
 
 def candidates(model: ModelInfo) -> list[UpstreamInfo]:
-    """Every enabled upstream of the model, in the order to try them."""
+    """Every enabled upstream of the model that can take requests, in the order to try them."""
     preferred: list[UpstreamInfo] = []
     last_resort: list[UpstreamInfo] = []
-    for _, group in groupby(model.upstreams, key=lambda u: u.priority):
+    for _, group in groupby(model.routable, key=lambda u: u.priority):
         for upstream in _weighted_order(list(group)):
             avoid = upstream.health_status == HealthStatus.UNHEALTHY or breaker.is_open(
                 upstream.id, probed_ok_at=upstream.probed_ok_at

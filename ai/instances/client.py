@@ -35,6 +35,17 @@ def instance_address(node: str) -> str:
     return settings.INSTANCE_HOST
 
 
+def instance_base_url(instance) -> str | None:
+    """The OpenAI base URL of ``instance`` (its node's address and its port); None
+    while it has no port (one is chosen at its first start)."""
+    if instance.port is None:
+        return None
+    host = instance_address(instance.node)
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    return f"http://{host}:{instance.port}/v1"
+
+
 def _headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.INSTANCE_AGENT_KEY}"}
 

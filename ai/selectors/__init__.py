@@ -5,7 +5,14 @@ The key snapshot lives in ``accounts.selectors``; it is re-exported for old impo
 
 from accounts.selectors import KeyInfo, key_info_get
 
-from .health import STATUS_ORDER, deployment_health, model_statuses
+from .health import (
+    STATUS_ORDER,
+    deployment_health,
+    effective_health,
+    instance_counts,
+    model_statuses,
+    upstream_health,
+)
 from .snapshots import (
     LinkInfo,
     ModelInfo,
@@ -34,11 +41,14 @@ __all__ = [
     "ai_enabled_get",
     "dashboard_data",
     "deployment_health",
+    "effective_health",
+    "instance_counts",
     "key_info_get",
     "model_statuses",
     "models_for_caller",
     "registry_get",
     "registry_load",
+    "upstream_health",
     "usable_links",
     "usage_scope_filter",
     "usage_summary",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from accounts.models import TIER_RANK, User
@@ -20,7 +21,10 @@ from panel.localcache import registry_cache
 from panel.models import SiteSettings
 from panel.snapshot import snapshot_of
 
-from ..models import AIModel, HealthStatus, ModelLink, Upstream
+from ..instances.backends import served_model_id
+from ..instances.client import instance_base_url
+from ..models import AIModel, HealthStatus, InstanceStatus, ModelLink, Upstream
+from .health import upstream_health
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +39,14 @@ class UpstreamInfo:
     connect_timeout: float
     first_byte_timeout: float
     total_timeout: float
-    health_status: str
+    health_status: str  # its effective health (ai.selectors.health.upstream_health)
     probed_ok_at: float | None = None  # epoch of the last probe, when it succeeded
+    # A local model server's upstream: its instance, as it was at load time.
+    instance_id: int | None = None
+    instance_name: str = ""
+    instance_status: str = ""
+    # Whether the router may send it requests: not an instance, or a running one with a port.
+    is_routable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +62,8 @@ class ModelInfo:
     output_price_per_million: Decimal
     price_per_image: Decimal
     created: int
-    upstreams: tuple[UpstreamInfo, ...]
+    upstreams: tuple[UpstreamInfo, ...]  # the enabled ones, by priority
+    routable: tuple[UpstreamInfo, ...]  # of those, the ones the router may try
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -98,18 +109,34 @@ class UserInfo:
 
 
 def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
-    probed_ok = upstream.last_checked_at and HealthStatus.is_serving(upstream.health_status)
-    return snapshot_of(
-        UpstreamInfo,
-        upstream,
-        base_url=upstream.base_url.rstrip("/"),
-        upstream_model_id=upstream.provider_model_id or model.name,
-        probed_ok_at=upstream.last_checked_at.timestamp() if probed_ok else None,
-    )
+    health = upstream_health(upstream)
+    probed_ok = upstream.last_checked_at and HealthStatus.is_serving(health)
+    values = {
+        "base_url": upstream.base_url.rstrip("/"),
+        "upstream_model_id": upstream.provider_model_id or model.name,
+        "health_status": health,
+        "probed_ok_at": upstream.last_checked_at.timestamp() if probed_ok else None,
+        "instance_name": "",
+        "instance_status": "",
+        "is_routable": True,
+    }
+    instance = upstream.instance if upstream.instance_id else None
+    if instance is not None:
+        # Its address is its node's and its port, known here: nothing left for the request.
+        base_url = instance_base_url(instance)
+        values.update(
+            base_url=base_url or "",
+            upstream_model_id=upstream.provider_model_id or served_model_id(instance),
+            instance_name=instance.name,
+            instance_status=instance.status,
+            is_routable=instance.status == InstanceStatus.RUNNING and base_url is not None,
+        )
+    return snapshot_of(UpstreamInfo, upstream, **values)
 
 
 def _model_info(model: AIModel) -> ModelInfo:
     upstreams = sorted(model.upstreams.all(), key=lambda u: (u.priority, u.id))
+    infos = tuple(_upstream_info(u, model) for u in upstreams if u.is_enabled)
     return snapshot_of(
         ModelInfo,
         model,
@@ -117,13 +144,15 @@ def _model_info(model: AIModel) -> ModelInfo:
         tags=tuple(model.tags or ()),
         config=dict(model.config or {}),
         created=int(model.created_at.timestamp()),
-        upstreams=tuple(_upstream_info(u, model) for u in upstreams if u.is_enabled),
+        upstreams=infos,
+        routable=tuple(u for u in infos if u.is_routable),
     )
 
 
 def registry_load() -> Registry:
     """The registry, read now (sync, uncached); the request path uses ``registry_get``."""
-    models = AIModel.objects.prefetch_related("upstreams").order_by("name")
+    upstreams = Prefetch("upstreams", queryset=Upstream.objects.select_related("instance"))
+    models = AIModel.objects.prefetch_related(upstreams).order_by("name")
     infos = [_model_info(model) for model in models]
     return Registry(by_name={m.name: m for m in infos}, by_id={m.id: m for m in infos})
 

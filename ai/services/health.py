@@ -6,7 +6,8 @@ interval. A successful probe is healthy, or degraded when slower than
 HEALTH_DEGRADED_LATENCY_MS or when one of the last HEALTH_RECENT_CHECKS
 probes failed. Each due upstream is claimed with a compare-and-set on
 ``last_checked_at``, so however many workers run the task at once, each
-upstream is probed once per interval.
+upstream is probed once per interval. An instance's upstream is probed only
+while the instance runs: a stopped one is not a failure (its health says so).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from django.utils import timezone
 from panel import redis as sb_redis
 from panel.localcache import bump_generation
 
-from ..models import HealthCheck, HealthStatus, Upstream
+from ..instances.client import instance_base_url
+from ..models import HealthCheck, HealthStatus, InstanceStatus, Upstream
 
 
 @dataclass(slots=True)
@@ -34,9 +36,18 @@ class ProbeResult:
     error: str = ""
 
 
+def _base_url(upstream: Upstream) -> str | None:
+    """Where to probe: the upstream's URL, or its instance's while it runs (else None)."""
+    if upstream.instance_id is None:
+        return upstream.base_url.rstrip("/")
+    if upstream.instance.status != InstanceStatus.RUNNING:
+        return None
+    return instance_base_url(upstream.instance)
+
+
 async def _probe(client: httpx.AsyncClient, upstream: Upstream) -> ProbeResult:
     headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
-    base = upstream.base_url.rstrip("/")
+    base = _base_url(upstream)
     started = time.monotonic()
     try:
         if upstream.probe == "completion":
@@ -102,7 +113,10 @@ def _claim_due(now) -> list[Upstream]:
     """The enabled upstreams due for a probe, each claimed by this caller only."""
     default = settings.HEALTH_CHECK_INTERVAL
     claimed = []
-    for upstream in Upstream.objects.filter(is_enabled=True).select_related("model"):
+    probed = Upstream.objects.filter(
+        Q(instance__isnull=True) | Q(instance__status=InstanceStatus.RUNNING), is_enabled=True
+    )
+    for upstream in probed.select_related("model", "instance"):
         interval = timedelta(seconds=upstream.health_check_interval or default)
         previous = upstream.last_checked_at
         if previous is not None and previous > now - interval:
@@ -120,6 +134,7 @@ def upstreams_check(*, upstreams: list[Upstream] | None = None) -> list[HealthCh
     """Probe the given upstreams now, or every one that is due; store and apply the results."""
     now = timezone.now()
     targets = _claim_due(now) if upstreams is None else upstreams
+    targets = [u for u in targets if _base_url(u) is not None]
     if not targets:
         return []
     results = asyncio.run(_probe_all(targets))

@@ -28,6 +28,37 @@ async def test_another_process_sees_a_change_within_the_check_interval(clock):
     assert await web_1.get("k", lambda: value["key"]) == "revoked"
 
 
+def _bump_in_another_process(settings) -> None:
+    """bump_generation run by a process of its own on this database (as the agent would)."""
+    import os
+    import subprocess
+    import sys
+
+    name = settings.DATABASES["default"]["NAME"]
+    env = {
+        **os.environ,
+        "DATA_DIR": str(settings.DATA_DIR),
+        "DATABASE_URL": f"sqlite:///{name}" if str(name).startswith("/") else f"postgres:///{name}",
+        "REDIS_URL": "",
+    }
+    code = "import django; django.setup(); from panel.localcache import bump_generation as b; b()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+async def test_without_redis_a_change_made_in_another_process_is_seen(clock, settings, tmp_path):
+    settings.REDIS_URL = ""
+    settings.DATA_DIR = tmp_path
+    cache, value = LocalCache(), {"key": "active"}
+    assert await cache.get("k", lambda: value["key"]) == "active"
+    value["key"] = "revoked"
+
+    _bump_in_another_process(settings)
+    clock.now += localcache.CHECK_INTERVAL
+
+    assert await cache.get("k", lambda: value["key"]) == "revoked"
+    assert localcache.generation_path() in {str(path) for path in tmp_path.iterdir()}
+
+
 async def test_it_expires_entries_after_their_max_age(clock):
     cache, value = LocalCache(), {"v": 1}
     assert await cache.get("k", lambda: value["v"], max_age=5) == 1

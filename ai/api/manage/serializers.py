@@ -10,6 +10,7 @@ from rest_framework import serializers
 from orgs.models import Organisation
 
 from ...models import AIModel, HealthStatus, ModelLink, Upstream
+from ...selectors.health import upstream_health
 
 
 def drf_detail(exc: DjangoValidationError) -> dict | list:
@@ -141,7 +142,7 @@ class AIModelSerializer(ModelCleanMixin, serializers.ModelSerializer):
     @extend_schema_field(serializers.ChoiceField([s.value for s in HealthStatus.best_first()]))
     def get_status(self, model) -> str:
         """The best health of the model's enabled upstreams."""
-        return HealthStatus.best(u.health_status for u in model.upstreams.all() if u.is_enabled)
+        return HealthStatus.best(upstream_health(u) for u in model.upstreams.all() if u.is_enabled)
 
     def update(self, instance, validated_data):
         for name, value in validated_data.items():

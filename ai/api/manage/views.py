@@ -5,6 +5,7 @@ reaches it. Writes go through the ORM one row at a time (save/delete), so the
 gateway's cache invalidation signals fire.
 """
 
+from django.db.models import Prefetch
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -40,7 +41,9 @@ class ModelViewSet(
 ):
     """Models clients call by name; created with their upstreams by ``deploy``."""
 
-    queryset = AIModel.objects.prefetch_related("upstreams")
+    queryset = AIModel.objects.prefetch_related(
+        Prefetch("upstreams", queryset=Upstream.objects.select_related("instance"))
+    )
     serializer_class = AIModelSerializer
     permission_classes = [ManagementAccess, RegistryRole]
     filterset_class = ModelFilter
