@@ -21,9 +21,6 @@ OWN_KEY_OPERATIONS = ("v1_auth_keys_destroy", "v1_auth_keys_permissions_update")
 @pytest.mark.timeout(300)
 @pytest.mark.django_db(transaction=True)
 def test_it_keeps_the_management_api_to_its_schema(asgi_server, staff, acme, tmp_path, settings):
-    # Instance writes nudge the node's agent: a stand-in answers (the server runs in-process).
-    agent = StandInAgent(key=settings.INSTANCE_AGENT_KEY).__enter__()
-    settings.INSTANCE_AGENT_URL = agent.url
     instance_create(name="seed", options={"backend": "command", "command_override": "serve {port}"})
     model = AIModelFactory(name="seed-model")
     UpstreamFactory(model=model, name="seed", api_key="sk-seed")
@@ -54,8 +51,8 @@ def test_it_keeps_the_management_api_to_its_schema(asgi_server, staff, acme, tmp
         "--report-dir",
         str(tmp_path),
     ]
-    try:
+    # Instance writes nudge the node's agent: a stand-in answers (the server runs in-process).
+    with StandInAgent(key=settings.INSTANCE_AGENT_KEY) as agent:
+        settings.INSTANCE_AGENT_URL = agent.url
         result = subprocess.run(command, capture_output=True, text=True, timeout=280, cwd=tmp_path)
-    finally:
-        agent.__exit__()
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
