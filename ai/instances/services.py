@@ -142,8 +142,10 @@ def instance_update(
     """Change an instance's options; a running one is restarted so that they apply."""
     with transaction.atomic():
         instance = Instance.objects.select_for_update().get(pk=instance.pk)
-        _apply(instance, _unmasked(instance, options))
-        if instance.desired_state == DesiredState.RUNNING:
+        options = _unmasked(instance, options)
+        is_changed = any(getattr(instance, name, None) != value for name, value in options.items())
+        _apply(instance, options)
+        if is_changed and instance.desired_state == DesiredState.RUNNING:
             instance.restart_requested_at = timezone.now()
         instance.save()
         _register(instance, model=model, priority=priority)

@@ -160,6 +160,15 @@ def test_it_restarts_a_running_instance_whose_options_change(staff_api):
 
 
 @pytest.mark.django_db
+def test_it_does_not_restart_a_running_instance_for_an_update_that_changes_nothing(staff_api):
+    running = create("running", start=True, restart_delay=4)
+    response = staff_api.put("/api/v1/instances/running", {"restart_delay": 4}, format="json")
+    assert response.status_code == 200
+    running.refresh_from_db()
+    assert running.restart_requested_at is None
+
+
+@pytest.mark.django_db
 def test_it_deletes_an_instance_and_its_upstreams(staff_api):
     response = staff_api.post("/api/v1/instances/gone", body(model="gone-model"), format="json")
     assert response.status_code == 201
@@ -448,6 +457,18 @@ def test_it_answers_503_from_the_proxy_when_the_instance_is_not_running(staff_ap
     assert "starting" in error["message"]
     # It never starts one either.
     assert Instance.objects.get(name="x").status == InstanceStatus.STARTING
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_proxied_body_over_the_upload_limit(staff_api, settings):
+    create("x", start=True)
+    Instance.objects.filter(name="x").update(status=InstanceStatus.RUNNING, port=8401)
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+    response = staff_api.post(
+        "/api/v1/instances/x/proxy/v1/chat/completions", {"pad": "x" * 200}, format="json"
+    )
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "request_too_large"
 
 
 def test_the_openapi_schema_still_builds_with_the_instance_routes(client, db):

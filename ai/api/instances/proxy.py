@@ -11,11 +11,18 @@ from urllib.parse import quote
 
 import aiohttp
 from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
 from django.http import StreamingHttpResponse
 from yarl import URL
 
 from accounts.models import Permission, User
-from panel.errors import InstanceNotRunning, PermissionDenied, UpstreamError
+from panel.errors import (
+    ErrorCode,
+    InstanceNotRunning,
+    InvalidRequest,
+    PermissionDenied,
+    UpstreamError,
+)
 
 from ...gateway import upstream
 from ...instances import client
@@ -51,6 +58,17 @@ def _url(instance: Instance, path: str, query: str) -> URL:
     return URL(f"{target}?{query}" if query else target, encoded=True)
 
 
+def _body(request) -> bytes | None:
+    if request.method != "POST":
+        return None
+    try:
+        return request.body
+    except RequestDataTooBig as exc:
+        raise InvalidRequest(
+            "The request body is too large.", code=ErrorCode.REQUEST_TOO_LARGE
+        ) from exc
+
+
 async def _relay(reply: aiohttp.ClientResponse):
     try:
         async for chunk in reply.content.iter_any():
@@ -64,11 +82,12 @@ async def instance_proxy(request, identity, request_id, name: str, path: str = "
     instance = await _target(identity.user_id, request.method, name)
     headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
     headers["X-Request-Id"] = request_id
+    body = _body(request)
     try:
         reply = await upstream.session().request(
             request.method,
             _url(instance, path, request.META.get("QUERY_STRING", "")),
-            data=request.body if request.method == "POST" else None,
+            data=body,
             headers=headers,
             timeout=TIMEOUT,
             allow_redirects=False,
