@@ -56,9 +56,12 @@ def _unmasked(current: Instance, options: dict) -> dict:
 def masked_command(command: str) -> str:
     """A command override as it may be shown: secret flags' values masked."""
     try:
-        return shlex.join(backends.masked(shlex.split(command)))
+        argv = shlex.split(command)
     except ValueError:
         return backends.MASK
+    shown = backends.masked(argv)
+    # Unchanged when nothing is secret: shlex.join would quote the {port} placeholders.
+    return command if shown == argv else shlex.join(shown)
 
 
 def _apply(instance: Instance, options: dict) -> None:

@@ -83,6 +83,7 @@ def test_it_creates_and_starts_an_instance_in_seed_003s_shape(staff_api):
         "port",
     }
     assert "-m fakeupstream --host 127.0.0.1 --port '{port}'" in data["command"]
+    assert data["options"]["command_override"] == FAKE_COMMAND
 
 
 @pytest.mark.django_db
@@ -115,16 +116,26 @@ def test_it_masks_secrets_in_arguments_environment_and_command(staff_api):
 
 @pytest.mark.django_db
 def test_it_keeps_secrets_when_the_masked_options_are_sent_back(staff_api):
-    create("keep", environment={"HF_TOKEN": SECRET}, extra_args=["--api-key", SECRET])
-    shown = staff_api.get("/api/v1/instances/keep").json()["options"]
+    command = f"{FAKE_COMMAND} --api-key {SECRET}"
+    create(
+        "keep",
+        environment={"HF_TOKEN": SECRET},
+        extra_args=["--api-key", SECRET],
+        command_override=command,
+    )
+    response = staff_api.get("/api/v1/instances/keep")
+    assert SECRET.encode() not in response.content
+    shown = response.json()["options"]
     sent = {
         "environment": {**shown["environment"], "EXTRA": "1"},
         "backend_options": {"extra_args": shown["backend_options"]["extra_args"]},
+        "command_override": shown["command_override"],
     }
     assert staff_api.put("/api/v1/instances/keep", sent, format="json").status_code == 200
     instance = Instance.objects.get(name="keep")
     assert instance.environment == {"HF_TOKEN": SECRET, "EXTRA": "1"}
     assert instance.extra_args == ["--api-key", SECRET]
+    assert instance.command_override == command
 
 
 @pytest.mark.django_db
