@@ -4,6 +4,7 @@ from django.db.models import Count
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
+from .instances import admin as instances_admin  # noqa: F401  (registers the Instances page)
 from .models import (
     AIModel,
     HealthCheck,
@@ -66,13 +67,14 @@ class UpstreamInline(admin.StackedInline):
     form = UpstreamForm
     extra = 0
     fields = [
-        ("name", "base_url"),
+        ("name", "base_url", "instance"),
         ("provider_model_id", "priority", "weight", "is_enabled"),
         ("new_api_key", "clear_api_key", "key_status"),
         ("connect_timeout", "first_byte_timeout", "total_timeout"),
         ("health", "last_checked_at", "consecutive_failures"),
     ]
     readonly_fields = ["key_status", "health", "last_checked_at", "consecutive_failures"]
+    raw_id_fields = ["instance"]
 
     @admin.display(description="stored key")
     def key_status(self, obj):
@@ -181,6 +183,7 @@ class UpstreamAdmin(admin.ModelAdmin):
         "name",
         "model",
         "base_url",
+        "instance",
         "priority",
         "weight",
         "is_enabled",
@@ -189,9 +192,9 @@ class UpstreamAdmin(admin.ModelAdmin):
         "last_error_short",
     ]
     list_filter = ["is_enabled", "health_status", "model"]
-    list_select_related = ["model"]
+    list_select_related = ["model", "instance"]
     search_fields = ["name", "base_url", "model__name", "provider_model_id"]
-    autocomplete_fields = ["model"]
+    autocomplete_fields = ["model", "instance"]
     readonly_fields = [
         "key_status",
         "health_status",
@@ -200,7 +203,19 @@ class UpstreamAdmin(admin.ModelAdmin):
         "consecutive_failures",
     ]
     fieldsets = [
-        (None, {"fields": ["model", "name", "base_url", "provider_model_id", "is_enabled"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "model",
+                    "name",
+                    "base_url",
+                    "instance",
+                    "provider_model_id",
+                    "is_enabled",
+                ]
+            },
+        ),
         ("Credentials", {"fields": ["key_status", "new_api_key", "clear_api_key"]}),
         ("Routing", {"fields": ["priority", "weight"]}),
         (

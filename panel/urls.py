@@ -25,6 +25,7 @@ urlpatterns = [
     path("v1/", include(openai_patterns)),
     # The management API (DRF) comes before the gateway's routes that share its prefixes.
     path("api/v1/ai/", include("ai.api.manage.urls")),
+    path("api/v1/", include("ai.api.instances.urls")),
     path("api/v1/", include("accounts.api.urls")),
     path("api/v1/", include("orgs.api.urls")),
     path("api/v1/config", panel_api.ConfigView.as_view(), name="api-config"),

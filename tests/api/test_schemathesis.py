@@ -9,16 +9,19 @@ import pytest
 
 from accounts.models import Permission
 from accounts.services import apikey_create
+from ai.instances.services import instance_create
 from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
+from tests.instances.stand_in_agent import StandInAgent
 
-MANAGEMENT_PATHS = r"^/api/v1/(ai/(models|upstreams|links)|orgs|auth/keys|config|version)"
+MANAGEMENT_PATHS = r"^/api/v1/(ai/(models|upstreams|links)|orgs|auth/keys|config|version|instances)"
 # Revoking or narrowing the key that runs the test would turn the rest of the run into 401s.
 OWN_KEY_OPERATIONS = ("v1_auth_keys_destroy", "v1_auth_keys_permissions_update")
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.django_db(transaction=True)
-def test_it_keeps_the_management_api_to_its_schema(asgi_server, staff, acme, tmp_path):
+def test_it_keeps_the_management_api_to_its_schema(asgi_server, staff, acme, tmp_path, settings):
+    instance_create(name="seed", options={"backend": "command", "command_override": "serve {port}"})
     model = AIModelFactory(name="seed-model")
     UpstreamFactory(model=model, name="seed", api_key="sk-seed")
     ModelLinkFactory(model=model, organisation=acme)
@@ -48,5 +51,8 @@ def test_it_keeps_the_management_api_to_its_schema(asgi_server, staff, acme, tmp
         "--report-dir",
         str(tmp_path),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    # Instance writes nudge the node's agent: a stand-in answers (the server runs in-process).
+    with StandInAgent(key=settings.INSTANCE_AGENT_KEY) as agent:
+        settings.INSTANCE_AGENT_URL = agent.url
+        result = subprocess.run(command, capture_output=True, text=True, timeout=280, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts.models import APIKey, hash_key
 from accounts.services import apikey_create
+from ai.instances.services import instance_create
 from ai.models import HealthCheck, Upstream, UsageEvent
 from ai.services import usage_rollup
 from orgs.services import wallet_for, wallet_topup
@@ -52,6 +53,11 @@ def populated(alice, acme):
         cost=Decimal("0.000010"),
     )
     usage_rollup()
+    instance_create(
+        name="local",
+        options={"backend": "command", "command_override": "serve {port}"},
+        start=False,
+    )
 
 
 @pytest.fixture

@@ -1,0 +1,15 @@
+from django.urls import path, re_path
+
+from . import views
+from .proxy import instance_proxy
+
+urlpatterns = [
+    path("instances", views.InstanceListView.as_view(), name="instance-list"),
+    path("instances/<str:name>", views.InstanceDetailView.as_view(), name="instance-detail"),
+    path("instances/<str:name>/start", views.start, name="instance-start"),
+    path("instances/<str:name>/stop", views.stop, name="instance-stop"),
+    path("instances/<str:name>/restart", views.restart, name="instance-restart"),
+    path("instances/<str:name>/logs", views.InstanceLogsView.as_view(), name="instance-logs"),
+    # /proxy, /proxy/ and /proxy/<path>: the path relayed as is (empty: the server's root).
+    re_path(r"^instances/(?P<name>[^/]+)/proxy(?:/(?P<path>.*))?$", instance_proxy),
+]

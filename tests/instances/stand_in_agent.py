@@ -1,0 +1,101 @@
+"""A stand-in for a node's instance agent, at the process boundary: its HTTP protocol only.
+
+The real agent (``manage.py instance_agent``) is built apart; these tests need
+only what ``ai.instances.client`` speaks to (see its docstring): ``POST
+/reconcile`` and ``GET /instances/{name}/logs?lines=N``, with the bearer key.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+
+class StandInAgent:
+    """Answers like an agent: 202 to a nudge, the last N lines of a log kept in ``logs``."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.logs: dict[str, str] = {}
+        self.nudges = 0
+        self.log_requests: list[dict] = []
+        self.refused = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _handler(self):
+        agent = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status: int, text: str = "") -> None:
+                body = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _is_authorised(self) -> bool:
+                if self.headers.get("Authorization") == f"Bearer {agent.key}":
+                    return True
+                agent.refused += 1
+                self._answer(401)
+                return False
+
+            def do_POST(self):
+                if not self._is_authorised():
+                    return
+                if self.path == "/reconcile":
+                    agent.nudges += 1
+                    return self._answer(202)
+                self._answer(404)
+
+            def do_GET(self):
+                if not self._is_authorised():
+                    return
+                url = urlsplit(self.path)
+                parts = url.path.strip("/").split("/")
+                if len(parts) != 3 or parts[0] != "instances" or parts[2] != "logs":
+                    return self._answer(404)
+                lines = parse_qs(url.query).get("lines")
+                agent.log_requests.append({"name": parts[1], "lines": lines})
+                if parts[1] not in agent.logs:
+                    return self._answer(404)
+                text = agent.logs[parts[1]].splitlines(keepends=True)
+                self._answer(200, "".join(text[-int(lines[0]) :] if lines else text))
+
+        return Handler
+
+    def __enter__(self) -> StandInAgent:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_agent(settings):
+    """By default nothing answers at the agent's address (a free port, not a real agent's)."""
+    from tests.servers import free_port
+
+    settings.INSTANCE_AGENT_URL = f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def agent(settings, no_agent):
+    """The stand-in agent of this host's node, answering with the deployment's key."""
+    with StandInAgent(key=settings.INSTANCE_AGENT_KEY) as stand_in:
+        settings.INSTANCE_AGENT_URL = stand_in.url
+        yield stand_in
