@@ -60,8 +60,9 @@ def command_line(instance, *, host: str, port: int | str) -> list[str]:
             "name": instance.name,
             "python": sys.executable,
         }
+        template = _split(instance.command_override)
         try:
-            return [arg.format_map(values) for arg in _split(instance.command_override)]
+            return [arg.format_map(values) for arg in template]
         except (KeyError, IndexError, ValueError) as exc:
             raise CommandError(
                 f"The command has an unknown placeholder {exc}; use {{host}}, {{port}}, "

@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
             name='Instance',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=63, unique=True, validators=[django.core.validators.RegexValidator(re.compile('^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'), 'Use 1 to 63 lower-case letters, digits and hyphens, starting and ending with a letter or digit.', code='invalid_name')])),
+                ('name', models.CharField(max_length=63, unique=True, validators=[django.core.validators.RegexValidator(re.compile('\\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\Z'), 'Use 1 to 63 lower-case letters, digits and hyphens, starting and ending with a letter or digit.', code='invalid_name')])),
                 ('backend', models.CharField(choices=[('llama_cpp', 'llama.cpp (llama-server)'), ('vllm', 'vLLM'), ('mlx', 'MLX (mlx_lm.server)'), ('command', 'Any command')], default='llama_cpp', max_length=20)),
                 ('model_path', models.CharField(blank=True, help_text='llama.cpp: the GGUF file (-m); vLLM: model name or path; MLX: --model.', max_length=1000)),
                 ('context_size', models.PositiveIntegerField(blank=True, help_text='llama.cpp -c, vLLM --max-model-len.', null=True)),
@@ -34,7 +34,7 @@ class Migration(migrations.Migration):
                 ('environment', models.JSONField(blank=True, default=dict, help_text='Environment variables for the process.')),
                 ('command_override', models.CharField(blank=True, help_text="The executable to run instead of the backend's own (llama-server, vllm, mlx_lm.server); for the command backend, the whole command line, with {host}, {port} and {model} replaced.", max_length=2000)),
                 ('readiness_path', models.CharField(blank=True, help_text="Polled until it answers 200; empty: the backend's own (/health, /v1/models).", max_length=200)),
-                ('node', models.CharField(default='local', max_length=63, validators=[django.core.validators.RegexValidator(re.compile('^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'), 'Use 1 to 63 lower-case letters, digits and hyphens, starting and ending with a letter or digit.', code='invalid_name')])),
+                ('node', models.CharField(default='local', max_length=63, validators=[django.core.validators.RegexValidator(re.compile('\\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\Z'), 'Use 1 to 63 lower-case letters, digits and hyphens, starting and ending with a letter or digit.', code='invalid_name')])),
                 ('port', models.PositiveIntegerField(blank=True, help_text="Empty: a free port of the node's range, chosen at the first start.", null=True, validators=[django.core.validators.MinValueValidator(1024), django.core.validators.MaxValueValidator(65535)])),
                 ('auto_restart', models.BooleanField(default=True)),
                 ('max_restarts', models.PositiveIntegerField(default=3)),

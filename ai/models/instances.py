@@ -14,14 +14,14 @@ from django.db.models import Q
 
 # A DNS label: the name is used in URLs, log file names and host names.
 NAME_PATTERN = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
+NAME_RE = re.compile(rf"\A{NAME_PATTERN}\Z")
 validate_instance_name = RegexValidator(
     NAME_RE,
     "Use 1 to 63 lower-case letters, digits and hyphens, starting and ending with a letter "
     "or digit.",
     code="invalid_name",
 )
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class Backend(models.TextChoices):

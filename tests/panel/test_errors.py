@@ -127,6 +127,8 @@ ENVELOPES = [
     (errors.UpstreamError, 502, "upstream_error", "upstream_error"),
     (errors.ServiceUnavailable, 503, "service_unavailable", "service_unavailable"),
     (errors.DependencyUnavailable, 503, "service_unavailable", "service_unavailable"),
+    (errors.InstanceNotRunning, 503, "service_unavailable", "instance_not_running"),
+    (errors.AgentUnavailable, 503, "service_unavailable", "agent_unavailable"),
     (errors.ModelNotAvailable, 503, "invalid_request_error", "model_not_available"),
 ]
 
