@@ -43,11 +43,20 @@ def session() -> aiohttp.ClientSession:
     return client
 
 
+def upstream_request_id(request_id: str) -> str:
+    """The request id as sent upstream: the UUID without our ``req_`` prefix.
+
+    llama-cpp-python's server (starlette-context) answers 400 with no body to an
+    X-Request-Id that is not a UUID; the hex digits still match our logs.
+    """
+    return request_id.removeprefix("req_")
+
+
 async def send(
     upstream: UpstreamInfo, path: str, body: bytes, *, request_id: str
 ) -> aiohttp.ClientResponse:
     """POST ``body`` to the upstream; returns the response with its body still unread."""
-    headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+    headers = {"Content-Type": "application/json", "X-Request-Id": upstream_request_id(request_id)}
     if upstream.api_key:
         headers["Authorization"] = f"Bearer {upstream.api_key}"
     timeout = aiohttp.ClientTimeout(

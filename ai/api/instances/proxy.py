@@ -81,7 +81,7 @@ async def _relay(reply: aiohttp.ClientResponse):
 async def instance_proxy(request, identity, request_id, name: str, path: str = ""):
     instance = await _target(identity.user_id, request.method, name)
     headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-    headers["X-Request-Id"] = request_id
+    headers["X-Request-Id"] = upstream.upstream_request_id(request_id)
     body = _body(request)
     try:
         reply = await upstream.session().request(
