@@ -14,23 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shlex
 import signal
-import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
 from django.conf import settings
-from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
 from panel.db import run_sync
 
 from ..models import DesiredState, Instance, InstanceStatus
-from . import backends, logs, procs
+from . import backends, launch, logs, procs, server
 from .children import Child, exit_description, read_state, stop_all, write_state
 
 logger = logging.getLogger("switchboard.instances")
@@ -49,6 +50,7 @@ class Agent:
         self.host = settings.INSTANCE_HOST
         self.log_dir = Path(settings.INSTANCE_LOG_DIR)
         self.state_path = self.log_dir / f"agent-{self.node}.json"
+        self.ports = procs.parse_port_range(settings.INSTANCE_PORT_RANGE)
         self.children: dict[str, Child] = {}
         # Processes a previous agent left, until the database says which to re-adopt.
         self.unclaimed: list[Child] | None = None
@@ -225,10 +227,11 @@ class Agent:
         attempt = {"started_at": now, "pid": None, "ready_at": None}
         if is_manual:
             attempt["restart_count"] = 0
-        port = row.port or await run_sync(self._claim_port, row)
+        port = row.port or await run_sync(
+            partial(launch.claim_port, node=self.node, host=self.host, ports=self.ports), row
+        )
         if port is None:
-            first, last = settings.INSTANCE_PORT_RANGE.split("-", 1)
-            await self._fail(row, f"no free port in {first}-{last} on {self.host}")
+            await self._fail(row, f"no free port in {settings.INSTANCE_PORT_RANGE} on {self.host}")
             return
         if row.port and not procs.port_is_free(self.host, port):
             await self._write(row, **attempt)
@@ -241,7 +244,7 @@ class Agent:
             await self._fail(row, str(exc))
             return
         try:
-            popen = self._spawn(row, argv)
+            popen = launch.spawn(row, argv, self.log_dir)
         except (FileNotFoundError, PermissionError):
             await self._write(row, **attempt)
             await self._fail(row, f"executable not found: {argv[0] if argv else '(empty)'}")
@@ -275,40 +278,6 @@ class Agent:
                 "exit_code": None,
             },
         )
-
-    def _spawn(self, row: Instance, argv: list[str]) -> subprocess.Popen:
-        if not argv:
-            raise FileNotFoundError("empty command")
-        env = {**os.environ, **(row.environment or {})}
-        with logs.open_for_child(self.log_dir, row.name) as log:
-            # A session of its own: the group is stopped as one, and neither the
-            # agent's death nor a Ctrl-C in the agent's terminal reaches it.
-            return subprocess.Popen(
-                argv,
-                env=env,
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def _claim_port(self, row: Instance) -> int | None:
-        """A free port of INSTANCE_PORT_RANGE, saved on the row (the database keeps it unique)."""
-        taken = set(
-            Instance.objects.filter(node=self.node, port__isnull=False)
-            .exclude(pk=row.pk)
-            .values_list("port", flat=True)
-        )
-        for port in procs.parse_port_range(settings.INSTANCE_PORT_RANGE):
-            if port in taken or not procs.port_is_free(self.host, port):
-                continue
-            try:
-                Instance.objects.filter(pk=row.pk, port__isnull=True).update(port=port)
-            except IntegrityError:
-                continue  # another row took it meanwhile
-            row.port = port
-            return port
-        return None
 
     async def _stop(self, row: Instance, child: Child) -> None:
         await stop_all([child], grace=settings.INSTANCE_STOP_GRACE)
@@ -373,7 +342,8 @@ class Agent:
         by_name = {row.name: row for row in rows}
         previous = {child.name: child for child in self.unclaimed or ()}
         for row in rows:
-            # A row's own record finds a child the state file missed.
+            # A row's own record finds a child the state file missed (pid and start time
+            # name the very process; it leads its own group, as every child does).
             if row.name not in previous and row.pid and row.pid_started:
                 previous[row.name] = Child(
                     name=row.name,
@@ -392,7 +362,6 @@ class Agent:
                 row is None
                 or row.desired_state != DesiredState.RUNNING
                 or child.name in self.children
-                or procs.process_group(child.pid) != child.pgid
             ):
                 strays.append(child)
                 continue
@@ -454,21 +423,44 @@ class Agent:
         Instance.objects.filter(pk=pk).update(**fields)
 
 
+class AgentError(Exception):
+    """The agent cannot run: its port is taken, or another agent owns the node."""
+
+
+def _lock_node(log_dir: Path, node: str):
+    """An exclusive lock on the node's log directory, held while the process lives."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(log_dir / f"agent-{node}.lock", "a")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise AgentError(
+            f"Another instance agent runs for node '{node}' (it holds {lock.name})."
+        ) from None
+    return lock
+
+
 async def run_agent(*, keep_children: bool = False) -> None:
     """The agent with its HTTP API, until SIGTERM or SIGINT."""
-    from . import server
-
     # A readiness probe every poll is not news.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     agent = Agent(keep_children=keep_children)
-    runner = await server.start(agent)
-    logger.info(
-        "Instance agent of node %s on %s (pid %s).",
-        agent.node,
-        settings.INSTANCE_AGENT_URL,
-        os.getpid(),
-    )
-    try:
-        await agent.run()
-    finally:
-        await runner.cleanup()
+    with _lock_node(agent.log_dir, agent.node):
+        try:
+            runner = await server.start(agent)
+        except OSError as exc:
+            raise AgentError(
+                f"The instance agent cannot listen on {settings.INSTANCE_AGENT_URL}: "
+                f"{exc.strerror or exc}."
+            ) from exc
+        logger.info(
+            "Instance agent of node %s on %s (pid %s).",
+            agent.node,
+            settings.INSTANCE_AGENT_URL,
+            os.getpid(),
+        )
+        try:
+            await agent.run()
+        finally:
+            await runner.cleanup()

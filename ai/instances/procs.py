@@ -38,12 +38,6 @@ def is_alive(pid: int, started: int | None) -> bool:
     return started is None or int(fields[19]) == started
 
 
-def process_group(pid: int) -> int | None:
-    """The process group of ``pid`` (field 5 of /proc/PID/stat)."""
-    fields = _stat_fields(pid)
-    return int(fields[2]) if fields else None
-
-
 def group_alive(pgid: int) -> bool:
     """Whether any process of the group ``pgid`` is left."""
     try:

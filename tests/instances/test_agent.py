@@ -229,3 +229,20 @@ def test_it_stops_the_process_of_a_deleted_instance(agent):
     wait_for(lambda: not is_running(pid, started), 60, "the process to stop")
     assert agent.children() == {}
     assert "doomed" not in agent.health()["instances"]
+
+
+SHOW_ENVIRONMENT = (
+    '{python} -c "import os, time; '
+    "print([name for name in ('SECRET_KEY', 'INSTANCE_AGENT_KEY', 'DATABASE_URL', "
+    "'FIELD_ENCRYPTION_KEY', 'GREETING') if name in os.environ], os.environ.get('GREETING'), "
+    'flush=True); time.sleep(600)"'
+)
+
+
+def test_a_server_gets_its_own_environment_but_not_switchboards_secrets(agent):
+    command_instance("env", SHOW_ENVIRONMENT, environment={"GREETING": "hello"})
+
+    # It inherits the agent's environment otherwise: the test's marker finds it.
+    wait_for(agent.children, 60, "the process to start")
+    log = wait_for(lambda: agent.get("/instances/env/logs").text, 60, "its output")
+    assert log == "['GREETING'] hello\n"

@@ -2,9 +2,9 @@
 
 import asyncio
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from ai.instances.agent import run_agent
+from ai.instances.agent import AgentError, run_agent
 
 
 class Command(BaseCommand):
@@ -22,4 +22,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *, keep_children, **options):
-        asyncio.run(run_agent(keep_children=keep_children))
+        try:
+            asyncio.run(run_agent(keep_children=keep_children))
+        except AgentError as exc:
+            raise CommandError(str(exc)) from exc
