@@ -59,7 +59,8 @@ class Agent:
         self.wake = asyncio.Event()
         self.is_stopping = False
         self.database_is_down = False
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(1.0, connect=0.5))
+        # Probes go to this host's servers, never through a proxy from the environment.
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(1.0, connect=0.5), trust_env=False)
 
     # --- The loop -------------------------------------------------------------------
 
@@ -149,8 +150,10 @@ class Agent:
             await self._stop(row, child)
             await self._start(row, is_manual=True)
         elif child.is_ready:
-            await self._write(row, status=InstanceStatus.RUNNING, pid=child.pid)
-        elif time.monotonic() > child.ready_by:
+            await self._write(row, status=InstanceStatus.RUNNING, **child.row_fields())
+        elif time.monotonic() <= child.ready_by:
+            await self._write(row, status=InstanceStatus.STARTING, **child.row_fields())
+        else:
             await stop_all([child], grace=0)
             self._forget(child)
             await self._fail(
@@ -182,7 +185,11 @@ class Agent:
         )
         if row.desired_state != DesiredState.RUNNING:
             await self._write(
-                row, status=InstanceStatus.STOPPED, pid=None, exit_code=child.exit_code
+                row,
+                status=InstanceStatus.STOPPED,
+                status_reason="",
+                pid=None,
+                exit_code=child.exit_code,
             )
             return
         await self._after_exit(row, exit_code=child.exit_code)
@@ -224,30 +231,17 @@ class Agent:
 
     async def _start(self, row: Instance, *, is_manual: bool) -> None:
         now = timezone.now()
+        # Recorded even when no process comes of it: a failed instance is tried
+        # again only when a restart is asked after its last attempt.
         attempt = {"started_at": now, "pid": None, "ready_at": None}
         if is_manual:
             attempt["restart_count"] = 0
-        port = row.port or await run_sync(
-            partial(launch.claim_port, node=self.node, host=self.host, ports=self.ports), row
-        )
-        if port is None:
-            await self._fail(row, f"no free port in {settings.INSTANCE_PORT_RANGE} on {self.host}")
-            return
-        if row.port and not procs.port_is_free(self.host, port):
-            await self._write(row, **attempt)
-            await self._fail(row, f"port {port} on {self.host} is in use by another program")
-            return
         try:
-            argv = backends.command_line(row, host=self.host, port=port)
-        except backends.CommandError as exc:
+            port, argv = await self._command_line(row)
+            popen = launch.spawn(row, argv, self.log_dir)
+        except launch.CannotStart as exc:
             await self._write(row, **attempt)
             await self._fail(row, str(exc))
-            return
-        try:
-            popen = launch.spawn(row, argv, self.log_dir)
-        except (FileNotFoundError, PermissionError):
-            await self._write(row, **attempt)
-            await self._fail(row, f"executable not found: {argv[0] if argv else '(empty)'}")
             return
         child = Child(
             name=row.name,
@@ -278,6 +272,23 @@ class Agent:
                 "exit_code": None,
             },
         )
+
+    async def _command_line(self, row: Instance) -> tuple[int, list[str]]:
+        """The port and argv to start ``row`` with; CannotStart says why there are none."""
+        port = row.port
+        if port is None:
+            claim = partial(launch.claim_port, node=self.node, host=self.host, ports=self.ports)
+            port = await run_sync(claim, row)
+            if port is None:
+                raise launch.CannotStart(
+                    f"no free port in {settings.INSTANCE_PORT_RANGE} on {self.host}"
+                )
+        elif not procs.port_is_free(self.host, port):
+            raise launch.CannotStart(f"port {port} on {self.host} is in use by another program")
+        try:
+            return port, backends.command_line(row, host=self.host, port=port)
+        except backends.CommandError as exc:
+            raise launch.CannotStart(str(exc)) from exc
 
     async def _stop(self, row: Instance, child: Child) -> None:
         await stop_all([child], grace=settings.INSTANCE_STOP_GRACE)

@@ -52,6 +52,10 @@ class Child:
         """The process has exited and no process of its group is left."""
         return self.exited() and not procs.group_alive(self.pgid)
 
+    def row_fields(self) -> dict:
+        """What an Instance row records of its process."""
+        return {"pid": self.pid, "pid_started": self.pid_started}
+
     def as_record(self) -> dict:
         return {
             "name": self.name,

@@ -28,6 +28,10 @@ PRIVATE_VARIABLES = (
 )
 
 
+class CannotStart(Exception):
+    """No process could be started; the message says why, for the row's status_reason."""
+
+
 def child_environment(instance: Instance) -> dict[str, str]:
     """The agent's environment without Switchboard's secrets, plus the instance's own."""
     inherited = {k: v for k, v in os.environ.items() if k not in PRIVATE_VARIABLES}
@@ -35,18 +39,21 @@ def child_environment(instance: Instance) -> dict[str, str]:
 
 
 def spawn(instance: Instance, argv: list[str], log_dir: Path) -> subprocess.Popen:
-    """Run ``argv`` for ``instance``; FileNotFoundError or PermissionError when it cannot."""
+    """Run ``argv`` for ``instance`` in a session of its own, its output to its log."""
     if not argv:
-        raise FileNotFoundError("empty command")
+        raise CannotStart("the command is empty")
     with logs.open_for_child(log_dir, instance.name) as log:
-        return subprocess.Popen(
-            argv,
-            env=child_environment(instance),
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        try:
+            return subprocess.Popen(
+                argv,
+                env=child_environment(instance),
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            raise CannotStart(f"executable not found: {argv[0]}") from exc
 
 
 def claim_port(instance: Instance, *, node: str, host: str, ports: range) -> int | None:
@@ -65,8 +72,8 @@ def claim_port(instance: Instance, *, node: str, host: str, ports: range) -> int
             saved = Instance.objects.filter(pk=instance.pk, port__isnull=True).update(port=port)
         except IntegrityError:
             continue  # another row took it meanwhile
-        if not saved:
-            return None  # the row was deleted or given a port meanwhile: next poll
+        if not saved:  # given a port meanwhile (or deleted: then nothing is started)
+            port = Instance.objects.filter(pk=instance.pk).values_list("port", flat=True).first()
         instance.port = port
         return port
     return None
