@@ -246,3 +246,21 @@ def test_a_server_gets_its_own_environment_but_not_switchboards_secrets(agent):
     wait_for(agent.children, 60, "the process to start")
     log = wait_for(lambda: agent.get("/instances/env/logs").text, 60, "its output")
     assert log == "['GREETING'] hello\n"
+
+
+def test_a_failed_instance_starts_again_only_when_a_restart_is_asked(agent, tmp_path):
+    flag = tmp_path / "can-serve"
+    command = f"sh -c 'test -f {flag} || exit 4; exec {{python}} -m fakeupstream --port {{port}}'"
+    instance = wait_status(command_instance("retry", command, max_restarts=0), "failed")
+    assert instance.status_reason == "exited with code 4"
+    flag.touch()
+
+    # Many polls later (another instance started and became ready) it has not been retried.
+    wait_status(command_instance("witness"), "running")
+    assert Instance.objects.get(name="retry").status == "failed"
+    assert agent.log().count("Started instance retry ") == 1
+
+    Instance.objects.filter(name="retry").update(restart_requested_at=timezone.now())
+    instance = wait_status(instance, "running")
+    assert instance.restart_count == 0 and instance.status_reason == ""
+    assert agent.log().count("Started instance retry ") == 2
