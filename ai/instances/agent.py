@@ -32,7 +32,14 @@ from panel.db import run_sync
 
 from ..models import DesiredState, Instance, InstanceStatus
 from . import backends, launch, logs, procs, server
-from .children import Child, exit_description, read_state, stop_all, write_state
+from .children import (
+    Child,
+    exit_description,
+    read_state,
+    sort_previous,
+    stop_all,
+    write_state,
+)
 
 logger = logging.getLogger("switchboard.instances")
 
@@ -350,35 +357,8 @@ class Agent:
 
     async def _claim_previous_children(self, rows: list[Instance]) -> None:
         """Re-adopt a previous agent's live children that should run; kill the others."""
-        by_name = {row.name: row for row in rows}
-        previous = {child.name: child for child in self.unclaimed or ()}
-        for row in rows:
-            # A row's own record finds a child the state file missed (pid and start time
-            # name the very process; it leads its own group, as every child does).
-            if row.name not in previous and row.pid and row.pid_started:
-                previous[row.name] = Child(
-                    name=row.name,
-                    pid=row.pid,
-                    pid_started=row.pid_started,
-                    pgid=row.pid,
-                    port=row.port or 0,
-                    started_at=row.started_at or timezone.now(),
-                )
-        strays = []
-        for child in previous.values():
-            if child.exited():
-                continue
-            row = by_name.get(child.name)
-            if (
-                row is None
-                or row.desired_state != DesiredState.RUNNING
-                or child.name in self.children
-            ):
-                strays.append(child)
-                continue
-            child.started_at = row.started_at or child.started_at
-            child.ready_by = time.monotonic() + row.ready_timeout
-            child.is_ready = row.status == InstanceStatus.RUNNING
+        adopted, strays = sort_previous(self.unclaimed or [], rows, owned=set(self.children))
+        for child in adopted:
             self.children[child.name] = child
             logger.info("Re-adopted instance %s (pid %s).", child.name, child.pid)
         self.unclaimed = None
@@ -440,7 +420,8 @@ class AgentError(Exception):
 
 def _lock_node(log_dir: Path, node: str):
     """An exclusive lock on the node's log directory, held while the process lives."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    # Servers' logs may hold what they print of their secrets: the agent's user only.
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = open(log_dir / f"agent-{node}.lock", "a")  # noqa: SIM115 - held until exit
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models import DesiredState, InstanceStatus
 from . import procs
 
 
@@ -106,6 +107,42 @@ async def _wait_until_gone(children: list[Child], seconds: float) -> None:
         if all(child.is_gone() for child in children) or time.monotonic() >= deadline:
             return
         await asyncio.sleep(0.02)
+
+
+def sort_previous(
+    previous: list[Child], rows: list, *, owned: set[str]
+) -> tuple[list[Child], list[Child]]:
+    """A previous agent's live children: those to re-adopt (their row exists and should
+    run, and none of ``owned`` has its name) and the strays to stop. Dead ones are dropped.
+
+    The rows' own records (pid and start time) find children the state file missed;
+    such a child leads its own group, as every child does.
+    """
+    by_name = {row.name: row for row in rows}
+    found = {child.name: child for child in previous}
+    for row in rows:
+        if row.name not in found and row.pid and row.pid_started:
+            found[row.name] = Child(
+                name=row.name,
+                pid=row.pid,
+                pid_started=row.pid_started,
+                pgid=row.pid,
+                port=row.port or 0,
+                started_at=row.started_at or datetime.datetime.now(datetime.UTC),
+            )
+    adopted, strays = [], []
+    for child in found.values():
+        row = by_name.get(child.name)
+        if child.exited():
+            continue
+        if row is None or row.desired_state != DesiredState.RUNNING or child.name in owned:
+            strays.append(child)
+            continue
+        child.started_at = row.started_at or child.started_at
+        child.ready_by = time.monotonic() + row.ready_timeout
+        child.is_ready = row.status == InstanceStatus.RUNNING
+        adopted.append(child)
+    return adopted, strays
 
 
 def read_state(path: Path) -> list[Child]:
