@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import fcntl
 import logging
 import os
@@ -62,6 +63,9 @@ class Agent:
         # Processes a previous agent left, until the database says which to re-adopt.
         self.unclaimed: list[Child] | None = None
         self.restart_due: dict[str, float] = {}
+        # The updated_at of each row this agent marked failed: a later one means a
+        # service wrote it since (a start, an edit), which asks for a new attempt.
+        self.failed_versions: dict[str, datetime.datetime] = {}
         self.statuses: dict[str, str] = {}
         self.wake = asyncio.Event()
         self.is_stopping = False
@@ -178,11 +182,17 @@ class Agent:
         elif row.status in (InstanceStatus.STARTING, InstanceStatus.RUNNING):
             # Its process is gone and was not re-adopted: it exited while no agent watched.
             await self._after_exit(row, exit_code=None)
-        elif row.status == InstanceStatus.STOPPED or (
-            row.restart_requested_at
-            and (row.started_at is None or row.restart_requested_at > row.started_at)
-        ):
+        elif row.status == InstanceStatus.STOPPED or self._is_retry_asked(row):
             await self._start(row, is_manual=True)
+
+    def _is_retry_asked(self, row: Instance) -> bool:
+        """Whether a failed instance was asked to run again since it failed."""
+        if row.restart_requested_at and (
+            row.started_at is None or row.restart_requested_at > row.started_at
+        ):
+            return True
+        failed = self.failed_versions.get(row.name)
+        return failed is not None and row.updated_at != failed
 
     async def _on_exit(self, row: Instance, child: Child) -> None:
         procs.kill_group(child.pgid)  # what it left behind in its group
@@ -233,10 +243,12 @@ class Agent:
             pid=None,
             ready_at=None,
         )
+        self.failed_versions[row.name] = row.updated_at
 
     # --- Start and stop ---------------------------------------------------------------
 
     async def _start(self, row: Instance, *, is_manual: bool) -> None:
+        self.failed_versions.pop(row.name, None)
         now = timezone.now()
         # Recorded even when no process comes of it: a failed instance is tried
         # again only when a restart is asked after its last attempt.
@@ -319,6 +331,8 @@ class Agent:
                 self._forget(child)
         for name in set(self.restart_due) - names:
             del self.restart_due[name]
+        for name in set(self.failed_versions) - names:
+            del self.failed_versions[name]
 
     def _forget(self, child: Child) -> None:
         if self.children.get(child.name) is child:
@@ -406,9 +420,10 @@ class Agent:
             changed["pid_started"] = None
         if not changed:
             return
+        changed["updated_at"] = timezone.now()
         for name, value in changed.items():
             setattr(row, name, value)
-        await run_sync(self._update, row.pk, {**changed, "updated_at": timezone.now()})
+        await run_sync(self._update, row.pk, changed)
 
     def _update(self, pk: int, fields: dict) -> None:
         Instance.objects.filter(pk=pk).update(**fields)

@@ -26,7 +26,12 @@ def open_for_child(directory: Path, name: str):
 
 
 def rotate_if_big(directory: Path, name: str, *, max_bytes: int, backups: int) -> bool:
-    """Keep the tail of a log past ``max_bytes`` in <name>.log.1 and truncate the live file."""
+    """Keep the tail of a log past ``max_bytes`` in <name>.log.1 and truncate the live file.
+
+    What the child writes between the last read and the truncation is lost, as with
+    any copy-and-truncate rotation; reading the tail first and the rest just before
+    truncating keeps that window to a moment.
+    """
     live = log_path(directory, name)
     try:
         size = live.stat().st_size
@@ -34,25 +39,22 @@ def rotate_if_big(directory: Path, name: str, *, max_bytes: int, backups: int) -
         return False
     if size <= max_bytes:
         return False
+    with open(live, "rb") as source:
+        source.seek(max(0, size - max_bytes))
+        kept = source.read(max_bytes)
+        kept += source.read()  # what came since, then cut at once
+        os.truncate(live, 0)
+    if backups < 1:
+        return True
     for number in range(backups, 1, -1):
         with contextlib.suppress(FileNotFoundError):
             os.replace(log_path(directory, name, number - 1), log_path(directory, name, number))
-    if backups >= 1:
-        with open(live, "rb") as source:
-            tail = _tail_bytes(source, max_bytes)
-        # Start the backup at a line: a half line helps nobody.
-        if b"\n" in tail[:-1] and len(tail) == max_bytes:
-            tail = tail[tail.index(b"\n") + 1 :]
-        log_path(directory, name, 1).write_bytes(tail)
-    os.truncate(live, 0)
+    # The tail starts inside a line: start the backup at the next one.
+    kept = kept[-max_bytes:]
+    if b"\n" in kept[:-1]:
+        kept = kept[kept.index(b"\n") + 1 :]
+    log_path(directory, name, 1).write_bytes(kept)
     return True
-
-
-def _tail_bytes(file, limit: int) -> bytes:
-    file.seek(0, os.SEEK_END)
-    end = file.tell()
-    file.seek(max(0, end - limit))
-    return file.read(limit)
 
 
 def _lines_from_end(path: Path, wanted: int) -> list[bytes]:

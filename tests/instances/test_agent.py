@@ -11,6 +11,7 @@ import httpx
 from django.utils import timezone
 
 from ai.instances.client import agent_health, agent_logs, agent_nudge
+from ai.instances.services import instance_restart, instance_start
 from ai.models import Instance
 from tests.instances.conftest import (
     command_instance,
@@ -160,14 +161,14 @@ FLOOD = (
     "for i in range(300):\n"
     "    sys.stdout.write(str(i).zfill(6) + 20000 * 'x' + chr(10)); sys.stdout.flush()\n"
     "    time.sleep(0.002)\n"
-    "print('flood done', flush=True); time.sleep(600)\""
+    "while True: print('flood done', flush=True); time.sleep(0.1)\""
 )
 
 
 def test_a_child_that_floods_its_log_leaves_files_of_bounded_size(agent_factory):
     max_bytes = 65536
     agent = agent_factory(INSTANCE_LOG_MAX_BYTES=str(max_bytes), INSTANCE_LOG_BACKUPS="2").start()
-    command_instance("flood", FLOOD)  # about 6 MB, never ready
+    command_instance("flood", FLOOD)  # about 6 MB, then a line now and then; never ready
     live = agent.log_dir / "flood.log"
 
     # Rotation truncates the live file once the flood is over: it ends small.
@@ -248,7 +249,7 @@ def test_a_server_gets_its_own_environment_but_not_switchboards_secrets(agent):
     assert log == "['GREETING'] hello\n"
 
 
-def test_a_failed_instance_starts_again_only_when_a_restart_is_asked(agent, tmp_path):
+def test_a_failed_instance_runs_again_only_when_started_or_restarted(agent, tmp_path):
     flag = tmp_path / "can-serve"
     command = f"sh -c 'test -f {flag} || exit 4; exec {{python}} -m fakeupstream --port {{port}}'"
     instance = wait_status(command_instance("retry", command, max_restarts=0), "failed")
@@ -260,7 +261,17 @@ def test_a_failed_instance_starts_again_only_when_a_restart_is_asked(agent, tmp_
     assert Instance.objects.get(name="retry").status == "failed"
     assert agent.log().count("Started instance retry ") == 1
 
-    Instance.objects.filter(name="retry").update(restart_requested_at=timezone.now())
+    # The API's start (its desired state was already running) tries again.
+    instance_start(instance=instance)
     instance = wait_status(instance, "running")
     assert instance.restart_count == 0 and instance.status_reason == ""
     assert agent.log().count("Started instance retry ") == 2
+
+    # So does a restart: this one fails, the next one runs.
+    flag.unlink()
+    instance_restart(instance=instance)
+    wait_status(instance, "failed")
+    flag.touch()
+    instance_restart(instance=instance)
+    assert wait_status(instance, "running").status_reason == ""
+    assert agent.log().count("Started instance retry ") == 4
