@@ -191,8 +191,9 @@ class Agent:
             row.started_at is None or row.restart_requested_at > row.started_at
         ):
             return True
-        failed = self.failed_versions.get(row.name)
-        return failed is not None and row.updated_at != failed
+        # One failed before this agent started counts from the row as first seen.
+        failed = self.failed_versions.setdefault(row.name, row.updated_at)
+        return row.updated_at != failed
 
     async def _on_exit(self, row: Instance, child: Child) -> None:
         procs.kill_group(child.pgid)  # what it left behind in its group

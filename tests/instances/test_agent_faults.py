@@ -11,6 +11,7 @@ import sys
 
 import httpx
 
+from ai.instances.services import instance_start
 from ai.models import Instance
 from tests.instances.conftest import (
     ROOT,
@@ -159,3 +160,22 @@ def test_an_agent_whose_port_is_taken_says_so(agent_factory):
     )
     assert finished.returncode == 1
     assert f"The instance agent cannot listen on {first.url}" in finished.stderr
+
+
+def test_an_instance_that_failed_under_the_last_agent_runs_again_when_started(
+    agent_factory, tmp_path
+):
+    flag = tmp_path / "can-serve"
+    command = f"sh -c 'test -f {flag} || exit 4; exec {{python}} -m fakeupstream --port {{port}}'"
+    agent = agent_factory().start()
+    instance = wait_status(command_instance("broken", command, max_restarts=0), "failed")
+    assert agent.terminate() == 0
+    flag.touch()
+
+    agent.start()
+    wait_status(command_instance("witness"), "running")  # polls went by: no retry
+    assert Instance.objects.get(name="broken").status == "failed"
+    assert agent.log().count("Started instance broken ") == 1
+
+    instance_start(instance=instance)
+    assert wait_status(instance, "running").restart_count == 0
