@@ -1,4 +1,5 @@
-"""`make run`'s command, end to end: fake upstream, demo model, web, worker and beat."""
+"""`make run`'s command, end to end: fake upstream, demo model, web, worker, beat and the
+instance agent."""
 
 import contextlib
 import os
@@ -63,6 +64,8 @@ def _launch(data_dir: Path, **env_vars: str):
         ADMIN_USERNAME="admin",
         ADMIN_PASSWORD="demo-password-1",
         PYTHONUNBUFFERED="1",
+        INSTANCE_AGENT_URL=f"http://127.0.0.1:{free_port()}",
+        INSTANCE_STOP_GRACE="3",
         **env_vars,
     )
     manage = [sys.executable, str(ROOT / "manage.py")]
@@ -90,7 +93,7 @@ def _launch(data_dir: Path, **env_vars: str):
         stderr=subprocess.STDOUT,
     )
     try:
-        yield process, web_port, fake_port, log
+        yield process, web_port, fake_port, log, env
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -108,8 +111,9 @@ def embedded(tmp_path):
         web_port,
         fake_port,
         log,
+        env,
     ):
-        yield process, web_port, fake_port, tmp_path, log
+        yield process, web_port, fake_port, tmp_path, log, env
 
 
 def _processes() -> dict[int, tuple[int, str, str]]:
@@ -166,7 +170,7 @@ def _log(log) -> str:
 
 
 def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
-    process, web_port, fake_port, data_dir, log = embedded
+    process, web_port, fake_port, data_dir, log, env = embedded
     _wait_for(lambda: "Switchboard is running" in _log(log), 60, "the start banner")
     output = _log(log)
     assert "admin password: demo-password-1" in output
@@ -233,8 +237,40 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
         revived.terminate()
         revived.wait(timeout=10)
 
-    # The launcher's children now: web, worker and beat (the fake upstream was replaced).
-    _stop_and_check_everything_stopped(process, web_port, children=3)
+    # The instance agent runs a local model server (the fake upstream as a command) as
+    # a child of its own, in the launcher's tree.
+    subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", CREATE_INSTANCE],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    instance = _wait_for(
+        lambda: _query(db, "SELECT pid FROM ai_instance WHERE status = 'running'"),
+        60,
+        "the instance to run",
+    )
+    assert instance[0][0] in _descendants(process.pid)
+
+    # The launcher's children now: web, worker, beat and the instance agent (the fake
+    # upstream was replaced); the instance is a grandchild, stopped with the rest.
+    _stop_and_check_everything_stopped(process, web_port, children=4)
+    assert _query(db, "SELECT status, status_reason FROM ai_instance") == [
+        ("stopped", "agent stopped")
+    ]
+
+
+CREATE_INSTANCE = """
+from ai.models import Instance
+Instance.objects.create(
+    name="local-fake",
+    backend="command",
+    command_override="{python} -m fakeupstream --port {port}",
+    desired_state="running",
+)
+"""
 
 
 def _get(url):
@@ -257,7 +293,7 @@ def test_it_runs_on_postgresql_and_redis_with_a_live_worker_and_beat(tmp_path):
             DATABASE_URL=database.url,
             REDIS_URL=redis_url,
             CACHE_KEY_PREFIX=f"sb-launch-{tag}",
-        ) as (process, web_port, _, log),
+        ) as (process, web_port, _, log, _),
     ):
         _wait_for(lambda: "Switchboard is running" in _log(log), 90, "the start banner")
         base = f"http://127.0.0.1:{web_port}"
@@ -280,7 +316,7 @@ def test_it_runs_on_postgresql_and_redis_with_a_live_worker_and_beat(tmp_path):
         assert heartbeats == [("beat",)]
 
         assert process.poll() is None, _log(log)
-        _stop_and_check_everything_stopped(process, web_port, children=4)
+        _stop_and_check_everything_stopped(process, web_port, children=5)
 
 
 def _chat_with_printed_key(base: str, output: str) -> tuple[str, httpx.Response]:

@@ -1,7 +1,8 @@
 """`make run`: the whole product on one machine with nothing else installed.
 
 Starts the fake upstream, seeds the demo model, then runs uvicorn, a Celery
-worker and beat as child processes until Ctrl-C, which stops all of them.
+worker, beat and the instance agent as child processes until Ctrl-C, which
+stops all of them (the agent stops the local model instances it runs).
 """
 
 import os
@@ -24,7 +25,10 @@ DEMO_KEY_NAME = "demo (make run)"
 
 
 class Command(BaseCommand):
-    help = "Run web (uvicorn), a Celery worker, beat and the fake upstream for the demo."
+    help = (
+        "Run web (uvicorn), a Celery worker, beat, the instance agent and the fake upstream "
+        "for the demo."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -71,6 +75,7 @@ class Command(BaseCommand):
                 "-s",
                 settings.CELERY_BEAT_SCHEDULE_FILENAME,
             )
+            self._start("instance-agent", str(settings.BASE_DIR / "manage.py"), "instance_agent")
             self._banner(host, port, admin.username, password, plain)
             self._wait()
         except KeyboardInterrupt:
@@ -115,6 +120,7 @@ class Command(BaseCommand):
         self.stdout.write(f"  admin password: {password}")
         self.stdout.write(f"  demo model:     {DEMO_MODEL}")
         self.stdout.write(f"  demo API key:   {plain}")
+        self.stdout.write(f"  instance agent: {settings.INSTANCE_AGENT_URL} (local models)")
         self.stdout.write(
             f"  try:            curl {base}/v1/chat/completions "
             f"-H 'Authorization: Bearer {plain}' -H 'Content-Type: application/json' "
@@ -142,7 +148,8 @@ class Command(BaseCommand):
         for child in self.children:
             if child.poll() is None:
                 child.terminate()
-        deadline = time.monotonic() + 10
+        # The agent first stops its instances, each within INSTANCE_STOP_GRACE.
+        deadline = time.monotonic() + 10 + settings.INSTANCE_STOP_GRACE
         for child in self.children:
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
