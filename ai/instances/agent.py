@@ -30,6 +30,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
 from panel.db import run_sync
+from panel.localcache import bump_generation
 
 from ..models import DesiredState, Instance, InstanceStatus
 from . import backends, launch, logs, procs, server
@@ -411,6 +412,7 @@ class Agent:
             ready_at=None,
             updated_at=timezone.now(),
         )
+        bump_generation()
 
     # --- Writing a row -----------------------------------------------------------------
 
@@ -428,6 +430,8 @@ class Agent:
 
     def _update(self, pk: int, fields: dict) -> None:
         Instance.objects.filter(pk=pk).update(**fields)
+        # update() sends no signal: tell every process's gateway cache itself.
+        bump_generation()
 
 
 class AgentError(Exception):
