@@ -12,11 +12,13 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
 ``no_usage``        never send a ``usage`` block
 ``tokens``          completion length in tokens (default 20); token ``i`` is ``f"tok{i} "``
 ``echo``            the reply content is ``json.dumps(received_body, sort_keys=True)``
+``linger_ms``       SSE: keep the connection open this long after ``[DONE]`` (as servers that
+                    send pings or close lazily do)
 ``fail_first``      answer ``status`` (default 500) only for the first K requests carrying this
                     exact option set, then normally
 
 This module owns the option table, its parsing and the ``fail_first`` counters. The
-streaming faults (``ttft_ms``, ``chunk_delay_ms``, SSE ``drop_after``) act in ``sse``; the
+streaming faults (``ttft_ms``, ``chunk_delay_ms``, SSE ``drop_after``, ``linger_ms``) act in ``sse``; the
 content ones (``tokens``, ``echo``, ``no_usage``) in ``plans`` and ``handlers``.
 """
 
@@ -41,6 +43,7 @@ OPTION_TYPES: dict[str, type] = {
     "tokens": int,
     "echo": bool,
     "fail_first": int,
+    "linger_ms": float,
 }
 OPTION_NAMES = tuple(OPTION_TYPES)
 _HEADER_TO_OPTION = {"x-fake-" + name.replace("_", "-"): name for name in OPTION_NAMES}

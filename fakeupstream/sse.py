@@ -120,7 +120,7 @@ class _CoalescedStreamResponse(web.StreamResponse):
 async def _stream(
     request: web.Request, opts: dict[str, Any], events: list[bytes], n_lead: int, n_content: int
 ) -> web.StreamResponse:
-    """Send SSE events, honouring ttft_ms / chunk_delay_ms / drop_after."""
+    """Send SSE events, honouring ttft_ms / chunk_delay_ms / drop_after / linger_ms."""
     drop_after = opts.get("drop_after")
     if drop_after is not None:
         events = events[: n_lead + min(drop_after, n_content)]
@@ -144,6 +144,8 @@ async def _stream(
         if drop_after is not None:
             close_connection(request)
             return resp
+        if linger := opts.get("linger_ms", 0) / 1000:
+            await asyncio.sleep(linger)
         await resp.write_eof()
     except ConnectionError:  # client went away (ClientConnectionResetError included)
         close_connection(request)

@@ -364,7 +364,7 @@ INSTANCE_AGENT_KEY = (
 )
 # Ports given to instances that name none, "first-last".
 INSTANCE_PORT_RANGE = env.str("INSTANCE_PORT_RANGE", default="8200-8999")
-INSTANCE_LOG_DIR = Path(env.str("INSTANCE_LOG_DIR", default=str(DATA_DIR / "instances")))
+INSTANCE_LOG_DIR = Path(env.str("INSTANCE_LOG_DIR", default="") or DATA_DIR / "instances")
 # Each instance's log is cut at this size, keeping this many older files.
 INSTANCE_LOG_MAX_BYTES = env.int("INSTANCE_LOG_MAX_BYTES", default=10 * 1024 * 1024)
 INSTANCE_LOG_BACKUPS = env.int("INSTANCE_LOG_BACKUPS", default=3)

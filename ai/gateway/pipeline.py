@@ -308,16 +308,17 @@ async def _relay(
         public_model=call.resolution.model.name, include_usage=call.client_wants_usage
     )
     try:
-        out = relay.relay_batch(first)
-        _mark_first_token(record, relay)
-        if out:
-            yield out
-        async for batch in batches:
+        batch: list[bytes] | None = first
+        # Up to [DONE]: once it is relayed the reply is whole, whenever the upstream hangs up.
+        while batch is not None:
             out = relay.relay_batch(batch)
             _mark_first_token(record, relay)
             if out:
                 yield out
-        if not relay.saw_done:
+            if relay.saw_done:
+                break
+            batch = await anext(batches, None)
+        else:
             raise aiohttp.ClientPayloadError("the upstream ended the stream early")
     except RETRYABLE_ERRORS as exc:
         record.status = UsageStatus.UPSTREAM_ERROR
@@ -325,7 +326,9 @@ async def _relay(
         stream.failure = "The upstream failed mid-stream; the reply is incomplete."
         yield [streaming.error_event(UpstreamError(stream.failure))]
     except (asyncio.CancelledError, GeneratorExit):
-        record.status = UsageStatus.CLIENT_CANCELLED
+        # A client that hangs up once it has read [DONE] got the whole reply.
+        if not relay.saw_done:
+            record.status = UsageStatus.CLIENT_CANCELLED
         raise
     finally:
         response.close()

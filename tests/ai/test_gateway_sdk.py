@@ -170,3 +170,18 @@ def test_it_answers_503_when_the_model_has_no_enabled_upstream(world):
         )
     assert caught.value.status_code == 503
     assert caught.value.code == "model_not_available"
+
+
+def test_a_stream_read_to_its_done_is_answered_whenever_the_upstream_hangs_up(world):
+    # Some servers (llama-cpp-python's) keep the connection open after [DONE]; the
+    # SDK hangs up as soon as it reads [DONE]: the reply was whole all the same.
+    stream = _client(world).chat.completions.create(
+        model="acme-chat",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        extra_body={"fake_upstream": {"linger_ms": 5000}},
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    (event,) = wait_for_usage(1)
+    assert (event.status, event.is_estimated) == ("ok", False)
+    assert event.completion_tokens == 20
