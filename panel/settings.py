@@ -370,5 +370,8 @@ INSTANCE_LOG_MAX_BYTES = env.int("INSTANCE_LOG_MAX_BYTES", default=10 * 1024 * 1
 INSTANCE_LOG_BACKUPS = env.int("INSTANCE_LOG_BACKUPS", default=3)
 # Seconds between SIGTERM and SIGKILL when an instance is stopped.
 INSTANCE_STOP_GRACE = env.float("INSTANCE_STOP_GRACE", default=10.0)
+# Variables of the agent's environment passed on to model servers beyond the host's
+# own (PATH, locale, CUDA_*, HF_*...; never Switchboard's settings), comma-separated.
+INSTANCE_PASS_ENV = env.list("INSTANCE_PASS_ENV", default=[])
 # Seconds between the agent's looks at the database and its children.
 INSTANCE_POLL_INTERVAL = env.float("INSTANCE_POLL_INTERVAL", default=0.5)

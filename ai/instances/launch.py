@@ -11,21 +11,28 @@ import os
 import subprocess
 from pathlib import Path
 
+from django.conf import settings
+
 from ..models import Instance
 from . import logs, procs
 
-# Switchboard's own secrets are not the model server's business: a command
-# instance must not read the database password or the agent key from its
-# environment. An instance's own environment may still set any of them.
-PRIVATE_VARIABLES = (
-    "SECRET_KEY",
-    "FIELD_ENCRYPTION_KEY",
-    "INSTANCE_AGENT_KEY",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "METRICS_TOKEN",
-)
+# What a model server gets of the agent's environment: the host's own settings
+# (paths, locale, accelerators, thread pools, model caches, proxies), never
+# Switchboard's configuration: its secrets (the database password, the agent key)
+# and its HOST and PORT, which servers such as llama-cpp-python's read as their
+# own. INSTANCE_PASS_ENV names more; an instance's own environment may set anything.
+PASSED_NAMES = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+        "TERM", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONPATH", "SSL_CERT_FILE",
+        "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+        "http_proxy", "https_proxy", "no_proxy",
+    }
+)  # fmt: skip
+PASSED_PREFIXES = (
+    "LC_", "XDG_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "HSA_", "OMP_", "MKL_", "OPENBLAS_",
+    "GGML_", "LLAMA_", "VLLM_", "MLX_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH",
+)  # fmt: skip
 
 
 class CannotStart(Exception):
@@ -33,8 +40,13 @@ class CannotStart(Exception):
 
 
 def child_environment(instance: Instance) -> dict[str, str]:
-    """The agent's environment without Switchboard's secrets, plus the instance's own."""
-    inherited = {k: v for k, v in os.environ.items() if k not in PRIVATE_VARIABLES}
+    """The host's part of the agent's environment, plus the instance's own."""
+    extra = set(settings.INSTANCE_PASS_ENV)
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name in PASSED_NAMES or name.startswith(PASSED_PREFIXES) or name in extra
+    }
     return {**inherited, **(instance.environment or {})}
 
 

@@ -94,6 +94,7 @@ class AgentProcess:
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             MARKER: self.marker,
+            "INSTANCE_PASS_ENV": MARKER,
             **env,
         }
         self.process: subprocess.Popen | None = None

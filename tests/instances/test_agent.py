@@ -235,18 +235,21 @@ def test_it_stops_the_process_of_a_deleted_instance(agent):
 SHOW_ENVIRONMENT = (
     '{python} -c "import os, time; '
     "print([name for name in ('SECRET_KEY', 'INSTANCE_AGENT_KEY', 'DATABASE_URL', "
-    "'FIELD_ENCRYPTION_KEY', 'GREETING') if name in os.environ], os.environ.get('GREETING'), "
+    "'FIELD_ENCRYPTION_KEY', 'PORT', 'HOST', 'ADMIN_PASSWORD', 'GREETING') "
+    "if name in os.environ], os.environ.get('GREETING'), os.environ.get('PATH') is not None, "
     'flush=True); time.sleep(600)"'
 )
 
 
-def test_a_server_gets_its_own_environment_but_not_switchboards_secrets(agent):
+def test_a_server_gets_its_own_environment_but_not_switchboards_settings(agent_factory):
+    # make run's PORT and HOST would be read by llama-cpp-python's server as its own.
+    agent = agent_factory(PORT="8011", HOST="127.0.0.1", ADMIN_PASSWORD="s3cret").start()
     command_instance("env", SHOW_ENVIRONMENT, environment={"GREETING": "hello"})
 
-    # It inherits the agent's environment otherwise: the test's marker finds it.
+    # INSTANCE_PASS_ENV passes the test's marker on: the fixture finds the process.
     wait_for(agent.children, 60, "the process to start")
     log = wait_for(lambda: agent.get("/instances/env/logs").text, 60, "its output")
-    assert log == "['GREETING'] hello\n"
+    assert log == "['GREETING'] hello True\n"
 
 
 def test_a_failed_instance_runs_again_only_when_started_or_restarted(agent, tmp_path):
