@@ -111,6 +111,17 @@ class AgentProcess:
         wait_for(self.health, 60, "the agent to answer /health")
         return self
 
+    def run_to_exit(self) -> subprocess.CompletedProcess:
+        """Run the agent in the foreground, for one that should refuse to start."""
+        return subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "instance_agent"],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     def health(self) -> dict | None:
         if self.process.poll() is not None:
             raise AssertionError(f"the agent exited:\n{self.log()}")

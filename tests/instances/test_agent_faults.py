@@ -6,15 +6,12 @@ stops them; nothing is left behind either way (checked through /proc).
 
 import os
 import signal
-import subprocess
-import sys
 
 import httpx
 
 from ai.instances.services import instance_start
 from ai.models import Instance
 from tests.instances.conftest import (
-    ROOT,
     DatabaseSwitch,
     command_instance,
     is_running,
@@ -132,14 +129,7 @@ def test_a_second_agent_for_the_same_node_refuses_to_start(agent_factory):
     first = agent_factory().start()
     second = agent_factory()  # another port, the same log directory
 
-    finished = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "instance_agent"],
-        cwd=ROOT,
-        env=second.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    finished = second.run_to_exit()
     assert finished.returncode == 1
     assert "Another instance agent runs for node 'local'" in finished.stderr
     assert first.health() is not None
@@ -150,14 +140,7 @@ def test_an_agent_whose_port_is_taken_says_so(agent_factory):
     second = agent_factory(INSTANCE_LOG_DIR=str(first.log_dir.parent / "elsewhere"))
     second.env["INSTANCE_AGENT_URL"] = first.url
 
-    finished = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "instance_agent"],
-        cwd=ROOT,
-        env=second.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    finished = second.run_to_exit()
     assert finished.returncode == 1
     assert f"The instance agent cannot listen on {first.url}" in finished.stderr
 
