@@ -56,6 +56,11 @@ def key_is_live(key, now) -> bool:
     return not key.is_revoked and (key.expires_at is None or key.expires_at > now)
 
 
+class PermissionMode(models.TextChoices):
+    ALLOW_ALL = "allow_all", "Every instance"
+    PER_INSTANCE = "per_instance", "Only the instances listed"
+
+
 class APIKey(models.Model):
     """A bearer key: only its hash and a visible prefix are stored."""
 
@@ -81,6 +86,17 @@ class APIKey(models.Model):
         blank=True,
         related_name="+",
         help_text="Empty: every model the owner may use.",
+    )
+    # Seed 003: which local instances the key may use (the instance routes and the
+    # models they serve).
+    permission_mode = models.CharField(
+        max_length=20, choices=PermissionMode.choices, default=PermissionMode.ALLOW_ALL
+    )
+    instances = models.ManyToManyField(
+        "ai.Instance",
+        blank=True,
+        related_name="api_keys",
+        help_text="With per-instance permissions: the instances this key may use.",
     )
     expires_at = models.DateTimeField(null=True, blank=True)
     requests_per_minute = models.PositiveIntegerField(

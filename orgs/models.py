@@ -15,6 +15,19 @@ class Organisation(models.Model):
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="organisations"
     )
+    # Local model instances (ai.instances): quotas, and a reservation that keeps this
+    # many of its running instances from being evicted for another tenant's.
+    max_instances = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Instances it may own; empty: no limit."
+    )
+    max_running_instances = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Of those, how many may run at once; empty: no limit."
+    )
+    reserved_instances = models.PositiveIntegerField(
+        default=0,
+        help_text="This many of its running instances are never evicted to start another "
+        "organisation's.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

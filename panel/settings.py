@@ -375,3 +375,19 @@ INSTANCE_STOP_GRACE = env.float("INSTANCE_STOP_GRACE", default=10.0)
 INSTANCE_PASS_ENV = env.list("INSTANCE_PASS_ENV", default=[])
 # Seconds between the agent's looks at the database and its children.
 INSTANCE_POLL_INTERVAL = env.float("INSTANCE_POLL_INTERVAL", default=0.5)
+# Scheduling (seed 003's InstancesConfig). Per node at most this many instances run
+# (0: no limit; a Node row may say otherwise), and at most INSTANCE_MAX_INSTANCES exist.
+INSTANCE_MAX_RUNNING = env.int("INSTANCE_MAX_RUNNING", default=0)
+INSTANCE_MAX_INSTANCES = env.int("INSTANCE_MAX_INSTANCES", default=0)
+# Seconds a request waits for an on-demand start before it gets a 503.
+INSTANCE_ON_DEMAND_START_TIMEOUT = env.float("INSTANCE_ON_DEMAND_START_TIMEOUT", default=120.0)
+# Requests per instance and process that may wait for a start; more get a 503 at once.
+INSTANCE_START_QUEUE = env.int("INSTANCE_START_QUEUE", default=64)
+# Seconds between the agent's checks for idle instances (idle_timeout is in minutes).
+INSTANCE_TIMEOUT_CHECK_INTERVAL = env.float("INSTANCE_TIMEOUT_CHECK_INTERVAL", default=60.0)
+# Anti-thrash: an instance that started less than this many seconds ago is evicted
+# only when no other idle instance can be.
+INSTANCE_MIN_RESIDENCY = env.float("INSTANCE_MIN_RESIDENCY", default=60.0)
+# Seconds between a web process's writes of Instance.last_request_at for the
+# instances it has requests in flight on; an instance written within twice this is busy.
+INSTANCE_ACTIVITY_INTERVAL = env.float("INSTANCE_ACTIVITY_INTERVAL", default=1.0)

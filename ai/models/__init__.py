@@ -1,5 +1,5 @@
 from .chat import Conversation, Message, MessageRole, MessageStatus
-from .instances import Backend, DesiredState, Instance, InstanceStatus
+from .instances import Backend, DesiredState, Instance, InstanceStatus, Node
 from .registry import AIModel, HealthCheck, HealthStatus, ModelKind, ModelLink, Upstream
 from .usage import (
     GatewayProcess,
@@ -17,6 +17,7 @@ __all__ = [
     "DesiredState",
     "Instance",
     "InstanceStatus",
+    "Node",
     "Conversation",
     "Message",
     "MessageRole",

@@ -12,6 +12,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.db.models import Q
 
+from panel.fields import EncryptedTextField
+
 # A DNS label: the name is used in URLs, log file names and host names.
 NAME_PATTERN = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 NAME_RE = re.compile(rf"\A{NAME_PATTERN}\Z")
@@ -37,6 +39,10 @@ class InstanceStatus(models.TextChoices):
     RUNNING = "running", "Running"
     FAILED = "failed", "Failed"
     RESTARTING = "restarting", "Restarting"
+    # Wanted running, but its node is full of busy instances: started when one frees.
+    WAITING = "waiting", "Waiting for a free slot"
+    # Being stopped for idleness or eviction: no new requests, in-flight ones finish.
+    DRAINING = "draining", "Draining"
 
 
 class DesiredState(models.TextChoices):
@@ -124,6 +130,14 @@ class Instance(models.Model):
     ready_at = models.DateTimeField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     restart_count = models.PositiveIntegerField(default=0)
+    # The port the running process listens on: ``port``, or one of the node's range
+    # given at start and freed (cleared) when it stops.
+    assigned_port = models.PositiveIntegerField(null=True, blank=True)
+    # Written by the gateway (ai.instances.activity), never by an operator: when a
+    # request last used the instance (refreshed while requests are in flight), and the
+    # highest link priority among those requests (eviction goes lowest first).
+    last_request_at = models.DateTimeField(null=True, blank=True)
+    last_request_priority = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -158,6 +172,7 @@ class Instance(models.Model):
         "ready_at",
         "exit_code",
         "restart_count",
+        "assigned_port",
     )
 
     class Meta:
@@ -165,6 +180,11 @@ class Instance(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["node", "port"], condition=Q(port__isnull=False), name="instance_port_free"
+            ),
+            models.UniqueConstraint(
+                fields=["node", "assigned_port"],
+                condition=Q(assigned_port__isnull=False),
+                name="instance_assigned_port_free",
             ),
         ]
 
@@ -199,3 +219,40 @@ class Instance(models.Model):
             InstanceStatus.RUNNING,
             InstanceStatus.RESTARTING,
         )
+
+
+class Node(models.Model):
+    """A host that runs an instance agent (``manage.py instance_agent``).
+
+    Web processes and Celery reach the agent at ``address`` with ``api_key`` (the
+    agent's INSTANCE_AGENT_KEY); the node's instances answer at ``instance_host``.
+    """
+
+    name = models.CharField(max_length=63, unique=True, validators=[validate_instance_name])
+    address = models.URLField(
+        max_length=500, help_text="The agent's base URL, e.g. http://10.0.0.5:9201."
+    )
+    api_key = EncryptedTextField(
+        blank=True, default="", help_text="The agent's key; stored encrypted, never shown."
+    )
+    instance_host = models.CharField(
+        max_length=255, help_text="The host name or address at which its instances answer."
+    )
+    port_range = models.CharField(
+        max_length=20, blank=True, help_text='"first-last"; empty: INSTANCE_PORT_RANGE.'
+    )
+    max_running_instances = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: INSTANCE_MAX_RUNNING (0: no limit)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key)

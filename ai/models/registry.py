@@ -250,6 +250,11 @@ class ModelLink(models.Model):
     is_default = models.BooleanField(
         default=False, help_text="The model used when a request names none."
     )
+    priority = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Instance scheduling: local instances last used through a higher-priority "
+        "link are evicted after those of lower ones.",
+    )
     is_wallet_billed = models.BooleanField(
         "billed from a wallet",
         default=False,

@@ -16,6 +16,8 @@ STATUS_ORDER = HealthStatus.best_first()
 _INSTANCE_HEALTH = {
     InstanceStatus.STARTING: HealthStatus.STARTING,
     InstanceStatus.RESTARTING: HealthStatus.STARTING,
+    InstanceStatus.WAITING: HealthStatus.STARTING,
+    InstanceStatus.DRAINING: HealthStatus.UNHEALTHY,
     InstanceStatus.STOPPED: HealthStatus.UNHEALTHY,
     InstanceStatus.FAILED: HealthStatus.UNHEALTHY,
 }

@@ -176,7 +176,15 @@ def test_api_status_counts_instances_by_status(local):
 
     assert body["instances"] == {
         "total": 5,
-        "by_status": {"stopped": 2, "starting": 1, "running": 1, "failed": 1, "restarting": 0},
+        "by_status": {
+            "stopped": 2,
+            "starting": 1,
+            "running": 1,
+            "failed": 1,
+            "restarting": 0,
+            "waiting": 0,
+            "draining": 0,
+        },
     }
     assert "smol" not in httpx.get(f"{local.url}/api/status").text  # counts, not names
 
