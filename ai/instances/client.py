@@ -23,11 +23,24 @@ from panel.errors import AgentUnavailable
 TIMEOUT = httpx.Timeout(3.0, connect=1.0)
 
 
-def agent_url(node: str) -> str:
-    """The base URL of ``node``'s agent (only this host's node is known until nodes exist)."""
+def agent_endpoint(node: str) -> tuple[str, str]:
+    """The base URL and bearer key of ``node``'s agent (sync: a database read).
+
+    Only this host's node is known until Node rows are read (issue 14).
+    """
     if node != settings.INSTANCE_NODE:
         raise AgentUnavailable(f"No agent is known for node '{node}'.")
-    return settings.INSTANCE_AGENT_URL.rstrip("/")
+    return settings.INSTANCE_AGENT_URL.rstrip("/"), settings.INSTANCE_AGENT_KEY
+
+
+async def agent_endpoint_async(node: str) -> tuple[str, str]:
+    """``agent_endpoint`` for the request path (cached; no thread hop when warm)."""
+    return agent_endpoint(node)
+
+
+def agent_url(node: str) -> str:
+    """The base URL of ``node``'s agent."""
+    return agent_endpoint(node)[0]
 
 
 def instance_address(node: str) -> str:
@@ -38,12 +51,13 @@ def instance_address(node: str) -> str:
 def instance_base_url(instance) -> str | None:
     """The OpenAI base URL of ``instance`` (its node's address and its port); None
     while it has no port (one is chosen at its first start)."""
-    if instance.port is None:
+    port = instance.assigned_port if instance.assigned_port is not None else instance.port
+    if port is None:
         return None
     host = instance_address(instance.node)
     if ":" in host:
         host = f"[{host}]"  # an IPv6 address
-    return f"http://{host}:{instance.port}/v1"
+    return f"http://{host}:{port}/v1"
 
 
 def _headers() -> dict[str, str]:
