@@ -1,9 +1,10 @@
-"""Who is calling: a Bearer API key (hashed lookup, cached) or the browser session.
+"""Who is calling: an API key (hashed lookup, cached) or the browser session.
 
-``key_for_header`` (the management API's DRF authentication) and ``akey_for_header``
-(the gateway's ``authenticate``) are the one way from an Authorization header to a
-usable key; they differ only in where the key comes from (the row, or its cached
-snapshot).
+A key comes as ``Authorization: Bearer <key>`` or as ``X-API-Key: <key>`` (seed 003's
+security definition); ``key_token`` reads both. ``key_for_headers`` (the management
+API's DRF authentication) and ``akey_for_headers`` (the gateway's ``authenticate``)
+are the one way from a request's headers to a usable key; they differ only in where
+the key comes from (the row, or its cached snapshot).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from .selectors import KeyInfo, apikey_verify, key_info_verify
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MALFORMED_HEADER = "The Authorization header must be 'Bearer <API key>'."
 INCORRECT_KEY = "Incorrect API key provided."
+TWO_KEYS = (
+    "The Authorization and X-API-Key headers carry different API keys; send one key, "
+    "in either header."
+)
+NO_KEY = (
+    "You didn't provide an API key. Send 'Authorization: Bearer <API key>' "
+    "or 'X-API-Key: <API key>'."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +59,27 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip()
 
 
-def key_for_header(header: str | None) -> APIKey | None:
-    """The usable key an Authorization header carries, with its owner; None without one."""
-    token = bearer_token(header)
+def key_token(headers) -> str | None:
+    """The API key a request's headers carry (Bearer or X-API-Key); None without one.
+
+    Both headers are accepted; given together they must carry the same key.
+    """
+    bearer = bearer_token(headers.get("Authorization"))
+    api_key = (headers.get("X-API-Key") or "").strip() or None
+    if bearer is not None and api_key is not None and bearer != api_key:
+        raise AuthenticationFailed(TWO_KEYS)
+    return bearer or api_key
+
+
+def key_for_headers(headers) -> APIKey | None:
+    """The usable key a request's headers carry, with its owner; None without one."""
+    token = key_token(headers)
     return None if token is None else _found(apikey_verify(plain=token))
 
 
-async def akey_for_header(header: str | None) -> KeyInfo | None:
+async def akey_for_headers(headers) -> KeyInfo | None:
     """The same for the request path: the key's cached snapshot."""
-    token = bearer_token(header)
+    token = key_token(headers)
     return None if token is None else _found(await key_info_verify(plain=token))
 
 
@@ -70,15 +91,13 @@ def _found(key):
 
 async def authenticate(request, *, permission: str) -> Identity:
     """The caller of an API request, holding ``permission``; raises 401/403 otherwise."""
-    key = await akey_for_header(request.headers.get("Authorization"))
+    key = await akey_for_headers(request.headers)
     if key is not None:
         identity = Identity(user_id=key.user_id, key=key)
     else:
         user = await _session_user(request)
         if not user.is_authenticated:
-            raise AuthenticationFailed(
-                "You didn't provide an API key. Send 'Authorization: Bearer <API key>'."
-            )
+            raise AuthenticationFailed(NO_KEY)
         if request.method not in SAFE_METHODS:
             _check_csrf(request)
         identity = Identity(user_id=user.pk, key=None)

@@ -35,7 +35,7 @@ ERROR_STATUSES = {
 }
 
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
-BEARER = [{"bearerAuth": []}, {"cookieAuth": []}]
+BEARER = [{"bearerAuth": []}, {"apiKeyAuth": []}, {"cookieAuth": []}]
 
 
 def json_content(schema: dict, description: str) -> dict:

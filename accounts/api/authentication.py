@@ -1,21 +1,22 @@
-"""DRF authentication for the management API: a Bearer API key, or the browser session."""
+"""DRF authentication for the management API: an API key (Bearer or X-API-Key), or the
+browser session."""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from panel.errors import AuthenticationFailed
 
-from ..authentication import key_for_header
+from ..authentication import key_for_headers
 from ..services import apikey_touch
 
 
 class APIKeyAuthentication(authentication.BaseAuthentication):
-    """``Authorization: Bearer sb-…``: a usable key (not revoked or expired, active owner)."""
+    """``Authorization: Bearer sb-…`` or ``X-API-Key: sb-…``: a usable key (not revoked or
+    expired, active owner)."""
 
     def authenticate(self, request):
-        header = authentication.get_authorization_header(request).decode("latin-1")
         try:
-            key = key_for_header(header)
+            key = key_for_headers(request.headers)
         except AuthenticationFailed as error:
             # DRF's own class, so that DRF marks the request unauthenticated.
             raise exceptions.AuthenticationFailed(error.message) from None
@@ -31,11 +32,14 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
 
 class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = APIKeyAuthentication
-    name = "bearerAuth"
+    name = ["bearerAuth", "apiKeyAuth"]
+
+    def get_security_requirement(self, auto_schema):
+        return [{"bearerAuth": []}, {"apiKeyAuth": []}]
 
     def get_security_definition(self, auto_schema):
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "An API key (`sb-…`); management routes need its `manage` permission.",
-        }
+        described = "An API key (`sb-…`); management routes need its `manage` permission."
+        return [
+            {"type": "http", "scheme": "bearer", "description": described},
+            {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": described},
+        ]
