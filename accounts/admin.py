@@ -3,7 +3,8 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.template.response import TemplateResponse
 
-from .models import APIKey, Permission, User
+from .models import APIKey, Permission, PermissionMode, User
+from .selectors import instances_usable_by
 from .services import apikey_create, apikey_revoke
 
 
@@ -21,7 +22,30 @@ class UserAdmin(BaseUserAdmin):
     ]
 
 
-class APIKeyAddForm(forms.ModelForm):
+class InstancePermissionsForm(forms.ModelForm):
+    """The permission mode and the instances of a per-instance key, checked against what
+    the key's owner may use (as the API checks them)."""
+
+    def clean(self):
+        cleaned = super().clean()
+        mode, instances = cleaned.get("permission_mode"), list(cleaned.get("instances") or ())
+        if mode == PermissionMode.ALLOW_ALL and instances:
+            self.add_error("instances", "Instances are only for per-instance keys.")
+        elif mode == PermissionMode.PER_INSTANCE and not instances:
+            self.add_error("instances", "A per-instance key needs at least one instance.")
+        owner, org = self.key_owner(cleaned)
+        if owner is not None and instances:
+            usable = set(instances_usable_by(owner, org).values_list("pk", flat=True))
+            refused = [i.name for i in instances if i.pk not in usable]
+            if refused:
+                self.add_error("instances", f"The key's owner may not use: {', '.join(refused)}.")
+        return cleaned
+
+    def key_owner(self, cleaned):
+        return self.instance.user, self.instance.organisation
+
+
+class APIKeyAddForm(InstancePermissionsForm):
     permissions = forms.MultipleChoiceField(
         choices=Permission.choices,
         widget=forms.CheckboxSelectMultiple,
@@ -30,7 +54,16 @@ class APIKeyAddForm(forms.ModelForm):
 
     class Meta:
         model = APIKey
-        fields = ["user", "organisation", "name", "permissions", "allowed_models", "expires_at"]
+        fields = [
+            "user",
+            "organisation",
+            "name",
+            "permissions",
+            "allowed_models",
+            "permission_mode",
+            "instances",
+            "expires_at",
+        ]
 
     def clean(self):
         cleaned = super().clean()
@@ -39,15 +72,26 @@ class APIKeyAddForm(forms.ModelForm):
             self.add_error("organisation", "The key's owner is not a member of this organisation.")
         return cleaned
 
+    def key_owner(self, cleaned):
+        return cleaned.get("user"), cleaned.get("organisation")
 
-class APIKeyChangeForm(forms.ModelForm):
+
+class APIKeyChangeForm(InstancePermissionsForm):
     permissions = forms.MultipleChoiceField(
         choices=Permission.choices, widget=forms.CheckboxSelectMultiple, required=False
     )
 
     class Meta:
         model = APIKey
-        fields = ["name", "permissions", "allowed_models", "expires_at", "is_revoked"]
+        fields = [
+            "name",
+            "permissions",
+            "allowed_models",
+            "permission_mode",
+            "instances",
+            "expires_at",
+            "is_revoked",
+        ]
 
 
 @admin.register(APIKey)
@@ -58,6 +102,7 @@ class APIKeyAdmin(admin.ModelAdmin):
         "user",
         "organisation",
         "permission_list",
+        "permission_mode",
         "expires_at",
         "last_used_at",
         "is_revoked",
@@ -66,7 +111,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     list_select_related = ["user", "organisation"]
     search_fields = ["name", "prefix", "user__username", "user__email", "organisation__name"]
     autocomplete_fields = ["user", "organisation"]
-    filter_horizontal = ["allowed_models"]
+    filter_horizontal = ["allowed_models", "instances"]
     readonly_fields = ["user", "organisation", "prefix", "last_used_at", "created_at"]
     actions = ["revoke_keys"]
 
@@ -95,6 +140,8 @@ class APIKeyAdmin(admin.ModelAdmin):
             name=form.cleaned_data["name"],
             permissions=form.cleaned_data["permissions"],
             allowed_models=form.cleaned_data.get("allowed_models") or (),
+            permission_mode=form.cleaned_data["permission_mode"],
+            instances=form.cleaned_data.get("instances") or (),
             expires_at=form.cleaned_data.get("expires_at"),
         )
         obj.pk, obj.prefix, obj.key_hash = key.pk, key.prefix, key.key_hash
@@ -102,7 +149,7 @@ class APIKeyAdmin(admin.ModelAdmin):
         request._created_plain_key = plain
 
     def save_related(self, request, form, formsets, change):
-        # apikey_create already stored allowed_models for a new key.
+        # apikey_create already stored allowed_models and instances for a new key.
         if change:
             super().save_related(request, form, formsets, change)
 

@@ -14,7 +14,14 @@ from django.utils import timezone
 from panel.localcache import registry_cache
 from panel.snapshot import snapshot_of
 
-from .models import APIKey, User, hash_key, is_well_formed_key, key_is_live
+from .models import (
+    APIKey,
+    PermissionMode,
+    User,
+    hash_key,
+    is_well_formed_key,
+    key_is_live,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,25 +36,42 @@ class KeyInfo:
     expires_at: datetime | None
     is_revoked: bool
     limits: dict = field(default_factory=dict)
+    # The instances a per-instance key may use; None: every instance (allow_all).
+    instance_ids: frozenset[int] | None = None
 
     def is_usable(self, now: datetime) -> bool:
         return key_is_live(self, now)
 
+    def may_use_instance(self, instance_id: int) -> bool:
+        return self.instance_ids is None or instance_id in self.instance_ids
 
-def _load_key(key_hash: str) -> KeyInfo | None:
-    key = APIKey.objects.filter(key_hash=key_hash).first()
-    if key is None:
-        return None
+
+def key_info_of(key: APIKey) -> KeyInfo:
+    """The snapshot of a key row (the management API checks instance permissions with it)."""
     return snapshot_of(
         KeyInfo,
         key,
         permissions=frozenset(key.permissions),
-        allowed_model_ids=frozenset(key.allowed_models.values_list("id", flat=True)),
+        allowed_model_ids=frozenset(m.pk for m in key.allowed_models.all()),
         limits={
             "requests_per_minute": key.requests_per_minute,
             "cost_per_month": key.cost_per_month,
         },
+        instance_ids=apikey_instance_ids(key),
     )
+
+
+def apikey_instance_ids(key: APIKey) -> frozenset[int] | None:
+    """The ids of the instances ``key`` may use; None when it may use every one."""
+    if key.permission_mode == PermissionMode.ALLOW_ALL:
+        return None
+    return frozenset(i.pk for i in key.instances.all())
+
+
+def _load_key(key_hash: str) -> KeyInfo | None:
+    # Loaded once per cache generation: a change to the key or its instances bumps it.
+    key = APIKey.objects.filter(key_hash=key_hash).prefetch_related("allowed_models").first()
+    return None if key is None else key_info_of(key)
 
 
 async def key_info_get(key_hash: str) -> KeyInfo | None:
@@ -86,7 +110,7 @@ async def key_info_verify(*, plain: str) -> KeyInfo | None:
 def apikeys_for_user(user: User) -> QuerySet[APIKey]:
     """The live keys a user may manage: their own; every key for staff."""
     keys = APIKey.objects.filter(is_revoked=False).select_related("user", "organisation")
-    keys = keys.prefetch_related("allowed_models")
+    keys = keys.prefetch_related("allowed_models", "instances")
     return keys if user.is_staff else keys.filter(user=user)
 
 
@@ -98,6 +122,26 @@ def models_usable_by(user: User) -> QuerySet:
     return ai_model.objects.filter(
         Q(links__user=user) | Q(links__organisation__memberships__user=user)
     ).distinct()
+
+
+def instances_usable_by(user: User, organisation=None) -> QuerySet:
+    """The instances a key of ``user`` may be limited to (optionally acting for ``organisation``).
+
+    Operators (staff, or the instance view permission) manage every instance. Anyone else
+    may use an instance that serves a model linked to them, when it belongs to no
+    organisation or to one of theirs (the key's own, if it acts for one).
+    """
+    # Reached through the key's relation, as in models_usable_by: accounts imports no ai.
+    instance = APIKey._meta.get_field("instances").related_model
+    instances = instance.objects.all()
+    if not (user.is_staff or user.has_perm("ai.view_instance")):
+        instances = instances.filter(upstreams__model__in=models_usable_by(user))
+        instances = instances.filter(
+            Q(organisation__isnull=True) | Q(organisation__memberships__user=user)
+        )
+    if organisation is not None:
+        instances = instances.filter(Q(organisation__isnull=True) | Q(organisation=organisation))
+    return instances.distinct()
 
 
 def users_visible_to(user: User) -> QuerySet[User]:

@@ -7,7 +7,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from .models import APIKey, Permission, User, hash_key
+from .models import APIKey, Permission, PermissionMode, User, hash_key
 
 SECRET_BYTES = 32
 PREFIX_LENGTH = 12
@@ -26,9 +26,14 @@ def apikey_create(
     permissions: Iterable[str] = (Permission.READ, Permission.PROXY),
     organisation=None,
     allowed_models: Iterable = (),
+    permission_mode: str = PermissionMode.ALLOW_ALL,
+    instances: Iterable = (),
     expires_at: datetime | None = None,
 ) -> tuple[APIKey, str]:
-    """Create a key and return it with its plain text, which is never stored."""
+    """Create a key and return it with its plain text, which is never stored.
+
+    ``instances`` are those a per-instance key may use (the caller checked them).
+    """
     plain = apikey_generate()
     key = APIKey(
         user=user,
@@ -37,6 +42,7 @@ def apikey_create(
         prefix=plain[:PREFIX_LENGTH],
         key_hash=hash_key(plain),
         permissions=sorted(set(permissions)),
+        permission_mode=permission_mode,
         expires_at=expires_at,
     )
     key.full_clean()
@@ -44,6 +50,9 @@ def apikey_create(
     allowed = list(allowed_models)
     if allowed:
         key.allowed_models.set(allowed)
+    chosen = list(instances)
+    if chosen:
+        key.instances.set(chosen)
     return key, plain
 
 
@@ -69,12 +78,24 @@ def admin_ensure(*, username: str, email: str, password: str) -> tuple[User, boo
 
 @transaction.atomic
 def apikey_permissions_set(
-    *, key: APIKey, permissions: Iterable[str], allowed_models: Iterable | None = None
+    *,
+    key: APIKey,
+    permissions: Iterable[str],
+    allowed_models: Iterable | None = None,
+    permission_mode: str | None = None,
+    instances: Iterable | None = None,
 ) -> APIKey:
-    """Replace a key's permissions and, when given, the models it is limited to."""
+    """Replace a key's permissions and, when given, the models it is limited to and its
+    permission mode with the instances it may use (none with allow_all)."""
     key.permissions = sorted(set(permissions))
+    fields = ["permissions"]
+    if permission_mode is not None:
+        key.permission_mode = permission_mode
+        fields.append("permission_mode")
     key.full_clean()
-    key.save(update_fields=["permissions"])
+    key.save(update_fields=fields)
     if allowed_models is not None:
         key.allowed_models.set(list(allowed_models))
+    if instances is not None:
+        key.instances.set(list(instances))
     return key

@@ -64,3 +64,7 @@ def connect() -> None:
     m2m_changed.connect(
         _on_change, sender=APIKey.allowed_models.through, dispatch_uid="sb-cache-key-models"
     )
+    # A key's instance permissions (an instance's deletion drops its rows: post_delete above).
+    m2m_changed.connect(
+        _on_change, sender=APIKey.instances.through, dispatch_uid="sb-cache-key-instances"
+    )

@@ -8,9 +8,12 @@ from rest_framework import serializers
 
 from orgs.models import Organisation
 from panel.db import MAX_ID
+from panel.serializers import KnownFieldsOnly, StrictIntegerField
 
-from ..models import APIKey, Permission
-from ..selectors import models_usable_by, users_visible_to
+from ..models import APIKey, Permission, PermissionMode
+from ..selectors import instances_usable_by, models_usable_by, users_visible_to
+
+MAX_INSTANCES = 100
 
 
 def unix(moment: datetime | None) -> int | None:
@@ -18,10 +21,10 @@ def unix(moment: datetime | None) -> int | None:
 
 
 class KeyInstanceSerializer(serializers.Serializer):
-    """Seed 003's KeyPermissionResponse: a model the key is limited to."""
+    """Seed 003's KeyPermissionResponse: an instance a per-instance key may use."""
 
-    instance_id = serializers.IntegerField()
-    instance_name = serializers.CharField()
+    instance_id = serializers.IntegerField(source="pk")
+    instance_name = serializers.CharField(source="name")
 
 
 class KeySerializer(serializers.ModelSerializer):
@@ -30,8 +33,14 @@ class KeySerializer(serializers.ModelSerializer):
     user_id = serializers.IntegerField(read_only=True)
     organisation = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     permissions = serializers.ListField(child=serializers.ChoiceField(Permission.choices))
-    permission_mode = serializers.SerializerMethodField()
+    permission_mode = serializers.ChoiceField(PermissionMode.choices, read_only=True)
     allowed_models = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    instance_ids = serializers.PrimaryKeyRelatedField(
+        source="instances",
+        many=True,
+        read_only=True,
+        help_text="With permission_mode per_instance: the instances the key may use.",
+    )
     created_at = serializers.SerializerMethodField()
     expires_at = serializers.SerializerMethodField()
     last_used_at = serializers.SerializerMethodField()
@@ -46,15 +55,12 @@ class KeySerializer(serializers.ModelSerializer):
             "organisation",
             "permissions",
             "permission_mode",
+            "instance_ids",
             "allowed_models",
             "created_at",
             "expires_at",
             "last_used_at",
         ]
-
-    @extend_schema_field({"type": "string", "enum": ["allow_all", "per_instance"]})
-    def get_permission_mode(self, key) -> str:
-        return "per_instance" if key.allowed_models.all() else "allow_all"
 
     @extend_schema_field(OpenApiTypes.INT)
     def get_created_at(self, key) -> int:
@@ -78,8 +84,18 @@ class KeyCreatedSerializer(KeySerializer):
         fields = [*KeySerializer.Meta.fields, "key"]
 
 
+def instance_ids_field(**kwargs) -> serializers.ListField:
+    return serializers.ListField(
+        child=StrictIntegerField(min_value=1, max_value=MAX_ID),
+        max_length=MAX_INSTANCES,
+        help_text="With permission_mode per_instance (at least one): the instances the key "
+        "may use, among those its owner may use.",
+        **kwargs,
+    )
+
+
 class KeyScopeMixin:
-    """Checks a key's organisation and models against its owner's memberships and links."""
+    """Checks a key's organisation, models and instances against what its owner may use."""
 
     def check_models(self, owner, ids):
         found = {m.pk: m for m in models_usable_by(owner).filter(pk__in=ids)}
@@ -90,8 +106,31 @@ class KeyScopeMixin:
             )
         return [found[i] for i in ids]
 
+    def check_instances(self, owner, organisation, mode: str, ids: list[int]) -> list:
+        """The instances of a key in ``mode``; an id the owner may not use is named, whether
+        it exists or not."""
+        if mode == PermissionMode.ALLOW_ALL:
+            if ids:
+                raise serializers.ValidationError(
+                    {"instance_ids": "Instance ids are only for permission_mode 'per_instance'."}
+                )
+            return []
+        if not ids:
+            raise serializers.ValidationError(
+                {"instance_ids": "A per_instance key needs at least one instance id."}
+            )
+        ids = list(dict.fromkeys(ids))
+        usable = instances_usable_by(owner, organisation).filter(pk__in=ids)
+        found = {i.pk: i for i in usable}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise serializers.ValidationError(
+                {"instance_ids": f"Unknown instances or not usable by the key's owner: {missing}."}
+            )
+        return [found[i] for i in ids]
 
-class KeyCreateSerializer(KeyScopeMixin, serializers.Serializer):
+
+class KeyCreateSerializer(KnownFieldsOnly, KeyScopeMixin, serializers.Serializer):
     """Seed 003's CreateKeyRequest; staff may create a key for another user (`user_id`)."""
 
     name = serializers.CharField(max_length=100)
@@ -106,6 +145,10 @@ class KeyCreateSerializer(KeyScopeMixin, serializers.Serializer):
     allowed_models = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=MAX_ID), default=list, max_length=100
     )
+    permission_mode = serializers.ChoiceField(
+        PermissionMode.choices, default=PermissionMode.ALLOW_ALL
+    )
+    instance_ids = instance_ids_field(default=list)
     expires_at = serializers.IntegerField(
         required=False, allow_null=True, help_text="Unix time; empty: never."
     )
@@ -139,31 +182,34 @@ class KeyCreateSerializer(KeyScopeMixin, serializers.Serializer):
                 )
             attrs["organisation"] = org
         attrs["allowed_models"] = self.check_models(owner, attrs["allowed_models"])
+        attrs["instances"] = self.check_instances(
+            owner, attrs.get("organisation"), attrs["permission_mode"], attrs.pop("instance_ids")
+        )
         return attrs
 
 
-class KeyPermissionsSerializer(KeyScopeMixin, serializers.Serializer):
-    """A key's permissions and the models it is limited to (empty: all its owner's)."""
+class KeyPermissionsSerializer(KnownFieldsOnly, KeyScopeMixin, serializers.Serializer):
+    """A key's permissions, the models it is limited to (empty: all its owner's) and the
+    instances it may use; a field left out keeps its value."""
 
     permissions = serializers.ListField(child=serializers.ChoiceField(Permission.choices))
-    permission_mode = serializers.ChoiceField(["allow_all", "per_instance"], read_only=True)
     allowed_models = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
         required=False,
         max_length=100,
-        write_only=True,
     )
-    instances = KeyInstanceSerializer(many=True, read_only=True)
+    permission_mode = serializers.ChoiceField(PermissionMode.choices, required=False)
+    instance_ids = instance_ids_field(required=False)
 
     def validate(self, attrs):
+        key = self.instance
         if "allowed_models" in attrs:
-            attrs["allowed_models"] = self.check_models(self.instance.user, attrs["allowed_models"])
+            attrs["allowed_models"] = self.check_models(key.user, attrs["allowed_models"])
+        if "permission_mode" in attrs or "instance_ids" in attrs:
+            mode = attrs.setdefault("permission_mode", key.permission_mode)
+            ids = attrs.pop("instance_ids", None)
+            if ids is None:  # the mode alone: a per-instance key keeps its instances
+                kept = mode == PermissionMode.PER_INSTANCE
+                ids = [i.pk for i in key.instances.all()] if kept else []
+            attrs["instances"] = self.check_instances(key.user, key.organisation, mode, ids)
         return attrs
-
-    def to_representation(self, key):
-        models = sorted(key.allowed_models.all(), key=lambda m: m.pk)
-        return {
-            "permissions": list(key.permissions),
-            "permission_mode": "per_instance" if models else "allow_all",
-            "instances": [{"instance_id": m.pk, "instance_name": m.name} for m in models],
-        }

@@ -15,6 +15,7 @@ from .permissions import ManagementAccess
 from .serializers import (
     KeyCreatedSerializer,
     KeyCreateSerializer,
+    KeyInstanceSerializer,
     KeyPermissionsSerializer,
     KeySerializer,
 )
@@ -64,19 +65,23 @@ class KeyViewSet(
         apikey_revoke(key=instance)
 
     @extend_schema(
-        methods=["GET"], responses=KeyPermissionsSerializer, summary="A key's permissions"
+        methods=["GET"],
+        responses=KeyInstanceSerializer(many=True),
+        summary="The instances a key may use (seed 003; empty with allow_all)",
     )
     @extend_schema(
         methods=["PUT"],
         request=KeyPermissionsSerializer,
-        responses=KeyPermissionsSerializer,
-        summary="Replace a key's permissions and model scope",
+        responses=KeySerializer,
+        summary="Replace a key's permissions, model scope and instance permissions",
     )
     @action(detail=True, methods=["get", "put"], serializer_class=KeyPermissionsSerializer)
     def permissions(self, request, pk=None):
         key = self.get_object()
-        if request.method == "PUT":
-            serializer = KeyPermissionsSerializer(key, data=request.data)
-            serializer.is_valid(raise_exception=True)
-            key = apikey_permissions_set(key=key, **serializer.validated_data)
-        return Response(KeyPermissionsSerializer(key).data)
+        if request.method == "GET":
+            instances = sorted(key.instances.all(), key=lambda i: i.pk)
+            return Response(KeyInstanceSerializer(instances, many=True).data)
+        serializer = KeyPermissionsSerializer(key, data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key = apikey_permissions_set(key=key, **serializer.validated_data)
+        return Response(KeySerializer(key).data)

@@ -20,6 +20,7 @@ from ..selectors import (
     LinkInfo,
     ModelInfo,
     UserInfo,
+    model_for_key,
     models_for_caller,
     registry_get,
     usable_links,
@@ -83,8 +84,26 @@ async def resolve(
             param="model",
             code=ErrorCode.MODEL_NOT_ALLOWED,
         )
+    model = _as_key_may_use(model, key)
     _check_usable(model, kinds)
     return Resolution(user=user, key=key, model=model, link=link)
+
+
+def key_may_use_instance(key: KeyInfo | None, instance_id: int) -> bool:
+    """Whether the caller's key may use the instance: any key with allow_all, a session too."""
+    return key is None or key.may_use_instance(instance_id)
+
+
+def _as_key_may_use(model: ModelInfo, key: KeyInfo | None) -> ModelInfo:
+    """The model with only the upstreams a per-instance key may use; 403 when none is left."""
+    seen = model_for_key(model, key)
+    if seen is None:
+        raise PermissionDenied(
+            f"This API key may not use any instance that serves the model '{model.name}'.",
+            param="model",
+            code=ErrorCode.PERMISSION_DENIED,
+        )
+    return seen
 
 
 def _default_model(by_id: dict[int, ModelInfo], links: list[LinkInfo]) -> ModelInfo | None:

@@ -7,7 +7,7 @@ underlying rows bumps the shared generation (see ``ai.signals``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -218,6 +218,29 @@ def models_for_caller(registry: Registry, user: UserInfo, key: KeyInfo | None) -
     seen: dict[int, ModelInfo] = {}
     for link in usable_links(user, key):
         model = registry.by_id.get(link.model_id)
-        if model and model.is_active and (not allowed or model.id in allowed):
+        if not model or not model.is_active or (allowed and model.id not in allowed):
+            continue
+        if model_for_key(model, key) is not None:
             seen.setdefault(model.id, model)
     return sorted(seen.values(), key=lambda m: m.name)
+
+
+def model_for_key(model: ModelInfo, key: KeyInfo | None) -> ModelInfo | None:
+    """``model`` as ``key`` may use it: a per-instance key only through its own instances.
+
+    Such a key is meant for local instances, so the model's other upstreams (remote
+    ones and other instances) are left out too; None when none of its upstreams is left.
+    """
+    if key is None or key.instance_ids is None:
+        return model
+    upstreams = tuple(
+        u
+        for u in model.upstreams
+        if u.instance_id is not None and key.may_use_instance(u.instance_id)
+    )
+    if not upstreams:
+        return None
+    if len(upstreams) == len(model.upstreams):
+        return model
+    routable = tuple(u for u in upstreams if u.is_routable)
+    return replace(model, upstreams=upstreams, routable=routable)

@@ -44,7 +44,9 @@ def test_it_lets_staff_create_a_key_for_a_member_of_an_org(api, keys, registry, 
     key = APIKey.objects.get(pk=response.json()["id"])
     assert (key.user, key.organisation.slug, key.permissions) == (bob, "acme", ["proxy"])
     assert list(key.allowed_models.all()) == [registry.model]
-    assert response.json()["permission_mode"] == "per_instance"
+    # Narrowed to a model, the key still has instance permissions of its own.
+    assert response.json()["permission_mode"] == "allow_all"
+    assert response.json()["allowed_models"] == [registry.model.pk]
 
 
 def test_it_refuses_a_key_for_someone_else_without_saying_who_exists(api, keys, bob):
@@ -84,11 +86,10 @@ def test_it_replaces_a_keys_permissions_and_models(api, keys, registry):
     url = f"/api/v1/auth/keys/{registry.bob_key.pk}/permissions"
     body = {"permissions": ["read"], "allowed_models": [registry.model.pk]}
     response = as_key(api, keys["bob"]).put(url, body, format="json")
-    assert response.json() == {
-        "permissions": ["read"],
-        "permission_mode": "per_instance",
-        "instances": [{"instance_id": registry.model.pk, "instance_name": "acme-chat"}],
-    }
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["id"], body["permissions"]) == (registry.bob_key.pk, ["read"])
+    assert (body["allowed_models"], body["permission_mode"]) == ([registry.model.pk], "allow_all")
     registry.bob_key.refresh_from_db()
     assert registry.bob_key.permissions == ["read"]
 

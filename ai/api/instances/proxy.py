@@ -15,6 +15,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import StreamingHttpResponse
 from yarl import URL
 
+from accounts.authentication import Identity
 from accounts.models import Permission, User
 from panel.errors import (
     ErrorCode,
@@ -25,6 +26,7 @@ from panel.errors import (
 )
 
 from ...gateway import upstream
+from ...gateway.resolve import key_may_use_instance
 from ...instances import client
 from ...instances.selectors import instance_get
 from ...models import Instance, InstanceStatus
@@ -38,12 +40,15 @@ FORWARDED_HEADERS = ("Content-Type", "Accept")
 
 
 @sync_to_async
-def _target(user_id: int, method: str, name: str) -> Instance:
-    """The instance to relay to, if the caller is staff or holds the instance permission."""
-    user = User.objects.filter(pk=user_id, is_active=True).first()
+def _target(identity: Identity, method: str, name: str) -> Instance:
+    """The instance to relay to, if the caller is staff or holds the instance permission
+    and its key (if any) may use the instance."""
+    user = User.objects.filter(pk=identity.user_id, is_active=True).first()
     if user is None or not (user.is_staff or user.has_perm(f"ai.{ROLE_ACTIONS[method]}_instance")):
         raise PermissionDenied("This needs the admin or model_manager role.")
     instance = instance_get(name=name)
+    if not key_may_use_instance(identity.key, instance.pk):
+        raise PermissionDenied(f"This API key may not use the instance '{name}'.")
     if instance.status != InstanceStatus.RUNNING or instance.port is None:
         raise InstanceNotRunning(
             f"The instance '{name}' is {instance.status}; start it first "
@@ -79,7 +84,7 @@ async def _relay(reply: aiohttp.ClientResponse):
 
 @ai_route(methods={"GET": Permission.MANAGE, "POST": Permission.MANAGE})
 async def instance_proxy(request, identity, request_id, name: str, path: str = ""):
-    instance = await _target(identity.user_id, request.method, name)
+    instance = await _target(identity, request.method, name)
     headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
     headers["X-Request-Id"] = upstream.upstream_request_id(request_id)
     body = _body(request)

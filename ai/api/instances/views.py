@@ -16,9 +16,11 @@ from rest_framework import permissions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api.permissions import ManagementAccess
-from panel.errors import AgentUnavailable, ErrorCode, InvalidRequest
+from accounts.api.permissions import ManagementAccess, acting_key
+from accounts.selectors import KeyInfo, key_info_of
+from panel.errors import AgentUnavailable, ErrorCode, InvalidRequest, PermissionDenied
 
+from ...gateway.resolve import key_may_use_instance
 from ...instances import client, services
 from ...instances.selectors import instance_get, instances_list, name_check
 from ...models import Instance
@@ -55,6 +57,20 @@ class InstanceView(APIView):
     role_actions = {"GET": "view", "HEAD": "view", "POST": "change"}
 
 
+def _caller_key(request) -> KeyInfo | None:
+    """The API key the request came with, as the gateway sees it; None for a session."""
+    key = acting_key(request)
+    return None if key is None else key_info_of(key)
+
+
+def _permitted(request, name: str) -> Instance:
+    """The instance named ``name``, if the caller's key may use it (403 otherwise)."""
+    instance = instance_get(name=name)
+    if not key_may_use_instance(_caller_key(request), instance.pk):
+        raise PermissionDenied(f"This API key may not use the instance '{name}'.")
+    return instance
+
+
 def _render(instance: Instance, code: int = status.HTTP_200_OK) -> Response:
     return Response(InstanceSerializer(instance).data, status=code)
 
@@ -88,7 +104,10 @@ def _write(request, call, **kwargs) -> Instance:
 class InstanceListView(InstanceView):
     @extend_schema(responses=InstanceSerializer(many=True), summary="List all instances")
     def get(self, request):
-        return Response(InstanceSerializer(instances_list(), many=True).data)
+        instances, key = instances_list(), _caller_key(request)
+        if key is not None and key.instance_ids is not None:
+            instances = instances.filter(pk__in=key.instance_ids)
+        return Response(InstanceSerializer(instances, many=True).data)
 
 
 NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Instance name")
@@ -106,7 +125,7 @@ class InstanceDetailView(InstanceView):
 
     @extend_schema(responses=InstanceSerializer, summary="Get details of a specific instance")
     def get(self, request, name):
-        return _render(instance_get(name=name))
+        return _render(_permitted(request, name))
 
     @extend_schema(
         request=InstanceWriteSerializer,
@@ -115,6 +134,9 @@ class InstanceDetailView(InstanceView):
     )
     def post(self, request, name):
         name_check(name)
+        key = _caller_key(request)
+        if key is not None and key.instance_ids is not None:
+            raise PermissionDenied("A per_instance API key may not create instances.")
         instance = _write(request, services.instance_create, name=name)
         return _render(_applied(instance), status.HTTP_201_CREATED)
 
@@ -124,12 +146,12 @@ class InstanceDetailView(InstanceView):
         summary="Update an instance's configuration (a running one restarts)",
     )
     def put(self, request, name):
-        instance = _write(request, services.instance_update, instance=instance_get(name=name))
+        instance = _write(request, services.instance_update, instance=_permitted(request, name))
         return _render(_applied(instance))
 
     @extend_schema(responses={204: None}, summary="Stop and remove an instance")
     def delete(self, request, name):
-        _applied(services.instance_delete(instance=instance_get(name=name)))
+        _applied(services.instance_delete(instance=_permitted(request, name)))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -140,7 +162,7 @@ def action_view(verb: str, call, summary: str):
     class ActionView(InstanceView):
         @extend_schema(request=None, responses=InstanceSerializer, summary=summary)
         def post(self, request, name):
-            return _render(_applied(call(instance=instance_get(name=name))))
+            return _render(_applied(call(instance=_permitted(request, name))))
 
     ActionView.__name__ = ActionView.__qualname__ = f"Instance{verb.title()}View"
     return ActionView.as_view()
@@ -171,7 +193,7 @@ class InstanceLogsView(InstanceView):
         summary="Get logs from a specific instance",
     )
     def get(self, request, name):
-        instance = instance_get(name=name)
+        instance = _permitted(request, name)
         lines = _lines(request.query_params.get("lines"))
         text = client.agent_logs(instance.node, instance.name, lines)
         return HttpResponse(text, content_type="text/plain; charset=utf-8")
