@@ -26,6 +26,16 @@ class InstancePermissionsForm(forms.ModelForm):
     """The permission mode and the instances of a per-instance key, checked against what
     the key's owner may use (as the API checks them)."""
 
+    permission_mode = forms.ChoiceField(
+        choices=PermissionMode.choices,
+        initial=PermissionMode.ALLOW_ALL,
+        required=False,
+        help_text="Per-instance keys reach models only through the instances chosen below.",
+    )
+
+    def clean_permission_mode(self):
+        return self.cleaned_data.get("permission_mode") or PermissionMode.ALLOW_ALL
+
     def clean(self):
         cleaned = super().clean()
         mode, instances = cleaned.get("permission_mode"), list(cleaned.get("instances") or ())

@@ -137,3 +137,14 @@ class APIKey(models.Model):
 
     def has_permission(self, permission: str) -> bool:
         return permission in self.permissions
+
+    @property
+    def instance_ids(self) -> frozenset[int] | None:
+        """The instances a per-instance key may use; None: every one (allow_all)."""
+        if self.permission_mode == PermissionMode.ALLOW_ALL:
+            return None
+        return frozenset(instance.pk for instance in self.instances.all())
+
+    def may_use_instance(self, instance_id: int) -> bool:
+        ids = self.instance_ids
+        return ids is None or instance_id in ids

@@ -16,7 +16,6 @@ from panel.snapshot import snapshot_of
 
 from .models import (
     APIKey,
-    PermissionMode,
     User,
     hash_key,
     is_well_formed_key,
@@ -47,7 +46,7 @@ class KeyInfo:
 
 
 def key_info_of(key: APIKey) -> KeyInfo:
-    """The snapshot of a key row (the management API checks instance permissions with it)."""
+    """The snapshot of a key row."""
     return snapshot_of(
         KeyInfo,
         key,
@@ -57,15 +56,8 @@ def key_info_of(key: APIKey) -> KeyInfo:
             "requests_per_minute": key.requests_per_minute,
             "cost_per_month": key.cost_per_month,
         },
-        instance_ids=apikey_instance_ids(key),
+        instance_ids=key.instance_ids,
     )
-
-
-def apikey_instance_ids(key: APIKey) -> frozenset[int] | None:
-    """The ids of the instances ``key`` may use; None when it may use every one."""
-    if key.permission_mode == PermissionMode.ALLOW_ALL:
-        return None
-    return frozenset(i.pk for i in key.instances.all())
 
 
 def _load_key(key_hash: str) -> KeyInfo | None:

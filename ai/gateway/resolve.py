@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accounts.authentication import Identity
+from accounts.models import APIKey
 from panel.errors import (
     AuthenticationFailed,
     ErrorCode,
@@ -89,8 +90,9 @@ async def resolve(
     return Resolution(user=user, key=key, model=model, link=link)
 
 
-def key_may_use_instance(key: KeyInfo | None, instance_id: int) -> bool:
-    """Whether the caller's key may use the instance: any key with allow_all, a session too."""
+def key_may_use_instance(key: KeyInfo | APIKey | None, instance_id: int) -> bool:
+    """Whether the caller's key (its snapshot, or its row on the management API) may use
+    the instance: any key with allow_all may, and so may a session (None)."""
     return key is None or key.may_use_instance(instance_id)
 
 

@@ -1,11 +1,12 @@
 from rest_framework import serializers
 
 from accounts.models import User
+from panel.serializers import KnownFieldsOnly
 
 from ..models import Membership, Organisation, Role
 
 
-class OrganisationSerializer(serializers.ModelSerializer):
+class OrganisationSerializer(KnownFieldsOnly, serializers.ModelSerializer):
     class Meta:
         model = Organisation
         fields = ["id", "name", "slug", "tier", "created_at"]
@@ -33,7 +34,7 @@ class OrganisationCreateSerializer(OrganisationSerializer):
         fields = [*OrganisationSerializer.Meta.fields, "owner"]
 
 
-class MemberSerializer(serializers.ModelSerializer):
+class MemberSerializer(KnownFieldsOnly, serializers.ModelSerializer):
     """A membership, named by the member's user id in URLs."""
 
     user_id = serializers.IntegerField(read_only=True)

@@ -17,7 +17,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api.permissions import ManagementAccess, acting_key
-from accounts.selectors import KeyInfo, key_info_of
 from panel.errors import AgentUnavailable, ErrorCode, InvalidRequest, PermissionDenied
 
 from ...gateway.resolve import key_may_use_instance
@@ -57,16 +56,10 @@ class InstanceView(APIView):
     role_actions = {"GET": "view", "HEAD": "view", "POST": "change"}
 
 
-def _caller_key(request) -> KeyInfo | None:
-    """The API key the request came with, as the gateway sees it; None for a session."""
-    key = acting_key(request)
-    return None if key is None else key_info_of(key)
-
-
 def _permitted(request, name: str) -> Instance:
     """The instance named ``name``, if the caller's key may use it (403 otherwise)."""
     instance = instance_get(name=name)
-    if not key_may_use_instance(_caller_key(request), instance.pk):
+    if not key_may_use_instance(acting_key(request), instance.pk):
         raise PermissionDenied(f"This API key may not use the instance '{name}'.")
     return instance
 
@@ -104,9 +97,10 @@ def _write(request, call, **kwargs) -> Instance:
 class InstanceListView(InstanceView):
     @extend_schema(responses=InstanceSerializer(many=True), summary="List all instances")
     def get(self, request):
-        instances, key = instances_list(), _caller_key(request)
-        if key is not None and key.instance_ids is not None:
-            instances = instances.filter(pk__in=key.instance_ids)
+        instances, key = instances_list(), acting_key(request)
+        ids = key.instance_ids if key is not None else None
+        if ids is not None:  # a per-instance key sees only its instances
+            instances = instances.filter(pk__in=ids)
         return Response(InstanceSerializer(instances, many=True).data)
 
 
@@ -134,7 +128,7 @@ class InstanceDetailView(InstanceView):
     )
     def post(self, request, name):
         name_check(name)
-        key = _caller_key(request)
+        key = acting_key(request)
         if key is not None and key.instance_ids is not None:
             raise PermissionDenied("A per_instance API key may not create instances.")
         instance = _write(request, services.instance_create, name=name)

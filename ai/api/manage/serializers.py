@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from orgs.models import Organisation
+from panel.serializers import KnownFieldsOnly
 
 from ...models import AIModel, HealthStatus, ModelLink, Upstream
 from ...selectors.health import upstream_health
@@ -41,7 +42,7 @@ class ModelCleanMixin:
         return attrs
 
 
-class ModelConfigSerializer(serializers.Serializer):
+class ModelConfigSerializer(KnownFieldsOnly, serializers.Serializer):
     """A model's configuration (seed 004's config): every key optional."""
 
     context_window = serializers.IntegerField(min_value=0, required=False, allow_null=True)
@@ -55,7 +56,7 @@ class ModelConfigSerializer(serializers.Serializer):
         return {name: value for name, value in values.items() if value is not None}
 
 
-class UpstreamSerializer(ModelCleanMixin, serializers.ModelSerializer):
+class UpstreamSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSerializer):
     api_key = serializers.CharField(
         write_only=True,
         required=False,
@@ -110,7 +111,7 @@ class UpstreamSummarySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class AIModelSerializer(ModelCleanMixin, serializers.ModelSerializer):
+class AIModelSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSerializer):
     tags = serializers.ListField(
         child=serializers.CharField(max_length=100), required=False, max_length=50
     )
@@ -164,7 +165,7 @@ class ModelDeploySerializer(AIModelSerializer):
         return upstreams
 
 
-class ModelLinkSerializer(ModelCleanMixin, serializers.ModelSerializer):
+class ModelLinkSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSerializer):
     organisation = serializers.SlugRelatedField(
         slug_field="slug",
         queryset=Organisation.objects.all(),
