@@ -75,7 +75,13 @@ class KeyViewSet(
         responses=KeySerializer,
         summary="Replace a key's permissions, model scope and instance permissions",
     )
-    @action(detail=True, methods=["get", "put"], serializer_class=KeyPermissionsSerializer)
+    @action(
+        detail=True,
+        methods=["get", "put"],
+        serializer_class=KeyPermissionsSerializer,
+        pagination_class=None,  # a plain array, as seed 003's
+        filter_backends=[],
+    )
     def permissions(self, request, pk=None):
         key = self.get_object()
         if request.method == "GET":
