@@ -14,12 +14,14 @@ from .health import (
     upstream_health,
 )
 from .snapshots import (
+    InstanceInfo,
     LinkInfo,
     ModelInfo,
     Registry,
     UpstreamInfo,
     UserInfo,
     ai_enabled_get,
+    instance_info_get,
     models_for_caller,
     registry_get,
     registry_load,
@@ -32,6 +34,7 @@ from .usage import USAGE_GROUPS, dashboard_data, usage_scope_filter, usage_summa
 __all__ = [
     "STATUS_ORDER",
     "USAGE_GROUPS",
+    "InstanceInfo",
     "KeyInfo",
     "LinkInfo",
     "ModelInfo",
@@ -43,6 +46,7 @@ __all__ = [
     "deployment_health",
     "effective_health",
     "instance_counts",
+    "instance_info_get",
     "key_info_get",
     "model_statuses",
     "models_for_caller",
