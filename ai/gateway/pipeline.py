@@ -240,7 +240,9 @@ async def _start(call: Call, upstream: UpstreamInfo) -> UpstreamInfo:
     _use(call, upstream)
     if call.on_starting is not None:
         await call.on_starting()
-    await starts.instance_start(upstream)
+    await starts.instance_start(
+        instance_id=upstream.instance_id, name=upstream.instance_name, node=upstream.instance_node
+    )
     return await starts.started_upstream(call.resolution.model.id, upstream)
 
 

@@ -37,33 +37,32 @@ class _Flight:
 _flights: dict[int, _Flight] = {}
 
 
-async def instance_start(upstream: UpstreamInfo) -> None:
-    """Make the upstream's instance run, sharing a demand already in flight for it.
+async def instance_start(*, instance_id: int, name: str, node: str) -> None:
+    """Make the instance run, sharing a demand already in flight for it.
 
     Raises ModelNotAvailable (it could not start, with the agent's reason and
     Retry-After) or AgentUnavailable (its agent did not answer).
     """
-    flight = _flights.get(upstream.instance_id)
+    flight = _flights.get(instance_id)
     if flight is not None and (flight.task.done() or flight.loop is not asyncio.get_running_loop()):
         flight = None
     if (flight.waiters if flight else 0) >= settings.INSTANCE_START_QUEUE:
         raise ModelNotAvailable(
-            f"Too many requests are waiting for instance '{upstream.instance_name}' to start; "
-            "retry shortly.",
+            f"Too many requests are waiting for instance '{name}' to start; retry shortly.",
             headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)},
         )
     if flight is None:
-        task = asyncio.create_task(_demand(upstream))
+        task = asyncio.create_task(_demand(name, node))
         task.add_done_callback(_retrieve_exception)
-        flight = _flights[upstream.instance_id] = _Flight(task)
+        flight = _flights[instance_id] = _Flight(task)
     flight.waiters += 1
     try:
         # Shielded: a request that leaves does not cancel the start the others wait on.
         failure = await asyncio.shield(flight.task)
     finally:
         flight.waiters -= 1
-        if flight.task.done() and _flights.get(upstream.instance_id) is flight:
-            del _flights[upstream.instance_id]
+        if flight.task.done() and _flights.get(instance_id) is flight:
+            del _flights[instance_id]
     if failure is not None:
         raise type(failure)(failure.message, param=failure.param, headers=dict(failure.headers))
 
@@ -74,11 +73,11 @@ def waiting(instance_id: int) -> int:
     return flight.waiters if flight is not None else 0
 
 
-async def _demand(upstream: UpstreamInfo) -> ApiError | None:
+async def _demand(name: str, node: str) -> ApiError | None:
     """One demand to the agent; the error each waiter raises, or None once it runs."""
-    name, timeout = upstream.instance_name, settings.INSTANCE_ON_DEMAND_START_TIMEOUT
+    timeout = settings.INSTANCE_ON_DEMAND_START_TIMEOUT
     try:
-        demand = await client.agent_demand(upstream.instance_node, name, timeout)
+        demand = await client.agent_demand(node, name, timeout)
     except AgentUnavailable as exc:
         return AgentUnavailable(f"Instance '{name}' could not be started: {exc.message}")
     if not demand.is_running:

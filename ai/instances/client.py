@@ -170,7 +170,7 @@ async def agent_demand(node: str, name: str, within: float) -> Demand:
     body = _json_object(reply)
     if reply.status_code == 200:
         return Demand(is_running=True, status="running", port=_whole(body.get("port")))
-    if reply.status_code in (404, 409, 503):
+    if reply.status_code in (400, 404, 409, 503):
         reason = body.get("reason")
         return Demand(
             is_running=False,

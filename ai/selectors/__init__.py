@@ -14,6 +14,7 @@ from .health import (
     upstream_health,
 )
 from .snapshots import (
+    InstanceAccess,
     InstanceInfo,
     LinkInfo,
     ModelInfo,
@@ -21,6 +22,7 @@ from .snapshots import (
     UpstreamInfo,
     UserInfo,
     ai_enabled_get,
+    instance_for_caller,
     instance_info_get,
     models_for_caller,
     registry_get,
@@ -34,6 +36,7 @@ from .usage import USAGE_GROUPS, dashboard_data, usage_scope_filter, usage_summa
 __all__ = [
     "STATUS_ORDER",
     "USAGE_GROUPS",
+    "InstanceAccess",
     "InstanceInfo",
     "KeyInfo",
     "LinkInfo",
@@ -46,6 +49,7 @@ __all__ = [
     "deployment_health",
     "effective_health",
     "instance_counts",
+    "instance_for_caller",
     "instance_info_get",
     "key_info_get",
     "model_statuses",

@@ -278,3 +278,62 @@ def models_for_caller(registry: Registry, user: UserInfo, key: KeyInfo | None) -
         if model and model.is_active and (not allowed or model.id in allowed):
             seen.setdefault(model.id, model)
     return sorted(seen.values(), key=lambda m: m.name)
+
+
+def _load_instance_roles(user_id: int) -> frozenset[str]:
+    """What the user may do to every instance (the model_manager group): view, change."""
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return frozenset()
+    return frozenset(a for a in ("view", "change") if user.has_perm(f"ai.{a}_instance"))
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceAccess:
+    """An instance a caller may use, and through what."""
+
+    instance: InstanceInfo
+    link: LinkInfo | None  # the caller's link to a model it serves (limits, wallet, priority)
+    model: ModelInfo | None  # that model, else the first it serves (usage is recorded on it)
+
+
+async def instance_for_caller(
+    *, user: UserInfo, key: KeyInfo | None, name: str, action: str
+) -> InstanceAccess | None:
+    """The instance ``name`` if the caller may use it; None otherwise, as for no such name.
+
+    Staff and instance managers (``ai.<action>_instance``, as the instances API asks) use
+    every instance; members of the organisation that owns one use it (a key of another
+    organisation does not); an operator's instance (no organisation) is used through a
+    usable link to a model it serves.
+    """
+    instance = await instance_info_get(name)
+    if instance is None:
+        return None
+    registry = await registry_get()
+    allowed = key.allowed_model_ids if key else frozenset()
+    link = next(
+        (
+            lk
+            for lk in usable_links(user, key)
+            if lk.model_id in instance.model_ids and (not allowed or lk.model_id in allowed)
+        ),
+        None,
+    )
+    if instance.organisation_id is not None:
+        key_org = key.organisation_id if key else None
+        is_user = instance.organisation_id in user.org_tiers and key_org in (
+            None,
+            instance.organisation_id,
+        )
+    else:
+        is_user = link is not None
+    if not (is_user or user.is_staff or action in await _instance_roles_get(user.id)):
+        return None
+    served = sorted(instance.model_ids)
+    model = registry.by_id.get(link.model_id if link else served[0]) if served else None
+    return InstanceAccess(instance=instance, link=link, model=model)
+
+
+async def _instance_roles_get(user_id: int) -> frozenset[str]:
+    return await registry_cache.get(("instance_roles", user_id), _load_instance_roles, user_id)

@@ -50,7 +50,8 @@ def test_a_stream_is_in_flight_until_it_ends(local):
 
 def test_a_client_that_leaves_mid_stream_is_no_longer_in_flight(local):
     with _slow_stream(local) as response:
-        assert next(response.iter_lines()).startswith("data:")
+        lines = response.iter_lines()  # kept: a dropped iterator closes the connection
+        assert next(lines).startswith("data:")
         assert activity.in_flight(local.instance.id) == 1
     # Closed before [DONE]: the client left.
 
@@ -91,8 +92,8 @@ def test_the_highest_priority_in_flight_is_written(local, settings, bob):
         _slow_stream(local, key=local.alice_key) as first,
         _slow_stream(local, key=local.bob_key) as second,
     ):
-        next(first.iter_lines())
-        next(second.iter_lines())
+        lines = [first.iter_lines(), second.iter_lines()]
+        assert all(next(each).startswith("data:") for each in lines)
         wait_for(lambda: _row(local).last_request_priority == 7, 10, "priority 7 written")
 
 
@@ -101,7 +102,8 @@ def test_an_instance_without_requests_is_never_written(local, settings):
     other = instance_running_on(None, name="idle")
     serve_by_instance(AIModelFactory(name="idle-model"), other)
     with _slow_stream(local) as response:
-        next(response.iter_lines())
+        lines = response.iter_lines()
+        assert next(lines).startswith("data:")
         wait_for(lambda: _row(local).last_request_at, 10, "a write")
 
     other.refresh_from_db()
