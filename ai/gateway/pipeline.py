@@ -5,8 +5,8 @@ try the model's upstreams in order (``_failover``), failing over while no
 byte has reached the client, and start an instance on demand when no running
 upstream answered; every admitted request ends in exactly one
 ``usage_record``. An instance's upstream is marked in use (``activity``) from
-its first attempt (or its start) until that event. What they return is data (``Reply``, ``Stream``): the
-routes and the chat page render it.
+its first attempt (or its start) until that event. What they return is data
+(``Reply``, ``Stream``): the routes and the chat page render it.
 """
 
 from __future__ import annotations
@@ -213,7 +213,9 @@ async def _failover(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitabl
     raise _all_failed(call, last)
 
 
-async def _attempt(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitable], upstream):
+async def _attempt(
+    call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitable], upstream: UpstreamInfo
+):
     """One upstream's answer; raises _Retry after a failure, counted by the breaker."""
     record, model = call.record, call.resolution.model
     record.attempts += 1

@@ -211,6 +211,21 @@ def test_an_agent_that_does_not_answer_is_a_503_saying_so(local, no_agent):
     assert (event.status, event.http_status) == ("upstream_error", 503)
 
 
+def test_an_agent_silent_past_the_timeout_is_a_503_saying_how_long(stopped, settings):
+    settings.INSTANCE_ON_DEMAND_START_TIMEOUT = 0.5
+    stopped.agent.release.clear()  # the agent never answers in time
+
+    response = stopped.chat()
+
+    assert response.status_code == 503
+    assert response.json()["error"]["message"] == (
+        "Instance 'smol' could not be started: not ready within 0.5 s"
+    )
+    assert stopped.agent.demands[0]["body"] == {"timeout": 0.5}
+    (event,) = wait_for_usage(1)
+    assert event.status == "upstream_error"
+
+
 def test_an_agent_that_refuses_our_key_is_a_503_without_the_key(stopped, settings):
     stopped.agent.key = "another-key"
 
