@@ -1,7 +1,8 @@
 """The chat page's WebSocket: conversations and replies streamed token by token.
 
 Client messages: list, open, new (a blank draft), rename, delete, send, stop.
-Server messages: conversations, conversation, started, delta, done, error.
+Server messages: conversations, conversation, started, status (the model's instance is
+starting: words to show until the first delta), delta, done, error.
 Replies go through the same gateway functions as the REST routes.
 """
 
@@ -21,6 +22,8 @@ from .models import MessageRole, MessageStatus
 from .selectors import ai_enabled_get
 
 CLOSE_UNAUTHENTICATED = 4401
+# Shown while the model's instance starts on demand (seconds to minutes).
+STARTING = "Starting the model…"
 
 
 def plain_words(exc: Exception) -> str:
@@ -152,6 +155,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             first_message=text,
         )
 
+    async def _say_starting(self):
+        await self.send_json({"type": "status", "status": "starting", "message": STARTING})
+
     async def _reply(self, conversation, model_id):
         body = await database_sync_to_async(services.chat_body)(
             conversation=conversation, model_id=model_id
@@ -160,7 +166,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         parts: list[str] = []
         status, error, headers = MessageStatus.COMPLETE, "", {}
         try:
-            headers, pieces = await services.chat_stream(user_id=self.user_id, body=body)
+            headers, pieces = await services.chat_stream(
+                user_id=self.user_id, body=body, on_starting=self._say_starting
+            )
             async for piece in pieces:
                 parts.append(piece)
                 await self.send_json({"type": "delta", "content": piece})

@@ -4,6 +4,7 @@ Routes live under ``/v1`` and, to let one server act as several upstreams, also 
 ``/f/<opts>/v1`` where ``<opts>`` is e.g. ``status=500,latency_ms=20`` (see ``faults``).
 Each request is parsed, recorded, given its faults, then answered by its handler.
 ``/_fake/requests`` (GET, DELETE) and ``/_fake/health`` are the test hooks.
+llama.cpp's own routes (``/completion``, ``/tokenize``...) are at the root (``llamacpp``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakeupstream import faults, handlers, records
+from fakeupstream import faults, handlers, llamacpp, records
 from fakeupstream.wire import BadRequest, bad_request, error_response, json_response
 
 _PREFIXES = ("/v1", "/f/{fake_opts}/v1")
@@ -44,6 +45,7 @@ def create_app(models: list[str] | None = None) -> web.Application:
     router.add_get("/_fake/requests", _fake_requests)
     router.add_delete("/_fake/requests", _fake_clear)
     router.add_get("/_fake/health", _fake_health)
+    llamacpp.add_routes(app)
     for prefix in _PREFIXES:
         router.add_route(
             "*", prefix + "/{tail:.*}", _endpoint(handlers.not_found, needs_body=False)

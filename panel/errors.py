@@ -19,7 +19,7 @@ from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
 
-API_PREFIXES = ("/api/", "/v1/")
+API_PREFIXES = ("/api/", "/v1/", "/llama-cpp/")
 
 
 class ErrorCode(StrEnum):

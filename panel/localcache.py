@@ -96,6 +96,16 @@ class LocalCache:
         except _Unreachable:
             return self._stale_or_unavailable(key)
 
+    async def sync_now(self) -> None:
+        """Compare the shared generation now, not at the next second (after another
+        process's change that this one must see at once, such as an instance it started)."""
+        await self._sync_generation(self.clock())
+
+    def forget(self, key) -> None:
+        """Drop one entry, so that the next ``get`` loads it."""
+        self._found.pop(key, None)
+        self._missing.pop(key, None)
+
     def clear(self) -> None:
         self._found.clear()
         self._missing.clear()

@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ai.admin import usage_dashboard
 from ai.api import health
+from ai.api.instances.urls import llama_cpp_patterns
 from ai.api.urls import botserver_patterns, openai_patterns, panel_patterns
 from ai.views import chat_page
 from panel import api as panel_api
@@ -26,6 +27,7 @@ urlpatterns = [
     # The management API (DRF) comes before the gateway's routes that share its prefixes.
     path("api/v1/ai/", include("ai.api.manage.urls")),
     path("api/v1/", include("ai.api.instances.urls")),
+    path("llama-cpp/", include(llama_cpp_patterns)),
     path("api/v1/", include("accounts.api.urls")),
     path("api/v1/", include("orgs.api.urls")),
     path("api/v1/config", panel_api.ConfigView.as_view(), name="api-config"),

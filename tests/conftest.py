@@ -123,6 +123,7 @@ def fresh_gateway_state(settings, request):
     from ai.gateway import journal, ledger, router
     from ai.gateway.leases import leases
     from ai.gateway.reservations import plans
+    from ai.instances import activity
     from panel import outage
     from panel.localcache import registry_cache
 
@@ -135,6 +136,7 @@ def fresh_gateway_state(settings, request):
     leases.reset()  # a lease of an earlier test must not settle into this one's counters
     ledger.reset()
     journal.forget()
+    activity.reset()
     yield
     _wait_for_usage_writes(ledger)
     registry_cache.clear()

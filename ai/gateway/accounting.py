@@ -44,6 +44,8 @@ class Record:
     ttft_ms: int | None = None
     error: str = ""
     admission: Admission | None = None  # settled when the event is queued
+    # The instance this request keeps busy (``ai.instances.activity``) and its priority.
+    in_use: tuple[int, int] | None = None
 
     def event_ids(self) -> dict:
         """The UsageEvent's ids, as the in-flight journal keeps them."""

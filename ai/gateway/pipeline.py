@@ -2,9 +2,11 @@
 
 ``prepare`` checks, resolves and admits; ``call_json`` and ``open_stream``
 try the model's upstreams in order (``_failover``), failing over while no
-byte has reached the client; every admitted request ends in exactly one
-``usage_record``. What they return is data (``Reply``, ``Stream``): the
-routes and the chat page render it.
+byte has reached the client, and start an instance on demand when no running
+upstream answered; every admitted request ends in exactly one
+``usage_record``. An instance's upstream is marked in use (``activity``) from
+its first attempt (or its start) until that event. What they return is data
+(``Reply``, ``Stream``): the routes and the chat page render it.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from accounts.authentication import Identity
-from panel.errors import ApiError, RateLimited, UpstreamError
+from panel.errors import AgentUnavailable, ApiError, ModelNotAvailable, RateLimited, UpstreamError
 
+from ..instances import activity
 from ..models import UsageStatus
 from ..selectors import UpstreamInfo
-from . import ledger, router, streaming
+from . import ledger, router, starts, streaming
 from .accounting import Record, usage_record
 from .admission import admit
 from .leases import leases
@@ -93,6 +96,8 @@ class Call:
     resolution: Resolution
     record: Record
     client_wants_usage: bool = False
+    # Awaited before the request waits for an instance to start (the chat page says so).
+    on_starting: Callable[[], Awaitable[None]] | None = None
 
 
 async def prepare(*, identity: Identity, route: Route, body: dict, request_id: str) -> Call:
@@ -166,6 +171,8 @@ async def shutdown() -> None:
     """Give leases back and write everything pending (ASGI lifespan shutdown)."""
     leases.release_all()
     await ledger.shutdown()
+    await activity.shutdown()
+    await starts.shutdown()
 
 
 # --- Failover -------------------------------------------------------------------------
@@ -180,26 +187,72 @@ class _Retry(Exception):
 
 
 async def _failover(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitable]):
-    """``attempt`` each upstream in order until one answers; counted by the breaker."""
-    record, model = call.record, call.resolution.model
+    """``attempt`` each running upstream in order until one answers, then each instance
+    that may be started on demand, once started."""
+    model = call.resolution.model
     last = _Retry(None, "")
     await router.breaker.sync()
     for upstream in router.candidates(model):
-        record.attempts += 1
-        record.upstream_id = upstream.id
         try:
-            result = await attempt(call, upstream)
+            return await _attempt(call, attempt, upstream)
         except _Retry as exc:
             last = exc
-        except RETRYABLE_ERRORS as exc:
-            last = _Retry(None, f"{upstream.name}: {type(exc).__name__}")
-        else:
-            await router.breaker.record_success(upstream.id, upstream_name=upstream.name)
-            return result
-        await router.breaker.record_failure(
-            upstream.id, upstream_name=upstream.name, model_name=model.name
-        )
+    refused: ApiError | None = None
+    for upstream in model.startable:
+        try:
+            started = await _start(call, upstream)
+        except (ModelNotAvailable, AgentUnavailable) as exc:
+            refused = exc
+            continue
+        try:
+            return await _attempt(call, attempt, started)
+        except _Retry as exc:
+            last, refused = exc, None
+    if refused is not None:
+        raise _start_failed(call, refused)
     raise _all_failed(call, last)
+
+
+async def _attempt(
+    call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitable], upstream: UpstreamInfo
+):
+    """One upstream's answer; raises _Retry after a failure, counted by the breaker."""
+    record, model = call.record, call.resolution.model
+    record.attempts += 1
+    record.upstream_id = upstream.id
+    _use(call, upstream)
+    try:
+        result = await attempt(call, upstream)
+    except _Retry as exc:
+        failure = exc
+    except RETRYABLE_ERRORS as exc:
+        failure = _Retry(None, f"{upstream.name}: {type(exc).__name__}")
+    else:
+        await router.breaker.record_success(upstream.id, upstream_name=upstream.name)
+        return result
+    await router.breaker.record_failure(
+        upstream.id, upstream_name=upstream.name, model_name=model.name
+    )
+    raise failure
+
+
+async def _start(call: Call, upstream: UpstreamInfo) -> UpstreamInfo:
+    """Start the upstream's instance (busy meanwhile, for the scheduler); its fresh upstream."""
+    call.record.upstream_id = upstream.id
+    _use(call, upstream)
+    if call.on_starting is not None:
+        await call.on_starting()
+    await starts.instance_start(
+        instance_id=upstream.instance_id, name=upstream.instance_name, node=upstream.instance_node
+    )
+    return await starts.started_upstream(call.resolution.model.id, upstream)
+
+
+def _start_failed(call: Call, exc: ApiError) -> ApiError:
+    record = call.record
+    record.status, record.http_status = UsageStatus.UPSTREAM_ERROR, exc.status_code
+    record.error = exc.message
+    return exc
 
 
 def _check_status(upstream: UpstreamInfo, status: int) -> None:
@@ -374,6 +427,24 @@ def _elapsed_ms(since: float) -> int:
     return int((time.monotonic() - since) * 1000)
 
 
+def _use(call: Call, upstream: UpstreamInfo) -> None:
+    """Mark the upstream's instance in use by this request (and no other it tried)."""
+    record = call.record
+    if record.in_use is not None and record.in_use[0] == upstream.instance_id:
+        return
+    _release(record)
+    if upstream.instance_id is not None:
+        record.in_use = (upstream.instance_id, call.resolution.link.priority)
+        activity.begin(*record.in_use)
+
+
+def _release(record: Record) -> None:
+    if record.in_use is not None:
+        activity.end(*record.in_use)
+        record.in_use = None
+
+
 def _finish(record: Record) -> None:
+    _release(record)
     record.latency_ms = _elapsed_ms(record.started_at)
     usage_record(record)

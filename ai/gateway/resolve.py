@@ -133,7 +133,7 @@ def _check_usable(model: ModelInfo, kinds: frozenset[str]) -> None:
         raise ModelNotAvailable(f"Model '{model.name}' is not active.", param="model")
     if not model.upstreams:
         raise ModelNotAvailable(f"Model '{model.name}' has no enabled upstream.", param="model")
-    if not model.routable:
+    if not model.routable and not model.startable:
         raise ModelNotAvailable(_not_running(model), param="model")
 
 

@@ -3,7 +3,9 @@
 Upstreams go by priority (lower first), weighted random within a priority.
 Unhealthy upstreams and those whose breaker is open are tried last, only
 when nothing else is left. An instance that is not running is not tried at
-all (``ModelInfo.routable``; resolve refuses a model left with none). After
+all (``ModelInfo.routable``); one with on-demand start is started once these
+failed (``pipeline``, ``starts``), and resolve refuses a model left with
+neither. After
 BREAKER_THRESHOLD consecutive failures an upstream's breaker opens for
 BREAKER_COOLDOWN seconds; a success closes it.
 With Redis the state is shared by every process (hashes sb:breaker:fails and

@@ -23,7 +23,7 @@ from panel.snapshot import snapshot_of
 
 from ..instances.backends import served_model_id
 from ..instances.client import instance_base_url
-from ..models import AIModel, HealthStatus, InstanceStatus, ModelLink, Upstream
+from ..models import AIModel, HealthStatus, Instance, InstanceStatus, ModelLink, Upstream
 from .health import upstream_health
 
 
@@ -45,8 +45,17 @@ class UpstreamInfo:
     instance_id: int | None = None
     instance_name: str = ""
     instance_status: str = ""
+    instance_node: str = ""
+    # Started by the gateway (``ai.gateway.starts``) when a request needs it and it is not
+    # running.
+    on_demand_start: bool = False
     # Whether the router may send it requests: not an instance, or a running one with a port.
     is_routable: bool = True
+
+    @property
+    def is_startable(self) -> bool:
+        """An instance that does not run now but that a request may start."""
+        return self.instance_id is not None and self.on_demand_start and not self.is_routable
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,11 @@ class ModelInfo:
     routable: tuple[UpstreamInfo, ...]  # of those, the ones the router may try
 
     @property
+    def startable(self) -> tuple[UpstreamInfo, ...]:
+        """Its upstreams that do not run now but that a request may start, by priority."""
+        return tuple(u for u in self.upstreams if u.is_startable)
+
+    @property
     def max_output_tokens(self) -> int | None:
         return self.config.get("max_output_tokens")
 
@@ -82,6 +96,7 @@ class LinkInfo:
     limits: dict
     is_wallet_billed: bool = False
     wallet_id: int | None = None
+    priority: int = 0  # instance scheduling: a higher one is evicted later
 
     def is_usable(self, now: datetime) -> bool:
         return self.is_enabled and (self.expires_at is None or self.expires_at > now)
@@ -108,6 +123,25 @@ class UserInfo:
         return max(TIER_RANK.get(t, 0) for t in (self.tier, *self.org_tiers.values()))
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """An instance as the llama.cpp passthrough routes see it."""
+
+    id: int
+    name: str
+    node: str
+    backend: str
+    organisation_id: int | None
+    status: str
+    on_demand_start: bool
+    address: str | None  # its server's root URL (node address and port); None without a port
+    model_ids: frozenset[int]  # the models it serves (through an enabled upstream)
+
+    @property
+    def is_routable(self) -> bool:
+        return self.status == InstanceStatus.RUNNING and self.address is not None
+
+
 def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
     health = upstream_health(upstream)
     probed_ok = upstream.last_checked_at and HealthStatus.is_serving(health)
@@ -118,6 +152,8 @@ def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
         "probed_ok_at": upstream.last_checked_at.timestamp() if probed_ok else None,
         "instance_name": "",
         "instance_status": "",
+        "instance_node": "",
+        "on_demand_start": False,
         "is_routable": True,
     }
     instance = upstream.instance if upstream.instance_id else None
@@ -129,6 +165,8 @@ def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
             upstream_model_id=upstream.provider_model_id or served_model_id(instance),
             instance_name=instance.name,
             instance_status=instance.status,
+            instance_node=instance.node,
+            on_demand_start=instance.on_demand_start,
             is_routable=instance.status == InstanceStatus.RUNNING and base_url is not None,
         )
     return snapshot_of(UpstreamInfo, upstream, **values)
@@ -155,6 +193,21 @@ def registry_load() -> Registry:
     models = AIModel.objects.prefetch_related(upstreams).order_by("name")
     infos = [_model_info(model) for model in models]
     return Registry(by_name={m.name: m for m in infos}, by_id={m.id: m for m in infos})
+
+
+def instance_info_load(name: str) -> InstanceInfo | None:
+    """An instance's snapshot, read now (sync, uncached); routes use ``instance_info_get``."""
+    instance = Instance.objects.filter(name=name).first()
+    if instance is None:
+        return None
+    base_url = instance_base_url(instance)
+    served = instance.upstreams.filter(is_enabled=True).values_list("model_id", flat=True)
+    return snapshot_of(
+        InstanceInfo,
+        instance,
+        address=base_url.removesuffix("/v1") if base_url else None,
+        model_ids=frozenset(served),
+    )
 
 
 def _owner(row: ModelLink | Wallet) -> tuple[str, int]:
@@ -191,6 +244,10 @@ def _load_ai_enabled() -> bool:
 
 async def registry_get() -> Registry:
     return await registry_cache.get("registry", registry_load)
+
+
+async def instance_info_get(name: str) -> InstanceInfo | None:
+    return await registry_cache.get(("instance", name), instance_info_load, name)
 
 
 async def user_info_get(user_id: int) -> UserInfo | None:
@@ -244,3 +301,62 @@ def model_for_key(model: ModelInfo, key: KeyInfo | None) -> ModelInfo | None:
         return model
     routable = tuple(u for u in upstreams if u.is_routable)
     return replace(model, upstreams=upstreams, routable=routable)
+
+
+def _load_instance_roles(user_id: int) -> frozenset[str]:
+    """What the user may do to every instance (the model_manager group): view, change."""
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return frozenset()
+    return frozenset(a for a in ("view", "change") if user.has_perm(f"ai.{a}_instance"))
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceAccess:
+    """An instance a caller may use, and through what."""
+
+    instance: InstanceInfo
+    link: LinkInfo | None  # the caller's link to a model it serves (limits, wallet, priority)
+    model: ModelInfo | None  # that model, else the first it serves (usage is recorded on it)
+
+
+async def instance_for_caller(
+    *, user: UserInfo, key: KeyInfo | None, name: str, action: str
+) -> InstanceAccess | None:
+    """The instance ``name`` if the caller may use it; None otherwise, as for no such name.
+
+    Staff and instance managers (``ai.<action>_instance``, as the instances API asks) use
+    every instance; members of the organisation that owns one use it (a key of another
+    organisation does not); an operator's instance (no organisation) is used through a
+    usable link to a model it serves.
+    """
+    instance = await instance_info_get(name)
+    if instance is None:
+        return None
+    registry = await registry_get()
+    allowed = key.allowed_model_ids if key else frozenset()
+    link = next(
+        (
+            lk
+            for lk in usable_links(user, key)
+            if lk.model_id in instance.model_ids and (not allowed or lk.model_id in allowed)
+        ),
+        None,
+    )
+    if instance.organisation_id is not None:
+        key_org = key.organisation_id if key else None
+        is_user = instance.organisation_id in user.org_tiers and key_org in (
+            None,
+            instance.organisation_id,
+        )
+    else:
+        is_user = link is not None
+    if not (is_user or user.is_staff or action in await _instance_roles_get(user.id)):
+        return None
+    served = sorted(instance.model_ids)
+    model = registry.by_id.get(link.model_id if link else served[0]) if served else None
+    return InstanceAccess(instance=instance, link=link, model=model)
+
+
+async def _instance_roles_get(user_id: int) -> frozenset[str]:
+    return await registry_cache.get(("instance_roles", user_id), _load_instance_roles, user_id)

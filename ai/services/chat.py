@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from accounts.authentication import Identity
 from panel.errors import ErrorCode, NotFound, UpstreamError
@@ -89,10 +89,16 @@ def chat_body(*, conversation: Conversation, model_id: int | None) -> dict:
     return body
 
 
-async def chat_stream(*, user_id: int, body: dict) -> tuple[dict, AsyncIterator[str]]:
+async def chat_stream(
+    *,
+    user_id: int,
+    body: dict,
+    on_starting: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[dict, AsyncIterator[str]]:
     """Stream a reply through the gateway (resolution, limits, failover, usage): headers, pieces.
 
     The same functions serve /v1/chat/completions; nothing here calls the HTTP API.
+    ``on_starting`` is awaited before the reply waits for the model's instance to start.
     """
     call = await pipeline.prepare(
         identity=Identity(user_id=user_id, key=None),
@@ -100,6 +106,7 @@ async def chat_stream(*, user_id: int, body: dict) -> tuple[dict, AsyncIterator[
         body=body,
         request_id=f"req_{uuid.uuid4().hex}",
     )
+    call.on_starting = on_starting
     result: Stream | Reply = await pipeline.open_stream(call)
     if isinstance(result, Reply):
         raise UpstreamError(f"The model refused the request (HTTP {result.status}).")

@@ -106,13 +106,22 @@
       state.replyText = "";
       state.replyEl = addMessage("assistant", "", "streaming");
       state.replyEl.dataset.streaming = "yes";
+    } else if (msg.type === "status" && state.replyEl) {
+      // The model's instance is starting: words instead of an empty bubble.
+      state.replyEl.querySelector(".body").textContent = msg.message;
+      state.replyEl.classList.add("waiting");
     } else if (msg.type === "delta" && state.replyEl) {
+      state.replyEl.classList.remove("waiting");
       state.replyText += msg.content;
       renderMarkdown(state.replyEl.querySelector(".body"), state.replyText);
       $("messages").scrollTop = $("messages").scrollHeight;
     } else if (msg.type === "done") {
       if (state.replyEl) {
         delete state.replyEl.dataset.streaming;
+        if (state.replyEl.classList.contains("waiting")) {
+          state.replyEl.classList.remove("waiting");
+          state.replyEl.querySelector(".body").textContent = "";
+        }
         if (msg.status === "stopped") badge(state.replyEl, "stopped");
         if (msg.status === "error") { state.replyEl.classList.add("failed"); badge(state.replyEl, msg.error); }
       }

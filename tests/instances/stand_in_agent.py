@@ -2,12 +2,15 @@
 
 The real agent (``manage.py instance_agent``) is built apart; these tests need
 only what ``ai.instances.client`` speaks to (see its docstring): ``POST
-/reconcile`` and ``GET /instances/{name}/logs?lines=N``, with the bearer key.
+/reconcile``, ``GET /instances/{name}/logs?lines=N`` and ``POST
+/instances/{name}/demand``, with the bearer key.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,7 +18,12 @@ import pytest
 
 
 class StandInAgent:
-    """Answers like an agent: 202 to a nudge, the last N lines of a log kept in ``logs``."""
+    """Answers like an agent: 202 to a nudge, the last N lines of a log kept in ``logs``,
+    and a demand with what ``on_demand(name, body)`` returns (status, JSON object).
+
+    Every demand is kept in ``demands``; while ``release`` is clear, demands wait for it
+    (a start that takes its time), and ``waiting`` counts them.
+    """
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -23,6 +31,15 @@ class StandInAgent:
         self.nudges = 0
         self.log_requests: list[dict] = []
         self.refused = 0
+        self.demands: list[dict] = []
+        self.on_demand: Callable[[str, dict], tuple[int, dict]] = lambda name, body: (
+            404,
+            {"reason": f"No instance '{name}' on this node."},
+        )
+        self.release = threading.Event()
+        self.release.set()
+        self.waiting = 0
+        self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -45,6 +62,27 @@ class StandInAgent:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _answer_json(self, status: int, data: dict) -> None:
+                body = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _demand(self, name: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                with agent._lock:
+                    agent.demands.append({"name": name, "body": body})
+                    agent.waiting += 1
+                try:
+                    agent.release.wait(timeout=60)
+                finally:
+                    with agent._lock:
+                        agent.waiting -= 1
+                self._answer_json(*agent.on_demand(name, body))
+
             def _is_authorised(self) -> bool:
                 if self.headers.get("Authorization") == f"Bearer {agent.key}":
                     return True
@@ -58,6 +96,9 @@ class StandInAgent:
                 if self.path == "/reconcile":
                     agent.nudges += 1
                     return self._answer(202)
+                parts = self.path.strip("/").split("/")
+                if len(parts) == 3 and parts[0] == "instances" and parts[2] == "demand":
+                    return self._demand(parts[1])
                 self._answer(404)
 
             def do_GET(self):
@@ -81,6 +122,7 @@ class StandInAgent:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release.set()  # no demand left waiting on a test that is over
         self.server.shutdown()
         self.server.server_close()
 

@@ -15,7 +15,7 @@ from openai import OpenAI
 
 from accounts.models import Permission
 from accounts.services import apikey_create
-from ai.models import Instance, ModelLink, Upstream, UsageEvent
+from ai.models import AIModel, Instance, ModelKind, ModelLink, Upstream, UsageEvent
 from tests.factories import UserFactory
 from tests.servers import wait_for
 
@@ -150,3 +150,63 @@ def _alice_id() -> int:
     from accounts.models import User
 
     return User.objects.get(username="alice").id
+
+
+LLAMA_SERVER_SHIM = Path(__file__).with_name("llama_server.py")
+
+
+def on_demand_llama_cpp(gguf: Path, name: str = "smol") -> Instance:
+    """A stopped llama_cpp instance with on-demand start, served as the model "smollm2"
+    (llama-server's flags, over llama-cpp-python's server: ``llama_server.py``)."""
+    import sys
+
+    instance = Instance.objects.create(
+        name=name,
+        backend="llama_cpp",
+        model_path=str(gguf),
+        context_size=1024,
+        threads=2,
+        command_override=f"{sys.executable} {LLAMA_SERVER_SHIM}",
+        on_demand_start=True,
+    )
+    model = AIModel.objects.create(name="smollm2", kind=ModelKind.CHAT)
+    Upstream.objects.create(model=model, name=f"{name}-local", base_url="", instance=instance)
+    return instance
+
+
+def test_a_stopped_on_demand_instance_starts_on_the_first_request_and_passes_tokenize_through(
+    agent, asgi_server, alice_key
+):
+    """The real agent starts the real server on demand (POST /instances/{name}/demand)."""
+    instance = on_demand_llama_cpp(smollm2_gguf())
+    ModelLink.objects.create(model=AIModel.objects.get(name="smollm2"), user_id=_alice_id())
+    headers = {"Authorization": f"Bearer {alice_key}"}
+
+    with httpx.stream(
+        "POST",
+        f"{asgi_server.url}/v1/chat/completions",
+        headers=headers,
+        json={"model": "smollm2", "messages": HI, "max_tokens": 8, "stream": True},
+        timeout=240,
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+
+    assert response.status_code == 200, lines
+    assert lines[-1] == "data: [DONE]"
+    instance.refresh_from_db()
+    assert instance.status == "running" and is_running(instance.pid, instance.pid_started)
+    tokens = httpx.post(
+        f"{asgi_server.url}/llama-cpp/smol/tokenize",
+        headers=headers,
+        json={"content": "Hello world"},
+        timeout=30,
+    )
+    assert tokens.status_code == 200, tokens.text
+    assert tokens.json() == {"tokens": [19556, 905]}  # SmolLM2's own tokenizer
+    (event,) = wait_for(
+        lambda: list(UsageEvent.objects.all()) if UsageEvent.objects.exists() else None,
+        30,
+        "the usage event",
+    )
+    assert (event.status, event.is_stream) == ("ok", True)
+    assert event.upstream_id == instance.upstreams.get().id

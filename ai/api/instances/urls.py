@@ -1,6 +1,7 @@
 from django.urls import path, re_path
 
 from . import views
+from .llamacpp import VIEWS, route_not_found
 from .proxy import instance_proxy
 
 urlpatterns = [
@@ -12,4 +13,10 @@ urlpatterns = [
     path("instances/<str:name>/logs", views.InstanceLogsView.as_view(), name="instance-logs"),
     # /proxy, /proxy/ and /proxy/<path>: the path relayed as is (empty: the server's root).
     re_path(r"^instances/(?P<name>[^/]+)/proxy(?:/(?P<path>.*))?$", instance_proxy),
+]
+
+# Mounted at /llama-cpp/ (seed 003 puts them outside /api/v1).
+llama_cpp_patterns = [
+    *(path(f"<str:name>/{route}", view) for route, view in VIEWS.items()),
+    re_path(r"^", route_not_found),
 ]
