@@ -23,6 +23,7 @@ from panel.snapshot import snapshot_of
 
 from ..instances.backends import served_model_id
 from ..instances.client import instance_base_url
+from ..instances.nodes import instance_hosts
 from ..models import AIModel, HealthStatus, InstanceStatus, ModelLink, Upstream
 from .health import upstream_health
 
@@ -108,7 +109,7 @@ class UserInfo:
         return max(TIER_RANK.get(t, 0) for t in (self.tier, *self.org_tiers.values()))
 
 
-def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
+def _upstream_info(upstream: Upstream, model: AIModel, hosts: dict[str, str]) -> UpstreamInfo:
     health = upstream_health(upstream)
     probed_ok = upstream.last_checked_at and HealthStatus.is_serving(health)
     values = {
@@ -123,7 +124,7 @@ def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
     instance = upstream.instance if upstream.instance_id else None
     if instance is not None:
         # Its address is its node's and its port, known here: nothing left for the request.
-        base_url = instance_base_url(instance)
+        base_url = instance_base_url(instance, hosts)
         values.update(
             base_url=base_url or "",
             upstream_model_id=upstream.provider_model_id or served_model_id(instance),
@@ -134,9 +135,9 @@ def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
     return snapshot_of(UpstreamInfo, upstream, **values)
 
 
-def _model_info(model: AIModel) -> ModelInfo:
+def _model_info(model: AIModel, hosts: dict[str, str]) -> ModelInfo:
     upstreams = sorted(model.upstreams.all(), key=lambda u: (u.priority, u.id))
-    infos = tuple(_upstream_info(u, model) for u in upstreams if u.is_enabled)
+    infos = tuple(_upstream_info(u, model, hosts) for u in upstreams if u.is_enabled)
     return snapshot_of(
         ModelInfo,
         model,
@@ -153,7 +154,8 @@ def registry_load() -> Registry:
     """The registry, read now (sync, uncached); the request path uses ``registry_get``."""
     upstreams = Prefetch("upstreams", queryset=Upstream.objects.select_related("instance"))
     models = AIModel.objects.prefetch_related(upstreams).order_by("name")
-    infos = [_model_info(model) for model in models]
+    hosts = instance_hosts()
+    infos = [_model_info(model, hosts) for model in models]
     return Registry(by_name={m.name: m for m in infos}, by_id={m.id: m for m in infos})
 
 

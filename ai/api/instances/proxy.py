@@ -27,7 +27,7 @@ from panel.errors import (
 from ...gateway import upstream
 from ...instances import client
 from ...instances.selectors import instance_get
-from ...models import Instance, InstanceStatus
+from ...models import InstanceStatus
 from ..base import ai_route
 
 # A generation may be slow to start and long; a server silent this long has hung.
@@ -38,23 +38,24 @@ FORWARDED_HEADERS = ("Content-Type", "Accept")
 
 
 @sync_to_async
-def _target(user_id: int, method: str, name: str) -> Instance:
-    """The instance to relay to, if the caller is staff or holds the instance permission."""
+def _target(user_id: int, method: str, name: str) -> str:
+    """The origin (``http://host:port``) of the instance to relay to, if the caller is staff
+    or holds the instance permission."""
     user = User.objects.filter(pk=user_id, is_active=True).first()
     if user is None or not (user.is_staff or user.has_perm(f"ai.{ROLE_ACTIONS[method]}_instance")):
         raise PermissionDenied("This needs the admin or model_manager role.")
     instance = instance_get(name=name)
-    if instance.status != InstanceStatus.RUNNING or instance.port is None:
+    origin = client.instance_origin(instance)
+    if instance.status != InstanceStatus.RUNNING or origin is None:
         raise InstanceNotRunning(
             f"The instance '{name}' is {instance.status}; start it first "
             f"(POST /api/v1/instances/{name}/start)."
         )
-    return instance
+    return origin
 
 
-def _url(instance: Instance, path: str, query: str) -> URL:
-    host = client.instance_address(instance.node)
-    target = f"http://{host}:{instance.port}/{quote(path, safe='/:@!$&()*+,;=-._~')}"
+def _url(origin: str, path: str, query: str) -> URL:
+    target = f"{origin}/{quote(path, safe='/:@!$&()*+,;=-._~')}"
     return URL(f"{target}?{query}" if query else target, encoded=True)
 
 
@@ -79,14 +80,14 @@ async def _relay(reply: aiohttp.ClientResponse):
 
 @ai_route(methods={"GET": Permission.MANAGE, "POST": Permission.MANAGE})
 async def instance_proxy(request, identity, request_id, name: str, path: str = ""):
-    instance = await _target(identity.user_id, request.method, name)
+    origin = await _target(identity.user_id, request.method, name)
     headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
     headers["X-Request-Id"] = upstream.upstream_request_id(request_id)
     body = _body(request)
     try:
         reply = await upstream.session().request(
             request.method,
-            _url(instance, path, request.META.get("QUERY_STRING", "")),
+            _url(origin, path, request.META.get("QUERY_STRING", "")),
             data=body,
             headers=headers,
             timeout=TIMEOUT,

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import views
+from . import nodes, views
 from .proxy import instance_proxy
 
 urlpatterns = [
@@ -12,4 +12,6 @@ urlpatterns = [
     path("instances/<str:name>/logs", views.InstanceLogsView.as_view(), name="instance-logs"),
     # /proxy, /proxy/ and /proxy/<path>: the path relayed as is (empty: the server's root).
     re_path(r"^instances/(?P<name>[^/]+)/proxy(?:/(?P<path>.*))?$", instance_proxy),
+    path("nodes", nodes.NodeListView.as_view(), name="node-list"),
+    path("nodes/<str:name>", nodes.NodeDetailView.as_view(), name="node-detail"),
 ]
