@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import nodes, views
+from . import backends, nodes, views
 from .proxy import instance_proxy
 
 urlpatterns = [
@@ -14,4 +14,15 @@ urlpatterns = [
     re_path(r"^instances/(?P<name>[^/]+)/proxy(?:/(?P<path>.*))?$", instance_proxy),
     path("nodes", nodes.NodeListView.as_view(), name="node-list"),
     path("nodes/<str:name>", nodes.NodeDetailView.as_view(), name="node-detail"),
+    *[
+        path(
+            f"backends/{route}/parse-command",
+            backends.ParseCommandView.as_view(backend=backend),
+            name=f"backend-parse-{route}",
+        )
+        for route, backend in backends.ROUTE_BACKENDS.items()
+    ],
+    path("backends/llama-cpp/help", backends.llama_server_help),
+    path("backends/llama-cpp/version", backends.llama_server_version),
+    path("backends/llama-cpp/devices", backends.llama_server_devices),
 ]
