@@ -13,7 +13,10 @@ from ai.instances.services import instance_create
 from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
 from tests.instances.stand_in_agent import StandInAgent, point_local_agent
 
-MANAGEMENT_PATHS = r"^/api/v1/(ai/(models|upstreams|links)|orgs|auth/keys|config|version|instances)"
+MANAGEMENT_PATHS = (
+    r"^/api/v1/(ai/(models|upstreams|links)|orgs|auth/keys|config|version|instances|nodes"
+    r"|backends/[a-z-]+/parse-command)"
+)
 # Revoking or narrowing the key that runs the test would turn the rest of the run into 401s.
 OWN_KEY_OPERATIONS = ("v1_auth_keys_destroy", "v1_auth_keys_permissions_update")
 
