@@ -153,8 +153,10 @@ def _model_info(model: AIModel, hosts: dict[str, str]) -> ModelInfo:
 def registry_load() -> Registry:
     """The registry, read now (sync, uncached); the request path uses ``registry_get``."""
     upstreams = Prefetch("upstreams", queryset=Upstream.objects.select_related("instance"))
-    models = AIModel.objects.prefetch_related(upstreams).order_by("name")
-    hosts = instance_hosts()
+    models = list(AIModel.objects.prefetch_related(upstreams).order_by("name"))
+    # The nodes' hosts, read only when some upstream is an instance.
+    is_local = any(u.instance_id for model in models for u in model.upstreams.all())
+    hosts = instance_hosts() if is_local else {}
     infos = [_model_info(model, hosts) for model in models]
     return Registry(by_name={m.name: m for m in infos}, by_id={m.id: m for m in infos})
 

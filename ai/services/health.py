@@ -133,8 +133,8 @@ def _claim_due(now) -> list[Upstream]:
 def upstreams_check(*, upstreams: list[Upstream] | None = None) -> list[HealthCheck]:
     """Probe the given upstreams now, or every one that is due; store and apply the results."""
     now = timezone.now()
-    hosts = instance_hosts()
     claimed = _claim_due(now) if upstreams is None else upstreams
+    hosts = instance_hosts() if any(u.instance_id for u in claimed) else {}
     targets = [(u, base) for u in claimed if (base := _base_url(u, hosts)) is not None]
     if not targets:
         return []

@@ -20,9 +20,7 @@ def test_it_shows_staff_the_config_without_secrets(api, keys, settings):
     assert "://" not in text
 
 
-def test_it_shows_the_instance_settings_and_never_the_agent_key_url_or_paths(
-    api, keys, settings
-):
+def test_it_shows_the_instance_settings_and_never_the_agent_key_url_or_paths(api, keys, settings):
     settings.INSTANCE_PORT_RANGE = "9000-9099"
     settings.INSTANCE_MAX_RUNNING = 2
     settings.INSTANCE_AGENT_KEY = "agent-key-never-in-the-config"
