@@ -27,6 +27,8 @@ from panel.localcache import registry_cache
 from . import nodes
 
 TIMEOUT = httpx.Timeout(3.0, connect=1.0)
+# No answer: down, refused, timed out, or an address httpx cannot use.
+UNANSWERED = (httpx.HTTPError, httpx.InvalidURL)
 
 
 def _unknown(node: str) -> AgentUnavailable:
@@ -114,7 +116,7 @@ def agent_nudge(node: str) -> bool:
     try:
         url, key = agent_endpoint(node)
         reply = httpx.post(f"{url}/reconcile", headers=_headers(key), timeout=TIMEOUT)
-    except (httpx.HTTPError, AgentUnavailable):
+    except (*UNANSWERED, AgentUnavailable):
         return False
     return reply.status_code == 202
 
@@ -124,7 +126,7 @@ def agent_health(node: str) -> dict:
     url, key = agent_endpoint(node)
     try:
         reply = httpx.get(f"{url}/health", headers=_headers(key), timeout=TIMEOUT)
-    except httpx.HTTPError as exc:
+    except UNANSWERED as exc:
         raise _unavailable(node, exc) from exc
     if reply.status_code != 200:
         raise _refused(node, reply)
@@ -142,7 +144,7 @@ def agent_logs(node: str, name: str, lines: int | None = None) -> str:
             headers=_headers(key),
             timeout=TIMEOUT,
         )
-    except httpx.HTTPError as exc:
+    except UNANSWERED as exc:
         raise _unavailable(node, exc) from exc
     if reply.status_code == 404:
         return ""  # never started on this node: no log yet

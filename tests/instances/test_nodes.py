@@ -88,6 +88,11 @@ def test_an_unknown_node_has_no_agent_and_its_instances_no_address():
         client.agent_logs("nowhere", "x", 10)
     assert instance_base_url(Instance(name="x", node="nowhere", port=8300)) is None
     assert not Node.objects.exists()  # only this host's node is made on demand
+    # A row written past the admin's checks, with an address no client can use.
+    add_node("broken", "http://[::1:9201")
+    assert client.agent_nudge("broken") is False
+    with pytest.raises(AgentUnavailable, match="node 'broken' is not answering"):
+        client.agent_health("broken")
 
 
 @pytest.mark.django_db(transaction=True)
