@@ -5,6 +5,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from .instances import admin as instances_admin  # noqa: F401  (registers the Instances page)
+from .instances import node_admin  # noqa: F401  (registers the Nodes page)
 from .models import (
     AIModel,
     HealthCheck,

@@ -42,13 +42,15 @@ def connect() -> None:
     from orgs.models import LedgerEntry, Membership, Organisation
     from panel.models import SiteSettings
 
-    from .models import AIModel, Instance, ModelLink, Upstream
+    from .models import AIModel, Instance, ModelLink, Node, Upstream
 
-    # An instance's status and port decide whether (and where) its upstream is routed.
+    # An instance's status and port decide whether (and where) its upstream is routed;
+    # its node's row, where its agent and its port are reached.
     for model in (
         AIModel,
         Upstream,
         Instance,
+        Node,
         ModelLink,
         APIKey,
         User,

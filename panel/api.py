@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api.permissions import IsStaff, ManagementAccess
+from ai.instances.procs import parse_port_range
 
 from . import redis as sb_redis
 from .models import SiteSettings
@@ -48,6 +49,29 @@ def config_snapshot() -> dict:
             "degraded_latency_ms": settings.HEALTH_DEGRADED_LATENCY_MS,
             "retention_days": settings.HEALTH_RETENTION_DAYS,
         },
+        "instances": _instances(),
+    }
+
+
+def _instances() -> dict:
+    # Seed 003's config.InstancesConfig names where they apply. Left out: the agent's
+    # key, its URL and this host's address (found at /api/v1/nodes by those who may),
+    # and the log directory: no path of the host is shown here.
+    ports = parse_port_range(settings.INSTANCE_PORT_RANGE)
+    return {
+        "node": settings.INSTANCE_NODE,
+        "max_instances": settings.INSTANCE_MAX_INSTANCES,
+        "max_running_instances": settings.INSTANCE_MAX_RUNNING,
+        "on_demand_start_timeout": settings.INSTANCE_ON_DEMAND_START_TIMEOUT,
+        "port_range": [ports.start, ports.stop - 1],
+        "timeout_check_interval": settings.INSTANCE_TIMEOUT_CHECK_INTERVAL,
+        "poll_interval": settings.INSTANCE_POLL_INTERVAL,
+        "start_queue": settings.INSTANCE_START_QUEUE,
+        "min_residency": settings.INSTANCE_MIN_RESIDENCY,
+        "activity_interval": settings.INSTANCE_ACTIVITY_INTERVAL,
+        "stop_grace": settings.INSTANCE_STOP_GRACE,
+        "log_max_bytes": settings.INSTANCE_LOG_MAX_BYTES,
+        "log_backups": settings.INSTANCE_LOG_BACKUPS,
     }
 
 
@@ -91,6 +115,33 @@ ConfigSchema = inline_serializer(
                 "probe_timeout": serializers.FloatField,
                 "degraded_latency_ms": serializers.IntegerField,
                 "retention_days": serializers.IntegerField,
+            },
+        ),
+        "instances": inline_serializer(
+            "InstancesConfig",
+            {
+                "node": serializers.CharField(help_text="This host's node (INSTANCE_NODE)."),
+                "max_instances": serializers.IntegerField(help_text="0: no limit."),
+                "max_running_instances": serializers.IntegerField(
+                    help_text="Per node, unless its Node row says otherwise; 0: no limit."
+                ),
+                "on_demand_start_timeout": serializers.FloatField(help_text="Seconds."),
+                "port_range": serializers.ListField(
+                    child=serializers.IntegerField(),
+                    min_length=2,
+                    max_length=2,
+                    help_text="[first, last] port given to instances that name none.",
+                ),
+                "timeout_check_interval": serializers.FloatField(
+                    help_text="Seconds between idle checks (llamactl counts minutes)."
+                ),
+                "poll_interval": serializers.FloatField(help_text="Seconds."),
+                "start_queue": serializers.IntegerField(),
+                "min_residency": serializers.FloatField(help_text="Seconds."),
+                "activity_interval": serializers.FloatField(help_text="Seconds."),
+                "stop_grace": serializers.FloatField(help_text="Seconds."),
+                "log_max_bytes": serializers.IntegerField(),
+                "log_backups": serializers.IntegerField(),
             },
         ),
     },

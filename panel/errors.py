@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     INVALID_NAME = "invalid_name"
     INSTANCE_NOT_RUNNING = "instance_not_running"
     AGENT_UNAVAILABLE = "agent_unavailable"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
     # Organisations and their members
     LAST_OWNER = "last_owner"
     AMBIGUOUS_EMAIL = "ambiguous_email"
@@ -195,6 +196,12 @@ class AgentUnavailable(ServiceUnavailable, code=ErrorCode.AGENT_UNAVAILABLE):
     """The instance agent of a node did not answer (down, or not started)."""
 
     default_message = "The instance agent is not answering."
+
+
+class BackendUnavailable(ServiceUnavailable, code=ErrorCode.BACKEND_UNAVAILABLE):
+    """A backend's program (llama-server) is not installed here, failed or did not answer."""
+
+    default_message = "The backend's program is not available."
 
 
 class UpstreamError(ApiError, status=502, code=ErrorCode.UPSTREAM_ERROR):

@@ -8,7 +8,7 @@ after the project's own (``panel.openapi``), without touching them.
 
 from __future__ import annotations
 
-from panel.openapi import ANY_OBJECT, add_paths, operation
+from panel.openapi import ANY_OBJECT, ERROR, add_paths, json_content, operation
 
 REQUEST_SCHEMAS = {
     "ChatCompletionRequest": {
@@ -121,6 +121,28 @@ def gateway_paths() -> dict[str, dict]:
             },
         }
     )
+    paths.update(llama_server_paths())
+    return paths
+
+
+def llama_server_paths() -> dict[str, dict]:
+    """GET /api/v1/backends/llama-cpp/{help,version,devices}: the program's own text."""
+    paths = {}
+    for question, summary in (
+        ("help", "Get help for llama server"),
+        ("version", "Get version of llama server"),
+        ("devices", "List available devices for llama server"),
+    ):
+        described = operation(summary, "Backends")
+        described["responses"]["200"] = {
+            "description": f"What `llama-server` of this host prints ({question}).",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+        described["responses"]["503"] = json_content(
+            ERROR, "llama-server is not installed here, failed or took too long."
+        )
+        described["responses"].pop("429")
+        paths[f"/api/v1/backends/llama-cpp/{question}"] = {"get": described}
     return paths
 
 

@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from panel.errors import AgentUnavailable
 
 from ..models import Instance, InstanceStatus
-from . import backends, client, services
+from . import backends, client, nodes, services
 
 STATUS_COLOURS = {
     InstanceStatus.RUNNING: "#1a7f37",
@@ -70,6 +70,11 @@ class InstanceForm(forms.ModelForm):
                 self.initial["command_override"] = services.masked_command(
                     self.instance.command_override
                 )
+
+    def clean_node(self):
+        node = self.cleaned_data["node"]
+        nodes.node_check(node)
+        return node
 
     def _post_clean(self):
         super()._post_clean()
@@ -164,7 +169,7 @@ class InstanceAdmin(admin.ModelAdmin):
 
     @admin.display(description="command line (secrets masked)")
     def command(self, obj):
-        host = client.instance_address(obj.node)
+        host = client.instance_address(obj.node) or "{host}"
         return format_html(
             "<code>{}</code>", backends.display_command(obj, host=host, port=obj.port)
         )

@@ -1,7 +1,9 @@
 """How web processes, Celery and the admin talk to a node's instance agent.
 
-The agent (``ai.instances.agent``) serves a small HTTP API on its node, every
-call with ``Authorization: Bearer <INSTANCE_AGENT_KEY>``:
+Each node's agent (``ai.instances.agent``) is found through its Node row
+(``ai.instances.nodes``): its address, its key (the agent's INSTANCE_AGENT_KEY)
+and the host its instances answer at. It serves a small HTTP API, every call
+with ``Authorization: Bearer <key>``:
 
 - ``GET /health``: ``{"node", "pid", "instances": {name: status}}``
 - ``POST /reconcile``: look at the database now instead of at the next poll (202)
@@ -22,31 +24,48 @@ from __future__ import annotations
 import asyncio
 import math
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
-from django.conf import settings
 
 from panel.errors import AgentUnavailable
+from panel.localcache import registry_cache
+
+from . import nodes
 
 TIMEOUT = httpx.Timeout(3.0, connect=1.0)
 # A demand is answered within its own timeout; this much more for the answer to arrive.
 DEMAND_MARGIN = 5.0
+# No answer: down, refused, timed out, or an address httpx cannot use.
+UNANSWERED = (httpx.HTTPError, httpx.InvalidURL)
+
+
+def _unknown(node: str) -> AgentUnavailable:
+    return AgentUnavailable(
+        f"No node is named '{node}': add it in the admin (Nodes) with its agent's address and key."
+    )
 
 
 def agent_endpoint(node: str) -> tuple[str, str]:
     """The base URL and bearer key of ``node``'s agent (sync: a database read).
 
-    Only this host's node is known until Node rows are read (issue 14).
+    This host's node gets its row from the settings when it has none yet.
     """
-    if node != settings.INSTANCE_NODE:
-        raise AgentUnavailable(f"No agent is known for node '{node}'.")
-    return settings.INSTANCE_AGENT_URL.rstrip("/"), settings.INSTANCE_AGENT_KEY
+    endpoint = nodes.node_endpoint(node, create_local=True)
+    if endpoint is None:
+        raise _unknown(node)
+    return endpoint.address, endpoint.api_key
 
 
 async def agent_endpoint_async(node: str) -> tuple[str, str]:
-    """``agent_endpoint`` for the request path (cached; no thread hop when warm)."""
-    return agent_endpoint(node)
+    """``agent_endpoint`` for the request path: cached per process (no thread hop when
+    warm) until a Node row changes. It never writes: a missing local row is answered
+    from the settings it would be made from."""
+    endpoint = await registry_cache.get(("node", node), nodes.node_endpoint, node)
+    if endpoint is None:
+        raise _unknown(node)
+    return endpoint.address, endpoint.api_key
 
 
 def agent_url(node: str) -> str:
@@ -54,25 +73,31 @@ def agent_url(node: str) -> str:
     return agent_endpoint(node)[0]
 
 
-def instance_address(node: str) -> str:
-    """The host at which ``node``'s instances answer."""
-    return settings.INSTANCE_HOST
+def instance_address(node: str) -> str | None:
+    """The host at which ``node``'s instances answer; None for a node with no row."""
+    endpoint = nodes.node_endpoint(node)
+    return endpoint.instance_host if endpoint else None
 
 
-def instance_base_url(instance) -> str | None:
-    """The OpenAI base URL of ``instance`` (its node's address and its port); None
-    while it has no port (one is chosen at its first start)."""
+def instance_origin(instance, hosts: Mapping[str, str] | None = None) -> str | None:
+    """``http://host:port`` of ``instance`` (its node's host and its port); None while it
+    has no port (one is chosen at its first start) or its node is unknown. ``hosts``
+    (``nodes.instance_hosts()``) saves a query per instance when there are many."""
     port = instance.assigned_port if instance.assigned_port is not None else instance.port
     if port is None:
         return None
-    host = instance_address(instance.node)
+    host = instance_address(instance.node) if hosts is None else hosts.get(instance.node)
+    if host is None:
+        return None
     if ":" in host:
         host = f"[{host}]"  # an IPv6 address
-    return f"http://{host}:{port}/v1"
+    return f"http://{host}:{port}"
 
 
-def _headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {settings.INSTANCE_AGENT_KEY}"}
+def instance_base_url(instance, hosts: Mapping[str, str] | None = None) -> str | None:
+    """The OpenAI base URL of ``instance``; None as for ``instance_origin``."""
+    origin = instance_origin(instance, hosts)
+    return None if origin is None else f"{origin}/v1"
 
 
 def _unavailable(node: str, exc: Exception | None = None) -> AgentUnavailable:
@@ -83,42 +108,58 @@ def _unavailable(node: str, exc: Exception | None = None) -> AgentUnavailable:
     )
 
 
+def _refused(node: str, reply: httpx.Response) -> AgentUnavailable:
+    if reply.status_code == 401:
+        return AgentUnavailable(
+            f"The instance agent of node '{node}' refused the node's key: set the node's key "
+            "to that agent's INSTANCE_AGENT_KEY."
+        )
+    return _unavailable(node)
+
+
+def _headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def agent_nudge(node: str) -> bool:
     """Ask ``node``'s agent to reconcile now; False when it did not answer."""
     try:
-        reply = httpx.post(f"{agent_url(node)}/reconcile", headers=_headers(), timeout=TIMEOUT)
-    except (httpx.HTTPError, AgentUnavailable):
+        url, key = agent_endpoint(node)
+        reply = httpx.post(f"{url}/reconcile", headers=_headers(key), timeout=TIMEOUT)
+    except (*UNANSWERED, AgentUnavailable):
         return False
     return reply.status_code == 202
 
 
 def agent_health(node: str) -> dict:
     """What ``node``'s agent reports of itself; raises AgentUnavailable."""
+    url, key = agent_endpoint(node)
     try:
-        reply = httpx.get(f"{agent_url(node)}/health", headers=_headers(), timeout=TIMEOUT)
-    except httpx.HTTPError as exc:
+        reply = httpx.get(f"{url}/health", headers=_headers(key), timeout=TIMEOUT)
+    except UNANSWERED as exc:
         raise _unavailable(node, exc) from exc
     if reply.status_code != 200:
-        raise _unavailable(node)
+        raise _refused(node, reply)
     return reply.json()
 
 
 def agent_logs(node: str, name: str, lines: int | None = None) -> str:
     """The last ``lines`` lines of an instance's log (all when None)."""
+    url, key = agent_endpoint(node)
     params = {} if lines is None else {"lines": str(lines)}
     try:
         reply = httpx.get(
-            f"{agent_url(node)}/instances/{name}/logs",
+            f"{url}/instances/{name}/logs",
             params=params,
-            headers=_headers(),
+            headers=_headers(key),
             timeout=TIMEOUT,
         )
-    except httpx.HTTPError as exc:
+    except UNANSWERED as exc:
         raise _unavailable(node, exc) from exc
     if reply.status_code == 404:
         return ""  # never started on this node: no log yet
     if reply.status_code != 200:
-        raise _unavailable(node)
+        raise _refused(node, reply)
     return reply.text
 
 
@@ -165,7 +206,7 @@ async def agent_demand(node: str, name: str, within: float) -> Demand:
         )
     except httpx.ReadTimeout:
         return Demand(is_running=False, status="timeout", reason=f"not ready within {within:g} s")
-    except httpx.HTTPError as exc:
+    except UNANSWERED as exc:
         raise _unavailable(node, exc) from exc
     body = _json_object(reply)
     if reply.status_code == 200:
@@ -178,9 +219,7 @@ async def agent_demand(node: str, name: str, within: float) -> Demand:
             reason=reason if isinstance(reason, str) and reason else f"HTTP {reply.status_code}",
             retry_after=_whole(body.get("retry_after")),
         )
-    if reply.status_code == 401:
-        raise AgentUnavailable(f"The instance agent of node '{node}' refused Switchboard's key.")
-    raise _unavailable(node)
+    raise _refused(node, reply)
 
 
 def _json_object(reply: httpx.Response) -> dict:

@@ -39,15 +39,19 @@ class CannotStart(Exception):
     """No process could be started; the message says why, for the row's status_reason."""
 
 
-def child_environment(instance: Instance) -> dict[str, str]:
-    """The host's part of the agent's environment, plus the instance's own."""
+def host_environment() -> dict[str, str]:
+    """The host's part of this process's environment (no Switchboard setting)."""
     extra = set(settings.INSTANCE_PASS_ENV)
-    inherited = {
+    return {
         name: value
         for name, value in os.environ.items()
         if name in PASSED_NAMES or name.startswith(PASSED_PREFIXES) or name in extra
     }
-    return {**inherited, **(instance.environment or {})}
+
+
+def child_environment(instance: Instance) -> dict[str, str]:
+    """The host's part of the agent's environment, plus the instance's own."""
+    return {**host_environment(), **(instance.environment or {})}
 
 
 def spawn(instance: Instance, argv: list[str], log_dir: Path) -> subprocess.Popen:

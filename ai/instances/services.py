@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..models import AIModel, DesiredState, Instance, ModelKind, Upstream
-from . import backends, client
+from . import backends, client, nodes
 
 # Options a write may set: the operator's half of the row.
 WRITABLE = frozenset(Instance.OPTION_FIELDS)
@@ -71,6 +71,10 @@ def _apply(instance: Instance, options: dict) -> None:
     for name, value in options.items():
         setattr(instance, name, value)
     instance.full_clean()
+    try:
+        nodes.node_check(instance.node)
+    except ValidationError as exc:
+        raise ValidationError({"node": exc.messages}) from exc
     try:
         backends.command_line(instance, host="127.0.0.1", port=instance.port or 0)
     except backends.CommandError as exc:

@@ -22,7 +22,8 @@ from panel.models import SiteSettings
 from panel.snapshot import snapshot_of
 
 from ..instances.backends import served_model_id
-from ..instances.client import instance_base_url
+from ..instances.client import instance_base_url, instance_origin
+from ..instances.nodes import instance_hosts
 from ..models import AIModel, HealthStatus, Instance, InstanceStatus, ModelLink, Upstream
 from .health import upstream_health
 
@@ -142,7 +143,7 @@ class InstanceInfo:
         return self.status == InstanceStatus.RUNNING and self.address is not None
 
 
-def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
+def _upstream_info(upstream: Upstream, model: AIModel, hosts: dict[str, str]) -> UpstreamInfo:
     health = upstream_health(upstream)
     probed_ok = upstream.last_checked_at and HealthStatus.is_serving(health)
     values = {
@@ -159,7 +160,7 @@ def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
     instance = upstream.instance if upstream.instance_id else None
     if instance is not None:
         # Its address is its node's and its port, known here: nothing left for the request.
-        base_url = instance_base_url(instance)
+        base_url = instance_base_url(instance, hosts)
         values.update(
             base_url=base_url or "",
             upstream_model_id=upstream.provider_model_id or served_model_id(instance),
@@ -172,9 +173,9 @@ def _upstream_info(upstream: Upstream, model: AIModel) -> UpstreamInfo:
     return snapshot_of(UpstreamInfo, upstream, **values)
 
 
-def _model_info(model: AIModel) -> ModelInfo:
+def _model_info(model: AIModel, hosts: dict[str, str]) -> ModelInfo:
     upstreams = sorted(model.upstreams.all(), key=lambda u: (u.priority, u.id))
-    infos = tuple(_upstream_info(u, model) for u in upstreams if u.is_enabled)
+    infos = tuple(_upstream_info(u, model, hosts) for u in upstreams if u.is_enabled)
     return snapshot_of(
         ModelInfo,
         model,
@@ -190,8 +191,11 @@ def _model_info(model: AIModel) -> ModelInfo:
 def registry_load() -> Registry:
     """The registry, read now (sync, uncached); the request path uses ``registry_get``."""
     upstreams = Prefetch("upstreams", queryset=Upstream.objects.select_related("instance"))
-    models = AIModel.objects.prefetch_related(upstreams).order_by("name")
-    infos = [_model_info(model) for model in models]
+    models = list(AIModel.objects.prefetch_related(upstreams).order_by("name"))
+    # The nodes' hosts, read only when some upstream is an instance.
+    is_local = any(u.instance_id for model in models for u in model.upstreams.all())
+    hosts = instance_hosts() if is_local else {}
+    infos = [_model_info(model, hosts) for model in models]
     return Registry(by_name={m.name: m for m in infos}, by_id={m.id: m for m in infos})
 
 
@@ -200,12 +204,11 @@ def instance_info_load(name: str) -> InstanceInfo | None:
     instance = Instance.objects.filter(name=name).first()
     if instance is None:
         return None
-    base_url = instance_base_url(instance)
     served = instance.upstreams.filter(is_enabled=True).values_list("model_id", flat=True)
     return snapshot_of(
         InstanceInfo,
         instance,
-        address=base_url.removesuffix("/v1") if base_url else None,
+        address=instance_origin(instance),
         model_ids=frozenset(served),
     )
 

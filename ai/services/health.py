@@ -26,6 +26,7 @@ from panel import redis as sb_redis
 from panel.localcache import bump_generation
 
 from ..instances.client import instance_base_url
+from ..instances.nodes import instance_hosts
 from ..models import HealthCheck, HealthStatus, InstanceStatus, Upstream
 
 
@@ -36,18 +37,17 @@ class ProbeResult:
     error: str = ""
 
 
-def _base_url(upstream: Upstream) -> str | None:
+def _base_url(upstream: Upstream, hosts: dict[str, str]) -> str | None:
     """Where to probe: the upstream's URL, or its instance's while it runs (else None)."""
     if upstream.instance_id is None:
         return upstream.base_url.rstrip("/")
     if upstream.instance.status != InstanceStatus.RUNNING:
         return None
-    return instance_base_url(upstream.instance)
+    return instance_base_url(upstream.instance, hosts)
 
 
-async def _probe(client: httpx.AsyncClient, upstream: Upstream) -> ProbeResult:
+async def _probe(client: httpx.AsyncClient, upstream: Upstream, base: str) -> ProbeResult:
     headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
-    base = _base_url(upstream)
     started = time.monotonic()
     try:
         if upstream.probe == "completion":
@@ -67,10 +67,10 @@ async def _probe(client: httpx.AsyncClient, upstream: Upstream) -> ProbeResult:
     return ProbeResult(True, latency)
 
 
-async def _probe_all(upstreams: list[Upstream]) -> list[ProbeResult]:
+async def _probe_all(targets: list[tuple[Upstream, str]]) -> list[ProbeResult]:
     timeout = httpx.Timeout(settings.HEALTH_PROBE_TIMEOUT)
     async with httpx.AsyncClient(timeout=timeout) as client:
-        return await asyncio.gather(*(_probe(client, u) for u in upstreams))
+        return await asyncio.gather(*(_probe(client, u, base) for u, base in targets))
 
 
 def _status_after(upstream: Upstream, result: ProbeResult) -> str:
@@ -133,12 +133,13 @@ def _claim_due(now) -> list[Upstream]:
 def upstreams_check(*, upstreams: list[Upstream] | None = None) -> list[HealthCheck]:
     """Probe the given upstreams now, or every one that is due; store and apply the results."""
     now = timezone.now()
-    targets = _claim_due(now) if upstreams is None else upstreams
-    targets = [u for u in targets if _base_url(u) is not None]
+    claimed = _claim_due(now) if upstreams is None else upstreams
+    hosts = instance_hosts() if any(u.instance_id for u in claimed) else {}
+    targets = [(u, base) for u in claimed if (base := _base_url(u, hosts)) is not None]
     if not targets:
         return []
     results = asyncio.run(_probe_all(targets))
-    checks = [_record(u, r, now) for u, r in zip(targets, results, strict=True)]
+    checks = [_record(u, r, now) for (u, _), r in zip(targets, results, strict=True)]
     # One invalidation per run: routers reload statuses and close breakers of
     # upstreams that answered after their breaker opened.
     bump_generation()

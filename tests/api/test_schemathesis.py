@@ -11,9 +11,12 @@ from accounts.models import Permission
 from accounts.services import apikey_create
 from ai.instances.services import instance_create
 from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
-from tests.instances.stand_in_agent import StandInAgent
+from tests.instances.stand_in_agent import StandInAgent, point_local_agent
 
-MANAGEMENT_PATHS = r"^/api/v1/(ai/(models|upstreams|links)|orgs|auth/keys|config|version|instances)"
+MANAGEMENT_PATHS = (
+    r"^/api/v1/(ai/(models|upstreams|links)|orgs|auth/keys|config|version|instances|nodes"
+    r"|backends/[a-z-]+/parse-command)"
+)
 # Revoking or narrowing the key that runs the test would turn the rest of the run into 401s.
 OWN_KEY_OPERATIONS = ("v1_auth_keys_destroy", "v1_auth_keys_permissions_update")
 
@@ -53,6 +56,6 @@ def test_it_keeps_the_management_api_to_its_schema(asgi_server, staff, acme, tmp
     ]
     # Instance writes nudge the node's agent: a stand-in answers (the server runs in-process).
     with StandInAgent(key=settings.INSTANCE_AGENT_KEY) as agent:
-        settings.INSTANCE_AGENT_URL = agent.url
+        point_local_agent(settings, agent.url)
         result = subprocess.run(command, capture_output=True, text=True, timeout=280, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

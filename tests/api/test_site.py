@@ -20,6 +20,34 @@ def test_it_shows_staff_the_config_without_secrets(api, keys, settings):
     assert "://" not in text
 
 
+def test_it_shows_the_instance_settings_and_never_the_agent_key_url_or_paths(api, keys, settings):
+    settings.INSTANCE_PORT_RANGE = "9000-9099"
+    settings.INSTANCE_MAX_RUNNING = 2
+    settings.INSTANCE_AGENT_KEY = "agent-key-never-in-the-config"
+    response = as_key(api, keys["staff"]).get("/api/v1/config")
+    instances = response.json()["instances"]
+    assert instances == {
+        "node": settings.INSTANCE_NODE,
+        "max_instances": settings.INSTANCE_MAX_INSTANCES,
+        "max_running_instances": 2,
+        "on_demand_start_timeout": settings.INSTANCE_ON_DEMAND_START_TIMEOUT,
+        "port_range": [9000, 9099],
+        "timeout_check_interval": settings.INSTANCE_TIMEOUT_CHECK_INTERVAL,
+        "poll_interval": settings.INSTANCE_POLL_INTERVAL,
+        "start_queue": settings.INSTANCE_START_QUEUE,
+        "min_residency": settings.INSTANCE_MIN_RESIDENCY,
+        "activity_interval": settings.INSTANCE_ACTIVITY_INTERVAL,
+        "stop_grace": settings.INSTANCE_STOP_GRACE,
+        "log_max_bytes": settings.INSTANCE_LOG_MAX_BYTES,
+        "log_backups": settings.INSTANCE_LOG_BACKUPS,
+    }
+    text = response.content.decode()
+    for hidden in ("agent-key-never-in-the-config", str(settings.INSTANCE_LOG_DIR), "9201"):
+        assert hidden not in text
+    for persona in ("alice", "manager"):
+        assert as_key(api, keys[persona]).get("/api/v1/config").status_code == 403
+
+
 def test_it_tells_anyone_the_version(api):
     assert set(api.get("/api/v1/version").json()) == {"version"}
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ai.models import Instance
+from ai.models import Instance, Node
+from tests.instances.stand_in_agent import point_local_agent
 from tests.servers import TcpProxy, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,13 +165,26 @@ class AgentProcess:
 
 @pytest.fixture
 def agent_factory(transactional_db, tmp_path, settings):
-    """Agents of this test (not started); the web-side client points at the last one."""
+    """Agents of this test (not started). This host's node points at the last one made;
+    ``node="name"`` makes the agent of another node (its own row, its own log directory)."""
     made = []
 
-    def make(**kwargs) -> AgentProcess:
-        agent = AgentProcess(tmp_path, **kwargs)
-        settings.INSTANCE_AGENT_URL = agent.url
-        settings.INSTANCE_AGENT_KEY = AGENT_KEY
+    def make(*, node: str | None = None, **kwargs) -> AgentProcess:
+        if node is None:
+            agent = AgentProcess(tmp_path, **kwargs)
+            point_local_agent(settings, agent.url, AGENT_KEY)
+        else:
+            (tmp_path / node).mkdir(exist_ok=True)
+            agent = AgentProcess(tmp_path / node, INSTANCE_NODE=node, **kwargs)
+            Node.objects.update_or_create(
+                name=node,
+                defaults={
+                    "address": agent.url,
+                    "api_key": AGENT_KEY,
+                    "instance_host": "127.0.0.1",
+                    "port_range": agent.env["INSTANCE_PORT_RANGE"],
+                },
+            )
         made.append(agent)
         return agent
 

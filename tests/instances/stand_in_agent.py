@@ -2,7 +2,7 @@
 
 The real agent (``manage.py instance_agent``) is built apart; these tests need
 only what ``ai.instances.client`` speaks to (see its docstring): ``POST
-/reconcile``, ``GET /instances/{name}/logs?lines=N`` and ``POST
+/reconcile``, ``GET /health``, ``GET /instances/{name}/logs?lines=N`` and ``POST
 /instances/{name}/demand``, with the bearer key.
 """
 
@@ -25,8 +25,9 @@ class StandInAgent:
     (a start that takes its time), and ``waiting`` counts them.
     """
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, node: str = "local") -> None:
         self.key = key
+        self.node = node
         self.logs: dict[str, str] = {}
         self.nudges = 0
         self.log_requests: list[dict] = []
@@ -54,10 +55,10 @@ class StandInAgent:
             def log_message(self, *args):
                 pass
 
-            def _answer(self, status: int, text: str = "") -> None:
+            def _answer(self, status: int, text: str = "", kind: str = "text/plain") -> None:
                 body = text.encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Type", f"{kind}; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -105,6 +106,9 @@ class StandInAgent:
                 if not self._is_authorised():
                     return
                 url = urlsplit(self.path)
+                if url.path == "/health":
+                    health = {"node": agent.node, "pid": 4242, "instances": {}}
+                    return self._answer(200, json.dumps(health), "application/json")
                 parts = url.path.strip("/").split("/")
                 if len(parts) != 3 or parts[0] != "instances" or parts[2] != "logs":
                     return self._answer(404)
@@ -127,6 +131,19 @@ class StandInAgent:
         self.server.server_close()
 
 
+def point_local_agent(settings, url: str, key: str | None = None) -> None:
+    """This host's agent now answers at ``url`` (with ``key``): the settings say so, and
+    so does the local node's row once it exists (it was made from the settings)."""
+    from ai.models import Node
+
+    settings.INSTANCE_AGENT_URL = url
+    if key is not None:
+        settings.INSTANCE_AGENT_KEY = key
+    for node in Node.objects.filter(name=settings.INSTANCE_NODE):
+        node.address, node.api_key = url, settings.INSTANCE_AGENT_KEY
+        node.save()
+
+
 @pytest.fixture(autouse=True)
 def no_agent(settings):
     """By default nothing answers at the agent's address (a free port, not a real agent's)."""
@@ -139,5 +156,5 @@ def no_agent(settings):
 def agent(settings, no_agent):
     """The stand-in agent of this host's node, answering with the deployment's key."""
     with StandInAgent(key=settings.INSTANCE_AGENT_KEY) as stand_in:
-        settings.INSTANCE_AGENT_URL = stand_in.url
+        point_local_agent(settings, stand_in.url)
         yield stand_in

@@ -202,7 +202,7 @@ def test_an_action_nudges_the_agent_or_warns_that_it_is_down(client, superuser, 
     client.force_login(superuser)
     instance = create("x")
     with stand_in_agent.StandInAgent(key=settings.INSTANCE_AGENT_KEY) as stand_in:
-        settings.INSTANCE_AGENT_URL = stand_in.url
+        stand_in_agent.point_local_agent(settings, stand_in.url)
         answered = client.post(
             url("changelist"), {"action": "start", "_selected_action": [instance.pk]}, follow=True
         )

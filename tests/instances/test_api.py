@@ -260,8 +260,9 @@ def test_it_lists_instances_in_a_fixed_number_of_queries(staff_api, assert_fixed
         assert response.status_code == 200
         return len(response.json())
 
-    # The key, its user and their permissions; the instances; their upstreams with models.
-    assert_fixed_queries(4, listed, add_rows)
+    # The key, its user and their permissions; the instances; their upstreams with models;
+    # the nodes (the host each command line shows).
+    assert_fixed_queries(5, listed, add_rows)
 
 
 # --- Who may ----------------------------------------------------------------------------------

@@ -275,7 +275,7 @@ def test_a_model_left_without_its_instance_has_no_upstream(local):
 # --- The snapshot --------------------------------------------------------------------------
 
 
-def test_the_registry_loads_instance_upstreams_in_its_two_queries(
+def test_the_registry_loads_instance_upstreams_in_its_three_queries(
     transactional_db, django_assert_num_queries, settings
 ):
     for i in range(3):
@@ -283,7 +283,7 @@ def test_the_registry_loads_instance_upstreams_in_its_two_queries(
         serve_by_instance(model, instance_running_on(30000 + i, name=f"inst-{i}"))
         UpstreamFactory(model=model, name="cloud", priority=1)
 
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(3):  # the nodes, the models, their upstreams
         registry = registry_load()
 
     upstream = registry.by_name["local-1"].upstreams[0]

@@ -253,6 +253,10 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
         "the instance to run",
     )
     assert instance[0][0] in _descendants(process.pid)
+    # Its node's row was made by the launcher, from the settings the agent runs with.
+    assert _query(db, "SELECT name, address, instance_host FROM ai_node") == [
+        ("local", env["INSTANCE_AGENT_URL"], "127.0.0.1")
+    ]
 
     # The launcher's children now: web, worker, beat and the instance agent (the fake
     # upstream was replaced); the instance is a grandchild, stopped with the rest.

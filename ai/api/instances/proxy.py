@@ -43,25 +43,25 @@ FORWARDED_HEADERS = ("Content-Type", "Accept")
 
 @sync_to_async
 def _target(identity: Identity, method: str, name: str) -> str:
-    """The root URL of the instance to relay to, if the caller is staff or holds the
-    instance permission and its key (if any) may use the instance."""
+    """The origin (``http://host:port``) of the instance to relay to, if the caller is staff
+    or holds the instance permission and its key (if any) may use the instance."""
     user = User.objects.filter(pk=identity.user_id, is_active=True).first()
     if user is None or not (user.is_staff or user.has_perm(f"ai.{ROLE_ACTIONS[method]}_instance")):
         raise PermissionDenied("This needs the admin or model_manager role.")
     instance = instance_get(name=name)
     if not key_may_use_instance(identity.key, instance.pk):
         raise PermissionDenied(f"This API key may not use the instance '{name}'.")
-    base_url = client.instance_base_url(instance)
-    if instance.status != InstanceStatus.RUNNING or base_url is None:
+    origin = client.instance_origin(instance)
+    if instance.status != InstanceStatus.RUNNING or origin is None:
         raise InstanceNotRunning(
             f"The instance '{name}' is {instance.status}; start it first "
             f"(POST /api/v1/instances/{name}/start)."
         )
-    return base_url.removesuffix("/v1")
+    return origin
 
 
-def _url(address: str, path: str, query: str) -> URL:
-    target = f"{address}/{quote(path, safe='/:@!$&()*+,;=-._~')}"
+def _url(origin: str, path: str, query: str) -> URL:
+    target = f"{origin}/{quote(path, safe='/:@!$&()*+,;=-._~')}"
     return URL(f"{target}?{query}" if query else target, encoded=True)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ...instances import backends, client
+from ...instances import backends
+from ...instances.nodes import instance_hosts
 from ...instances.selectors import registered_model
 from ...instances.services import masked_command
 from ...models import Backend, Instance, InstanceStatus
@@ -206,7 +207,11 @@ class InstanceSerializer(serializers.Serializer):
 
     def get_command(self, instance) -> str:
         """The command line it runs (secrets masked)."""
-        host = client.instance_address(instance.node)
+        # The nodes' hosts are read once for a whole list (the context is the list's).
+        hosts = self.context.get("instance_hosts")
+        if hosts is None:
+            hosts = self.context["instance_hosts"] = instance_hosts()
+        host = hosts.get(instance.node, "{host}")
         return backends.display_command(instance, host=host, port=instance.port)
 
     @extend_schema_field(InstanceOptionsSerializer)

@@ -1,7 +1,7 @@
 """`make run`: the whole product on one machine with nothing else installed.
 
-Starts the fake upstream, seeds the demo model, then runs uvicorn, a Celery
-worker, beat and the instance agent as child processes until Ctrl-C, which
+Starts the fake upstream, seeds the demo model and this host's node row, then
+runs uvicorn, a Celery worker, beat and the instance agent as child processes until Ctrl-C, which
 stops all of them (the agent stops the local model instances it runs).
 """
 
@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand
 
 from accounts.models import APIKey, Permission
 from accounts.services import admin_ensure, apikey_create
+from ai.instances.nodes import node_ensure_local
 from ai.services import DEMO_MODEL, demo_seed
 from panel.http import uvicorn_args
 
@@ -46,6 +47,8 @@ class Command(BaseCommand):
             self._start("fake-upstream", "-m", "fakeupstream", "--port", str(fake_upstream_port))
             admin, password = self._admin()
             demo_seed(upstream_base_url=f"http://127.0.0.1:{fake_upstream_port}/v1", user=admin)
+            # The agent started below is this host's node: its row says where and with which key.
+            node_ensure_local(update=True)
             plain = self._demo_key(admin)
             # The production server command, with its read timeouts (panel.http).
             self._start("web", "-m", "uvicorn", *uvicorn_args(host=host, port=port))
