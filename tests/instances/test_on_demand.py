@@ -234,7 +234,7 @@ def test_an_agent_that_refuses_our_key_is_a_503_without_the_key(stopped, setting
     assert response.status_code == 503
     assert response.json()["error"]["message"] == (
         "Instance 'smol' could not be started: The instance agent of node 'local' refused "
-        "Switchboard's key."
+        "the node's key: set the node's key to that agent's INSTANCE_AGENT_KEY."
     )
     assert settings.INSTANCE_AGENT_KEY not in response.text
 
