@@ -44,7 +44,7 @@ def _target(user_id: int, method: str, name: str) -> Instance:
     if user is None or not (user.is_staff or user.has_perm(f"ai.{ROLE_ACTIONS[method]}_instance")):
         raise PermissionDenied("This needs the admin or model_manager role.")
     instance = instance_get(name=name)
-    if instance.status != InstanceStatus.RUNNING or instance.port is None:
+    if instance.status != InstanceStatus.RUNNING or not (instance.assigned_port or instance.port):
         raise InstanceNotRunning(
             f"The instance '{name}' is {instance.status}; start it first "
             f"(POST /api/v1/instances/{name}/start)."
@@ -54,7 +54,8 @@ def _target(user_id: int, method: str, name: str) -> Instance:
 
 def _url(instance: Instance, path: str, query: str) -> URL:
     host = client.instance_address(instance.node)
-    target = f"http://{host}:{instance.port}/{quote(path, safe='/:@!$&()*+,;=-._~')}"
+    port = instance.assigned_port or instance.port
+    target = f"http://{host}:{port}/{quote(path, safe='/:@!$&()*+,;=-._~')}"
     return URL(f"{target}?{query}" if query else target, encoded=True)
 
 
