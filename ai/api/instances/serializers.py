@@ -10,6 +10,8 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from orgs.models import Organisation
+
 from ...instances import backends, client
 from ...instances.selectors import registered_model
 from ...instances.services import masked_command
@@ -109,6 +111,13 @@ class InstanceOptionsSerializer(StrictSerializer):
     ready_timeout = _int(1, DAY, help_text="Seconds.")
     node = StrictCharField(max_length=63, required=False)
     port = _int(1024, 65535, allow_null=True)
+    organisation = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=Organisation.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="The owner's slug (its instance quotas apply); null: the operator's.",
+    )
 
     def validate_environment(self, environment):
         if len(environment) > 200:
@@ -173,6 +182,7 @@ def options_of(instance: Instance) -> dict:
         "ready_timeout": instance.ready_timeout,
         "node": instance.node,
         "port": instance.port,
+        "organisation": instance.organisation.slug if instance.organisation else None,
     }
 
 
@@ -187,6 +197,9 @@ class InstanceSerializer(serializers.Serializer):
     status_reason = serializers.CharField()
     node = serializers.CharField()
     port = serializers.IntegerField(allow_null=True)
+    assigned_port = serializers.IntegerField(
+        allow_null=True, help_text="The port it runs on now: its own, or one of its node's range."
+    )
     pid = serializers.IntegerField(allow_null=True)
     started_at = serializers.DateTimeField(allow_null=True)
     ready_at = serializers.DateTimeField(allow_null=True)
@@ -207,7 +220,8 @@ class InstanceSerializer(serializers.Serializer):
     def get_command(self, instance) -> str:
         """The command line it runs (secrets masked)."""
         host = client.instance_address(instance.node)
-        return backends.display_command(instance, host=host, port=instance.port)
+        port = instance.assigned_port or instance.port
+        return backends.display_command(instance, host=host, port=port)
 
     @extend_schema_field(InstanceOptionsSerializer)
     def get_options(self, instance) -> dict:
