@@ -116,6 +116,7 @@ class InstanceAdmin(admin.ModelAdmin):
         "exit_code",
         "restart_count",
         "uptime",
+        "assigned_port",
         "command",
         "recent_log",
     ]
@@ -150,6 +151,7 @@ class InstanceAdmin(admin.ModelAdmin):
                     "status_reason",
                     "uptime",
                     "restart_count",
+                    "assigned_port",
                     "pid",
                     "started_at",
                     "ready_at",

@@ -96,9 +96,11 @@ def victim(
 
 
 def active_by_organisation(org_ids: set[int]) -> dict[int, int]:
-    """How many instances each organisation has active, on every node."""
+    """How many instances each organisation has active on every node, not counting
+    those draining (on their way out: one drained for an eviction is not counted twice)."""
+    staying = [status for status in ACTIVE if status != InstanceStatus.DRAINING]
     rows = (
-        Instance.objects.filter(organisation_id__in=org_ids, status__in=ACTIVE)
+        Instance.objects.filter(organisation_id__in=org_ids, status__in=staying)
         .values("organisation_id")
         .annotate(n=Count("id"))
     )
@@ -161,8 +163,10 @@ class Scheduler:
         for name in set(self.evictions) - names:
             del self.evictions[name]  # it no longer wants to run: its slot is anyone's
         now = time.monotonic()
+        for row in wanting:
+            self.queued_at.setdefault(row.name, now)
         free = self._free_slots()
-        for row in sorted(wanting, key=lambda r: (self.queued_at.setdefault(r.name, now), r.name)):
+        for row in sorted(wanting, key=lambda r: (self.queued_at[r.name], r.name)):
             evicted = self.evictions.pop(row.name, None)
             if evicted is not None and not self.agent.holds_slot(evicted):
                 pass  # its victim stopped: that slot is its own
@@ -185,8 +189,8 @@ class Scheduler:
             reason = f"waiting for {evicted} to stop (node {node} runs at most {limit})"
         else:
             reason = (
-                f"node {node} runs its maximum of {limit} instances and all are busy; "
-                "it starts when one frees"
+                f"node {node} runs its maximum of {limit} instances and none can make room "
+                "(each is busy or does not start on demand); it starts when one stops"
             )
         await self.agent.write(row, status=InstanceStatus.WAITING, status_reason=reason)
 

@@ -87,7 +87,10 @@ def test_it_waits_while_every_instance_is_busy_and_starts_when_one_frees(agent_f
         assert reply.status_code == 503
         body = reply.json()
         assert body["status"] == "waiting" and body["retry_after"] >= 1
-        assert "all are busy" in body["reason"]
+        assert body["reason"] == (
+            "node local runs its maximum of 1 instances and none can make room "
+            "(each is busy or does not start on demand); it starts when one stops"
+        )
         assert reply.headers["Retry-After"] == str(body["retry_after"])
         row = _row(waiting)
         assert (row.status, row.desired_state) == ("waiting", "running")
@@ -146,6 +149,27 @@ def test_an_organisations_reserved_instances_are_not_evicted_for_another_organis
     _on_demand("acme-new", organisation=acme, desired_state="stopped")
     assert demand(agent, "acme-new").status_code == 200
     _assert_evicted(reserved, by="acme-new")
+
+
+def test_two_starts_at_once_evict_no_more_than_a_reservation_allows(agent_factory):
+    agent = agent_factory(INSTANCE_MAX_RUNNING="2", **SCHEDULING_ENV).start()
+    acme = OrganisationFactory(slug="acme", reserved_instances=1)
+    globex = OrganisationFactory(slug="globex")
+    acme_ones = [wait_status(_on_demand(n, organisation=acme), "running") for n in ("a1", "a2")]
+    for instance in acme_ones:
+        last_used(instance, ago(minutes=10))
+    globex_ones = [
+        _on_demand(name, organisation=globex, desired_state="stopped") for name in ("g1", "g2")
+    ]
+
+    # Requests keep globex's busy once they run: only acme's could make room.
+    with Activity(*globex_ones), ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda name: demand(agent, name, 8), ["g1", "g2"]))
+
+    assert sorted(r.status_code for r in replies) == [200, 503]
+    rows = [_row(instance) for instance in acme_ones]
+    assert sorted(row.status for row in rows) == ["running", "stopped"]
+    assert Instance.objects.filter(name__in=["g1", "g2"], status="waiting").count() == 1
 
 
 def test_it_evicts_the_lowest_link_priority_before_the_least_recently_used(agent_factory):
