@@ -243,6 +243,7 @@ class Scheduler:
                 self.begin_drain(row, f"idle for {row.idle_timeout} min")
 
     def begin_drain(self, row: Instance, reason: str) -> None:
+        logger.info("Draining instance %s: %s.", row.name, reason)
         drain = Drain(reason=reason, began=timezone.now())
         self.drains[row.name] = drain
         drain.task = asyncio.create_task(self._drain(row, drain))
