@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install run test lint format bench clean browser
+.PHONY: install run test lint format bench bench-scheduling clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: lint browser
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
+	$(PY) tests/bench/scheduling.py $(BENCH_SCHEDULING_ARGS)
+
+# Instance scheduling alone: three models on a node allowed two, without and with anti-thrash.
+bench-scheduling: install
+	$(PY) tests/bench/scheduling.py $(BENCH_SCHEDULING_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

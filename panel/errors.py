@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     # Local model instances
     INVALID_NAME = "invalid_name"
     INSTANCE_NOT_RUNNING = "instance_not_running"
+    INSTANCE_QUOTA_EXCEEDED = "instance_quota_exceeded"
     AGENT_UNAVAILABLE = "agent_unavailable"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     # Organisations and their members
@@ -190,6 +191,12 @@ class ModelNotAvailable(ServiceUnavailable, code=ErrorCode.MODEL_NOT_AVAILABLE):
 
 class InstanceNotRunning(ServiceUnavailable, code=ErrorCode.INSTANCE_NOT_RUNNING):
     default_message = "The instance is not running."
+
+
+class InstanceQuotaExceeded(ApiError, status=409, code=ErrorCode.INSTANCE_QUOTA_EXCEEDED):
+    """An instance quota (an organisation's, or INSTANCE_MAX_INSTANCES) refuses a create or start."""
+
+    default_message = "An instance quota refuses this."
 
 
 class AgentUnavailable(ServiceUnavailable, code=ErrorCode.AGENT_UNAVAILABLE):

@@ -14,10 +14,10 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html
 
-from panel.errors import AgentUnavailable
+from panel.errors import AgentUnavailable, InstanceQuotaExceeded
 
-from ..models import Instance, InstanceStatus
-from . import backends, client, nodes, services
+from ..models import DesiredState, Instance, InstanceStatus
+from . import backends, client, nodes, quotas, services
 
 STATUS_COLOURS = {
     InstanceStatus.RUNNING: "#1a7f37",
@@ -25,6 +25,8 @@ STATUS_COLOURS = {
     InstanceStatus.RESTARTING: "#bf8700",
     InstanceStatus.FAILED: "#cf222e",
     InstanceStatus.STOPPED: "#6e7781",
+    InstanceStatus.WAITING: "#8250df",
+    InstanceStatus.DRAINING: "#bf8700",
 }
 LOG_LINES = 50
 
@@ -62,6 +64,7 @@ class InstanceForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.owner = self.instance.organisation_id
         if self.instance.pk:
             self.fields["name"].disabled = True
             self.initial["environment"] = backends.masked_environment(self.instance.environment)
@@ -83,6 +86,13 @@ class InstanceForm(forms.ModelForm):
         except backends.CommandError as exc:
             field = "command_override" if self.instance.command_override else "extra_args"
             self.add_error(field, str(exc))
+        is_new = self.instance.pk is None
+        if is_new or self.instance.organisation_id != self.owner:
+            # A new instance starts; a moved one keeps its desired state.
+            is_running = is_new or self.instance.desired_state == DesiredState.RUNNING
+            refusal = quotas.refusal(self.instance, is_new_owner=True, is_starting=is_running)
+            if refusal:
+                self.add_error(None, refusal)
 
 
 @admin.register(Instance)
@@ -111,6 +121,7 @@ class InstanceAdmin(admin.ModelAdmin):
         "exit_code",
         "restart_count",
         "uptime",
+        "assigned_port",
         "command",
         "recent_log",
     ]
@@ -145,6 +156,7 @@ class InstanceAdmin(admin.ModelAdmin):
                     "status_reason",
                     "uptime",
                     "restart_count",
+                    "assigned_port",
                     "pid",
                     "started_at",
                     "ready_at",
@@ -171,7 +183,8 @@ class InstanceAdmin(admin.ModelAdmin):
     def command(self, obj):
         host = client.instance_address(obj.node) or "{host}"
         return format_html(
-            "<code>{}</code>", backends.display_command(obj, host=host, port=obj.port)
+            "<code>{}</code>",
+            backends.display_command(obj, host=host, port=obj.assigned_port or obj.port),
         )
 
     @admin.display(description=f"last {LOG_LINES} log lines")
@@ -204,8 +217,11 @@ class InstanceAdmin(admin.ModelAdmin):
     def _act(self, request, queryset, service, verb: str) -> None:
         silent = []
         for instance in queryset:
-            if service(instance=instance).agent_answered is False:
-                silent.append(instance.name)
+            try:
+                if service(instance=instance).agent_answered is False:
+                    silent.append(instance.name)
+            except InstanceQuotaExceeded as exc:
+                self.message_user(request, f"{instance.name}: {exc.message}", messages.ERROR)
         self.message_user(request, f"Asked {len(queryset)} instance(s) to {verb}.")
         if silent:
             self.message_user(

@@ -127,7 +127,7 @@ def sort_previous(
                 pid=row.pid,
                 pid_started=row.pid_started,
                 pgid=row.pid,
-                port=row.port or 0,
+                port=row.assigned_port or row.port or 0,
                 started_at=row.started_at or datetime.datetime.now(datetime.UTC),
             )
     adopted, strays = [], []

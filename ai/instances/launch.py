@@ -72,24 +72,32 @@ def spawn(instance: Instance, argv: list[str], log_dir: Path) -> subprocess.Pope
             raise CannotStart(f"executable not found: {argv[0]}") from exc
 
 
-def claim_port(instance: Instance, *, node: str, host: str, ports: range) -> int | None:
-    """A free port of ``ports``, saved on the row (the database keeps it unique per node)."""
+def assign_port(instance: Instance, *, node: str, host: str, ports: range) -> int:
+    """The port ``instance`` runs on this time, saved as its assigned_port: its own
+    ``port``, else a free one of ``ports`` that no other row of the node holds and no
+    other program listens on. The database keeps assigned ports unique per node."""
     from django.db import IntegrityError
 
-    taken = set(
-        Instance.objects.filter(node=node, port__isnull=False)
-        .exclude(pk=instance.pk)
-        .values_list("port", flat=True)
-    )
-    for port in ports:
-        if port in taken or not procs.port_is_free(host, port):
-            continue
+    if instance.port is not None:
+        if not procs.port_is_free(host, instance.port):
+            raise CannotStart(f"port {instance.port} on {host} is in use by another program")
+        choices = [instance.port]
+    else:
+        held = Instance.objects.filter(node=node).exclude(pk=instance.pk)
+        taken = {
+            port
+            for pair in held.values_list("port", "assigned_port")
+            for port in pair
+            if port is not None
+        }
+        choices = (p for p in ports if p not in taken and procs.port_is_free(host, p))
+    for port in choices:
         try:
-            saved = Instance.objects.filter(pk=instance.pk, port__isnull=True).update(port=port)
+            Instance.objects.filter(pk=instance.pk).update(assigned_port=port)
         except IntegrityError:
             continue  # another row took it meanwhile
-        if not saved:  # given a port meanwhile (or deleted: then nothing is started)
-            port = Instance.objects.filter(pk=instance.pk).values_list("port", flat=True).first()
-        instance.port = port
+        instance.assigned_port = port
         return port
-    return None
+    if instance.port is not None:
+        raise CannotStart(f"port {instance.port} is assigned to another instance of node {node}")
+    raise CannotStart(f"no free port in {ports.start}-{ports.stop - 1} on {host}")

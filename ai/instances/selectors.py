@@ -13,7 +13,8 @@ from ..models.instances import NAME_RE
 def instances_list() -> QuerySet[Instance]:
     """Every instance, by name, with the upstreams (and models) that serve it."""
     upstreams = Upstream.objects.select_related("model").order_by("id")
-    return Instance.objects.prefetch_related(Prefetch("upstreams", queryset=upstreams))
+    instances = Instance.objects.select_related("organisation")
+    return instances.prefetch_related(Prefetch("upstreams", queryset=upstreams))
 
 
 def is_valid_name(name: str) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import math
 import os
 from urllib.parse import urlsplit
 
@@ -16,8 +18,10 @@ from django.conf import settings
 
 from ..models.instances import NAME_RE
 from . import logs
+from .scheduling import DATABASE_ERRORS
 
 MAX_LOG_LINES = 100_000
+MAX_DEMAND_TIMEOUT = 3600
 
 
 @web.middleware
@@ -65,12 +69,60 @@ async def _logs(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
+def _demand_timeout(raw: bytes) -> float:
+    """The ``timeout`` of a demand's body (INSTANCE_ON_DEMAND_START_TIMEOUT when absent)."""
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("The body must be a JSON object.") from None
+    if not isinstance(body, dict):
+        raise ValueError("The body must be a JSON object.")
+    unknown = sorted(set(body) - {"timeout"})
+    if unknown:
+        raise ValueError(f"Unknown field: {unknown[0]}.")
+    timeout = body.get("timeout", settings.INSTANCE_ON_DEMAND_START_TIMEOUT)
+    is_number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if not is_number or not math.isfinite(timeout) or not 0 < timeout <= MAX_DEMAND_TIMEOUT:
+        raise ValueError(
+            f"timeout must be a number of seconds above 0, at most {MAX_DEMAND_TIMEOUT}."
+        )
+    return float(timeout)
+
+
+async def _demand(request: web.Request) -> web.Response:
+    """Make an instance run and answer once it does or cannot (``demand``):
+    200 {"status": "running", "port"}; 503 {"status", "reason", "retry_after"};
+    404 {"reason"} for no such instance on this node; 409 {"reason"} for a stopped
+    one that does not start on demand; 400 {"reason"} for a bad body."""
+    name = request.match_info["name"]
+    try:
+        timeout = _demand_timeout(await request.read())
+    except ValueError as exc:
+        return web.json_response({"reason": str(exc)}, status=400)
+    if not NAME_RE.match(name):
+        return web.json_response({"reason": f"No instance is named '{name}'."}, status=404)
+    try:
+        code, body = await request.app["agent"].demands.demand(name, timeout)
+    except DATABASE_ERRORS:
+        code, body = (
+            503,
+            {
+                "status": "unknown",
+                "reason": "The node's agent cannot reach the database.",
+                "retry_after": 5,
+            },
+        )
+    headers = {"Retry-After": str(body["retry_after"])} if "retry_after" in body else None
+    return web.json_response(body, status=code, headers=headers)
+
+
 def create_app(agent) -> web.Application:
     app = web.Application(middlewares=[_require_key])
     app["agent"] = agent
     app.router.add_get("/health", _health)
     app.router.add_post("/reconcile", _reconcile)
     app.router.add_get("/instances/{name}/logs", _logs)
+    app.router.add_post("/instances/{name}/demand", _demand)
     return app
 
 

@@ -14,8 +14,11 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from orgs.models import Organisation
+from panel.errors import InstanceQuotaExceeded
+
 from ..models import AIModel, DesiredState, Instance, ModelKind, Upstream
-from . import backends, client, nodes
+from . import backends, client, nodes, quotas
 
 # Options a write may set: the operator's half of the row.
 WRITABLE = frozenset(Instance.OPTION_FIELDS)
@@ -82,6 +85,16 @@ def _apply(instance: Instance, options: dict) -> None:
         raise ValidationError({field: str(exc)}) from exc
 
 
+def _check_quotas(instance: Instance, *, is_new_owner: bool, is_starting: bool) -> None:
+    if instance.organisation_id is not None:
+        # Its row is locked until commit: concurrent creates and starts count one by one.
+        organisations = Organisation.objects.select_for_update()
+        instance.organisation = organisations.get(pk=instance.organisation_id)
+    refusal = quotas.refusal(instance, is_new_owner=is_new_owner, is_starting=is_starting)
+    if refusal:
+        raise InstanceQuotaExceeded(refusal)
+
+
 def _register(instance: Instance, *, model: str | None, priority: int | None) -> None:
     """Serve ``instance`` as an upstream of the model named ``model`` (created if new)."""
     served = backends.served_model_id(instance)
@@ -128,6 +141,7 @@ def instance_create(
         if start:
             instance.desired_state = DesiredState.RUNNING
         _apply(instance, options)
+        _check_quotas(instance, is_new_owner=True, is_starting=start)
         try:
             with transaction.atomic():
                 instance.save()
@@ -151,7 +165,11 @@ def instance_update(
         instance = Instance.objects.select_for_update().get(pk=instance.pk)
         options = _unmasked(instance, options)
         is_changed = any(getattr(instance, name, None) != value for name, value in options.items())
+        owner = instance.organisation_id
         _apply(instance, options)
+        if instance.organisation_id != owner:
+            is_running = instance.desired_state == DesiredState.RUNNING
+            _check_quotas(instance, is_new_owner=True, is_starting=is_running)
         if is_changed and instance.desired_state == DesiredState.RUNNING:
             instance.restart_requested_at = timezone.now()
         instance.save()
@@ -163,6 +181,11 @@ def instance_update(
 def _set_state(instance: Instance, **fields) -> Instance:
     with transaction.atomic():
         instance = Instance.objects.select_for_update().get(pk=instance.pk)
+        if (
+            fields.get("desired_state") == DesiredState.RUNNING
+            and instance.desired_state != DesiredState.RUNNING
+        ):
+            _check_quotas(instance, is_new_owner=False, is_starting=True)
         for name, value in fields.items():
             setattr(instance, name, value)
         instance.save(update_fields=[*fields, "updated_at"])

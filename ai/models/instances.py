@@ -213,11 +213,12 @@ class Instance(models.Model):
 
     @property
     def is_active(self) -> bool:
-        """A process exists or is wanted: starting, running or restarting."""
+        """A process exists or is wanted: starting, running, restarting or draining."""
         return self.status in (
             InstanceStatus.STARTING,
             InstanceStatus.RUNNING,
             InstanceStatus.RESTARTING,
+            InstanceStatus.DRAINING,
         )
 
 

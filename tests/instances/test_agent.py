@@ -25,7 +25,7 @@ from tests.servers import free_port, wait_for
 
 
 def _serves(instance: Instance, path: str = "/v1/models") -> int:
-    return httpx.get(f"http://127.0.0.1:{instance.port}{path}", timeout=5).status_code
+    return httpx.get(f"http://127.0.0.1:{instance.assigned_port}{path}", timeout=5).status_code
 
 
 def test_it_starts_an_instance_on_a_free_port_of_the_range_and_reports_it_running(agent):
@@ -33,7 +33,7 @@ def test_it_starts_an_instance_on_a_free_port_of_the_range_and_reports_it_runnin
     assert agent_nudge("local") is True
 
     instance = wait_status(instance, "running")
-    assert 21000 <= instance.port <= 21999
+    assert 21000 <= instance.assigned_port <= 21999 and instance.port is None
     assert instance.status_reason == ""
     assert instance.started_at <= instance.ready_at
     assert instance.exit_code is None and instance.restart_count == 0
@@ -43,7 +43,7 @@ def test_it_starts_an_instance_on_a_free_port_of_the_range_and_reports_it_runnin
     assert int(proc_stat(instance.pid)[2]) == instance.pid
     assert _serves(instance) == 200
     log = (agent.log_dir / "fake.log").read_text()
-    assert f"fake upstream listening on http://127.0.0.1:{instance.port}" in log
+    assert f"fake upstream listening on http://127.0.0.1:{instance.assigned_port}" in log
     assert agent_health("local")["instances"] == {"fake": "running"}
 
 
@@ -56,7 +56,7 @@ def test_it_runs_a_llama_cpp_instance_from_its_command_line_until_health_answers
     instance = llama_instance("llama", llama_server, model, port=port, context_size=512)
 
     instance = wait_status(instance, "running")
-    assert instance.port == port
+    assert instance.port == instance.assigned_port == port
     assert _serves(instance, "/health") == 200
     log = (agent.log_dir / "llama.log").read_text()
     assert f"llama-server -m {model} --host 127.0.0.1 --port {port} -c 512" in log

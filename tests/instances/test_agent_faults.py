@@ -21,7 +21,8 @@ from tests.servers import wait_for
 
 
 def _serves(instance: Instance) -> bool:
-    return httpx.get(f"http://127.0.0.1:{instance.port}/v1/models", timeout=5).status_code == 200
+    url = f"http://127.0.0.1:{instance.assigned_port}/v1/models"
+    return httpx.get(url, timeout=5).status_code == 200
 
 
 def test_after_kill_9_the_next_agent_readopts_what_runs_and_kills_what_was_deleted(

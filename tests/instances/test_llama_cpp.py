@@ -87,7 +87,7 @@ def test_it_serves_a_real_llama_cpp_server_through_the_gateway_and_fails_over_wh
     )
     assert created.status_code == 201, created.text
     running = api.wait_status("smol", "running")
-    assert running["port"]
+    assert running["assigned_port"] and running["port"] is None
     instance = Instance.objects.get(name="smol")
     pid, started = instance.pid, instance.pid_started
     assert is_running(pid, started)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from orgs.models import Organisation
+
 from ...instances import backends
 from ...instances.nodes import instance_hosts
 from ...instances.selectors import registered_model
@@ -110,6 +112,13 @@ class InstanceOptionsSerializer(StrictSerializer):
     ready_timeout = _int(1, DAY, help_text="Seconds.")
     node = StrictCharField(max_length=63, required=False)
     port = _int(1024, 65535, allow_null=True)
+    organisation = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=Organisation.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="The owner's slug (its instance quotas apply); null: the operator's.",
+    )
 
     def validate_environment(self, environment):
         if len(environment) > 200:
@@ -174,6 +183,7 @@ def options_of(instance: Instance) -> dict:
         "ready_timeout": instance.ready_timeout,
         "node": instance.node,
         "port": instance.port,
+        "organisation": instance.organisation.slug if instance.organisation else None,
     }
 
 
@@ -188,6 +198,9 @@ class InstanceSerializer(serializers.Serializer):
     status_reason = serializers.CharField()
     node = serializers.CharField()
     port = serializers.IntegerField(allow_null=True)
+    assigned_port = serializers.IntegerField(
+        allow_null=True, help_text="The port it runs on now: its own, or one of its node's range."
+    )
     pid = serializers.IntegerField(allow_null=True)
     started_at = serializers.DateTimeField(allow_null=True)
     ready_at = serializers.DateTimeField(allow_null=True)
@@ -212,7 +225,9 @@ class InstanceSerializer(serializers.Serializer):
         if hosts is None:
             hosts = self.context["instance_hosts"] = instance_hosts()
         host = hosts.get(instance.node, "{host}")
-        return backends.display_command(instance, host=host, port=instance.port)
+        return backends.display_command(
+            instance, host=host, port=instance.assigned_port or instance.port
+        )
 
     @extend_schema_field(InstanceOptionsSerializer)
     def get_options(self, instance) -> dict:
