@@ -46,6 +46,7 @@ bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 	$(PY) tests/bench/scheduling.py $(BENCH_SCHEDULING_ARGS)
+	$(PY) tests/bench/on_demand.py
 
 # Instance scheduling alone: three models on a node allowed two, without and with anti-thrash.
 bench-scheduling: install
