@@ -129,6 +129,8 @@ ENVELOPES = [
     (errors.DependencyUnavailable, 503, "service_unavailable", "service_unavailable"),
     (errors.InstanceNotRunning, 503, "service_unavailable", "instance_not_running"),
     (errors.AgentUnavailable, 503, "service_unavailable", "agent_unavailable"),
+    (errors.BackendUnavailable, 503, "service_unavailable", "backend_unavailable"),
+    (errors.InstanceQuotaExceeded, 409, "invalid_request_error", "instance_quota_exceeded"),
     (errors.ModelNotAvailable, 503, "invalid_request_error", "model_not_available"),
 ]
 
