@@ -11,6 +11,8 @@ from django.utils import timezone
 
 from ai.gateway import responses_store
 from ai.models import StoredResponse, UsageStatus
+from ai.tasks import responses_purge_task
+from panel.celery import app as celery_app
 from tests.ai.conftest import make_model, wait_for_usage
 from tests.openai_schema import validate
 
@@ -294,8 +296,13 @@ def test_an_expired_response_is_gone(world):
         client.responses.create(model="acme-chat", input="Hi", previous_response_id=created.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.delete(created.id)
-    assert responses_store.responses_purge() == 1
+    responses_purge_task()  # what beat runs hourly
     assert not StoredResponse.objects.exists()
+
+
+def test_beat_purges_expired_responses():
+    entries = {entry["task"] for entry in celery_app.conf.beat_schedule.values()}
+    assert responses_purge_task.name in entries
 
 
 def test_an_outsider_cannot_use_a_model_through_responses(world):
@@ -349,3 +356,41 @@ def test_an_unknown_model_is_a_404_for_the_sdk(world):
     with pytest.raises(openai.NotFoundError) as caught:
         _client(world).responses.create(model="no-such-model", input="Hi")
     assert caught.value.body["code"] == "model_not_found"
+
+
+EVENT_SCHEMAS = {
+    "response.created": "ResponseCreatedEvent",
+    "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent",
+    "response.output_text.done": "ResponseTextDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.completed": "ResponseCompletedEvent",
+}
+
+
+@pytest.mark.parametrize("tools", [[], [WEATHER]])
+def test_each_event_on_the_wire_matches_its_schema(world, tools):
+    body = {"model": "acme-chat", "input": "Hi", "stream": True, "tools": tools}
+    with httpx.stream(
+        "POST",
+        f"{world.base()}/responses",
+        headers={"Authorization": f"Bearer {world.alice_key}"},
+        json=body,
+        timeout=10,
+    ) as reply:
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        blocks = reply.read().decode().strip().split("\n\n")
+    kinds = []
+    for block in blocks:
+        name_line, data_line = block.split("\n")
+        event = json.loads(data_line.removeprefix("data: "))
+        assert name_line == f"event: {event['type']}"
+        validate(event, EVENT_SCHEMAS[event["type"]])
+        kinds.append(event["type"])
+    assert kinds[-1] == "response.completed"
+    assert ("response.function_call_arguments.done" in kinds) == bool(tools)
