@@ -243,6 +243,7 @@ def test_it_retrieves_and_deletes_a_stored_response(world):
         f"{world.base()}/responses/{created.id}/input_items",
         headers={"Authorization": f"Bearer {world.alice_key}"},
     ).json()
+    validate(items, "ResponseItemList")
     assert [i["content"][0]["text"] for i in items["data"]] == ["Hi"]
     assert items["first_id"] == items["data"][0]["id"] and items["has_more"] is False
     client.responses.delete(created.id)
@@ -394,3 +395,47 @@ def test_each_event_on_the_wire_matches_its_schema(world, tools):
         kinds.append(event["type"])
     assert kinds[-1] == "response.completed"
     assert ("response.function_call_arguments.done" in kinds) == bool(tools)
+
+
+def test_it_pages_the_input_items_of_a_continued_conversation(world):
+    client = _client(world)
+    first = client.responses.create(model="acme-chat", input="One")
+    second = client.responses.create(model="acme-chat", previous_response_id=first.id, input="Two")
+    url = f"{world.base()}/responses/{second.id}/input_items"
+    auth = {"Authorization": f"Bearer {world.alice_key}"}
+    page = httpx.get(url, params={"order": "asc", "limit": 2}, headers=auth).json()
+    validate(page, "ResponseItemList")
+    assert [i["role"] for i in page["data"]] == ["user", "assistant"] and page["has_more"]
+    rest = httpx.get(url, params={"order": "asc", "after": page["last_id"]}, headers=auth).json()
+    assert [i["content"][0]["text"] for i in rest["data"]] == ["Two"] and not rest["has_more"]
+    assert httpx.get(url, params={"limit": 0}, headers=auth).status_code == 400
+
+
+def test_it_reports_the_upstreams_cached_and_reasoning_tokens():
+    from ai.gateway.responses import usage_block
+
+    block = {
+        "prompt_tokens": 100,
+        "completion_tokens": 30,
+        "prompt_tokens_details": {"cached_tokens": 60},
+        "completion_tokens_details": {"reasoning_tokens": 12},
+    }
+    usage = usage_block(block, input_tokens=100, output_tokens=30)
+    validate(usage, "ResponseUsage")
+    assert usage["input_tokens_details"]["cached_tokens"] == 60
+    assert usage["output_tokens_details"]["reasoning_tokens"] == 12
+    assert usage["total_tokens"] == 130
+
+
+def test_it_sends_an_image_part_as_a_chat_image_url(world, acme, fake_upstream):
+    make_model("echo", owner=acme, base_urls=[fake_upstream.base_url(echo=1)])
+    image = {"type": "input_image", "image_url": "https://example.com/cat.png", "detail": "low"}
+    text = {"type": "input_text", "text": "What is it?"}
+    response = _client(world).responses.create(
+        model="echo", input=[{"role": "user", "content": [text, image]}]
+    )
+    (message,) = json.loads(response.output_text)["messages"]
+    assert message["content"] == [
+        {"type": "text", "text": "What is it?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}},
+    ]
