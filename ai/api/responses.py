@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from accounts.models import Permission
 from panel.errors import InvalidRequest, NotFound, UpstreamError
 
-from ..gateway import pipeline, responses, responses_store
+from ..gateway import pipeline, responses, responses_output, responses_store
 from ..gateway.pipeline import Call, Route, Stream
 from ..gateway.resolve import CHAT
 from ..gateway.responses import ResponsesRequest
@@ -134,12 +134,12 @@ def _response(
         raise UpstreamError("The upstream's answer was not a chat completion.")
     message, finish_reason = choices[0].get("message") or {}, choices[0].get("finish_reason")
     usage = call.record.usage
-    response = responses.response_object(
+    response = responses_output.response_object(
         parsed,
         model=call.resolution.model.name,
-        output=responses.output_items(message),
-        status=responses.status_of(finish_reason),
-        usage=responses.usage_block(
+        output=responses_output.output_items(message),
+        status=responses_output.status_of(finish_reason),
+        usage=responses_output.usage_block(
             payload.get("usage"),
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,

@@ -1,15 +1,14 @@
-"""The Responses API on chat-completions upstreams: requests in, response objects out.
+"""The Responses API on chat-completions upstreams: the request side.
 
 Pure translation, no I/O. ``request_parse`` checks a ``POST /v1/responses`` body
 and refuses (400, naming them) the fields it cannot honour; ``chat_body`` turns
-its input items (a continued conversation's history first) into a chat request;
-``response_object`` builds the Response object from a chat completion. The
-stream's events are in ``responses_events``.
+its input items (a continued conversation's history first) into a chat request.
+The Response object is built in ``responses_output``, a stream's events in
+``responses_events``.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -157,13 +156,13 @@ def _check_tool(tool, name: str) -> None:
 def input_items(value) -> list[dict]:
     """The request's ``input`` as a list of items, each checked and given an id."""
     if isinstance(value, str):
-        return [_message_item("user", [{"type": "input_text", "text": value}])]
+        return [message_item("user", [{"type": "input_text", "text": value}])]
     if not isinstance(value, list) or not value:
         raise InvalidRequest("'input' must be a string or a non-empty array.", param="input")
     return [_input_item(item, f"input[{index}]") for index, item in enumerate(value)]
 
 
-def _message_item(role: str, content: list[dict], item_id: str | None = None) -> dict:
+def message_item(role: str, content: list[dict], item_id: str | None = None) -> dict:
     return {
         "type": "message",
         "id": item_id or new_id("msg"),
@@ -193,7 +192,7 @@ def _input_item(item, name: str) -> dict:
             )
         for index, part in enumerate(content):
             _chat_part(part, f"{name}.content[{index}]")
-        return _message_item(item["role"], content, item.get("id"))
+        return message_item(item["role"], content, item.get("id"))
     if kind == "function_call":
         _strings(item, name, "call_id", "name", "arguments")
         fields = ("call_id", "name", "arguments")
@@ -331,124 +330,3 @@ def _response_format(text: dict | None) -> dict | None:
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         return {"type": "json_schema", "json_schema": schema}
     raise InvalidRequest("'text.format' must be text, json_object or json_schema.", param="text")
-
-
-# --- From chat completions -------------------------------------------------------------
-
-
-def response_object(
-    request: ResponsesRequest,
-    *,
-    model: str,
-    output: list[dict],
-    status: str,
-    usage: dict | None,
-    finish_reason: str | None = None,
-    error: dict | None = None,
-) -> dict:
-    """The Response object, echoing the request's settings as OpenAI's does."""
-    body = request.body
-    reason = INCOMPLETE_REASONS.get(finish_reason) if status == "incomplete" else None
-    response = {
-        "id": request.id,
-        "object": "response",
-        "created_at": request.created_at,
-        "status": status,
-        "completed_at": int(time.time()) if status == "completed" else None,
-        "error": error,
-        "incomplete_details": {"reason": reason} if reason else None,
-        "instructions": body.get("instructions"),
-        "max_output_tokens": body.get("max_output_tokens"),
-        "model": model,
-        "output": output,
-        "parallel_tool_calls": body.get("parallel_tool_calls", True),
-        "previous_response_id": request.previous_response_id,
-        "reasoning": None,
-        "store": request.store,
-        "temperature": body.get("temperature"),
-        "text": body.get("text") or {"format": {"type": "text"}},
-        "tool_choice": body.get("tool_choice") or "auto",
-        "tools": [_echo_tool(tool) for tool in body.get("tools") or ()],
-        "top_p": body.get("top_p"),
-        "truncation": "disabled",
-        "metadata": body.get("metadata") or {},
-    }
-    if usage is not None:  # none while in progress
-        response["usage"] = usage
-    if body.get("user") is not None:  # a string when present, in the spec
-        response["user"] = body["user"]
-    return response
-
-
-def _echo_tool(tool: dict) -> dict:
-    echo = {
-        "type": "function",
-        "name": tool["name"],
-        "parameters": tool.get("parameters"),
-        "strict": tool.get("strict"),
-    }
-    if tool.get("description") is not None:
-        echo["description"] = tool["description"]
-    return echo
-
-
-def status_of(finish_reason: str | None) -> str:
-    return "incomplete" if finish_reason in INCOMPLETE_REASONS else "completed"
-
-
-def output_items(message: dict) -> list[dict]:
-    """A chat completion's message as output items: its text, then its function calls."""
-    items = []
-    content = message.get("content")
-    if isinstance(content, str) and content:
-        items.append(text_item(new_id("msg"), content, "completed"))
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
-        items.append(
-            call_item(new_id("fc"), call.get("id") or new_id("call"), function, "completed")
-        )
-    return items
-
-
-def text_item(item_id: str, text: str, status: str) -> dict:
-    return _message_item("assistant", [text_part(text)], item_id) | {"status": status}
-
-
-def text_part(text: str) -> dict:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def call_item(item_id: str, call_id: str, function: dict, status: str) -> dict:
-    return {
-        "type": "function_call",
-        "id": item_id,
-        "call_id": call_id,
-        "name": function.get("name") or "",
-        "arguments": function.get("arguments") or "",
-        "status": status,
-    }
-
-
-def usage_block(block, *, input_tokens: int, output_tokens: int) -> dict:
-    """Responses usage from a chat usage block (its details, when the upstream gave them)."""
-    block = block if isinstance(block, dict) else {}
-    cached = _detail(block, "prompt_tokens_details", "cached_tokens")
-    reasoning = _detail(block, "completion_tokens_details", "reasoning_tokens")
-    return {
-        "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-        "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": reasoning},
-        "total_tokens": input_tokens + output_tokens,
-    }
-
-
-def _detail(block: dict, group: str, name: str) -> int:
-    details = block.get(group)
-    value = details.get(name) if isinstance(details, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def sse(event: dict) -> bytes:
-    """One Responses stream event on the wire."""
-    return b"event: %s\ndata: %s\n\n" % (event["type"].encode(), json.dumps(event).encode())

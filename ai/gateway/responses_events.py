@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 
 from .pricing import Usage
-from .responses import (
-    ResponsesRequest,
+from .responses import ResponsesRequest
+from .responses_output import (
     call_item,
     new_id,
     response_object,

@@ -412,7 +412,7 @@ def test_it_pages_the_input_items_of_a_continued_conversation(world):
 
 
 def test_it_reports_the_upstreams_cached_and_reasoning_tokens():
-    from ai.gateway.responses import usage_block
+    from ai.gateway.responses_output import usage_block
 
     block = {
         "prompt_tokens": 100,
