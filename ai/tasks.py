@@ -4,6 +4,7 @@ from celery import shared_task
 from django.conf import settings
 
 from . import services
+from .gateway import responses_store
 
 
 @shared_task(ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
@@ -33,6 +34,12 @@ def health_prune_task() -> None:
     services.health_prune()
 
 
+@shared_task(ignore_result=True)
+def responses_purge_task() -> None:
+    # No retry: the next beat tick purges again (an expired response is never served meanwhile).
+    responses_store.responses_purge()
+
+
 def beat_schedule() -> dict:
     """This app's entries of Celery beat's schedule (``ai.apps`` adds them)."""
     return {
@@ -51,4 +58,5 @@ def beat_schedule() -> dict:
             "schedule": float(settings.HEALTH_CHECK_TICK),
         },
         "health-prune": {"task": health_prune_task.name, "schedule": 3600.0},
+        "responses-purge": {"task": responses_purge_task.name, "schedule": 3600.0},
     }

@@ -124,6 +124,7 @@ class Plan:
         "usage",
         "stream",
         "include_usage",
+        "tool_call",
     )
 
     def __init__(self, body: dict[str, Any], opts: dict[str, Any], default_model: str, words: int):
@@ -132,7 +133,12 @@ class Plan:
         if cap is None:
             cap = optional_int(body, "max_tokens")
         self.finish = "stop"
-        if opts.get("echo"):
+        self.tool_call = None if opts.get("echo") else tool_call_of(body)
+        if self.tool_call is not None:
+            self.finish = "tool_calls"
+            self.pieces, self.content = [], ""
+            completion_tokens = max(1, len(self.tool_call["arguments"].split()))
+        elif opts.get("echo"):
             self.content = json.dumps(body, sort_keys=True)
             self.pieces: list[str] | None = None
             completion_tokens = max(1, len(self.content.split()))
@@ -150,6 +156,34 @@ class Plan:
         self.include_usage = (
             isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         )
+
+
+def tool_call_of(body: dict[str, Any]) -> dict[str, str] | None:
+    """The function a request with ``tools`` calls: the one it names, else its first.
+
+    A request whose last message is a tool's result, or whose ``tool_choice`` is
+    ``"none"``, gets text instead, so a tool loop ends after one round. The
+    arguments are ``{"query": <the last user message's text>}``.
+    """
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    messages = body.get("messages") or [{}]
+    if not isinstance(tools, list) or not tools or choice == "none":
+        return None
+    if not isinstance(messages[-1], dict) or messages[-1].get("role") == "tool":
+        return None
+    names = [
+        t["function"].get("name")
+        for t in tools
+        if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    ]
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        names = [choice["function"].get("name")]
+    if not names or not isinstance(names[0], str):
+        return None
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    query = users[-1].get("content") if users else ""
+    arguments = json.dumps({"query": query if isinstance(query, str) else ""})
+    return {"name": names[0], "arguments": arguments}
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -77,11 +77,48 @@ def _prefix(kind: bytes, completion_id: str, created: int, model: str) -> bytes:
     )
 
 
-def _sse_events(plan: Plan, chat: bool, prefix: bytes) -> tuple[list[bytes], int]:
+def tool_call_id(completion_id: str) -> str:
+    """The id of the tool call a completion makes (its completion's own suffix)."""
+    return "call_" + completion_id.rpartition("-")[2]
+
+
+def _tool_call_pieces(call_id: str, call: dict[str, str]) -> list[bytes]:
+    """A tool call as chat chunks: its id and name, then its arguments in two halves."""
+    arguments, half = call["arguments"], len(call["arguments"]) // 2
+    first = {"index": 0, "id": call_id, "type": "function"}
+    first["function"] = {"name": call["name"], "arguments": ""}
+    deltas = [first] + [
+        {"index": 0, "function": {"arguments": piece}}
+        for piece in (arguments[:half], arguments[half:])
+    ]
+    return [
+        b'"choices":[{"index":0,"delta":{"tool_calls":%s},"logprobs":null,"finish_reason":null}]}\n\n'
+        % dumps([delta])
+        for delta in deltas
+    ]
+
+
+def _finish(reason: str) -> bytes:
+    return b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"%s"}]}\n\n' % (
+        reason.encode()
+    )
+
+
+def _sse_events(
+    plan: Plan, chat: bool, prefix: bytes, completion_id: str = ""
+) -> tuple[list[bytes], int]:
     """All SSE events for a plan, and how many of them (after the first) are content."""
     events: list[bytes] = []
     if chat:
         events.append(prefix + _CHAT_ROLE)
+    if plan.tool_call is not None:
+        pieces = _tool_call_pieces(tool_call_id(completion_id), plan.tool_call)
+        events.extend(prefix + piece for piece in pieces)
+        events.append(prefix + _finish(plan.finish))
+        if plan.include_usage and plan.usage is not None:
+            events.append(prefix + _usage_suffix(plan.usage))
+        events.append(_DONE)
+        return events, len(pieces)
     if plan.pieces is None:
         contents = [prefix + (_chat_piece if chat else _text_piece)(plan.content)]
     else:
@@ -106,7 +143,8 @@ async def stream_completion(
 ) -> web.StreamResponse:
     """Stream a chat (``chat.completion.chunk``) or text (``text_completion``) completion."""
     kind = b"chat.completion.chunk" if chat else b"text_completion"
-    events, n_content = _sse_events(plan, chat, _prefix(kind, completion_id, created, plan.model))
+    prefix = _prefix(kind, completion_id, created, plan.model)
+    events, n_content = _sse_events(plan, chat, prefix, completion_id)
     # A chat stream leads with one role chunk before the content.
     return await _stream(request, opts, events, 1 if chat else 0, n_content)
 

@@ -336,6 +336,10 @@ if USAGE_RETENTION_DAYS * 24 <= USAGE_ROLLUP_LOOKBACK_HOURS + 24:
         "USAGE_RETENTION_DAYS must exceed USAGE_ROLLUP_LOOKBACK_HOURS by more than a day."
     )
 
+# --- Responses API ---------------------------------------------------------------------
+# A stored response (``store``, the default) can be retrieved or continued this long.
+RESPONSES_TTL_DAYS = env.int("RESPONSES_TTL_DAYS", default=30)
+
 # --- Upstream health checks -----------------------------------------------------------
 HEALTH_CHECK_INTERVAL = env.int("HEALTH_CHECK_INTERVAL", default=30)
 HEALTH_CHECK_TICK = env.int("HEALTH_CHECK_TICK", default=5)

@@ -148,7 +148,9 @@ def _wait_for_usage_writes(ledger, attempts: int = 500) -> None:
     # the clock: some tests stand in for time.monotonic.
     import time
 
+    from ai.gateway import responses_store
+
     for _ in range(attempts):
-        if ledger.is_idle():
+        if ledger.is_idle() and responses_store.is_idle():
             return
         time.sleep(0.01)

@@ -25,7 +25,7 @@ from panel.errors import AgentUnavailable, ApiError, ModelNotAvailable, RateLimi
 from ..instances import activity
 from ..models import UsageStatus
 from ..selectors import UpstreamInfo
-from . import ledger, router, starts, streaming
+from . import ledger, responses_store, router, starts, streaming
 from .accounting import Record, usage_record
 from .admission import admit
 from .leases import leases
@@ -168,9 +168,10 @@ async def open_stream(call: Call) -> Stream | Reply:
 
 
 async def shutdown() -> None:
-    """Give leases back and write everything pending (ASGI lifespan shutdown)."""
+    """Give leases back and write everything pending (ASGI lifespan shutdown): usage, stored responses."""
     leases.release_all()
     await ledger.shutdown()
+    await responses_store.flush()
     await activity.shutdown()
     await starts.shutdown()
 

@@ -1,6 +1,7 @@
 from .chat import Conversation, Message, MessageRole, MessageStatus
 from .instances import Backend, DesiredState, Instance, InstanceStatus, Node
 from .registry import AIModel, HealthCheck, HealthStatus, ModelKind, ModelLink, Upstream
+from .responses import StoredResponse
 from .usage import (
     GatewayProcess,
     InFlightAdmission,
@@ -31,6 +32,7 @@ __all__ = [
     "ModelLink",
     "Upstream",
     "RollupPeriod",
+    "StoredResponse",
     "UsageEvent",
     "UsageRollup",
     "UsageStatus",

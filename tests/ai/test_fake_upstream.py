@@ -550,3 +550,56 @@ def test_base_url_encodes_faults(fake):
     assert fake.base_url(echo=True, no_usage=True, latency_ms=1.5) == (
         f"{fake.url}/f/echo=1,no_usage=1,latency_ms=1.5/v1"
     )
+
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+
+
+def test_it_calls_the_first_tool_with_the_last_user_message(fake, client):
+    from tests.openai_schema import validate
+
+    response = post(client, fake.base_url(), "/chat/completions", {**CHAT, "tools": TOOLS})
+    body = response.json()
+    validate(body, "CreateChatCompletionResponse")
+    (choice,) = body["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    assert call["id"].startswith("call_") and call["function"]["name"] == "lookup"
+    assert json.loads(call["function"]["arguments"]) == {"query": "hello there world"}
+
+
+def test_it_answers_with_text_after_a_tool_result_or_with_tool_choice_none(fake, client):
+    after = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+        ],
+    }
+    result = {"role": "tool", "tool_call_id": "c", "content": "found"}
+    bodies = [
+        {**CHAT, "tools": TOOLS, "messages": [*CHAT["messages"], after, result]},
+        {**CHAT, "tools": TOOLS, "tool_choice": "none"},
+    ]
+    for body in bodies:
+        choice = post(client, fake.base_url(), "/chat/completions", body).json()["choices"][0]
+        assert choice["finish_reason"] == "stop" and choice["message"]["content"].startswith("tok0")
+
+
+def test_it_streams_a_tool_call_in_pieces(fake, client):
+    from tests.openai_schema import validate
+
+    body = {**CHAT, "tools": TOOLS, "stream": True, "stream_options": {"include_usage": True}}
+    chunks, done, _ = read_sse(client, fake.base_url() + "/chat/completions", body)
+    assert done
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+    calls = [
+        c["choices"][0]["delta"]["tool_calls"][0]
+        for c in chunks
+        if c["choices"] and "tool_calls" in c["choices"][0]["delta"]
+    ]
+    assert calls[0]["function"]["name"] == "lookup" and calls[0]["id"].startswith("call_")
+    arguments = "".join(c["function"]["arguments"] for c in calls)
+    assert json.loads(arguments) == {"query": "hello there world"}
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"

@@ -1,0 +1,181 @@
+"""The Responses API (``/v1/responses``), translated to chat completions at the edge.
+
+The request goes through the same pipeline as a chat completion (route name
+``responses`` on its UsageEvent): admission, limits, wallet, failover and
+usage apply unchanged. ``ai.gateway.responses`` translates, ``responses_events``
+retells a stream, ``responses_store`` keeps stored responses per tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from accounts.models import Permission
+from panel.errors import InvalidRequest, NotFound, UpstreamError
+
+from ..gateway import pipeline, responses, responses_output, responses_store
+from ..gateway.pipeline import Call, Route, Stream
+from ..gateway.resolve import CHAT
+from ..gateway.responses import ResponsesRequest
+from ..gateway.responses_events import ResponseEvents
+from ..gateway.responses_store import Tenant
+from .base import ai_route, json_body, json_response, render
+
+RESPONSES_ROUTE = Route("responses", "chat/completions", CHAT, "messages", streams=True)
+LIST_LIMIT = 100
+
+
+@ai_route(methods={"POST": Permission.PROXY})
+async def responses_create(request, identity, request_id):
+    parsed = responses.request_parse(json_body(request))
+    tenant = responses_store.tenant_of(identity)
+    items = await _history(parsed, tenant) + parsed.items
+    call = await _prepare(identity, parsed, items, request_id)
+    if parsed.stream:
+        result = await pipeline.open_stream(call)
+        if isinstance(result, Stream):
+            result = Stream(_events(call, parsed, result, items, tenant), result.headers)
+        return render(result)
+    reply = await pipeline.call_json(call)
+    if reply.status < 400:
+        reply.payload = _response(call, parsed, reply.payload, items, tenant)
+    return render(reply)
+
+
+@ai_route(methods={"GET": Permission.READ, "DELETE": Permission.PROXY})
+async def response_detail(request, identity, request_id, response_id: str):
+    tenant = responses_store.tenant_of(identity)
+    if request.method == "DELETE":
+        if not await responses_store.response_delete(response_id, tenant=tenant):
+            raise _not_found(response_id)
+        return json_response({"id": response_id, "object": "response", "deleted": True})
+    stored = await responses_store.response_get(response_id, tenant=tenant)
+    if stored is None:
+        raise _not_found(response_id)
+    return json_response(stored.response)
+
+
+@ai_route(methods={"GET": Permission.READ})
+async def response_input_items(request, identity, request_id, response_id: str):
+    tenant = responses_store.tenant_of(identity)
+    stored = await responses_store.response_get(response_id, tenant=tenant)
+    if stored is None:
+        raise _not_found(response_id)
+    items = _page(stored.input_items, request.GET)
+    return json_response(
+        {
+            "object": "list",
+            "data": items,
+            "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None,
+            "has_more": bool(items) and items[-1] is not _ordered(stored, request.GET)[-1],
+        }
+    )
+
+
+def _ordered(stored, query) -> list[dict]:
+    return stored.input_items if query.get("order") == "asc" else stored.input_items[::-1]
+
+
+def _page(items: list[dict], query) -> list[dict]:
+    """OpenAI's paging: ``order`` (desc by default), ``after`` an item id, ``limit`` 1-100."""
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("'order' must be asc or desc.", param="order")
+    limit = query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= LIST_LIMIT:
+        raise InvalidRequest(f"'limit' must be from 1 to {LIST_LIMIT}.", param="limit")
+    ordered = items if order == "asc" else items[::-1]
+    if after := query.get("after"):
+        ids = [item["id"] for item in ordered]
+        if after not in ids:
+            raise InvalidRequest(f"No input item has the id '{after}'.", param="after")
+        ordered = ordered[ids.index(after) + 1 :]
+    return ordered[: int(limit)]
+
+
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+
+
+async def _history(parsed: ResponsesRequest, tenant: Tenant) -> list[dict]:
+    """The items of the conversation ``previous_response_id`` continues (none without it)."""
+    previous_id = parsed.previous_response_id
+    if previous_id is None:
+        return []
+    previous = await responses_store.response_get(previous_id, tenant=tenant)
+    if previous is None:
+        raise NotFound(
+            f"Previous response with id '{previous_id}' not found.", param="previous_response_id"
+        )
+    return previous.input_items + previous.response["output"]
+
+
+async def _prepare(identity, parsed: ResponsesRequest, items: list[dict], request_id: str) -> Call:
+    body = responses.chat_body(parsed, items)
+    try:
+        return await pipeline.prepare(
+            identity=identity, route=RESPONSES_ROUTE, body=body, request_id=request_id
+        )
+    except InvalidRequest as exc:
+        if exc.param != "max_tokens":
+            raise
+        # The model's own output limit, checked on the chat request: say it in our terms.
+        message = exc.message.replace("max_tokens", "max_output_tokens")
+        raise InvalidRequest(message, param="max_output_tokens") from exc
+
+
+def _response(
+    call: Call, parsed: ResponsesRequest, payload: dict | None, items: list, tenant: Tenant
+) -> dict:
+    """The Response object of a chat completion, stored when the request asks for it."""
+    choices = (payload or {}).get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError("The upstream's answer was not a chat completion.")
+    message, finish_reason = choices[0].get("message") or {}, choices[0].get("finish_reason")
+    usage = call.record.usage
+    response = responses_output.response_object(
+        parsed,
+        model=call.resolution.model.name,
+        output=responses_output.output_items(message),
+        status=responses_output.status_of(finish_reason),
+        usage=responses_output.usage_block(
+            payload.get("usage"),
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+        ),
+        finish_reason=finish_reason,
+    )
+    _store(call, parsed, items, response, tenant)
+    return response
+
+
+def _store(call: Call, parsed: ResponsesRequest, items: list, response: dict, tenant) -> None:
+    if parsed.store and response["status"] != "failed":
+        responses_store.response_save(
+            tenant=tenant,
+            model_name=call.resolution.model.name,
+            input_items=items,
+            response=response,
+        )
+
+
+async def _events(
+    call: Call, parsed: ResponsesRequest, stream: Stream, items: list, tenant: Tenant
+) -> AsyncIterator[list[bytes]]:
+    """The Responses events of a relayed chat stream; its end queues the stored response."""
+    events = ResponseEvents(parsed, model=call.resolution.model.name)
+    chunks = stream.batches
+    try:
+        # The relay is started before the first write, so a client that leaves at
+        # once still ends it (and its usage event) rather than leaving it unstarted.
+        first = await anext(chunks, [])
+        yield events.start() + [out for raw in first for out in events.chunk(raw)]
+        async for batch in chunks:
+            if out := [out for raw in batch for out in events.chunk(raw)]:
+                yield out
+    finally:
+        await chunks.aclose()
+    closing = events.finish(call.record.usage)
+    _store(call, parsed, items, events.response, tenant)
+    yield closing
