@@ -11,6 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from orgs.models import Organisation
+from panel.serializers import KnownFieldsOnly, StrictIntegerField
 
 from ...instances import backends
 from ...instances.nodes import instance_hosts
@@ -20,15 +21,6 @@ from ...models import Backend, Instance, InstanceStatus
 from ...models.instances import DesiredState
 
 DAY = 24 * 60 * 60
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """An integer given as a JSON number: no strings, booleans or floats."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -53,15 +45,8 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
-class StrictSerializer(serializers.Serializer):
+class StrictSerializer(KnownFieldsOnly, serializers.Serializer):
     """Refuses fields it does not know."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({unknown[0]: "Unknown field."})
-        return super().to_internal_value(data)
 
 
 def _int(low: int, high: int, **kwargs) -> StrictIntegerField:
