@@ -37,6 +37,8 @@ urlpatterns = [
     path("api/v1/ai/", include(botserver_patterns)),
     path("api/v1/", include(openai_patterns)),
     path("api/ai/openai/v1/", include(openai_patterns)),
+    # Seed 000 tells SDK users to set the base URL to /api/ai/openai, without /v1.
+    path("api/ai/openai/", include(openai_patterns)),
     path("api/ai/", include(panel_patterns)),
     path("api/status", views.api_status, name="api-status"),
     path("api/deployments/<int:model_id>/health", health.deployment),

@@ -25,6 +25,22 @@ REQUEST_SCHEMAS = {
         "required": ["messages"],
         "additionalProperties": True,
     },
+    "InferenceRequest": {
+        "type": "object",
+        "description": (
+            "A chat completion request whose `input` (a text, or a list of texts and content"
+            " parts) may stand for `messages`: it becomes one user message. Not both."
+        ),
+        "properties": {
+            "model": {"type": "string", "description": "Default: the caller's default model."},
+            "modelId": {"type": "integer", "description": "A model by id."},
+            "messages": {"type": "array", "items": ANY_OBJECT},
+            "input": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1}]},
+            "stream": {"type": "boolean"},
+            "max_tokens": {"type": "integer"},
+        },
+        "additionalProperties": True,
+    },
     "CompletionRequest": {
         "type": "object",
         "properties": {"model": {"type": "string"}, "prompt": {}, "stream": {"type": "boolean"}},
@@ -50,7 +66,7 @@ REQUEST_SCHEMAS = {
     },
 }
 
-OPENAI_PREFIXES = ("/v1", "/api/v1", "/api/ai/openai/v1")
+OPENAI_PREFIXES = ("/v1", "/api/v1", "/api/ai/openai/v1", "/api/ai/openai")
 MODEL_PARAM = [("model", "path", "string")]
 
 
@@ -81,7 +97,7 @@ def gateway_paths() -> dict[str, dict]:
         )
     for name, body in (
         ("chat/completions", "ChatCompletionRequest"),
-        ("inference", "ChatCompletionRequest"),
+        ("inference", "InferenceRequest"),
         ("embeddings", "EmbeddingRequest"),
     ):
         paths[f"/api/v1/ai/{name}"] = {

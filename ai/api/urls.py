@@ -9,10 +9,10 @@ openai_patterns = [
     path("models/<path:model_name>", openai.model_detail),
 ]
 
-# botserver (seed 004): chat, embeddings and `inference` as an alias of chat.
+# botserver (seed 004): chat, embeddings and `inference`, chat that also takes `input`.
 botserver_patterns = [
     path("chat/completions", openai.chat_completions),
-    path("inference", openai.chat_completions),
+    path("inference", openai.inference),
     path("embeddings", openai.embeddings),
 ]
 
