@@ -106,6 +106,12 @@ def _choices(kind: bytes, content: str, finish: str) -> bytes:
 _cached_choices = functools.lru_cache(maxsize=512)(_choices)
 
 
+def _tool_call_choices(plan: Plan) -> bytes:
+    message = {"role": "assistant", "content": None, "tool_calls": plan.tool_calls}
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+    return dumps([choice])
+
+
 def _completion_response(kind: bytes, completion_id: str, created: int, plan: Plan) -> web.Response:
     """A non-streaming chat/text completion, assembled from cached fragments."""
     make = _choices if plan.pieces is None else _cached_choices
@@ -113,7 +119,7 @@ def _completion_response(kind: bytes, completion_id: str, created: int, plan: Pl
         b'{"id":"%s","object":"%s","created":%d,"model":' % (completion_id.encode(), kind, created),
         json.dumps(plan.model).encode("utf-8"),
         b',"choices":',
-        make(kind, plan.content, plan.finish),
+        _tool_call_choices(plan) if plan.tool_calls else make(kind, plan.content, plan.finish),
     ]
     if plan.usage is not None:
         parts.append(

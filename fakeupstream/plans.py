@@ -124,6 +124,7 @@ class Plan:
         "usage",
         "stream",
         "include_usage",
+        "tool_calls",
     )
 
     def __init__(self, body: dict[str, Any], opts: dict[str, Any], default_model: str, words: int):
@@ -144,12 +145,37 @@ class Plan:
             self.pieces = tokens(n)
             self.content = _content(n)
             completion_tokens = n
+        chat = "messages" in body
+        self.tool_calls = tool_calls(body, opts.get("tool_calls", 0)) if chat else []
+        if self.tool_calls:
+            self.finish, self.content, self.pieces = "tool_calls", "", []
+            completion_tokens = sum(len(c["function"]["arguments"]) for c in self.tool_calls)
         self.usage = None if opts.get("no_usage") else _usage(max(1, words), completion_tokens)
         self.stream = body.get("stream") is True
         stream_options = body.get("stream_options")
         self.include_usage = (
             isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         )
+
+
+def tool_calls(body: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """``n`` calls of the request's function tools, in turn (``fake_tool`` without any)."""
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    names = [
+        t["function"]["name"]
+        for t in tools
+        if isinstance(t, dict)
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+    ] or ["fake_tool"]
+    return [
+        {
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {"name": names[i % len(names)], "arguments": json.dumps({"call": i})},
+        }
+        for i in range(n)
+    ]
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

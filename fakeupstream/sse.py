@@ -25,7 +25,7 @@ _CHAT_ROLE = (
 _CHAT_FINISH = {
     reason: b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"%s"}]}\n\n'
     % reason.encode()
-    for reason in ("stop", "length")
+    for reason in ("stop", "length", "tool_calls")
 }
 _TEXT_FINISH = {
     reason: b'"choices":[{"text":"","index":0,"logprobs":null,"finish_reason":"%s"}]}\n\n'
@@ -43,6 +43,23 @@ def _chat_piece(text: str) -> bytes:
         + json.dumps(text).encode("utf-8")
         + b'},"logprobs":null,"finish_reason":null}]}\n\n'
     )
+
+
+def _tool_call_pieces(calls: list[dict[str, Any]]) -> list[bytes]:
+    """Each call as OpenAI streams it: its id and name, then its arguments in two halves."""
+    pieces = []
+    for index, call in enumerate(calls):
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        first = {**call, "index": index, "function": {**call["function"], "arguments": ""}}
+        deltas = [first] + [
+            {"index": index, "function": {"arguments": part}}
+            for part in (arguments[:half], arguments[half:])
+        ]
+        for delta in deltas:
+            choice = {"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}
+            pieces.append(b'"choices":' + dumps([choice]) + b"}\n\n")
+    return pieces
 
 
 def _text_piece(text: str) -> bytes:
@@ -82,7 +99,9 @@ def _sse_events(plan: Plan, chat: bool, prefix: bytes) -> tuple[list[bytes], int
     events: list[bytes] = []
     if chat:
         events.append(prefix + _CHAT_ROLE)
-    if plan.pieces is None:
+    if plan.tool_calls and chat:
+        contents = [prefix + piece for piece in _tool_call_pieces(plan.tool_calls)]
+    elif plan.pieces is None:
         contents = [prefix + (_chat_piece if chat else _text_piece)(plan.content)]
     else:
         cache, make = (_CHAT_PIECES, _chat_piece) if chat else (_TEXT_PIECES, _text_piece)
