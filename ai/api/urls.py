@@ -1,12 +1,19 @@
 from django.urls import path
 
-from . import openai, panel, usage
+from . import anthropic, openai, panel, usage
+
+# Anthropic's Messages API; the SDK appends /v1/messages to its base URL.
+anthropic_patterns = [
+    path("messages", anthropic.messages),
+    path("messages/count_tokens", anthropic.count_tokens),
+]
 
 # The same views under every OpenAI base URL the seeds use; each proxy at its OpenAI path.
 openai_patterns = [
     *(path(view.route.path, view) for view in openai.PROXY_VIEWS),
     path("models", openai.models_list),
     path("models/<path:model_name>", openai.model_detail),
+    *anthropic_patterns,
 ]
 
 # botserver (seed 004): chat, embeddings and `inference`, chat that also takes `input`.
