@@ -16,7 +16,7 @@ from accounts.models import Permission
 from panel.errors import ApiError, FeatureDisabled, UpstreamError
 
 from ..gateway import anthropic, pipeline
-from ..gateway.anthropic_stream import MessageStream, message_events
+from ..gateway.anthropic import MessageStream, message_events
 from ..gateway.pipeline import Call, Reply, Route, Stream
 from ..gateway.resolve import CHAT, resolve
 from .base import ai_route, json_body, json_response, render

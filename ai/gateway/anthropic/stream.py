@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from .anthropic import cached_tokens, error_type, stop_of, usage_block
-from .pricing import Usage, usage_from_block
+from ..pricing import Usage, usage_from_block
+from .reply import cached_tokens, error_type, stop_of, usage_block
 
 DONE = b"[DONE]"
 
