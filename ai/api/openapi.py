@@ -41,6 +41,32 @@ REQUEST_SCHEMAS = {
         },
         "additionalProperties": True,
     },
+    "MessagesRequest": {
+        "type": "object",
+        "description": (
+            "Anthropic's Messages request (translated to a chat completion); `stream: true`"
+            " answers with Anthropic's events. Errors use Anthropic's shape"
+            " `{type: error, error: {type, message}}`."
+        ),
+        "properties": {
+            "model": {"type": "string", "description": "Default: the caller's default model."},
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "system": {},
+            "messages": {"type": "array", "items": ANY_OBJECT},
+            "tools": {"type": "array", "items": ANY_OBJECT},
+            "tool_choice": ANY_OBJECT,
+            "stream": {"type": "boolean"},
+        },
+        "required": ["max_tokens", "messages"],
+        "additionalProperties": True,
+    },
+    "CountTokensRequest": {
+        "type": "object",
+        "description": "A Messages request without max_tokens; answers `{input_tokens}`.",
+        "properties": {"model": {"type": "string"}, "messages": {"type": "array"}},
+        "required": ["messages"],
+        "additionalProperties": True,
+    },
     "CompletionRequest": {
         "type": "object",
         "properties": {"model": {"type": "string"}, "prompt": {}, "stream": {"type": "boolean"}},
@@ -95,6 +121,14 @@ def gateway_paths() -> dict[str, dict]:
                 },
             }
         )
+    for prefix in (*OPENAI_PREFIXES, "/api/ai/anthropic/v1"):
+        tag = "Anthropic"
+        paths[f"{prefix}/messages"] = {
+            "post": operation("Create a message", tag, body="MessagesRequest")
+        }
+        paths[f"{prefix}/messages/count_tokens"] = {
+            "post": operation("Count a message's tokens", tag, body="CountTokensRequest")
+        }
     for name, body in (
         ("chat/completions", "ChatCompletionRequest"),
         ("inference", "InferenceRequest"),
