@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from ai.models import ModelLink, UsageEvent
+from panel.models import SiteSettings
 from tests.ai.conftest import make_model, wait_for_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -435,3 +436,13 @@ def test_it_shows_an_outsider_nothing(world, fake_upstream, charlie, stream):
     # Their own model works, and is billed to them.
     assert client.messages.create(model="charlie-chat", max_tokens=10, messages=HI).content
     assert wait_for_usage(1)[0].user_id == charlie.id
+
+
+def test_it_answers_503_in_anthropics_shape_when_the_ai_feature_is_off(world):
+    SiteSettings.objects.update_or_create(pk=1, defaults={"is_ai_enabled": False})
+    response = _post(world, {"model": "acme-chat", "max_tokens": 10, "messages": HI})
+    assert response.status_code == 503
+    assert response.json()["error"] == {
+        "type": "overloaded_error",
+        "message": "The AI feature is disabled on this server.",
+    }
