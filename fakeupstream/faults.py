@@ -16,10 +16,12 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
                     send pings or close lazily do)
 ``fail_first``      answer ``status`` (default 500) only for the first K requests carrying this
                     exact option set, then normally
+``tool_calls``      a chat reply that calls this many of the request's tools (in turn; their
+                    arguments are ``{"call": i}``) instead of answering in text
 
 This module owns the option table, its parsing and the ``fail_first`` counters. The
 streaming faults (``ttft_ms``, ``chunk_delay_ms``, SSE ``drop_after``, ``linger_ms``) act in ``sse``; the
-content ones (``tokens``, ``echo``, ``no_usage``) in ``plans`` and ``handlers``.
+content ones (``tokens``, ``echo``, ``no_usage``, ``tool_calls``) in ``plans`` and ``handlers``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ OPTION_TYPES: dict[str, type] = {
     "echo": bool,
     "fail_first": int,
     "linger_ms": float,
+    "tool_calls": int,
 }
 OPTION_NAMES = tuple(OPTION_TYPES)
 _HEADER_TO_OPTION = {"x-fake-" + name.replace("_", "-"): name for name in OPTION_NAMES}

@@ -30,7 +30,7 @@ from fakeupstream.plans import (
     optional_int,
     prompt_items,
 )
-from fakeupstream.sse import stream_completion, tool_call_id
+from fakeupstream.sse import stream_completion
 from fakeupstream.wire import BadRequest, dumps, error_response, json_response
 
 DEFAULT_MODELS = ("fake-chat", "fake-embed", "fake-image")
@@ -90,13 +90,6 @@ def _next_id(request: web.Request, prefix: str) -> str:
 # --------------------------------------------------------------------------- completions
 
 
-def _tool_choices(call_id: str, call: dict[str, str]) -> bytes:
-    tool_call = {"id": call_id, "type": "function", "function": call}
-    message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [tool_call]}
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
-    return dumps([choice])
-
-
 def _choices(kind: bytes, content: str, finish: str) -> bytes:
     if kind == b"chat.completion":
         choice = {
@@ -113,18 +106,20 @@ def _choices(kind: bytes, content: str, finish: str) -> bytes:
 _cached_choices = functools.lru_cache(maxsize=512)(_choices)
 
 
+def _tool_call_choices(plan: Plan) -> bytes:
+    message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": plan.tool_calls}
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+    return dumps([choice])
+
+
 def _completion_response(kind: bytes, completion_id: str, created: int, plan: Plan) -> web.Response:
     """A non-streaming chat/text completion, assembled from cached fragments."""
     make = _choices if plan.pieces is None else _cached_choices
-    if plan.tool_call is not None:
-        choices = _tool_choices(tool_call_id(completion_id), plan.tool_call)
-    else:
-        choices = make(kind, plan.content, plan.finish)
     parts = [
         b'{"id":"%s","object":"%s","created":%d,"model":' % (completion_id.encode(), kind, created),
         json.dumps(plan.model).encode("utf-8"),
         b',"choices":',
-        choices,
+        _tool_call_choices(plan) if plan.tool_calls else make(kind, plan.content, plan.finish),
     ]
     if plan.usage is not None:
         parts.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import uuid
 from typing import Any
 
 from fakeupstream.wire import BadRequest
@@ -124,7 +125,7 @@ class Plan:
         "usage",
         "stream",
         "include_usage",
-        "tool_call",
+        "tool_calls",
     )
 
     def __init__(self, body: dict[str, Any], opts: dict[str, Any], default_model: str, words: int):
@@ -133,12 +134,7 @@ class Plan:
         if cap is None:
             cap = optional_int(body, "max_tokens")
         self.finish = "stop"
-        self.tool_call = None if opts.get("echo") else tool_call_of(body)
-        if self.tool_call is not None:
-            self.finish = "tool_calls"
-            self.pieces, self.content = [], ""
-            completion_tokens = max(1, len(self.tool_call["arguments"].split()))
-        elif opts.get("echo"):
+        if opts.get("echo"):
             self.content = json.dumps(body, sort_keys=True)
             self.pieces: list[str] | None = None
             completion_tokens = max(1, len(self.content.split()))
@@ -150,6 +146,10 @@ class Plan:
             self.pieces = tokens(n)
             self.content = _content(n)
             completion_tokens = n
+        self.tool_calls = _planned_calls(body, opts)
+        if self.tool_calls:
+            self.finish, self.content, self.pieces = "tool_calls", "", []
+            completion_tokens = sum(len(c["function"]["arguments"]) for c in self.tool_calls)
         self.usage = None if opts.get("no_usage") else _usage(max(1, words), completion_tokens)
         self.stream = body.get("stream") is True
         stream_options = body.get("stream_options")
@@ -158,10 +158,43 @@ class Plan:
         )
 
 
-def tool_call_of(body: dict[str, Any]) -> dict[str, str] | None:
-    """The function a request with ``tools`` calls: the one it names, else its first.
+def _planned_calls(body: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool calls of a chat reply: ``tool_calls=N`` asked for, else the one a request
+    with ``tools`` makes unasked (``tool_call_of``); none for echo or a text completion."""
+    if "messages" not in body or opts.get("echo"):
+        return []
+    if opts.get("tool_calls"):
+        return tool_calls(body, opts["tool_calls"])
+    call = tool_call_of(body)
+    if call is None:
+        return []
+    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": call}]
 
-    A request whose last message is a tool's result, or whose ``tool_choice`` is
+
+def tool_calls(body: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """``n`` calls of the request's function tools, in turn (``fake_tool`` without any)."""
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    names = [
+        t["function"]["name"]
+        for t in tools
+        if isinstance(t, dict)
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+    ] or ["fake_tool"]
+    return [
+        {
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {"name": names[i % len(names)], "arguments": json.dumps({"call": i})},
+        }
+        for i in range(n)
+    ]
+
+
+def tool_call_of(body: dict[str, Any]) -> dict[str, str] | None:
+    """The function a request with ``tools`` calls unasked: the one it names, else its first.
+
+    A request whose messages already hold a tool's result, or whose ``tool_choice`` is
     ``"none"``, gets text instead, so a tool loop ends after one round. The
     arguments are ``{"query": <the last user message's text>}``.
     """
@@ -169,7 +202,7 @@ def tool_call_of(body: dict[str, Any]) -> dict[str, str] | None:
     messages = body.get("messages") or [{}]
     if not isinstance(tools, list) or not tools or choice == "none":
         return None
-    if not isinstance(messages[-1], dict) or messages[-1].get("role") == "tool":
+    if any(not isinstance(m, dict) or m.get("role") == "tool" for m in messages):
         return None
     names = [
         t["function"].get("name")

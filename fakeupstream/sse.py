@@ -25,7 +25,7 @@ _CHAT_ROLE = (
 _CHAT_FINISH = {
     reason: b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"%s"}]}\n\n'
     % reason.encode()
-    for reason in ("stop", "length")
+    for reason in ("stop", "length", "tool_calls")
 }
 _TEXT_FINISH = {
     reason: b'"choices":[{"text":"","index":0,"logprobs":null,"finish_reason":"%s"}]}\n\n'
@@ -43,6 +43,23 @@ def _chat_piece(text: str) -> bytes:
         + json.dumps(text).encode("utf-8")
         + b'},"logprobs":null,"finish_reason":null}]}\n\n'
     )
+
+
+def _tool_call_pieces(calls: list[dict[str, Any]]) -> list[bytes]:
+    """Each call as OpenAI streams it: its id and name, then its arguments in two halves."""
+    pieces = []
+    for index, call in enumerate(calls):
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        first = {**call, "index": index, "function": {**call["function"], "arguments": ""}}
+        deltas = [first] + [
+            {"index": index, "function": {"arguments": part}}
+            for part in (arguments[:half], arguments[half:])
+        ]
+        for delta in deltas:
+            choice = {"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}
+            pieces.append(b'"choices":' + dumps([choice]) + b"}\n\n")
+    return pieces
 
 
 def _text_piece(text: str) -> bytes:
@@ -77,49 +94,14 @@ def _prefix(kind: bytes, completion_id: str, created: int, model: str) -> bytes:
     )
 
 
-def tool_call_id(completion_id: str) -> str:
-    """The id of the tool call a completion makes (its completion's own suffix)."""
-    return "call_" + completion_id.rpartition("-")[2]
-
-
-def _tool_call_pieces(call_id: str, call: dict[str, str]) -> list[bytes]:
-    """A tool call as chat chunks: its id and name, then its arguments in two halves."""
-    arguments, half = call["arguments"], len(call["arguments"]) // 2
-    first = {"index": 0, "id": call_id, "type": "function"}
-    first["function"] = {"name": call["name"], "arguments": ""}
-    deltas = [first] + [
-        {"index": 0, "function": {"arguments": piece}}
-        for piece in (arguments[:half], arguments[half:])
-    ]
-    return [
-        b'"choices":[{"index":0,"delta":{"tool_calls":%s},"logprobs":null,"finish_reason":null}]}\n\n'
-        % dumps([delta])
-        for delta in deltas
-    ]
-
-
-def _finish(reason: str) -> bytes:
-    return b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"%s"}]}\n\n' % (
-        reason.encode()
-    )
-
-
-def _sse_events(
-    plan: Plan, chat: bool, prefix: bytes, completion_id: str = ""
-) -> tuple[list[bytes], int]:
+def _sse_events(plan: Plan, chat: bool, prefix: bytes) -> tuple[list[bytes], int]:
     """All SSE events for a plan, and how many of them (after the first) are content."""
     events: list[bytes] = []
     if chat:
         events.append(prefix + _CHAT_ROLE)
-    if plan.tool_call is not None:
-        pieces = _tool_call_pieces(tool_call_id(completion_id), plan.tool_call)
-        events.extend(prefix + piece for piece in pieces)
-        events.append(prefix + _finish(plan.finish))
-        if plan.include_usage and plan.usage is not None:
-            events.append(prefix + _usage_suffix(plan.usage))
-        events.append(_DONE)
-        return events, len(pieces)
-    if plan.pieces is None:
+    if plan.tool_calls and chat:
+        contents = [prefix + piece for piece in _tool_call_pieces(plan.tool_calls)]
+    elif plan.pieces is None:
         contents = [prefix + (_chat_piece if chat else _text_piece)(plan.content)]
     else:
         cache, make = (_CHAT_PIECES, _chat_piece) if chat else (_TEXT_PIECES, _text_piece)
@@ -143,8 +125,7 @@ async def stream_completion(
 ) -> web.StreamResponse:
     """Stream a chat (``chat.completion.chunk``) or text (``text_completion``) completion."""
     kind = b"chat.completion.chunk" if chat else b"text_completion"
-    prefix = _prefix(kind, completion_id, created, plan.model)
-    events, n_content = _sse_events(plan, chat, prefix, completion_id)
+    events, n_content = _sse_events(plan, chat, _prefix(kind, completion_id, created, plan.model))
     # A chat stream leads with one role chunk before the content.
     return await _stream(request, opts, events, 1 if chat else 0, n_content)
 

@@ -3,7 +3,8 @@
 Code anywhere raises an ``ApiError`` subclass; DRF's exception handler, the
 ``ApiErrorMiddleware`` (plain and async views) and the 404/500 handlers under
 API prefixes render it as the OpenAI envelope
-``{"error": {"message", "type", "param", "code"}}`` plus any extra fields.
+``{"error": {"message", "type", "param", "code"}}`` plus any extra fields
+(beside ``error`` and inside it).
 """
 
 from __future__ import annotations
@@ -121,16 +122,14 @@ class ApiError(Exception):
         super().__init__(self.message)
 
     def envelope(self) -> dict:
-        body = {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-        body.update(self.extra)
-        return body
+        """The OpenAI envelope; extra fields go beside ``error`` and inside it.
+
+        Beside it, where the seeds document them; inside it too, because the SDKs
+        keep only the ``error`` object on their typed errors (``exc.body``).
+        """
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        error.update(self.extra)
+        return {"error": error, **self.extra}
 
 
 class InvalidRequest(ApiError, code=ErrorCode.INVALID_REQUEST):

@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from ai.admin import usage_dashboard
 from ai.api import health
 from ai.api.instances.urls import llama_cpp_patterns
-from ai.api.urls import botserver_patterns, openai_patterns, panel_patterns
+from ai.api.urls import anthropic_patterns, botserver_patterns, openai_patterns, panel_patterns
 from ai.views import chat_page
 from panel import api as panel_api
 from panel import errors, views
@@ -37,6 +37,10 @@ urlpatterns = [
     path("api/v1/ai/", include(botserver_patterns)),
     path("api/v1/", include(openai_patterns)),
     path("api/ai/openai/v1/", include(openai_patterns)),
+    # Seed 000 tells SDK users to set the base URL to /api/ai/openai, without /v1.
+    path("api/ai/openai/", include(openai_patterns)),
+    # The Anthropic SDK's base URL http://host/api/ai/anthropic (or http://host, or .../api).
+    path("api/ai/anthropic/v1/", include(anthropic_patterns)),
     path("api/ai/", include(panel_patterns)),
     path("api/status", views.api_status, name="api-status"),
     path("api/deployments/<int:model_id>/health", health.deployment),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from functools import wraps
 
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
@@ -32,11 +33,20 @@ from ..selectors import ai_enabled_get
 logger = logging.getLogger(__name__)
 
 
-def ai_route(*, methods: dict[str, str]):
+def openai_error(error: ApiError | FeatureDisabled, request_id: str) -> HttpResponse:
+    """The OpenAI envelope (every AI route's, except the Anthropic routes')."""
+    return error_response(error)
+
+
+ErrorRenderer = Callable[[ApiError | FeatureDisabled, str], HttpResponse]
+
+
+def ai_route(*, methods: dict[str, str], errors: ErrorRenderer = openai_error):
     """An async AI view: ``methods`` maps each allowed HTTP method to the key permission it needs.
 
     The view gets ``(request, identity, request_id, ...)``. Errors are rendered
-    here rather than by middleware, so a refusal costs no thread hop.
+    here rather than by middleware, so a refusal costs no thread hop; ``errors``
+    renders them in the route's protocol.
     """
 
     def decorator(view):
@@ -48,7 +58,7 @@ def ai_route(*, methods: dict[str, str]):
                 identity = await _caller(request, methods)
                 response = await view(request, identity, request_id, *args, **kwargs)
             except Exception as exc:
-                response = _error_response(request, exc)
+                response = errors(api_error(request, exc), request_id)
             response["x-request-id"] = request_id
             return response
 
@@ -69,21 +79,19 @@ async def _caller(request, methods: dict[str, str]):
     return await authenticate(request, permission=permission)
 
 
-def _error_response(request, exc: Exception) -> HttpResponse:
-    """Any exception of an AI view as the API's error envelope (served without middleware)."""
+def api_error(request, exc: Exception) -> ApiError | FeatureDisabled:
+    """Any exception of an AI view as the API error to render (served without middleware)."""
     if isinstance(exc, ApiError | FeatureDisabled):
-        return error_response(exc)
+        return exc
     if isinstance(exc, DisallowedHost):
-        return error_response(InvalidRequest("Invalid Host header.", code=ErrorCode.BAD_HOST))
+        return InvalidRequest("Invalid Host header.", code=ErrorCode.BAD_HOST)
     if isinstance(exc, DATABASE_ERRORS):
         # Past the cache (a session, a wallet, limits kept in the database): the
         # database is down, which is no bug; logged once per interval, not per request.
         outage.database.failed(exc)
-        return error_response(
-            DependencyUnavailable("Switchboard cannot reach its database; retry shortly.")
-        )
+        return DependencyUnavailable("Switchboard cannot reach its database; retry shortly.")
     logger.exception("Unhandled error in %s", request.path, exc_info=exc)
-    return error_response(InternalError())
+    return InternalError()
 
 
 def json_body(request) -> dict:

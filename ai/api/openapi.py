@@ -25,6 +25,48 @@ REQUEST_SCHEMAS = {
         "required": ["messages"],
         "additionalProperties": True,
     },
+    "InferenceRequest": {
+        "type": "object",
+        "description": (
+            "A chat completion request whose `input` (a text, or a list of texts and content"
+            " parts) may stand for `messages`: it becomes one user message. Not both."
+        ),
+        "properties": {
+            "model": {"type": "string", "description": "Default: the caller's default model."},
+            "modelId": {"type": "integer", "description": "A model by id."},
+            "messages": {"type": "array", "items": ANY_OBJECT},
+            "input": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1}]},
+            "stream": {"type": "boolean"},
+            "max_tokens": {"type": "integer"},
+        },
+        "additionalProperties": True,
+    },
+    "MessagesRequest": {
+        "type": "object",
+        "description": (
+            "Anthropic's Messages request (translated to a chat completion); `stream: true`"
+            " answers with Anthropic's events. Errors use Anthropic's shape"
+            " `{type: error, error: {type, message}}`."
+        ),
+        "properties": {
+            "model": {"type": "string", "description": "Default: the caller's default model."},
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "system": {},
+            "messages": {"type": "array", "items": ANY_OBJECT},
+            "tools": {"type": "array", "items": ANY_OBJECT},
+            "tool_choice": ANY_OBJECT,
+            "stream": {"type": "boolean"},
+        },
+        "required": ["max_tokens", "messages"],
+        "additionalProperties": True,
+    },
+    "CountTokensRequest": {
+        "type": "object",
+        "description": "A Messages request without max_tokens; answers `{input_tokens}`.",
+        "properties": {"model": {"type": "string"}, "messages": {"type": "array"}},
+        "required": ["messages"],
+        "additionalProperties": True,
+    },
     "CompletionRequest": {
         "type": "object",
         "properties": {"model": {"type": "string"}, "prompt": {}, "stream": {"type": "boolean"}},
@@ -50,7 +92,7 @@ REQUEST_SCHEMAS = {
     },
 }
 
-OPENAI_PREFIXES = ("/v1", "/api/v1", "/api/ai/openai/v1")
+OPENAI_PREFIXES = ("/v1", "/api/v1", "/api/ai/openai/v1", "/api/ai/openai")
 MODEL_PARAM = [("model", "path", "string")]
 
 
@@ -79,9 +121,17 @@ def gateway_paths() -> dict[str, dict]:
                 },
             }
         )
+    for prefix in (*OPENAI_PREFIXES, "/api/ai/anthropic/v1"):
+        tag = "Anthropic"
+        paths[f"{prefix}/messages"] = {
+            "post": operation("Create a message", tag, body="MessagesRequest")
+        }
+        paths[f"{prefix}/messages/count_tokens"] = {
+            "post": operation("Count a message's tokens", tag, body="CountTokensRequest")
+        }
     for name, body in (
         ("chat/completions", "ChatCompletionRequest"),
-        ("inference", "ChatCompletionRequest"),
+        ("inference", "InferenceRequest"),
         ("embeddings", "EmbeddingRequest"),
     ):
         paths[f"/api/v1/ai/{name}"] = {

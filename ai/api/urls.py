@@ -1,6 +1,12 @@
 from django.urls import path
 
-from . import openai, panel, responses, usage
+from . import anthropic, openai, panel, responses, usage
+
+# Anthropic's Messages API; the SDK appends /v1/messages to its base URL.
+anthropic_patterns = [
+    path("messages", anthropic.messages),
+    path("messages/count_tokens", anthropic.count_tokens),
+]
 
 # The same views under every OpenAI base URL the seeds use; each proxy at its OpenAI path.
 openai_patterns = [
@@ -10,12 +16,13 @@ openai_patterns = [
     path("responses/<str:response_id>/input_items", responses.response_input_items),
     path("models", openai.models_list),
     path("models/<path:model_name>", openai.model_detail),
+    *anthropic_patterns,
 ]
 
-# botserver (seed 004): chat, embeddings and `inference` as an alias of chat.
+# botserver (seed 004): chat, embeddings and `inference`, chat that also takes `input`.
 botserver_patterns = [
     path("chat/completions", openai.chat_completions),
-    path("inference", openai.chat_completions),
+    path("inference", openai.inference),
     path("embeddings", openai.embeddings),
 ]
 

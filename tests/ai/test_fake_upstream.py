@@ -603,3 +603,31 @@ def test_it_streams_a_tool_call_in_pieces(fake, client):
     arguments = "".join(c["function"]["arguments"] for c in calls)
     assert json.loads(arguments) == {"query": "hello there world"}
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+
+
+WEATHER_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+
+
+def test_it_calls_the_requests_tools_when_asked(fake, client):
+    body = {**CHAT, "tools": WEATHER_TOOLS, "fake_upstream": {"tool_calls": 2}}
+    reply = post(client, fake.base_url(), "/chat/completions", body).json()
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    calls = choice["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["name"]) for c in calls] == [
+        ("call_0", "get_weather"),
+        ("call_1", "get_weather"),
+    ]
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [{"call": 0}, {"call": 1}]
+
+
+def test_it_streams_tool_calls_in_pieces(fake, client):
+    body = {**CHAT, "tools": WEATHER_TOOLS, "stream": True}
+    chunks, done, _ = read_sse(client, fake.base_url(tool_calls=1) + "/chat/completions", body)
+    assert done
+    deltas = [c["choices"][0]["delta"].get("tool_calls") for c in chunks]
+    calls = [d[0] for d in deltas if d]
+    assert calls[0]["id"] == "call_0" and calls[0]["function"]["name"] == "get_weather"
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"call": 0}'
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"

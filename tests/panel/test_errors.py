@@ -54,6 +54,8 @@ def test_it_renders_an_api_error_as_the_openai_envelope_with_extra_fields(client
             "type": "invalid_request_error",
             "param": "model",
             "code": "model_not_found",
+            # Inside the error object too: the SDKs' typed errors keep only that object.
+            "available_models": ["gemma3:7b"],
         },
         "available_models": ["gemma3:7b"],
     }

@@ -1,0 +1,24 @@
+"""Anthropic Messages over OpenAI-style chat upstreams: the translation, pure (no I/O).
+
+``request``  a Messages body checked and turned into the chat body sent upstream
+``reply``    a chat completion as a Message; errors in Anthropic's shape
+``stream``   a chat completion stream as Anthropic's events
+
+The routes are in ``ai.api.anthropic``. Passing Messages through to upstreams
+that speak them needs a flag on the upstream (TODO issue 15).
+"""
+
+from .reply import error_body, message_id, message_reply, refusal_error
+from .request import chat_body, prompt_estimate
+from .stream import MessageStream, message_events
+
+__all__ = [
+    "MessageStream",
+    "chat_body",
+    "error_body",
+    "message_events",
+    "message_id",
+    "message_reply",
+    "prompt_estimate",
+    "refusal_error",
+]
