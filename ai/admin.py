@@ -118,7 +118,15 @@ class AIModelAdmin(admin.ModelAdmin):
         (None, {"fields": ["name", "display_name", "kind", "is_active", "tags", "config"]}),
         (
             "Pricing (credits)",
-            {"fields": ["input_price_per_million", "output_price_per_million", "price_per_image"]},
+            {
+                "fields": [
+                    "input_price_per_million",
+                    "cached_input_price_per_million",
+                    "cache_write_price_per_million",
+                    "output_price_per_million",
+                    "price_per_image",
+                ]
+            },
         ),
     ]
     inlines = [UpstreamInline, ModelLinkInline]
@@ -295,7 +303,10 @@ class UsageEventAdmin(ViewOnlyAdmin):
         "organisation",
         "status",
         "prompt_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
         "completion_tokens",
+        "reasoning_tokens",
         "cost",
         "latency_ms",
     ]
@@ -316,7 +327,10 @@ class UsageRollupAdmin(ViewOnlyAdmin):
         "requests",
         "errors",
         "prompt_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
         "completion_tokens",
+        "reasoning_tokens",
         "cost",
     ]
     list_filter = ["period"]

@@ -16,12 +16,19 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
                     send pings or close lazily do)
 ``fail_first``      answer ``status`` (default 500) only for the first K requests carrying this
                     exact option set, then normally
+``prompt_tokens``   the usage block's prompt count (default: the prompt's words)
+``cached_tokens``   add ``prompt_tokens_details.cached_tokens`` (prompt caching, OpenAI's way)
+``cache_write_tokens``  add ``prompt_tokens_details.cache_write_tokens`` (as OpenRouter does)
+``reasoning_tokens``  add ``completion_tokens_details.reasoning_tokens``
+``anthropic_usage`` send the usage block in Anthropic's shape: ``input_tokens`` (the prompt
+                    less the cache's), ``output_tokens``, ``cache_read_input_tokens`` (the
+                    ``cached_tokens``), ``cache_creation_input_tokens`` (``cache_write_tokens``)
 ``tool_calls``      a chat reply that calls this many of the request's tools (in turn; their
                     arguments are ``{"call": i}``) instead of answering in text
 
 This module owns the option table, its parsing and the ``fail_first`` counters. The
 streaming faults (``ttft_ms``, ``chunk_delay_ms``, SSE ``drop_after``, ``linger_ms``) act in ``sse``; the
-content ones (``tokens``, ``echo``, ``no_usage``, ``tool_calls``) in ``plans`` and ``handlers``.
+content ones (``tokens``, ``echo``, ``no_usage``, the usage counts, ``tool_calls``) in ``plans`` and ``handlers``.
 """
 
 from __future__ import annotations
@@ -47,6 +54,11 @@ OPTION_TYPES: dict[str, type] = {
     "fail_first": int,
     "linger_ms": float,
     "tool_calls": int,
+    "prompt_tokens": int,
+    "cached_tokens": int,
+    "cache_write_tokens": int,
+    "reasoning_tokens": int,
+    "anthropic_usage": bool,
 }
 OPTION_NAMES = tuple(OPTION_TYPES)
 _HEADER_TO_OPTION = {"x-fake-" + name.replace("_", "-"): name for name in OPTION_NAMES}

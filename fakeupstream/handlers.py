@@ -122,14 +122,7 @@ def _completion_response(kind: bytes, completion_id: str, created: int, plan: Pl
         _tool_call_choices(plan) if plan.tool_calls else make(kind, plan.content, plan.finish),
     ]
     if plan.usage is not None:
-        parts.append(
-            b',"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}'
-            % (
-                plan.usage["prompt_tokens"],
-                plan.usage["completion_tokens"],
-                plan.usage["total_tokens"],
-            )
-        )
+        parts.append(b',"usage":' + dumps(plan.usage))
     parts.append(b"}")
     return web.Response(body=b"".join(parts), content_type="application/json")
 

@@ -150,7 +150,10 @@ class Plan:
         if self.tool_calls:
             self.finish, self.content, self.pieces = "tool_calls", "", []
             completion_tokens = sum(len(c["function"]["arguments"]) for c in self.tool_calls)
-        self.usage = None if opts.get("no_usage") else _usage(max(1, words), completion_tokens)
+        prompt_tokens = opts.get("prompt_tokens", max(1, words))
+        self.usage = (
+            None if opts.get("no_usage") else _usage(prompt_tokens, completion_tokens, opts)
+        )
         self.stream = body.get("stream") is True
         stream_options = body.get("stream_options")
         self.include_usage = (
@@ -219,9 +222,24 @@ def tool_call_of(body: dict[str, Any]) -> dict[str, str] | None:
     return {"name": names[0], "arguments": arguments}
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def _usage(prompt_tokens: int, completion_tokens: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's usage block, with the cache and reasoning details asked for (or Anthropic's)."""
+    read, write = opts.get("cached_tokens"), opts.get("cache_write_tokens")
+    if opts.get("anthropic_usage"):
+        return {
+            "input_tokens": max(0, prompt_tokens - (read or 0) - (write or 0)),
+            "output_tokens": completion_tokens,
+            "cache_read_input_tokens": read or 0,
+            "cache_creation_input_tokens": write or 0,
+        }
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    details = {"cached_tokens": read, "cache_write_tokens": write}
+    if any(v is not None for v in details.values()):
+        usage["prompt_tokens_details"] = {k: v for k, v in details.items() if v is not None}
+    if opts.get("reasoning_tokens") is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": opts["reasoning_tokens"]}
+    return usage

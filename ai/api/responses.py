@@ -133,17 +133,12 @@ def _response(
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise UpstreamError("The upstream's answer was not a chat completion.")
     message, finish_reason = choices[0].get("message") or {}, choices[0].get("finish_reason")
-    usage = call.record.usage
     response = responses_output.response_object(
         parsed,
         model=call.resolution.model.name,
         output=responses_output.output_items(message),
         status=responses_output.status_of(finish_reason),
-        usage=responses_output.usage_block(
-            payload.get("usage"),
-            input_tokens=usage.prompt_tokens,
-            output_tokens=usage.completion_tokens,
-        ),
+        usage=responses_output.usage_block(call.record.usage),
         finish_reason=finish_reason,
     )
     _store(call, parsed, items, response, tenant)

@@ -103,4 +103,7 @@ def _row(record: Record, cost: int) -> UsageRow:
         record.ttft_ms,
         max(record.attempts, 1),
         record.error[:300],
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
     )

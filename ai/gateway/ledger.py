@@ -85,6 +85,9 @@ class UsageRow(NamedTuple):
     ttft_ms: int | None
     attempts: int
     error: str
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
 
 
 class Batch(NamedTuple):

@@ -10,6 +10,7 @@ where a row is written.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -20,32 +21,126 @@ from ..selectors import ModelInfo
 MAX_TOKENS = 2**31 - 1  # what a UsageEvent's token columns hold
 MICRO_PER_CREDIT = Decimal(1_000_000)
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class Usage:
+    """The canonical usage record of a request, whatever protocol reported it.
+
+    ``prompt_tokens`` is every input token, cache reads and writes included (so
+    it reads as OpenAI's ``prompt_tokens``); ``cache_read_tokens`` and
+    ``cache_write_tokens`` are parts of it, ``uncached_tokens`` the rest.
+    ``reasoning_tokens`` is part of ``completion_tokens``. Never negative.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     images: int = 0
     is_estimated: bool = False
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def uncached_tokens(self) -> int:
+        return self.prompt_tokens - self.cache_read_tokens - self.cache_write_tokens
+
+
+def _count(value) -> int | None:
+    """A token count we could store, or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
+
+
+def _part(block: dict, group: str, name: str) -> int:
+    """A detail count (``group.name``, or top-level ``name`` without a group), else 0."""
+    details = block.get(group) if group else block
+    value = _count(details.get(name)) if isinstance(details, dict) else None
+    return value or 0
 
 
 def usage_from_block(block: dict | None) -> Usage | None:
-    """The upstream's own usage block, if it sent a sensible one."""
+    """The canonical usage of an upstream's usage block, if it sent a sensible one.
+
+    The one reader of every protocol's block:
+
+    - OpenAI chat: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``
+      (and ``cache_write_tokens``, as OpenRouter reports them);
+      ``completion_tokens_details.reasoning_tokens`` is part of ``completion_tokens``.
+    - Responses: ``input_tokens`` includes ``input_tokens_details.cached_tokens``;
+      ``output_tokens_details.reasoning_tokens`` is part of ``output_tokens``.
+    - Anthropic: ``input_tokens`` excludes ``cache_read_input_tokens`` and
+      ``cache_creation_input_tokens``, which are added to make the prompt.
+
+    A part larger than the total it belongs to is clamped to it (and logged):
+    never a negative uncached count, never a token billed twice.
+    """
     if not isinstance(block, dict):
         return None
-    prompt, completion = block.get("prompt_tokens"), block.get("completion_tokens", 0)
-    if not all(
-        isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_TOKENS
-        for n in (prompt, completion)
+    if "prompt_tokens" in block:  # OpenAI chat (and text) completions
+        prompt, completion = (
+            _count(block.get("prompt_tokens")),
+            _count(block.get("completion_tokens", 0)),
+        )
+        if prompt is None or completion is None:
+            return None
+        read = _part(block, "prompt_tokens_details", "cached_tokens")
+        write = _part(block, "prompt_tokens_details", "cache_write_tokens")
+        reasoning = _part(block, "completion_tokens_details", "reasoning_tokens")
+    elif "input_tokens" in block:
+        total, completion = _count(block.get("input_tokens")), _count(block.get("output_tokens", 0))
+        if total is None or completion is None:
+            return None
+        reasoning = _part(block, "output_tokens_details", "reasoning_tokens")
+        if "cache_read_input_tokens" in block or "cache_creation_input_tokens" in block:
+            # Anthropic: the cache's tokens come on top of input_tokens.
+            read = _part(block, "", "cache_read_input_tokens")
+            write = _part(block, "", "cache_creation_input_tokens")
+            prompt = _count(total + read + write)
+            if prompt is None:
+                return None
+        else:  # Responses
+            prompt = total
+            read = _part(block, "input_tokens_details", "cached_tokens")
+            write = _part(block, "input_tokens_details", "cache_write_tokens")
+    else:
+        return None  # absent: estimated instead
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
+    usage.cache_read_tokens = min(read, prompt)
+    usage.cache_write_tokens = min(write, prompt - usage.cache_read_tokens)
+    usage.reasoning_tokens = min(reasoning, completion)
+    if (read, write, reasoning) != (
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
     ):
-        return None  # absent, or not a count we could store: estimated instead
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+        log.warning("usage block parts exceed their totals, clamped: %s", block)
+    return usage
+
+
+def prompt_price(model: ModelInfo) -> Decimal:
+    """The highest price a prompt token may cost on ``model`` (reservations' bound)."""
+    return max(model.input_price_per_million, *_cache_prices(model))
+
+
+def _cache_prices(model: ModelInfo) -> tuple[Decimal, Decimal]:
+    """The cache read and write prices: the input price where the model sets none."""
+    read, write = model.cached_input_price_per_million, model.cache_write_price_per_million
+    return (
+        model.input_price_per_million if read is None else read,
+        model.input_price_per_million if write is None else write,
+    )
 
 
 def cost_micro(model: ModelInfo, usage: Usage) -> int:
     """What ``usage`` costs on ``model``, in micro-credits (prices are per million tokens)."""
+    read_price, write_price = _cache_prices(model)
     micro = (
-        usage.prompt_tokens * model.input_price_per_million
+        usage.uncached_tokens * model.input_price_per_million
+        + usage.cache_read_tokens * read_price
+        + usage.cache_write_tokens * write_price
         + usage.completion_tokens * model.output_price_per_million
         + usage.images * model.price_per_image * MICRO_PER_CREDIT
     )
@@ -138,7 +233,9 @@ def reserved_amounts(model: ModelInfo, body: dict, route_name: str) -> tuple[int
         usage = Usage(prompt_tokens=prompt, images=body.get("n") or 1)
         return prompt, cost_micro(model, usage)
     output = 0 if route_name == "embeddings" else _output_bound(model, body)
-    return prompt + output, cost_micro(model, Usage(prompt_tokens=prompt, completion_tokens=output))
+    # The prompt is reserved at its dearest price: a cache write may cost more than input.
+    micro = prompt * prompt_price(model) + output * model.output_price_per_million
+    return prompt + output, int(micro.to_integral_value())
 
 
 def _output_bound(model: ModelInfo, body: dict) -> int:

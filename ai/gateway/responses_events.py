@@ -37,7 +37,6 @@ class ResponseEvents:
         self.text_at: int | None = None  # output index of the message being written
         self.calls: dict[int, int] = {}  # the chat tool call index -> its output index
         self.finish_reason: str | None = None
-        self.usage: dict | None = None  # the upstream's usage block, once it came
         self.failure = ""
         self.response: dict | None = None  # the final response object
 
@@ -75,8 +74,6 @@ class ResponseEvents:
         if isinstance(chunk.get("error"), dict):  # the relay's own mid-stream error event
             self.failure = str(chunk["error"].get("message") or "The upstream failed.")
             return []
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
         out: list[bytes] = []
         for choice in chunk.get("choices") or ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
@@ -191,11 +188,7 @@ class ResponseEvents:
         error = {"code": "server_error", "message": self.failure} if self.failure else None
         self.response = self._snapshot(
             status,
-            usage=usage_block(
-                self.usage,
-                input_tokens=usage.prompt_tokens,
-                output_tokens=usage.completion_tokens,
-            ),
+            usage=usage_block(usage),
             finish_reason=self.finish_reason,
             error=error,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 
+from .pricing import Usage
 from .responses import INCOMPLETE_REASONS, ResponsesRequest, message_item, new_id
 
 
@@ -105,24 +106,18 @@ def call_item(item_id: str, call_id: str, function: dict, status: str) -> dict:
     }
 
 
-def usage_block(block, *, input_tokens: int, output_tokens: int) -> dict:
-    """Responses usage from a chat usage block (its details, when the upstream gave them)."""
-    block = block if isinstance(block, dict) else {}
-    cached = _detail(block, "prompt_tokens_details", "cached_tokens")
-    reasoning = _detail(block, "completion_tokens_details", "reasoning_tokens")
+def usage_block(usage: Usage) -> dict:
+    """Responses usage from the gateway's usage record (input counts the cache's tokens)."""
     return {
-        "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-        "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": reasoning},
-        "total_tokens": input_tokens + output_tokens,
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {
+            "cached_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+        },
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     }
-
-
-def _detail(block: dict, group: str, name: str) -> int:
-    details = block.get(group)
-    value = details.get(name) if isinstance(details, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def sse(event: dict) -> bytes:

@@ -45,8 +45,21 @@ class UsageEvent(models.Model):
     is_stream = models.BooleanField(default=False)
     status = models.CharField(max_length=20, choices=UsageStatus.choices)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    prompt_tokens = models.PositiveIntegerField(default=0)
-    completion_tokens = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveIntegerField(
+        default=0, help_text="Every input token, cache reads and writes included."
+    )
+    completion_tokens = models.PositiveIntegerField(
+        default=0, help_text="Every output token, reasoning included."
+    )
+    cache_read_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of the prompt tokens, those read from the prompt cache."
+    )
+    cache_write_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of the prompt tokens, those written to the prompt cache."
+    )
+    reasoning_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of the completion tokens, those spent reasoning."
+    )
     images = models.PositiveIntegerField(default=0)
     is_estimated = models.BooleanField(
         default=False, help_text="Tokens estimated: the upstream sent no usage block."
@@ -136,8 +149,11 @@ class UsageRollup(models.Model):
     api_key_id = models.BigIntegerField(default=0)
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
-    prompt_tokens = models.PositiveBigIntegerField(default=0)
-    completion_tokens = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)  # cache reads and writes included
+    completion_tokens = models.PositiveBigIntegerField(default=0)  # reasoning included
+    cache_read_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
     images = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(max_digits=16, decimal_places=6, default=Decimal("0"))
 

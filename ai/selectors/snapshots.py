@@ -74,6 +74,8 @@ class ModelInfo:
     created: int
     upstreams: tuple[UpstreamInfo, ...]  # the enabled ones, by priority
     routable: tuple[UpstreamInfo, ...]  # of those, the ones the router may try
+    cached_input_price_per_million: Decimal | None = None  # None: the input price
+    cache_write_price_per_million: Decimal | None = None  # None: the input price
 
     @property
     def startable(self) -> tuple[UpstreamInfo, ...]:

@@ -28,7 +28,16 @@ ID_GROUPS = {
 }
 TIME_GROUPS = ("day", "hour")
 USAGE_GROUPS = (*ID_GROUPS, *TIME_GROUPS)
-COUNTED = ("requests", "errors", "prompt_tokens", "completion_tokens", "images")
+COUNTED = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "images",
+)
 
 
 @dataclass(slots=True)
@@ -37,8 +46,11 @@ class UsageTotals:
 
     requests: int = 0
     errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int = 0  # cache reads and writes included
+    completion_tokens: int = 0  # reasoning included
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     images: int = 0
     cost: Decimal = Decimal(0)
 

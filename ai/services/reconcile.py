@@ -49,6 +49,9 @@ LOST_FIELDS = (
     "cost",
     "latency_ms",
     "attempts",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
 )
 
 
@@ -82,6 +85,9 @@ def _lost_row(entry: dict, now: datetime) -> tuple:
         Decimal("0"),
         0,
         1,
+        0,
+        0,
+        0,
     )
 
 

@@ -17,7 +17,14 @@ from ..models import RollupPeriod, UsageEvent, UsageRollup, UsageStatus
 
 ROLLUP_STATE = "usage_rollup"
 DIMENSIONS = ("model_id", "link_id", "user_id", "organisation_id", "api_key_id")
-SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "images", "cost")
+TOKENS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+SUMS = ("requests", "errors", *TOKENS, "images", "cost")
 
 
 def _day(moment: datetime) -> datetime:
@@ -65,8 +72,7 @@ def _hourly(start: datetime) -> list[UsageRollup]:
         .annotate(
             requests=Count("id"),
             errors=Count("id", filter=~Q(status=UsageStatus.OK)),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
+            **{f"sum_{name}": Sum(name) for name in TOKENS},
             image_count=Sum("images"),
             total_cost=Sum("cost"),
         )
@@ -79,8 +85,7 @@ def _hourly(start: datetime) -> list[UsageRollup]:
             **{dim: row[dim] or 0 for dim in DIMENSIONS},
             requests=row["requests"],
             errors=row["errors"],
-            prompt_tokens=row["prompt"] or 0,
-            completion_tokens=row["completion"] or 0,
+            **{name: row[f"sum_{name}"] or 0 for name in TOKENS},
             images=row["image_count"] or 0,
             cost=row["total_cost"] or 0,
         )

@@ -412,6 +412,7 @@ def test_it_pages_the_input_items_of_a_continued_conversation(world):
 
 
 def test_it_reports_the_upstreams_cached_and_reasoning_tokens():
+    from ai.gateway.pricing import usage_from_block
     from ai.gateway.responses_output import usage_block
 
     block = {
@@ -420,7 +421,7 @@ def test_it_reports_the_upstreams_cached_and_reasoning_tokens():
         "prompt_tokens_details": {"cached_tokens": 60},
         "completion_tokens_details": {"reasoning_tokens": 12},
     }
-    usage = usage_block(block, input_tokens=100, output_tokens=30)
+    usage = usage_block(usage_from_block(block))
     validate(usage, "ResponseUsage")
     assert usage["input_tokens_details"]["cached_tokens"] == 60
     assert usage["output_tokens_details"]["reasoning_tokens"] == 12

@@ -35,6 +35,10 @@ def _event(
         status=status,
         prompt_tokens=prompt,
         completion_tokens=completion,
+        # Parts of the prompt and of the completion (stored beside them, summed alike).
+        cache_read_tokens=prompt // 2,
+        cache_write_tokens=prompt // 5,
+        reasoning_tokens=completion // 5,
         cost=Decimal(cost),
     )
 
@@ -71,6 +75,9 @@ def _raw_sums(period):
             ("errors", int(e.status != "ok")),
             ("prompt_tokens", e.prompt_tokens),
             ("completion_tokens", e.completion_tokens),
+            ("cache_read_tokens", e.cache_read_tokens),
+            ("cache_write_tokens", e.cache_write_tokens),
+            ("reasoning_tokens", e.reasoning_tokens),
             ("cost", e.cost),
         ):
             sums[key][name] += value
@@ -84,6 +91,9 @@ def _rollup_sums(period):
             "errors": r.errors,
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,
+            "cache_read_tokens": r.cache_read_tokens,
+            "cache_write_tokens": r.cache_write_tokens,
+            "reasoning_tokens": r.reasoning_tokens,
             "cost": r.cost,
         }
         for r in UsageRollup.objects.filter(period=period)
@@ -163,6 +173,10 @@ def test_a_user_sees_only_their_own_usage(client, rolled, charlie):
     rows = _by_name(_usage(client, group_by="user"))
     assert set(rows) == {"charlie"}
     assert rows["charlie"]["requests"] == 5 and rows["charlie"]["cost"] == "2.500000"
+    # Five events of 10 prompt tokens (5 read from the cache, 2 written), 5 out (1 reasoning).
+    tokens = ("prompt_tokens", "cache_read_tokens", "cache_write_tokens", "completion_tokens")
+    assert [rows["charlie"][name] for name in tokens] == [50, 25, 10, 25]
+    assert rows["charlie"]["reasoning_tokens"] == 5
 
 
 def test_a_member_sees_their_own_usage_not_their_orgs(client, rolled, bob):

@@ -1,5 +1,7 @@
 """/api/v1/ai/models, upstreams and links: deploy, config, write-only credentials, filters."""
 
+from decimal import Decimal
+
 from django.contrib.auth.models import Group
 
 from accounts.models import Permission
@@ -175,3 +177,24 @@ def test_it_creates_the_role_groups_with_model_permissions(db):
     assert {"add_aimodel", "change_upstream", "delete_modellink"} <= manager
     trainer = set(Group.objects.get(name=TRAINER).permissions.values_list("codename", flat=True))
     assert "view_aimodel" in trainer and "delete_aimodel" not in trainer
+
+
+def test_it_sets_and_checks_a_models_cache_prices(api, keys, registry):
+    client = as_key(api, keys["manager"])
+    url = f"/api/v1/ai/models/{registry.model.pk}"
+    assert client.get(url).json()["cached_input_price_per_million"] is None  # the input price
+    prices = {"cached_input_price_per_million": "0.3", "cache_write_price_per_million": "3.75"}
+    response = client.patch(url, prices, format="json")
+    assert response.status_code == 200
+    assert response.json()["cached_input_price_per_million"] == "0.300000"
+    registry.model.refresh_from_db()
+    assert registry.model.cache_write_price_per_million == Decimal("3.75")
+    for bad in ("-1", "NaN", "Infinity", "abc", "1" * 20, True):
+        response = client.patch(url, {"cache_write_price_per_million": bad}, format="json")
+        assert response.status_code == 400, bad
+        assert "cache_write_price_per_million" in response.text
+    assert (
+        client.patch(url, {"cache_write_price_per_million": None}, format="json").status_code == 200
+    )
+    registry.model.refresh_from_db()
+    assert registry.model.cache_write_price_per_million is None

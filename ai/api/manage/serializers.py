@@ -129,6 +129,8 @@ class AIModelSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSeria
             "tags",
             "config",
             "input_price_per_million",
+            "cached_input_price_per_million",
+            "cache_write_price_per_million",
             "output_price_per_million",
             "price_per_image",
             "is_active",

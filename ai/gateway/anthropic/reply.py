@@ -32,10 +32,6 @@ STOP_REASONS = {
 }
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def message_id(request_id: str) -> str:
     return "msg_" + request_id.removeprefix("req_")
 
@@ -65,7 +61,7 @@ def message_reply(payload: dict, *, chat: dict, usage: Usage, message_id: str, m
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
-        "usage": usage_block(usage, cached_tokens(payload.get("usage"))),
+        "usage": usage_block(usage),
     }
     if "x_switchboard" in payload:
         reply["x_switchboard"] = payload["x_switchboard"]
@@ -107,21 +103,13 @@ def stop_of(choice: dict, chat: dict) -> tuple[str, str | None]:
     return STOP_REASONS.get(choice.get("finish_reason"), "end_turn"), None
 
 
-def cached_tokens(block) -> int:
-    """OpenAI's ``prompt_tokens_details.cached_tokens`` (part of ``prompt_tokens``), or 0."""
-    details = block.get("prompt_tokens_details") if isinstance(block, dict) else None
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return cached if _is_int(cached) and cached > 0 else 0
-
-
-def usage_block(usage: Usage, cached: int) -> dict:
-    """Anthropic's usage: its input_tokens exclude cache reads, which OpenAI's prompt counts."""
-    cached = min(cached, usage.prompt_tokens)
+def usage_block(usage: Usage) -> dict:
+    """Anthropic's usage from the gateway's usage record: input_tokens exclude the cache's."""
     return {
-        "input_tokens": usage.prompt_tokens - cached,
+        "input_tokens": usage.uncached_tokens,
         "output_tokens": usage.completion_tokens,
-        "cache_read_input_tokens": cached,
-        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
     }
 
 

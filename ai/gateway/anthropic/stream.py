@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator
 
 from ..pricing import Usage, usage_from_block
-from .reply import cached_tokens, error_type, stop_of, usage_block
+from .reply import error_type, stop_of, usage_block
 
 DONE = b"[DONE]"
 
@@ -33,12 +33,12 @@ class MessageStream:
         self.open: str | None = None  # "text" or "tool_use" while a block is open
         self.tools: dict[int, int] = {}  # the chat tool call index -> its block index
         self.stop: tuple[str, str | None] | None = None
-        self.usage: dict | None = None
+        self.usage: Usage | None = None  # the upstream's, read by the gateway's one reader
         self.content_events = 0
         self.is_done = False
 
     def start(self) -> list[bytes]:
-        usage = usage_block(Usage(prompt_tokens=self.prompt_estimate), 0)
+        usage = usage_block(Usage(prompt_tokens=self.prompt_estimate))
         message = {
             "id": self.message_id,
             "type": "message",
@@ -67,7 +67,7 @@ class MessageStream:
         if "error" in chunk and not chunk.get("choices"):
             return [self.error(chunk["error"])]
         if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
+            self.usage = usage_from_block(chunk["usage"]) or self.usage
         choices = chunk.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else None
         return self._choice(choice) if isinstance(choice, dict) else []
@@ -131,13 +131,13 @@ class MessageStream:
         stop_reason, stop_sequence = self.stop or ("end_turn", None)
         if self.tools:
             stop_reason = "tool_use"
-        usage = usage_from_block(self.usage) or Usage(
+        usage = self.usage or Usage(
             prompt_tokens=self.prompt_estimate, completion_tokens=self.content_events
         )
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-            "usage": usage_block(usage, cached_tokens(self.usage)),
+            "usage": usage_block(usage),
         }
         return [*self._close(), sse("message_delta", delta), MESSAGE_STOP]
 
