@@ -54,11 +54,14 @@ def _count(value) -> int | None:
     return None
 
 
-def _part(block: dict, group: str, name: str) -> int:
-    """A detail count (``group.name``, or top-level ``name`` without a group), else 0."""
-    details = block.get(group) if group else block
-    value = _count(details.get(name)) if isinstance(details, dict) else None
-    return value or 0
+def _part(block: dict, *paths: tuple[str, str]) -> int:
+    """The first detail count present (``group.name``, or top-level ``name`` for group ""), else 0."""
+    for group, name in paths:
+        details = block.get(group) if group else block
+        value = _count(details.get(name)) if isinstance(details, dict) else None
+        if value is not None:
+            return value
+    return 0
 
 
 def usage_from_block(block: dict | None) -> Usage | None:
@@ -67,7 +70,9 @@ def usage_from_block(block: dict | None) -> Usage | None:
     The one reader of every protocol's block:
 
     - OpenAI chat: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``
-      (and ``cache_write_tokens``, as OpenRouter reports them);
+      (and the cache writes: OpenRouter's ``cache_write_tokens``, LiteLLM's
+      ``cache_creation_tokens`` or top-level ``cache_creation_input_tokens``, all
+      parts of ``prompt_tokens``, never added to it: LiteLLM #9812);
       ``completion_tokens_details.reasoning_tokens`` is part of ``completion_tokens``.
     - Responses: ``input_tokens`` includes ``input_tokens_details.cached_tokens``;
       ``output_tokens_details.reasoning_tokens`` is part of ``output_tokens``.
@@ -86,25 +91,32 @@ def usage_from_block(block: dict | None) -> Usage | None:
         )
         if prompt is None or completion is None:
             return None
-        read = _part(block, "prompt_tokens_details", "cached_tokens")
-        write = _part(block, "prompt_tokens_details", "cache_write_tokens")
-        reasoning = _part(block, "completion_tokens_details", "reasoning_tokens")
+        read = _part(
+            block, ("prompt_tokens_details", "cached_tokens"), ("", "cache_read_input_tokens")
+        )
+        write = _part(
+            block,
+            ("prompt_tokens_details", "cache_write_tokens"),
+            ("prompt_tokens_details", "cache_creation_tokens"),
+            ("", "cache_creation_input_tokens"),
+        )
+        reasoning = _part(block, ("completion_tokens_details", "reasoning_tokens"))
     elif "input_tokens" in block:
         total, completion = _count(block.get("input_tokens")), _count(block.get("output_tokens", 0))
         if total is None or completion is None:
             return None
-        reasoning = _part(block, "output_tokens_details", "reasoning_tokens")
+        reasoning = _part(block, ("output_tokens_details", "reasoning_tokens"))
         if "cache_read_input_tokens" in block or "cache_creation_input_tokens" in block:
             # Anthropic: the cache's tokens come on top of input_tokens.
-            read = _part(block, "", "cache_read_input_tokens")
-            write = _part(block, "", "cache_creation_input_tokens")
+            read = _part(block, ("", "cache_read_input_tokens"))
+            write = _part(block, ("", "cache_creation_input_tokens"))
             prompt = _count(total + read + write)
             if prompt is None:
                 return None
         else:  # Responses
             prompt = total
-            read = _part(block, "input_tokens_details", "cached_tokens")
-            write = _part(block, "input_tokens_details", "cache_write_tokens")
+            read = _part(block, ("input_tokens_details", "cached_tokens"))
+            write = _part(block, ("input_tokens_details", "cache_write_tokens"))
     else:
         return None  # absent: estimated instead
     usage = Usage(prompt_tokens=prompt, completion_tokens=completion)

@@ -91,6 +91,32 @@ GOLDEN = [
         id="openai-cache-write",
     ),
     pytest.param(
+        # LiteLLM's block for Anthropic (BerriAI/litellm#11364): prompt_tokens already
+        # include the cache's tokens, repeated at the top level: never added twice (#9812).
+        {
+            "prompt_tokens": 98805,
+            "completion_tokens": 5120,
+            "total_tokens": 103925,
+            "prompt_tokens_details": {
+                "text_tokens": None,
+                "cached_tokens": 66360,
+                "cache_creation_tokens": 32435,
+            },
+            "cache_read_input_tokens": 66360,
+            "completion_tokens_details": {"reasoning_tokens": 1710},
+            "cache_creation_input_tokens": 32435,
+        },
+        (98805, 66360, 32435, 5120, 1710),
+        "0.218369",  # 10 x 3 + 66360 x 0.3 + 32435 x 3.75 + 5120 x 15 = 218369.25
+        id="litellm-anthropic-in-openai-shape",
+    ),
+    pytest.param(
+        {"prompt_tokens": 3050, "completion_tokens": 0, "cache_creation_input_tokens": 2000},
+        (3050, 0, 2000, 0, 0),
+        "0.010650",  # 1050 x 3 + 2000 x 3.75
+        id="openai-shape-top-level-cache-write",
+    ),
+    pytest.param(
         {
             "prompt_tokens": 100,
             "completion_tokens": 10,
