@@ -328,24 +328,32 @@ def _object(data: bytes) -> dict | None:
 
 
 async def _stream_attempt(call: Call, upstream: UpstreamInfo) -> Stream | Reply:
+    """The upstream's first event within its ``first_byte_timeout``, else the next upstream."""
     started = time.monotonic()
-    response = await _send(call, upstream)
+    response: aiohttp.ClientResponse | None = None
+    deadline = asyncio.timeout(upstream.first_byte_timeout)
     try:
-        _check_status(upstream, response.status)
-        if response.status >= 400:
-            data = await response.read()
-            response.release()
-            return _refused(call, upstream, response.status, data, 0)
-        batches = streaming.sse_batches(response)
-        first = await anext(batches, None)
+        async with deadline:
+            response = await _send(call, upstream)
+            _check_status(upstream, response.status)
+            if response.status >= 400:
+                data = await response.read()
+                response.release()
+                return _refused(call, upstream, response.status, data, 0)
+            batches = streaming.sse_batches(response)
+            first = await anext(batches, None)
         if first is None:
             raise _Retry(None, f"{upstream.name}: the stream ended before its first event")
     except BaseException:
-        response.close()
+        if response is not None:
+            response.close()
+        if deadline.expired():
+            wait = upstream.first_byte_timeout
+            raise _Retry(None, f"{upstream.name}: no first event within {wait}s") from None
         raise
     call.record.http_status = 200
     stream = Stream(None, _headers(call, upstream, _elapsed_ms(started)))
-    stream.batches = _relay(call, stream, response, first, batches)
+    stream.batches = _relay(call, stream, response, first, batches, upstream.idle_timeout)
     return stream
 
 
@@ -355,8 +363,13 @@ async def _relay(
     response: aiohttp.ClientResponse,
     first: list[bytes],
     batches: AsyncIterator[list[bytes]],
+    idle_timeout: float,
 ) -> AsyncIterator[list[bytes]]:
-    """Pass events on as they arrive; always ends by queueing the usage event."""
+    """Pass events on as they arrive; always ends by queueing the usage event.
+
+    The wait for each read is bounded by ``idle_timeout``: a stream that stalls
+    ends like one the upstream broke off (an error event, what was delivered billed).
+    """
     record = call.record
     relay = streaming.EventRelay(
         public_model=call.resolution.model.name, include_usage=call.client_wants_usage
@@ -371,13 +384,19 @@ async def _relay(
                 yield out
             if relay.saw_done:
                 break
-            batch = await anext(batches, None)
+            async with asyncio.timeout(idle_timeout):
+                batch = await anext(batches, None)
         else:
             raise aiohttp.ClientPayloadError("the upstream ended the stream early")
     except RETRYABLE_ERRORS as exc:
         record.status = UsageStatus.UPSTREAM_ERROR
-        record.error = f"mid-stream: {type(exc).__name__}"
-        stream.failure = "The upstream failed mid-stream; the reply is incomplete."
+        idle = type(exc) is TimeoutError  # asyncio.timeout's, not one of aiohttp's
+        record.error = f"mid-stream: {'idle timeout' if idle else type(exc).__name__}"
+        stream.failure = (
+            f"The upstream sent nothing for {idle_timeout}s; the reply is incomplete."
+            if idle
+            else "The upstream failed mid-stream; the reply is incomplete."
+        )
         yield [streaming.error_event(UpstreamError(stream.failure))]
     except (asyncio.CancelledError, GeneratorExit):
         # A client that hangs up once it has read [DONE] got the whole reply.
@@ -400,7 +419,13 @@ def _mark_first_token(record: Record, relay: streaming.EventRelay) -> None:
 
 async def _send(call: Call, upstream: UpstreamInfo) -> aiohttp.ClientResponse:
     body = _upstream_body(call, upstream.upstream_model_id)
-    return await send(upstream, call.route.path, body, request_id=call.record.request_id)
+    return await send(
+        upstream,
+        call.route.path,
+        body,
+        request_id=call.record.request_id,
+        stream=call.record.is_stream,
+    )
 
 
 def _upstream_body(call: Call, upstream_model_id: str) -> bytes:

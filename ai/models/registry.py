@@ -154,6 +154,11 @@ class Upstream(models.Model):
     connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.01)])
     first_byte_timeout = models.FloatField(default=60.0, validators=[MinValueValidator(0.01)])
     total_timeout = models.FloatField(default=600.0, validators=[MinValueValidator(0.01)])
+    idle_timeout = models.FloatField(
+        default=60.0,
+        validators=[MinValueValidator(0.01)],
+        help_text="Seconds a stream may wait for its next event before it is ended.",
+    )
     is_enabled = models.BooleanField(default=True)
     health_status = models.CharField(
         max_length=20, choices=HealthStatus.choices, default=HealthStatus.UNKNOWN
@@ -186,6 +191,7 @@ class Upstream(models.Model):
         "connect_timeout",
         "first_byte_timeout",
         "total_timeout",
+        "idle_timeout",
         "is_enabled",
         "probe",
         "health_check_interval",

@@ -175,3 +175,17 @@ def test_it_creates_the_role_groups_with_model_permissions(db):
     assert {"add_aimodel", "change_upstream", "delete_modellink"} <= manager
     trainer = set(Group.objects.get(name=TRAINER).permissions.values_list("codename", flat=True))
     assert "view_aimodel" in trainer and "delete_aimodel" not in trainer
+
+
+def test_it_sets_an_upstreams_stream_timeouts_as_json_numbers_only(api, keys, registry):
+    client = as_key(api, keys["manager"])
+    url = f"/api/v1/ai/upstreams/{registry.upstream.pk}"
+    assert client.get(url).json()["idle_timeout"] == 60.0
+    response = client.patch(url, {"idle_timeout": 2.5, "first_byte_timeout": 3}, format="json")
+    assert response.status_code == 200
+    registry.upstream.refresh_from_db()
+    assert (registry.upstream.idle_timeout, registry.upstream.first_byte_timeout) == (2.5, 3.0)
+    for bad in ("5", True, 0, None):
+        response = client.patch(url, {"idle_timeout": bad}, format="json")
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["param"] == "idle_timeout"
