@@ -120,6 +120,7 @@ class AIModelAdmin(admin.ModelAdmin):
             "Pricing (credits)",
             {"fields": ["input_price_per_million", "output_price_per_million", "price_per_image"]},
         ),
+        ("Response cache", {"fields": ["response_cache_ttl"]}),
     ]
     inlines = [UpstreamInline, ModelLinkInline]
 

@@ -85,6 +85,7 @@ class UsageRow(NamedTuple):
     ttft_ms: int | None
     attempts: int
     error: str
+    is_cache_hit: bool = False
 
 
 class Batch(NamedTuple):

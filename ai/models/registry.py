@@ -52,6 +52,12 @@ class AIModel(models.Model):
     price_per_image = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)]
     )
+    response_cache_ttl = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds an identical request is answered from the response cache; "
+        "empty or 0: never cached.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

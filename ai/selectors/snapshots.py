@@ -72,6 +72,7 @@ class ModelInfo:
     input_price_per_million: Decimal
     output_price_per_million: Decimal
     price_per_image: Decimal
+    response_cache_ttl: int | None  # seconds; None or 0: not cached
     created: int
     upstreams: tuple[UpstreamInfo, ...]  # the enabled ones, by priority
     routable: tuple[UpstreamInfo, ...]  # of those, the ones the router may try

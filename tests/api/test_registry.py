@@ -189,3 +189,15 @@ def test_it_sets_an_upstreams_stream_timeouts_as_json_numbers_only(api, keys, re
         response = client.patch(url, {"idle_timeout": bad}, format="json")
         assert response.status_code == 400, bad
         assert response.json()["error"]["param"] == "idle_timeout"
+
+
+def test_it_sets_a_models_response_cache_ttl(api, keys, registry):
+    client = as_key(api, keys["manager"])
+    url = f"/api/v1/ai/models/{registry.model.pk}"
+    assert client.get(url).json()["response_cache_ttl"] is None
+    assert client.patch(url, {"response_cache_ttl": 300}, format="json").status_code == 200
+    registry.model.refresh_from_db()
+    assert registry.model.response_cache_ttl == 300
+    response = client.patch(url, {"response_cache_ttl": -1}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "response_cache_ttl"

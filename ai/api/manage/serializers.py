@@ -143,6 +143,7 @@ class AIModelSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSeria
             "input_price_per_million",
             "output_price_per_million",
             "price_per_image",
+            "response_cache_ttl",
             "is_active",
             "status",
             "upstreams",
