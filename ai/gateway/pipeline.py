@@ -140,11 +140,11 @@ async def prepare(
         on_cancelled=lambda admission: _record_cancelled(record, admission),
     )
     call = Call(route=route, body=body, resolution=resolution, record=record, cache_mode=cache_mode)
-    if resolution.model.response_cache_ttl and route.name in response_cache.ROUTES:
+    if resolution.model.response_cache_ttl and route.path in response_cache.PATHS:
         link = resolution.link
         tenant = f"org:{link.organisation_id}" if link.organisation_id else f"user:{link.user_id}"
         call.cache_key = response_cache.cache_key(
-            tenant=tenant, model_id=resolution.model.id, route=route.name, body=body
+            tenant=tenant, model_id=resolution.model.id, path=route.path, body=body
         )
     return call
 
@@ -420,7 +420,9 @@ async def _relay(
         else:
             raise aiohttp.ClientPayloadError("the upstream ended the stream early")
         if kept is not None:
-            _cache_save(call, response_cache.assemble(kept, chat=call.route is CHAT_ROUTE))
+            _cache_save(
+                call, response_cache.assemble(kept, chat=call.route.path == CHAT_ROUTE.path)
+            )
     except RETRYABLE_ERRORS as exc:
         record.status = UsageStatus.UPSTREAM_ERROR
         idle = type(exc) is TimeoutError  # asyncio.timeout's, not one of aiohttp's

@@ -2,8 +2,8 @@
 
 Opt-in per model (``AIModel.response_cache_ttl`` seconds; empty or 0: off). The
 key is a digest of the tenant (the owner of the link that grants the model: a
-user or an organisation, so a reply never crosses tenants), the model, the route
-and the request body in canonical form (sorted keys) without the fields that do
+user or an organisation, so a reply never crosses tenants), the model, the upstream
+path and the request body in canonical form (sorted keys) without the fields that do
 not change the reply (``stream``, ``stream_options``, ``user``). A stream may be
 answered from a JSON reply and the other way round: a stored reply is a chat or
 text completion object (a stream's is assembled from its events), replayed as
@@ -42,7 +42,9 @@ logger = logging.getLogger(__name__)
 
 HEADER = "x-switchboard-cache"
 NO_CACHE, NO_STORE = "no-cache", "no-store"
-ROUTES = frozenset({"chat.completions", "completions", "embeddings"})
+# By upstream path: the Anthropic Messages and Responses routes, translated to chat
+# completions, share the cache (a reply is stored as the chat completion each translates).
+PATHS = frozenset({"chat/completions", "completions", "embeddings"})
 # Body fields that do not change the reply.
 IGNORED_FIELDS = frozenset({"stream", "stream_options", "user", "modelId"})
 REDIS_PREFIX = "sb:rc:"
@@ -61,10 +63,10 @@ def cache_mode(value: str | None) -> str:
     return mode
 
 
-def cache_key(*, tenant: str, model_id: int, route: str, body: dict) -> str:
+def cache_key(*, tenant: str, model_id: int, path: str, body: dict) -> str:
     canonical = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
     text = json.dumps(
-        [tenant, model_id, route, canonical],
+        [tenant, model_id, path, canonical],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

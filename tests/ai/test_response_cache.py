@@ -167,3 +167,44 @@ def test_expired_replies_are_ignored_then_purged(settings, world, fake_upstream)
     assert second.json()["id"] != first.json()["id"]
     responses_purge_task()  # what beat runs hourly
     assert CachedResponse.objects.filter(expires_at__lte=timezone.now()).count() == 0
+
+
+def test_anthropic_and_responses_streams_are_answered_from_the_cache(cached, fake_upstream):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=cached.url, api_key=cached.alice_key, max_retries=0)
+    texts = []
+    for _ in range(2):
+        with client.messages.stream(model="acme-chat", max_tokens=100, messages=HI) as stream:
+            texts.append("".join(stream.text_stream))
+            final = stream.get_final_message()
+        assert final.usage.output_tokens == 20
+    assert texts[0] == texts[1] == "".join(f"tok{i} " for i in range(20))
+    oa = openai.OpenAI(base_url=cached.base(), api_key=cached.alice_key, max_retries=0)
+    replies = [oa.responses.create(model="acme-chat", input="Hi", store=False) for _ in range(2)]
+    assert replies[0].output_text == replies[1].output_text
+    events = list(oa.responses.create(model="acme-chat", input="Hi", stream=True, store=False))
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.usage.output_tokens == 20
+    assert len(fake_upstream.requests()) == 2
+    assert [e.is_cache_hit for e in wait_for_usage(5)] == [False, True, False, True, True]
+
+
+def test_the_anthropic_and_responses_routes_take_the_header_in_their_error_shape(
+    cached, fake_upstream
+):
+    headers = {"x-api-key": cached.alice_key, "x-switchboard-cache": "forever"}
+    body = {"model": "acme-chat", "max_tokens": 10, "messages": HI}
+    reply = httpx.post(f"{cached.url}/v1/messages", headers=headers, json=body, timeout=10)
+    assert reply.status_code == 400 and reply.json()["type"] == "error"
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+    headers = {"Authorization": f"Bearer {cached.alice_key}", "x-switchboard-cache": "no-store"}
+    for _ in range(2):
+        reply = httpx.post(
+            f"{cached.base()}/responses",
+            headers=headers,
+            json={"model": "acme-chat", "input": "Hi", "store": False},
+            timeout=10,
+        )
+        assert reply.status_code == 200
+    assert len(fake_upstream.requests()) == 2
