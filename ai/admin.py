@@ -71,7 +71,7 @@ class UpstreamInline(admin.StackedInline):
         ("name", "base_url", "instance"),
         ("provider_model_id", "priority", "weight", "is_enabled"),
         ("new_api_key", "clear_api_key", "key_status"),
-        ("connect_timeout", "first_byte_timeout", "total_timeout"),
+        ("connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout"),
         ("health", "last_checked_at", "consecutive_failures"),
     ]
     readonly_fields = ["key_status", "health", "last_checked_at", "consecutive_failures"]
@@ -128,6 +128,7 @@ class AIModelAdmin(admin.ModelAdmin):
                 ]
             },
         ),
+        ("Response cache", {"fields": ["response_cache_ttl"]}),
     ]
     inlines = [UpstreamInline, ModelLinkInline]
 
@@ -229,7 +230,7 @@ class UpstreamAdmin(admin.ModelAdmin):
         ("Routing", {"fields": ["priority", "weight"]}),
         (
             "Timeouts (seconds)",
-            {"fields": ["connect_timeout", "first_byte_timeout", "total_timeout"]},
+            {"fields": ["connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout"]},
         ),
         (
             "Health",

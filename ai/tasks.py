@@ -4,7 +4,7 @@ from celery import shared_task
 from django.conf import settings
 
 from . import services
-from .gateway import responses_store
+from .gateway import response_cache, responses_store
 
 
 @shared_task(ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
@@ -37,7 +37,9 @@ def health_prune_task() -> None:
 @shared_task(ignore_result=True)
 def responses_purge_task() -> None:
     # No retry: the next beat tick purges again (an expired response is never served meanwhile).
+    # Expired replies of the response cache (database mode) go too.
     responses_store.responses_purge()
+    response_cache.cache_purge()
 
 
 def beat_schedule() -> dict:

@@ -12,6 +12,8 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
 ``no_usage``        never send a ``usage`` block
 ``tokens``          completion length in tokens (default 20); token ``i`` is ``f"tok{i} "``
 ``echo``            the reply content is ``json.dumps(received_body, sort_keys=True)``
+``stall_after``     SSE: after this many content chunks, send nothing for ``stall_ms``
+``stall_ms``        SSE: how long ``stall_after`` stalls (default 60000), then the rest follows
 ``linger_ms``       SSE: keep the connection open this long after ``[DONE]`` (as servers that
                     send pings or close lazily do)
 ``fail_first``      answer ``status`` (default 500) only for the first K requests carrying this
@@ -27,8 +29,9 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
                     arguments are ``{"call": i}``) instead of answering in text
 
 This module owns the option table, its parsing and the ``fail_first`` counters. The
-streaming faults (``ttft_ms``, ``chunk_delay_ms``, SSE ``drop_after``, ``linger_ms``) act in ``sse``; the
-content ones (``tokens``, ``echo``, ``no_usage``, the usage counts, ``tool_calls``) in ``plans`` and ``handlers``.
+streaming faults (``ttft_ms``, ``chunk_delay_ms``, SSE ``drop_after``, ``stall_after``,
+``linger_ms``) act in ``sse``; the content ones (``tokens``, ``echo``, ``no_usage``, the
+usage counts, ``tool_calls``) in ``plans`` and ``handlers``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ OPTION_TYPES: dict[str, type] = {
     "echo": bool,
     "fail_first": int,
     "linger_ms": float,
+    "stall_after": int,
+    "stall_ms": float,
     "tool_calls": int,
     "prompt_tokens": int,
     "cached_tokens": int,

@@ -139,7 +139,7 @@ class _CoalescedStreamResponse(web.StreamResponse):
 async def _stream(
     request: web.Request, opts: dict[str, Any], events: list[bytes], n_lead: int, n_content: int
 ) -> web.StreamResponse:
-    """Send SSE events, honouring ttft_ms / chunk_delay_ms / drop_after / linger_ms."""
+    """Send SSE events, honouring ttft_ms / chunk_delay_ms / drop_after / stall_after / linger_ms."""
     drop_after = opts.get("drop_after")
     if drop_after is not None:
         events = events[: n_lead + min(drop_after, n_content)]
@@ -152,12 +152,16 @@ async def _stream(
         await resp.prepare(request)
         if ttft > 0:
             await asyncio.sleep(ttft)
-        if delay <= 0:
+        stall_after = opts.get("stall_after")
+        stall_at = None if stall_after is None else n_lead + min(stall_after, n_content)
+        if delay <= 0 and stall_at is None:
             if events:
                 await resp.write(b"".join(events))
         else:
             for i, event in enumerate(events):
-                if i:
+                if i == stall_at:
+                    await asyncio.sleep(opts.get("stall_ms", 60000) / 1000)
+                elif i and delay > 0:
                     await asyncio.sleep(delay)
                 await resp.write(event)
         if drop_after is not None:

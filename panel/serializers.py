@@ -17,6 +17,15 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictFloatField(serializers.FloatField):
+    """A number given as a JSON number (an integer is taken): no strings or booleans."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class KnownFieldsOnly:
     """Refuses input fields the serializer does not take, naming them.
 

@@ -15,7 +15,7 @@ from django.http import HttpResponse, JsonResponse
 from accounts.models import Permission
 from panel.errors import ApiError, FeatureDisabled, UpstreamError
 
-from ..gateway import anthropic, pipeline
+from ..gateway import anthropic, pipeline, response_cache
 from ..gateway.anthropic import MessageStream, message_events
 from ..gateway.pipeline import Call, Reply, Route, Stream
 from ..gateway.resolve import CHAT, resolve
@@ -37,7 +37,11 @@ def anthropic_error(error: ApiError | FeatureDisabled, request_id: str) -> HttpR
 async def messages(request, identity, request_id):
     chat = anthropic.chat_body(json_body(request))
     call = await pipeline.prepare(
-        identity=identity, route=MESSAGES_ROUTE, body=chat, request_id=request_id
+        identity=identity,
+        route=MESSAGES_ROUTE,
+        body=chat,
+        request_id=request_id,
+        cache=request.headers.get(response_cache.HEADER),
     )
     if call.record.is_stream:
         result = await pipeline.open_stream(call)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from accounts.models import Permission
 from panel.errors import InvalidRequest, ModelNotFound
 
-from ..gateway import pipeline
+from ..gateway import pipeline, response_cache
 from ..gateway.pipeline import CHAT_ROUTE, COMPLETION_ROUTE, EMBEDDING_ROUTE, IMAGE_ROUTE, Route
 from ..gateway.resolve import caller_get
 from ..selectors import ModelInfo, models_for_caller, registry_get
@@ -26,7 +26,11 @@ def proxy_view(route: Route, *, adapt: Callable[[dict], dict] | None = None, nam
         if adapt is not None:
             body = adapt(body)
         call = await pipeline.prepare(
-            identity=identity, route=route, body=body, request_id=request_id
+            identity=identity,
+            route=route,
+            body=body,
+            request_id=request_id,
+            cache=request.headers.get(response_cache.HEADER),
         )
         if call.record.is_stream:
             return render(await pipeline.open_stream(call))

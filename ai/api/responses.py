@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from accounts.models import Permission
 from panel.errors import InvalidRequest, NotFound, UpstreamError
 
-from ..gateway import pipeline, responses, responses_output, responses_store
+from ..gateway import pipeline, response_cache, responses, responses_output, responses_store
 from ..gateway.pipeline import Call, Route, Stream
 from ..gateway.resolve import CHAT
 from ..gateway.responses import ResponsesRequest
@@ -30,7 +30,8 @@ async def responses_create(request, identity, request_id):
     parsed = responses.request_parse(json_body(request))
     tenant = responses_store.tenant_of(identity)
     items = await _history(parsed, tenant) + parsed.items
-    call = await _prepare(identity, parsed, items, request_id)
+    cache = request.headers.get(response_cache.HEADER)
+    call = await _prepare(identity, parsed, items, request_id, cache)
     if parsed.stream:
         result = await pipeline.open_stream(call)
         if isinstance(result, Stream):
@@ -111,11 +112,17 @@ async def _history(parsed: ResponsesRequest, tenant: Tenant) -> list[dict]:
     return previous.input_items + previous.response["output"]
 
 
-async def _prepare(identity, parsed: ResponsesRequest, items: list[dict], request_id: str) -> Call:
+async def _prepare(
+    identity, parsed: ResponsesRequest, items: list[dict], request_id: str, cache: str | None
+) -> Call:
     body = responses.chat_body(parsed, items)
     try:
         return await pipeline.prepare(
-            identity=identity, route=RESPONSES_ROUTE, body=body, request_id=request_id
+            identity=identity,
+            route=RESPONSES_ROUTE,
+            body=body,
+            request_id=request_id,
+            cache=cache,
         )
     except InvalidRequest as exc:
         if exc.param != "max_tokens":

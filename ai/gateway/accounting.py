@@ -43,6 +43,7 @@ class Record:
     latency_ms: int = 0
     ttft_ms: int | None = None
     error: str = ""
+    is_cache_hit: bool = False  # answered from the response cache: no upstream, no cost
     admission: Admission | None = None  # settled when the event is queued
     # The instance this request keeps busy (``ai.instances.activity``) and its priority.
     in_use: tuple[int, int] | None = None
@@ -68,7 +69,7 @@ EVENT_ID_FIELDS = (
 
 def usage_record(record: Record) -> None:
     """Queue the UsageEvent of a finished request and settle its reservation."""
-    cost = cost_micro(record.model, record.usage)
+    cost = 0 if record.is_cache_hit else cost_micro(record.model, record.usage)
     admission = record.admission
     settlement = None
     if admission is not None and not admission.is_empty:
@@ -106,4 +107,5 @@ def _row(record: Record, cost: int) -> UsageRow:
         usage.cache_read_tokens,
         usage.cache_write_tokens,
         usage.reasoning_tokens,
+        record.is_cache_hit,
     )

@@ -88,6 +88,7 @@ class UsageRow(NamedTuple):
     cache_read_tokens: int
     cache_write_tokens: int
     reasoning_tokens: int
+    is_cache_hit: bool = False
 
 
 class Batch(NamedTuple):

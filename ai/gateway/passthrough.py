@@ -260,6 +260,7 @@ def _unpriced(instance: InstanceInfo) -> ModelInfo:
         input_price_per_million=zero,
         output_price_per_million=zero,
         price_per_image=zero,
+        response_cache_ttl=None,
         created=0,
         upstreams=(),
         routable=(),

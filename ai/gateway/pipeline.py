@@ -25,7 +25,7 @@ from panel.errors import AgentUnavailable, ApiError, ModelNotAvailable, RateLimi
 from ..instances import activity
 from ..models import UsageStatus
 from ..selectors import UpstreamInfo
-from . import ledger, responses_store, router, starts, streaming
+from . import ledger, response_cache, responses_store, router, starts, streaming
 from .accounting import Record, usage_record
 from .admission import admit
 from .leases import leases
@@ -96,13 +96,24 @@ class Call:
     resolution: Resolution
     record: Record
     client_wants_usage: bool = False
+    # The response cache (``response_cache``): the request's key when its model caches,
+    # the request header's mode, and what the reply's x-switchboard-cache header says.
+    cache_key: str | None = None
+    cache_mode: str = ""
+    cache_status: str = ""
     # Awaited before the request waits for an instance to start (the chat page says so).
     on_starting: Callable[[], Awaitable[None]] | None = None
 
 
-async def prepare(*, identity: Identity, route: Route, body: dict, request_id: str) -> Call:
-    """Check the fields the gateway reads, resolve the model and admit the request (steps 2, 3)."""
+async def prepare(
+    *, identity: Identity, route: Route, body: dict, request_id: str, cache: str | None = None
+) -> Call:
+    """Check the fields the gateway reads, resolve the model and admit the request (steps 2, 3).
+
+    ``cache`` is the request's x-switchboard-cache header (``response_cache``).
+    """
     body_check(body, required=route.required)
+    cache_mode = response_cache.cache_mode(cache)
     resolution = await resolve(
         identity=identity,
         kinds=route.kinds,
@@ -128,7 +139,14 @@ async def prepare(*, identity: Identity, route: Route, body: dict, request_id: s
         event=record.event_ids(),
         on_cancelled=lambda admission: _record_cancelled(record, admission),
     )
-    return Call(route=route, body=body, resolution=resolution, record=record)
+    call = Call(route=route, body=body, resolution=resolution, record=record, cache_mode=cache_mode)
+    if resolution.model.response_cache_ttl and route.path in response_cache.PATHS:
+        link = resolution.link
+        tenant = f"org:{link.organisation_id}" if link.organisation_id else f"user:{link.user_id}"
+        call.cache_key = response_cache.cache_key(
+            tenant=tenant, model_id=resolution.model.id, path=route.path, body=body
+        )
+    return call
 
 
 def _record_cancelled(record: Record, admission) -> None:
@@ -141,7 +159,12 @@ def _record_cancelled(record: Record, admission) -> None:
 async def call_json(call: Call) -> Reply:
     """Steps 4-7 for a JSON response; the usage event is queued in every case."""
     try:
-        return await _failover(call, _json_attempt)
+        if (stored := await _cache_lookup(call)) is not None:
+            return _cached_reply(call, stored)
+        reply = await _failover(call, _json_attempt)
+        if reply.status == 200:
+            _cache_save(call, reply.payload)
+        return reply
     except asyncio.CancelledError:
         call.record.status = UsageStatus.CLIENT_CANCELLED
         raise
@@ -156,6 +179,9 @@ async def open_stream(call: Call) -> Stream | Reply:
     when the upstream answered with a client error (4xx) before streaming.
     """
     try:
+        stored = await _cache_lookup(call)
+        if stored is not None and stored.get("object") in ("chat.completion", "text_completion"):
+            return _cached_stream(call, stored)
         result = await _failover(call, _stream_attempt)
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError):
@@ -168,10 +194,11 @@ async def open_stream(call: Call) -> Stream | Reply:
 
 
 async def shutdown() -> None:
-    """Give leases back and write everything pending (ASGI lifespan shutdown): usage, stored responses."""
+    """Give leases back and write everything pending (ASGI lifespan shutdown): usage, stored and cached responses."""
     leases.release_all()
     await ledger.shutdown()
     await responses_store.flush()
+    await response_cache.flush()
     await activity.shutdown()
     await starts.shutdown()
 
@@ -328,24 +355,32 @@ def _object(data: bytes) -> dict | None:
 
 
 async def _stream_attempt(call: Call, upstream: UpstreamInfo) -> Stream | Reply:
+    """The upstream's first event within its ``first_byte_timeout``, else the next upstream."""
     started = time.monotonic()
-    response = await _send(call, upstream)
+    response: aiohttp.ClientResponse | None = None
+    deadline = asyncio.timeout(upstream.first_byte_timeout)
     try:
-        _check_status(upstream, response.status)
-        if response.status >= 400:
-            data = await response.read()
-            response.release()
-            return _refused(call, upstream, response.status, data, 0)
-        batches = streaming.sse_batches(response)
-        first = await anext(batches, None)
+        async with deadline:
+            response = await _send(call, upstream)
+            _check_status(upstream, response.status)
+            if response.status >= 400:
+                data = await response.read()
+                response.release()
+                return _refused(call, upstream, response.status, data, 0)
+            batches = streaming.sse_batches(response)
+            first = await anext(batches, None)
         if first is None:
             raise _Retry(None, f"{upstream.name}: the stream ended before its first event")
     except BaseException:
-        response.close()
+        if response is not None:
+            response.close()
+        if deadline.expired():
+            wait = upstream.first_byte_timeout
+            raise _Retry(None, f"{upstream.name}: no first event within {wait}s") from None
         raise
     call.record.http_status = 200
     stream = Stream(None, _headers(call, upstream, _elapsed_ms(started)))
-    stream.batches = _relay(call, stream, response, first, batches)
+    stream.batches = _relay(call, stream, response, first, batches, upstream.idle_timeout)
     return stream
 
 
@@ -355,29 +390,48 @@ async def _relay(
     response: aiohttp.ClientResponse,
     first: list[bytes],
     batches: AsyncIterator[list[bytes]],
+    idle_timeout: float,
 ) -> AsyncIterator[list[bytes]]:
-    """Pass events on as they arrive; always ends by queueing the usage event."""
+    """Pass events on as they arrive; always ends by queueing the usage event.
+
+    The wait for each read is bounded by ``idle_timeout``: a stream that stalls
+    ends like one the upstream broke off (an error event, what was delivered billed).
+    """
     record = call.record
     relay = streaming.EventRelay(
         public_model=call.resolution.model.name, include_usage=call.client_wants_usage
     )
+    # The upstream's events, kept (only) to store the whole reply in the response cache.
+    kept: list[bytes] | None = [] if call.cache_key and call.cache_mode != "no-store" else None
     try:
         batch: list[bytes] | None = first
         # Up to [DONE]: once it is relayed the reply is whole, whenever the upstream hangs up.
         while batch is not None:
+            if kept is not None:
+                kept.extend(batch)
             out = relay.relay_batch(batch)
             _mark_first_token(record, relay)
             if out:
                 yield out
             if relay.saw_done:
                 break
-            batch = await anext(batches, None)
+            async with asyncio.timeout(idle_timeout):
+                batch = await anext(batches, None)
         else:
             raise aiohttp.ClientPayloadError("the upstream ended the stream early")
+        if kept is not None:
+            _cache_save(
+                call, response_cache.assemble(kept, chat=call.route.path == CHAT_ROUTE.path)
+            )
     except RETRYABLE_ERRORS as exc:
         record.status = UsageStatus.UPSTREAM_ERROR
-        record.error = f"mid-stream: {type(exc).__name__}"
-        stream.failure = "The upstream failed mid-stream; the reply is incomplete."
+        idle = type(exc) is TimeoutError  # asyncio.timeout's, not one of aiohttp's
+        record.error = f"mid-stream: {'idle timeout' if idle else type(exc).__name__}"
+        stream.failure = (
+            f"The upstream sent nothing for {idle_timeout}s; the reply is incomplete."
+            if idle
+            else "The upstream failed mid-stream; the reply is incomplete."
+        )
         yield [streaming.error_event(UpstreamError(stream.failure))]
     except (asyncio.CancelledError, GeneratorExit):
         # A client that hangs up once it has read [DONE] got the whole reply.
@@ -395,12 +449,82 @@ def _mark_first_token(record: Record, relay: streaming.EventRelay) -> None:
         record.ttft_ms = _elapsed_ms(record.started_at)
 
 
+# --- The response cache ---------------------------------------------------------------
+
+
+async def _cache_lookup(call: Call) -> dict | None:
+    """The stored reply when the request's model caches and the request allows it."""
+    if call.cache_key is None:
+        return None
+    if call.cache_mode:
+        call.cache_status = "bypass"
+        return None
+    stored = await response_cache.lookup(call.cache_key)
+    call.cache_status = "miss" if stored is None else "hit"
+    return stored
+
+
+def _cache_save(call: Call, payload: dict | None) -> None:
+    """Store a successful, complete reply (the x_switchboard block left out)."""
+    if call.cache_key is None or call.cache_mode == "no-store" or not payload:
+        return
+    if call.record.status != UsageStatus.OK:
+        return
+    reply = {k: v for k, v in payload.items() if k != "x_switchboard"}
+    reply["model"] = call.resolution.model.name
+    response_cache.save(call.cache_key, reply, call.resolution.model.response_cache_ttl)
+
+
+def _cache_hit(call: Call, stored: dict) -> dict[str, str]:
+    """Record a hit (no upstream, no cost; the reply's tokens); its response headers."""
+    record = call.record
+    record.is_cache_hit, record.http_status = True, 200
+    record.usage = reply_usage(stored, call.body, counts_images=False)
+    return {
+        **record.admission.headers,
+        "x-request-id": record.request_id,
+        response_cache.HEADER: "hit",
+    }
+
+
+def _cached_reply(call: Call, stored: dict) -> Reply:
+    headers = _cache_hit(call, stored)
+    extension = {"cache": "hit", "request_id": call.record.request_id}
+    return Reply(200, {**stored, "x_switchboard": extension}, b"", headers)
+
+
+def _cached_stream(call: Call, stored: dict) -> Stream:
+    """A stored reply replayed as the events of its stream (usage as the client asked)."""
+    options = call.body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    events = response_cache.replay(stored, include_usage=include_usage)
+    return Stream(_replayed(call, events), _cache_hit(call, stored))
+
+
+async def _replayed(call: Call, events: list[bytes]) -> AsyncIterator[list[bytes]]:
+    record = call.record
+    record.ttft_ms = _elapsed_ms(record.started_at)
+    try:
+        yield events
+    except (asyncio.CancelledError, GeneratorExit):
+        record.status = UsageStatus.CLIENT_CANCELLED
+        raise
+    finally:
+        _finish(record)
+
+
 # --- Shared ---------------------------------------------------------------------------
 
 
 async def _send(call: Call, upstream: UpstreamInfo) -> aiohttp.ClientResponse:
     body = _upstream_body(call, upstream.upstream_model_id)
-    return await send(upstream, call.route.path, body, request_id=call.record.request_id)
+    return await send(
+        upstream,
+        call.route.path,
+        body,
+        request_id=call.record.request_id,
+        stream=call.record.is_stream,
+    )
 
 
 def _upstream_body(call: Call, upstream_model_id: str) -> bytes:
@@ -421,6 +545,7 @@ def _headers(call: Call, upstream: UpstreamInfo, upstream_ms: int) -> dict[str, 
         "x-request-id": call.record.request_id,
         "x-switchboard-upstream": upstream.name,
         "x-switchboard-upstream-ms": str(upstream_ms),
+        **({response_cache.HEADER: call.cache_status} if call.cache_status else {}),
     }
 
 

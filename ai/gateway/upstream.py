@@ -53,16 +53,21 @@ def upstream_request_id(request_id: str) -> str:
 
 
 async def send(
-    upstream: UpstreamInfo, path: str, body: bytes, *, request_id: str
+    upstream: UpstreamInfo, path: str, body: bytes, *, request_id: str, stream: bool = False
 ) -> aiohttp.ClientResponse:
-    """POST ``body`` to the upstream; returns the response with its body still unread."""
+    """POST ``body`` to the upstream; returns the response with its body still unread.
+
+    A JSON answer's reads are each bounded by ``first_byte_timeout``; a stream's are
+    not: the pipeline bounds its first event (``first_byte_timeout``) and the wait
+    for each later one (``idle_timeout``) itself.
+    """
     headers = {"Content-Type": "application/json", "X-Request-Id": upstream_request_id(request_id)}
     if upstream.api_key:
         headers["Authorization"] = f"Bearer {upstream.api_key}"
     timeout = aiohttp.ClientTimeout(
         total=upstream.total_timeout,
         sock_connect=upstream.connect_timeout,
-        sock_read=upstream.first_byte_timeout,
+        sock_read=None if stream else upstream.first_byte_timeout,
     )
     return await session().post(
         f"{upstream.base_url}/{path}", data=body, headers=headers, timeout=timeout

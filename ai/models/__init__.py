@@ -1,7 +1,7 @@
 from .chat import Conversation, Message, MessageRole, MessageStatus
 from .instances import Backend, DesiredState, Instance, InstanceStatus, Node
 from .registry import AIModel, HealthCheck, HealthStatus, ModelKind, ModelLink, Upstream
-from .responses import StoredResponse
+from .responses import CachedResponse, StoredResponse
 from .usage import (
     GatewayProcess,
     InFlightAdmission,
@@ -15,6 +15,7 @@ from .usage import (
 __all__ = [
     "AIModel",
     "Backend",
+    "CachedResponse",
     "DesiredState",
     "Instance",
     "InstanceStatus",

@@ -68,6 +68,12 @@ class AIModel(models.Model):
         validators=[MinValueValidator(0)],
         help_text="Input tokens written to the prompt cache; empty: the input price.",
     )
+    response_cache_ttl = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds an identical request is answered from the response cache; "
+        "empty or 0: never cached.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -170,6 +176,11 @@ class Upstream(models.Model):
     connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.01)])
     first_byte_timeout = models.FloatField(default=60.0, validators=[MinValueValidator(0.01)])
     total_timeout = models.FloatField(default=600.0, validators=[MinValueValidator(0.01)])
+    idle_timeout = models.FloatField(
+        default=60.0,
+        validators=[MinValueValidator(0.01)],
+        help_text="Seconds a stream may wait for its next event before it is ended.",
+    )
     is_enabled = models.BooleanField(default=True)
     health_status = models.CharField(
         max_length=20, choices=HealthStatus.choices, default=HealthStatus.UNKNOWN
@@ -202,6 +213,7 @@ class Upstream(models.Model):
         "connect_timeout",
         "first_byte_timeout",
         "total_timeout",
+        "idle_timeout",
         "is_enabled",
         "probe",
         "health_check_interval",

@@ -28,3 +28,18 @@ class StoredResponse(models.Model):
 
     def __str__(self):
         return self.id
+
+
+class CachedResponse(models.Model):
+    """A reply of the response cache, when no Redis is configured (embedded mode).
+
+    Its key is a digest of the tenant, the model and the canonical request body
+    (``ai.gateway.response_cache``); expired rows are ignored, then purged.
+    """
+
+    key = models.CharField(primary_key=True, max_length=64)
+    reply = models.JSONField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return self.key

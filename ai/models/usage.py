@@ -65,6 +65,12 @@ class UsageEvent(models.Model):
         default=False, help_text="Tokens estimated: the upstream sent no usage block."
     )
     cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
+    # A database default too: rows written by plain inserts (the reconciler's) get it.
+    is_cache_hit = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Answered from the response cache: no upstream call, no cost.",
+    )
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=1)

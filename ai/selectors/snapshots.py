@@ -40,6 +40,7 @@ class UpstreamInfo:
     connect_timeout: float
     first_byte_timeout: float
     total_timeout: float
+    idle_timeout: float  # a stream: the longest wait for its next event
     health_status: str  # its effective health (ai.selectors.health.upstream_health)
     probed_ok_at: float | None = None  # epoch of the last probe, when it succeeded
     # A local model server's upstream: its instance, as it was at load time.
@@ -71,6 +72,7 @@ class ModelInfo:
     input_price_per_million: Decimal
     output_price_per_million: Decimal
     price_per_image: Decimal
+    response_cache_ttl: int | None  # seconds; None or 0: not cached
     created: int
     upstreams: tuple[UpstreamInfo, ...]  # the enabled ones, by priority
     routable: tuple[UpstreamInfo, ...]  # of those, the ones the router may try

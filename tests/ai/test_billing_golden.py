@@ -37,6 +37,7 @@ def _model(read: str | None = "0.3", write: str | None = "3.75") -> ModelInfo:
         routable=(),
         cached_input_price_per_million=None if read is None else Decimal(read),
         cache_write_price_per_million=None if write is None else Decimal(write),
+        response_cache_ttl=None,
     )
 
 

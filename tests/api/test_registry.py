@@ -198,3 +198,29 @@ def test_it_sets_and_checks_a_models_cache_prices(api, keys, registry):
     )
     registry.model.refresh_from_db()
     assert registry.model.cache_write_price_per_million is None
+
+
+def test_it_sets_an_upstreams_stream_timeouts_as_json_numbers_only(api, keys, registry):
+    client = as_key(api, keys["manager"])
+    url = f"/api/v1/ai/upstreams/{registry.upstream.pk}"
+    assert client.get(url).json()["idle_timeout"] == 60.0
+    response = client.patch(url, {"idle_timeout": 2.5, "first_byte_timeout": 3}, format="json")
+    assert response.status_code == 200
+    registry.upstream.refresh_from_db()
+    assert (registry.upstream.idle_timeout, registry.upstream.first_byte_timeout) == (2.5, 3.0)
+    for bad in ("5", True, 0, None):
+        response = client.patch(url, {"idle_timeout": bad}, format="json")
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["param"] == "idle_timeout"
+
+
+def test_it_sets_a_models_response_cache_ttl(api, keys, registry):
+    client = as_key(api, keys["manager"])
+    url = f"/api/v1/ai/models/{registry.model.pk}"
+    assert client.get(url).json()["response_cache_ttl"] is None
+    assert client.patch(url, {"response_cache_ttl": 300}, format="json").status_code == 200
+    registry.model.refresh_from_db()
+    assert registry.model.response_cache_ttl == 300
+    response = client.patch(url, {"response_cache_ttl": -1}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "response_cache_ttl"

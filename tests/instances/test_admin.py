@@ -244,6 +244,7 @@ def test_the_upstream_admin_shows_and_accepts_the_instance(admin_client, db):
         "weight": "1",
         "connect_timeout": "5",
         "first_byte_timeout": "60",
+        "idle_timeout": "60",
         "total_timeout": "600",
         "probe": "models",
         "health_checks-TOTAL_FORMS": "0",

@@ -158,6 +158,7 @@ def _upstream_form(upstream, **extra):
         "weight": upstream.weight,
         "connect_timeout": upstream.connect_timeout,
         "first_byte_timeout": upstream.first_byte_timeout,
+        "idle_timeout": upstream.idle_timeout,
         "total_timeout": upstream.total_timeout,
         "probe": upstream.probe,
         "health_checks-TOTAL_FORMS": "0",

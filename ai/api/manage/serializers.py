@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from orgs.models import Organisation
-from panel.serializers import KnownFieldsOnly
+from panel.serializers import KnownFieldsOnly, StrictFloatField
 
 from ...models import AIModel, HealthStatus, ModelLink, Upstream
 from ...selectors.health import upstream_health
@@ -67,6 +67,18 @@ class UpstreamSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSeri
         help_text="Write-only: stored encrypted, never returned. Empty clears it.",
     )
     has_api_key = serializers.BooleanField(read_only=True)
+    connect_timeout = StrictFloatField(min_value=0.01, required=False, help_text="Seconds.")
+    first_byte_timeout = StrictFloatField(
+        min_value=0.01,
+        required=False,
+        help_text="Seconds until the answer starts (a stream: its first event); then the next upstream is tried.",
+    )
+    idle_timeout = StrictFloatField(
+        min_value=0.01,
+        required=False,
+        help_text="Seconds a stream may wait for its next event; then it ends with an error event.",
+    )
+    total_timeout = StrictFloatField(min_value=0.01, required=False, help_text="Seconds.")
 
     class Meta:
         model = Upstream
@@ -133,6 +145,7 @@ class AIModelSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSeria
             "cache_write_price_per_million",
             "output_price_per_million",
             "price_per_image",
+            "response_cache_ttl",
             "is_active",
             "status",
             "upstreams",
