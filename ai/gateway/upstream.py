@@ -12,6 +12,7 @@ import weakref
 
 import aiohttp
 
+from ..models import ApiStyle
 from ..selectors import UpstreamInfo
 
 _sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -23,6 +24,10 @@ RETRYABLE_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 # An upstream that refuses our credentials (401, 403) has failed, whatever the
 # client sent: passed through, it would read as the client's key being invalid.
 UPSTREAM_AUTH_FAILURES = (401, 403)
+
+
+# Sent to an Anthropic-style upstream (its Messages API version).
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 def is_retryable_status(status: int) -> bool:
@@ -57,7 +62,11 @@ async def send(
 ) -> aiohttp.ClientResponse:
     """POST ``body`` to the upstream; returns the response with its body still unread."""
     headers = {"Content-Type": "application/json", "X-Request-Id": upstream_request_id(request_id)}
-    if upstream.api_key:
+    if upstream.api_style == ApiStyle.ANTHROPIC:
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        if upstream.api_key:
+            headers["x-api-key"] = upstream.api_key
+    elif upstream.api_key:
         headers["Authorization"] = f"Bearer {upstream.api_key}"
     timeout = aiohttp.ClientTimeout(
         total=upstream.total_timeout,
