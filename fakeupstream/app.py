@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakeupstream import anthropic, faults, handlers, llamacpp, records
+from fakeupstream import anthropic, faults, handlers, llamacpp, records, responses
 from fakeupstream.wire import (
     BadRequest,
     anthropic_error_response,
@@ -35,6 +35,7 @@ _ROUTES = [
     ("POST", "/images/generations", handlers.images, True, False),
     ("GET", "/images/fake.png", handlers.image_file, False, False),
     ("POST", "/messages", anthropic.messages, True, True),
+    ("POST", "/responses", responses.responses, True, True),
 ]
 # The routes that answer errors in Anthropic's shape.
 _ANTHROPIC_HANDLERS = frozenset({anthropic.messages})

@@ -1,5 +1,6 @@
-"""The fake upstream's Anthropic Messages route (``POST /v1/messages``): JSON and SSE in
-Anthropic's shapes, its usage block (cache reads and writes), tools, errors and faults."""
+"""The fake upstream's native routes: Anthropic Messages (``POST /v1/messages``: JSON and SSE
+in Anthropic's shapes, its usage block with cache reads and writes, tools, errors, faults) and
+the Responses API (``POST /v1/responses``: a response object or its events, faults)."""
 
 import contextlib
 import json
@@ -150,3 +151,44 @@ def test_drop_after_cuts_the_stream_before_message_stop(fake, client):
     kinds = [kind for kind, _ in events_of(client, url, {**MESSAGE, "stream": True})]
     assert kinds.count("content_block_delta") == 2
     assert "message_stop" not in kinds and "message_delta" not in kinds
+
+
+# --- /v1/responses (an upstream that serves the Responses API) --------------------------------
+
+
+def test_it_answers_a_response(fake, client):
+    url = fake.base_url(prompt_tokens=10, cached_tokens=6, reasoning_tokens=3) + "/responses"
+    response = client.post(url, json={"model": "gpt-x", "input": "a b"}).json()
+    assert (response["object"], response["model"], response["status"]) == (
+        "response",
+        "gpt-x",
+        "completed",
+    )
+    [item] = response["output"]
+    assert item["content"][0]["text"].startswith("tok0 tok1 ")
+    assert response["usage"] == {
+        "input_tokens": 10,
+        "input_tokens_details": {"cached_tokens": 6},
+        "output_tokens": 20,
+        "output_tokens_details": {"reasoning_tokens": 3},
+        "total_tokens": 30,
+    }
+
+
+def test_it_streams_the_responses_events(fake, client):
+    url = fake.base_url() + "/responses"
+    body = {"model": "gpt-x", "input": "a b", "max_output_tokens": 2, "stream": True}
+    events = events_of(client, url, body)
+    kinds = [kind for kind, _ in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds.count("response.output_text.delta") == 2
+    assert kinds[-1] == "response.incomplete"
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    assert events[-1][1]["response"]["usage"]["output_tokens"] == 2
+
+
+def test_drop_after_cuts_a_responses_stream_before_its_end(fake, client):
+    url = fake.base_url(drop_after=1) + "/responses"
+    kinds = [kind for kind, _ in events_of(client, url, {"input": "a", "stream": True})]
+    assert kinds.count("response.output_text.delta") == 1
+    assert "response.completed" not in kinds
