@@ -30,6 +30,14 @@ UPSTREAM_AUTH_FAILURES = (401, 403)
 ANTHROPIC_VERSION = "2023-06-01"
 
 
+def auth_headers(api_style: str, api_key: str) -> dict[str, str]:
+    """How an upstream of this style takes its key (requests and health probes)."""
+    if api_style == ApiStyle.ANTHROPIC:
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        return {**headers, "x-api-key": api_key} if api_key else headers
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def is_retryable_status(status: int) -> bool:
     """A status after which the next upstream is tried, counted by the circuit breaker."""
     return status >= 500 or status == 429 or status in UPSTREAM_AUTH_FAILURES
@@ -61,13 +69,11 @@ async def send(
     upstream: UpstreamInfo, path: str, body: bytes, *, request_id: str
 ) -> aiohttp.ClientResponse:
     """POST ``body`` to the upstream; returns the response with its body still unread."""
-    headers = {"Content-Type": "application/json", "X-Request-Id": upstream_request_id(request_id)}
-    if upstream.api_style == ApiStyle.ANTHROPIC:
-        headers["anthropic-version"] = ANTHROPIC_VERSION
-        if upstream.api_key:
-            headers["x-api-key"] = upstream.api_key
-    elif upstream.api_key:
-        headers["Authorization"] = f"Bearer {upstream.api_key}"
+    headers = {
+        "Content-Type": "application/json",
+        "X-Request-Id": upstream_request_id(request_id),
+        **auth_headers(upstream.api_style, upstream.api_key),
+    }
     timeout = aiohttp.ClientTimeout(
         total=upstream.total_timeout,
         sock_connect=upstream.connect_timeout,
