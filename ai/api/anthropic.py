@@ -4,9 +4,9 @@ The body is translated to a chat completion at the edge (``ai.gateway.anthropic`
 and goes through the same pipeline as ``/v1/chat/completions``: admission,
 limits, wallets, failover and one UsageEvent (route ``messages``). An upstream
 that speaks Messages (``api_style`` anthropic) gets the body as sent instead
-(``Call.native``), and its answer is relayed as is but for the model's name;
-one failover may mix both kinds. Every
-error on these routes is rendered in Anthropic's shape. The key comes as
+(``Call.native``, with the client's ``anthropic-beta`` header), and its answer
+is relayed as is but for the model's name; one failover may mix both kinds.
+Every error on these routes is rendered in Anthropic's shape. The key comes as
 ``x-api-key`` (what the SDK sends) or ``Authorization: Bearer``;
 ``anthropic-version`` is accepted and not required.
 """
@@ -48,6 +48,7 @@ async def messages(request, identity, request_id):
         path=anthropic.MESSAGES_PATH,
         body=body,
         relay=anthropic.MessagesRelay,
+        headers=_passed_headers(request),
     )
     if call.record.is_stream:
         result = await pipeline.open_stream(call)
@@ -95,6 +96,12 @@ def _message_stream(call: Call, stream: Stream) -> Stream:
         prompt_estimate=anthropic.prompt_estimate(call.body),
     )
     return Stream(message_events(stream.batches, translation), _headers(stream.headers, call))
+
+
+def _passed_headers(request) -> dict[str, str]:
+    """The client's headers an Anthropic-style upstream gets as they are (its beta features)."""
+    beta = request.headers.get("anthropic-beta")
+    return {"anthropic-beta": beta} if beta else {}
 
 
 def _headers(headers: dict[str, str], call: Call) -> dict[str, str]:

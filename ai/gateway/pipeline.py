@@ -79,6 +79,7 @@ class Native:
     path: str  # below the upstream's base URL
     body: dict  # the client's body; ``model`` becomes the upstream's
     relay: Callable[[str], StreamRelay]  # a stream's relay, given the public model name
+    headers: dict[str, str] = field(default_factory=dict)  # the client's, sent on as they are
     translated: bool = True  # whether the other upstreams may serve it translated
 
 
@@ -458,13 +459,12 @@ def _mark_first_token(record: Record, relay: StreamRelay) -> None:
 
 
 async def _send(call: Call, upstream: UpstreamInfo) -> aiohttp.ClientResponse:
-    native = call.native
+    native, request_id = call.native, call.record.request_id
     if native is not None and native.speaks(upstream):
-        path = native.path
         body = json.dumps({**native.body, "model": upstream.upstream_model_id}).encode()
-    else:
-        path, body = call.route.path, _upstream_body(call, upstream.upstream_model_id)
-    return await send(upstream, path, body, request_id=call.record.request_id)
+        return await send(upstream, native.path, body, request_id=request_id, more=native.headers)
+    body = _upstream_body(call, upstream.upstream_model_id)
+    return await send(upstream, call.route.path, body, request_id=request_id)
 
 
 def _upstream_body(call: Call, upstream_model_id: str) -> bytes:

@@ -66,10 +66,17 @@ def upstream_request_id(request_id: str) -> str:
 
 
 async def send(
-    upstream: UpstreamInfo, path: str, body: bytes, *, request_id: str
+    upstream: UpstreamInfo,
+    path: str,
+    body: bytes,
+    *,
+    request_id: str,
+    more: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST ``body`` to the upstream; returns the response with its body still unread."""
+    """POST ``body`` to the upstream (with ``more`` headers); returns the response with its
+    body still unread."""
     headers = {
+        **(more or {}),
         "Content-Type": "application/json",
         "X-Request-Id": upstream_request_id(request_id),
         **auth_headers(upstream.api_style, upstream.api_key),

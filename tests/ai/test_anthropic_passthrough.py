@@ -65,6 +65,7 @@ def test_a_message_is_passed_through_as_sent_and_billed_from_anthropics_usage(
         messages=HI,
         metadata={"user_id": "u-7"},
         extra_body={"top_k": 5},
+        extra_headers={"anthropic-beta": "context-1m-2025-08-07"},
     )
     assert (message.model, message.type, message.stop_reason) == ("claude", "message", "end_turn")
     assert message.content[0].text.startswith("tok0 tok1 ")
@@ -82,6 +83,7 @@ def test_a_message_is_passed_through_as_sent_and_billed_from_anthropics_usage(
     }
     assert _header(sent, "x-api-key") == "sha256:" + auth_fingerprint(UPSTREAM_KEY)
     assert _header(sent, "anthropic-version") == "2023-06-01"
+    assert _header(sent, "anthropic-beta") == "context-1m-2025-08-07"
     assert not sent["authorization"]["present"]
     [event] = wait_for_usage(1)
     assert (event.route, event.status, event.is_estimated) == ("messages", "ok", False)
@@ -142,12 +144,17 @@ def test_it_fails_over_from_an_anthropic_upstream_to_a_translated_one(world, acm
         (fake_upstream.base_url(), ApiStyle.OPENAI),
     )
     fake_upstream.clear()
-    message = _client(world).messages.create(model="claude", max_tokens=100, messages=HI)
+    beta = {"anthropic-beta": "context-1m-2025-08-07"}
+    message = _client(world).messages.create(
+        model="claude", max_tokens=100, messages=HI, extra_headers=beta
+    )
     assert message.model == "claude"
     assert message.content[0].text.startswith("tok0 ")
     first, second = fake_upstream.requests()
     assert first["path"].endswith("/v1/messages")
+    assert _header(first, "anthropic-beta") == "context-1m-2025-08-07"
     assert second["path"].endswith("/v1/chat/completions")
+    assert _header(second, "anthropic-beta") is None
     assert second["json"]["messages"] == HI and second["authorization"]["present"]
     [event] = wait_for_usage(1)
     assert (event.status, event.attempts) == ("ok", 2)
