@@ -3,8 +3,10 @@
 ``prepare`` checks, resolves and admits; ``call_json`` and ``open_stream``
 try the model's upstreams in order (``_failover``), failing over while no
 byte has reached the client, and start an instance on demand when no running
-upstream answered; every admitted request ends in exactly one
-``usage_record``. An instance's upstream is marked in use (``activity``) from
+upstream answered (a route's ``Native`` request goes as the client sent it to
+the upstreams that speak its protocol, translated to the others, and an
+Anthropic-style upstream gets nothing else); every admitted request ends in
+exactly one ``usage_record``. An instance's upstream is marked in use (``activity``) from
 its first attempt (or its start) until that event. What they return is data
 (``Reply``, ``Stream``): the routes and the chat page render it.
 """
@@ -80,7 +82,6 @@ class Native:
     body: dict  # the client's body; ``model`` becomes the upstream's
     relay: Callable[[str], StreamRelay]  # a stream's relay, given the public model name
     headers: dict[str, str] = field(default_factory=dict)  # the client's, sent on as they are
-    translated: bool = True  # whether the other upstreams may serve it translated
 
 
 @dataclass(slots=True)
@@ -253,12 +254,7 @@ async def _failover(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitabl
 
 def _serves(call: Call, upstream: UpstreamInfo) -> bool:
     """Whether the upstream can take the call: natively, or in OpenAI's protocol."""
-    native = call.native
-    if native is not None and native.speaks(upstream):
-        return True
-    if native is not None and not native.translated:
-        return False
-    return upstream.api_style == ApiStyle.OPENAI
+    return _is_native(call, upstream) or upstream.api_style == ApiStyle.OPENAI
 
 
 def _is_native(call: Call, upstream: UpstreamInfo) -> bool:
