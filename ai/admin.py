@@ -222,6 +222,8 @@ class UpstreamAdmin(admin.ModelAdmin):
                     "base_url",
                     "instance",
                     "provider_model_id",
+                    "api_style",
+                    "speaks_responses",
                     "is_enabled",
                 ]
             },

@@ -14,8 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from fakeupstream import faults, handlers, llamacpp, records
-from fakeupstream.wire import BadRequest, bad_request, error_response, json_response
+from fakeupstream import anthropic, faults, handlers, llamacpp, records, responses
+from fakeupstream.wire import (
+    BadRequest,
+    anthropic_error_response,
+    bad_request,
+    error_response,
+    json_response,
+)
 
 _PREFIXES = ("/v1", "/f/{fake_opts}/v1")
 
@@ -28,7 +34,11 @@ _ROUTES = [
     ("POST", "/embeddings", handlers.embeddings, True, False),
     ("POST", "/images/generations", handlers.images, True, False),
     ("GET", "/images/fake.png", handlers.image_file, False, False),
+    ("POST", "/messages", anthropic.messages, True, True),
+    ("POST", "/responses", responses.responses, True, True),
 ]
+# The routes that answer errors in Anthropic's shape.
+_ANTHROPIC_HANDLERS = frozenset({anthropic.messages})
 
 
 def create_app(models: list[str] | None = None) -> web.Application:
@@ -40,7 +50,10 @@ def create_app(models: list[str] | None = None) -> web.Application:
     router = app.router
     for prefix in _PREFIXES:
         for method, path, handler, needs_body, can_stream in _ROUTES:
-            wrapped = _endpoint(handler, needs_body=needs_body, can_stream=can_stream)
+            errors = anthropic_error_response if handler in _ANTHROPIC_HANDLERS else error_response
+            wrapped = _endpoint(
+                handler, needs_body=needs_body, can_stream=can_stream, errors=errors
+            )
             router.add_route(method, prefix + path, wrapped)
     router.add_get("/_fake/requests", _fake_requests)
     router.add_delete("/_fake/requests", _fake_clear)
@@ -59,7 +72,9 @@ def reset(app: web.Application) -> None:
     faults.clear(app)
 
 
-def _endpoint(handler: Any, *, needs_body: bool, can_stream: bool = False) -> Any:
+def _endpoint(
+    handler: Any, *, needs_body: bool, can_stream: bool = False, errors: Any = error_response
+) -> Any:
     """Wrap a route: parse, record, apply faults, then run ``handler``."""
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
@@ -69,7 +84,7 @@ def _endpoint(handler: Any, *, needs_body: bool, can_stream: bool = False) -> An
             body = _json_or_none(raw)
             entry = records.record(request, body, raw)
             if not isinstance(body, dict):
-                return error_response(
+                return errors(
                     400,
                     "We could not parse the JSON body of your request. "
                     "(The body must be a JSON object.)",
@@ -81,12 +96,12 @@ def _endpoint(handler: Any, *, needs_body: bool, can_stream: bool = False) -> An
             opts = faults.request_options(request, body)
             entry.faults = opts
             streams = can_stream and body.get("stream") is True
-            injected = await faults.inject(request, opts, streams=streams)
+            injected = await faults.inject(request, opts, streams=streams, errors=errors)
             if injected is not None:
                 return injected
             return await handler(request, body, opts)
         except BadRequest as exc:
-            return bad_request(exc)
+            return bad_request(exc, errors)
 
     return endpoint
 

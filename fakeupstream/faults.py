@@ -6,7 +6,8 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
 ``latency_ms``      delay before the response starts (before headers are sent)
 ``ttft_ms``         SSE: delay after the headers, before the first chunk
 ``chunk_delay_ms``  SSE: delay between consecutive chunks
-``status``          answer with this HTTP status and an OpenAI error envelope
+``status``          answer with this HTTP status and an OpenAI error envelope (Anthropic's
+                    error on ``/v1/messages``)
 ``drop_after``      SSE: close the connection after this many content chunks (no ``[DONE]``);
                     JSON: close the connection without any response
 ``no_usage``        never send a ``usage`` block
@@ -182,7 +183,7 @@ def clear(app: web.Application) -> None:
 
 
 async def inject(
-    request: web.Request, opts: dict[str, Any], *, streams: bool
+    request: web.Request, opts: dict[str, Any], *, streams: bool, errors: Any = error_response
 ) -> web.StreamResponse | None:
     """Apply ``latency_ms``, ``status``/``fail_first`` and a JSON ``drop_after``.
 
@@ -191,7 +192,7 @@ async def inject(
     latency = opts.get("latency_ms")
     if latency:
         await asyncio.sleep(latency / 1000)
-    failure = _injected_failure(request.app, opts)
+    failure = _injected_failure(request.app, opts, errors)
     if failure is not None:
         return failure
     if opts.get("drop_after") is not None and not streams:
@@ -200,12 +201,14 @@ async def inject(
     return None
 
 
-def _injected_failure(app: web.Application, opts: dict[str, Any]) -> web.Response | None:
+def _injected_failure(
+    app: web.Application, opts: dict[str, Any], errors: Any
+) -> web.Response | None:
     status = opts.get("status")
     fail_first = opts.get("fail_first")
     if fail_first is None:
         if status is not None and status >= 400:
-            return error_response(status, f"fake upstream: injected error (status {status})")
+            return errors(status, f"fake upstream: injected error (status {status})")
         return None
     counts = app[_FAIL_COUNTS]
     key = tuple(sorted(opts.items()))
@@ -214,4 +217,4 @@ def _injected_failure(app: web.Application, opts: dict[str, Any]) -> web.Respons
     if seen >= fail_first:
         return None
     status = status if status and status >= 400 else 500
-    return error_response(status, f"fake upstream: injected failure {seen + 1}/{fail_first}")
+    return errors(status, f"fake upstream: injected failure {seen + 1}/{fail_first}")

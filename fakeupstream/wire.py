@@ -68,10 +68,33 @@ def error_response(
     return web.Response(status=status, body=dumps(body), content_type="application/json")
 
 
-def bad_request(exc: BadRequest) -> web.Response:
-    return error_response(
-        400, exc.message, type_="invalid_request_error", param=exc.param, code=exc.code
-    )
+_ANTHROPIC_KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_response(
+    status: int,
+    message: str,
+    *,
+    type_: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+) -> web.Response:
+    """An error in Anthropic's shape (``error_response``'s signature; param and code unused)."""
+    kind = _ANTHROPIC_KINDS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.Response(status=status, body=dumps(body), content_type="application/json")
+
+
+def bad_request(exc: BadRequest, errors: Any = error_response) -> web.Response:
+    return errors(400, exc.message, type_="invalid_request_error", param=exc.param, code=exc.code)
 
 
 def close_connection(request: web.Request) -> None:

@@ -2,8 +2,11 @@
 
 The body is translated to a chat completion at the edge (``ai.gateway.anthropic``)
 and goes through the same pipeline as ``/v1/chat/completions``: admission,
-limits, wallets, failover and one UsageEvent (route ``messages``). Every
-error on these routes is rendered in Anthropic's shape. The key comes as
+limits, wallets, failover and one UsageEvent (route ``messages``). An upstream
+that speaks Messages (``api_style`` anthropic) gets the body as sent instead
+(``Call.native``, with the client's ``anthropic-beta`` header), and its answer
+is relayed as is but for the model's name; one failover may mix both kinds.
+Every error on these routes is rendered in Anthropic's shape. The key comes as
 ``x-api-key`` (what the SDK sends) or ``Authorization: Bearer``;
 ``anthropic-version`` is accepted and not required.
 """
@@ -17,7 +20,7 @@ from panel.errors import ApiError, FeatureDisabled, UpstreamError
 
 from ..gateway import anthropic, pipeline, response_cache
 from ..gateway.anthropic import MessageStream, message_events
-from ..gateway.pipeline import Call, Reply, Route, Stream
+from ..gateway.pipeline import Call, Native, Reply, Route, Stream
 from ..gateway.resolve import CHAT, resolve
 from .base import ai_route, json_body, json_response, render
 
@@ -35,7 +38,8 @@ def anthropic_error(error: ApiError | FeatureDisabled, request_id: str) -> HttpR
 
 @ai_route(methods={"POST": Permission.PROXY}, errors=anthropic_error)
 async def messages(request, identity, request_id):
-    chat = anthropic.chat_body(json_body(request))
+    body = json_body(request)
+    chat = anthropic.chat_body(body)
     call = await pipeline.prepare(
         identity=identity,
         route=MESSAGES_ROUTE,
@@ -43,12 +47,25 @@ async def messages(request, identity, request_id):
         request_id=request_id,
         cache=request.headers.get(response_cache.HEADER),
     )
+    call.native = Native(
+        speaks=anthropic.speaks_messages,
+        path=anthropic.MESSAGES_PATH,
+        body=body,
+        relay=anthropic.MessagesRelay,
+        headers=_passed_headers(request),
+    )
     if call.record.is_stream:
         result = await pipeline.open_stream(call)
         if isinstance(result, Stream):
+            if result.native:
+                return render(Stream(result.batches, _headers(result.headers, call)))
             return render(_message_stream(call, result))
     else:
         result = await pipeline.call_json(call)
+    if result.native and result.status < 400:
+        return render(
+            Reply(result.status, result.payload, result.raw, _headers(result.headers, call))
+        )
     return render(_message_reply(call, result))
 
 
@@ -83,6 +100,12 @@ def _message_stream(call: Call, stream: Stream) -> Stream:
         prompt_estimate=anthropic.prompt_estimate(call.body),
     )
     return Stream(message_events(stream.batches, translation), _headers(stream.headers, call))
+
+
+def _passed_headers(request) -> dict[str, str]:
+    """The client's headers an Anthropic-style upstream gets as they are (its beta features)."""
+    beta = request.headers.get("anthropic-beta")
+    return {"anthropic-beta": beta} if beta else {}
 
 
 def _headers(headers: dict[str, str], call: Call) -> dict[str, str]:

@@ -3,7 +3,9 @@
 The request goes through the same pipeline as a chat completion (route name
 ``responses`` on its UsageEvent): admission, limits, wallet, failover and
 usage apply unchanged. ``ai.gateway.responses`` translates, ``responses_events``
-retells a stream, ``responses_store`` keeps stored responses per tenant.
+retells a stream, ``responses_store`` keeps stored responses per tenant. An
+upstream that serves the Responses API (``speaks_responses``) gets the request
+passed through instead (``responses_passthrough``); one failover may mix both.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from accounts.models import Permission
 from panel.errors import InvalidRequest, NotFound, UpstreamError
 
 from ..gateway import pipeline, response_cache, responses, responses_output, responses_store
-from ..gateway.pipeline import Call, Route, Stream
+from ..gateway import responses_passthrough as passthrough
+from ..gateway.pipeline import Call, Native, Route, Stream
 from ..gateway.resolve import CHAT
 from ..gateway.responses import ResponsesRequest
 from ..gateway.responses_events import ResponseEvents
+from ..gateway.responses_passthrough import ResponsesRelay
 from ..gateway.responses_store import Tenant
 from .base import ai_route, json_body, json_response, render
 
@@ -29,16 +33,30 @@ LIST_LIMIT = 100
 async def responses_create(request, identity, request_id):
     parsed = responses.request_parse(json_body(request))
     tenant = responses_store.tenant_of(identity)
-    items = await _history(parsed, tenant) + parsed.items
+    history = await _history(parsed, tenant)
+    items = history + parsed.items
     cache = request.headers.get(response_cache.HEADER)
     call = await _prepare(identity, parsed, items, request_id, cache)
+    relays: list[ResponsesRelay] = []
+    call.native = Native(
+        speaks=passthrough.speaks_responses,
+        path=passthrough.RESPONSES_PATH,
+        body=passthrough.passthrough_body(parsed, history),
+        relay=_relay_maker(parsed, relays),
+    )
     if parsed.stream:
         result = await pipeline.open_stream(call)
         if isinstance(result, Stream):
-            result = Stream(_events(call, parsed, result, items, tenant), result.headers)
+            if result.native:
+                batches = _relayed(call, parsed, result, relays, items, tenant)
+            else:
+                batches = _events(call, parsed, result, items, tenant)
+            result = Stream(batches, result.headers)
         return render(result)
     reply = await pipeline.call_json(call)
-    if reply.status < 400:
+    if reply.status < 400 and reply.native:
+        reply.payload = _relayed_response(call, parsed, reply.payload, items, tenant)
+    elif reply.status < 400:
         reply.payload = _response(call, parsed, reply.payload, items, tenant)
     return render(reply)
 
@@ -150,6 +168,45 @@ def _response(
     )
     _store(call, parsed, items, response, tenant)
     return response
+
+
+def _relay_maker(parsed: ResponsesRequest, relays: list[ResponsesRelay]):
+    """The pipeline's relay factory for a passed-through stream; keeps each relay made."""
+
+    def make(public_model: str) -> ResponsesRelay:
+        relays.append(ResponsesRelay(parsed, public_model))
+        return relays[-1]
+
+    return make
+
+
+def _relayed_response(
+    call: Call, parsed: ResponsesRequest, payload: dict | None, items: list, tenant: Tenant
+) -> dict:
+    """A passed-through upstream's response object, stored when the request asks for it."""
+    if payload is None or not isinstance(payload.get("id"), str):
+        raise UpstreamError("The upstream's answer was not a response object.")
+    response = passthrough.client_view(payload, parsed, call.resolution.model.name)
+    _store(call, parsed, items, response, tenant)
+    return response
+
+
+async def _relayed(
+    call: Call,
+    parsed: ResponsesRequest,
+    stream: Stream,
+    relays: list[ResponsesRelay],
+    items: list,
+    tenant: Tenant,
+) -> AsyncIterator[list[bytes]]:
+    """A passed-through stream as relayed; its final response is stored once it ends."""
+    try:
+        async for batch in stream.batches:
+            yield batch
+    finally:
+        await stream.batches.aclose()
+    if relays and relays[-1].response is not None:
+        _store(call, parsed, items, relays[-1].response, tenant)
 
 
 def _store(call: Call, parsed: ResponsesRequest, items: list, response: dict, tenant) -> None:

@@ -3,8 +3,10 @@
 ``prepare`` checks, resolves and admits; ``call_json`` and ``open_stream``
 try the model's upstreams in order (``_failover``), failing over while no
 byte has reached the client, and start an instance on demand when no running
-upstream answered; every admitted request ends in exactly one
-``usage_record``. An instance's upstream is marked in use (``activity``) from
+upstream answered (a route's ``Native`` request goes as the client sent it to
+the upstreams that speak its protocol, translated to the others, and an
+Anthropic-style upstream gets nothing else); every admitted request ends in
+exactly one ``usage_record``. An instance's upstream is marked in use (``activity``) from
 its first attempt (or its start) until that event. What they return is data
 (``Reply``, ``Stream``): the routes and the chat page render it.
 """
@@ -16,6 +18,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 
@@ -23,13 +26,13 @@ from accounts.authentication import Identity
 from panel.errors import AgentUnavailable, ApiError, ModelNotAvailable, RateLimited, UpstreamError
 
 from ..instances import activity
-from ..models import UsageStatus
+from ..models import ApiStyle, UsageStatus
 from ..selectors import UpstreamInfo
 from . import ledger, response_cache, responses_store, router, starts, streaming
 from .accounting import Record, usage_record
 from .admission import admit
 from .leases import leases
-from .pricing import estimated_usage, reply_usage
+from .pricing import Usage, estimated_usage, reply_usage
 from .resolve import CHAT, COMPLETION, EMBEDDING, IMAGE, Resolution, resolve
 from .upstream import RETRYABLE_ERRORS, is_retryable_status, send
 from .validation import body_check
@@ -53,6 +56,34 @@ EMBEDDING_ROUTE = Route("embeddings", "embeddings", EMBEDDING, "input")
 IMAGE_ROUTE = Route("images.generations", "images/generations", IMAGE, "prompt")
 
 
+class StreamRelay(Protocol):
+    """Per-stream state of a relay: rewrites events and tallies what was delivered."""
+
+    usage: Usage | None
+    content_events: int
+    saw_done: bool  # the stream's last event was relayed: the reply is whole
+
+    def relay_batch(self, events: list[bytes]) -> list[bytes]: ...
+
+    def error_event(self, error: ApiError) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Native:
+    """A request that the upstreams speaking its protocol take as the client sent it.
+
+    The route sets it on its Call; the other upstreams (in the same failover) get the
+    route's translation (``Call.body`` to ``Route.path``). A Reply or Stream from such
+    an upstream has ``native`` set: the route relays it rather than translating it back.
+    """
+
+    speaks: Callable[[UpstreamInfo], bool]
+    path: str  # below the upstream's base URL
+    body: dict  # the client's body; ``model`` becomes the upstream's
+    relay: Callable[[str], StreamRelay]  # a stream's relay, given the public model name
+    headers: dict[str, str] = field(default_factory=dict)  # the client's, sent on as they are
+
+
 @dataclass(slots=True)
 class Reply:
     """A whole answer: its JSON object, or the upstream's bytes when it sent no object."""
@@ -61,6 +92,7 @@ class Reply:
     payload: dict | None
     raw: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    native: bool = False  # in the client's protocol, from an upstream that speaks it
 
 
 @dataclass(slots=True)
@@ -70,6 +102,7 @@ class Stream:
     batches: AsyncIterator[list[bytes]]
     headers: dict[str, str]
     failure: str = ""  # set before the error event when the upstream fails mid-stream
+    native: bool = False  # in the client's protocol, from an upstream that speaks it
 
     async def wire(self) -> AsyncIterator[bytes]:
         """The events as bytes for an HTTP client, one write a batch."""
@@ -101,6 +134,7 @@ class Call:
     cache_key: str | None = None
     cache_mode: str = ""
     cache_status: str = ""
+    native: Native | None = None  # passed through to the upstreams that speak it
     # Awaited before the request waits for an instance to start (the chat page says so).
     on_starting: Callable[[], Awaitable[None]] | None = None
 
@@ -162,7 +196,7 @@ async def call_json(call: Call) -> Reply:
         if (stored := await _cache_lookup(call)) is not None:
             return _cached_reply(call, stored)
         reply = await _failover(call, _json_attempt)
-        if reply.status == 200:
+        if reply.status == 200 and not reply.native:  # another protocol's reply: not cached
             _cache_save(call, reply.payload)
         return reply
     except asyncio.CancelledError:
@@ -221,12 +255,16 @@ async def _failover(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitabl
     last = _Retry(None, "")
     await router.breaker.sync()
     for upstream in router.candidates(model):
+        if not _serves(call, upstream):
+            continue
         try:
             return await _attempt(call, attempt, upstream)
         except _Retry as exc:
             last = exc
     refused: ApiError | None = None
     for upstream in model.startable:
+        if not _serves(call, upstream):
+            continue
         try:
             started = await _start(call, upstream)
         except (ModelNotAvailable, AgentUnavailable) as exc:
@@ -239,6 +277,15 @@ async def _failover(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitabl
     if refused is not None:
         raise _start_failed(call, refused)
     raise _all_failed(call, last)
+
+
+def _serves(call: Call, upstream: UpstreamInfo) -> bool:
+    """Whether the upstream can take the call: natively, or in OpenAI's protocol."""
+    return _is_native(call, upstream) or upstream.api_style == ApiStyle.OPENAI
+
+
+def _is_native(call: Call, upstream: UpstreamInfo) -> bool:
+    return call.native is not None and call.native.speaks(upstream)
 
 
 async def _attempt(
@@ -304,7 +351,8 @@ def _refused(call: Call, upstream: UpstreamInfo, status: int, data: bytes, ms: i
     record.status, record.http_status = UsageStatus.UPSTREAM_ERROR, status
     record.error = f"HTTP {status}"
     payload = _object(data)
-    return Reply(status, payload, b"" if payload else data, _headers(call, upstream, ms))
+    headers, native = _headers(call, upstream, ms), _is_native(call, upstream)
+    return Reply(status, payload, b"" if payload else data, headers, native=native)
 
 
 # --- JSON -----------------------------------------------------------------------------
@@ -326,12 +374,16 @@ async def _json_attempt(call: Call, upstream: UpstreamInfo) -> Reply:
 def _json_reply(call: Call, upstream: UpstreamInfo, data: bytes, upstream_ms: int) -> Reply:
     """Show the public model name, add the extension block, and read the usage."""
     record, headers = call.record, _headers(call, upstream, upstream_ms)
+    native = _is_native(call, upstream)
     payload = _object(data)
     if payload is None:
         record.usage = estimated_usage(call.body)
-        return Reply(200, None, data, headers)
+        return Reply(200, None, data, headers, native=native)
     if "model" in payload:
         payload["model"] = call.resolution.model.name
+    if native:  # relayed as is but for the model's name
+        record.usage = reply_usage(payload, call.body, counts_images=False)
+        return Reply(200, payload, b"", headers, native=True)
     payload["x_switchboard"] = {
         "deployment_id": upstream.name,
         "model_identifier": upstream.upstream_model_id,
@@ -379,14 +431,21 @@ async def _stream_attempt(call: Call, upstream: UpstreamInfo) -> Stream | Reply:
             raise _Retry(None, f"{upstream.name}: no first event within {wait}s") from None
         raise
     call.record.http_status = 200
-    stream = Stream(None, _headers(call, upstream, _elapsed_ms(started)))
-    stream.batches = _relay(call, stream, response, first, batches, upstream.idle_timeout)
+    native = _is_native(call, upstream)
+    stream = Stream(None, _headers(call, upstream, _elapsed_ms(started)), native=native)
+    public = call.resolution.model.name
+    if native:
+        relay = call.native.relay(public)
+    else:
+        relay = streaming.EventRelay(public_model=public, include_usage=call.client_wants_usage)
+    stream.batches = _relay(call, stream, relay, response, first, batches, upstream.idle_timeout)
     return stream
 
 
 async def _relay(
     call: Call,
     stream: Stream,
+    relay: StreamRelay,
     response: aiohttp.ClientResponse,
     first: list[bytes],
     batches: AsyncIterator[list[bytes]],
@@ -398,14 +457,14 @@ async def _relay(
     ends like one the upstream broke off (an error event, what was delivered billed).
     """
     record = call.record
-    relay = streaming.EventRelay(
-        public_model=call.resolution.model.name, include_usage=call.client_wants_usage
-    )
-    # The upstream's events, kept (only) to store the whole reply in the response cache.
-    kept: list[bytes] | None = [] if call.cache_key and call.cache_mode != "no-store" else None
+    # The upstream's events, kept (only) to store the whole reply in the response cache;
+    # a reply in another protocol (passed through) is not cached.
+    keep = call.cache_key and call.cache_mode != "no-store" and not stream.native
+    kept: list[bytes] | None = [] if keep else None
     try:
         batch: list[bytes] | None = first
-        # Up to [DONE]: once it is relayed the reply is whole, whenever the upstream hangs up.
+        # Up to its last event ([DONE]): once it is relayed the reply is whole, whenever
+        # the upstream hangs up.
         while batch is not None:
             if kept is not None:
                 kept.extend(batch)
@@ -432,7 +491,7 @@ async def _relay(
             if idle
             else "The upstream failed mid-stream; the reply is incomplete."
         )
-        yield [streaming.error_event(UpstreamError(stream.failure))]
+        yield [relay.error_event(UpstreamError(stream.failure))]
     except (asyncio.CancelledError, GeneratorExit):
         # A client that hangs up once it has read [DONE] got the whole reply.
         if not relay.saw_done:
@@ -444,7 +503,7 @@ async def _relay(
         _finish(record)
 
 
-def _mark_first_token(record: Record, relay: streaming.EventRelay) -> None:
+def _mark_first_token(record: Record, relay: StreamRelay) -> None:
     if record.ttft_ms is None and relay.content_events:
         record.ttft_ms = _elapsed_ms(record.started_at)
 
@@ -517,13 +576,20 @@ async def _replayed(call: Call, events: list[bytes]) -> AsyncIterator[list[bytes
 
 
 async def _send(call: Call, upstream: UpstreamInfo) -> aiohttp.ClientResponse:
+    native, request_id = call.native, call.record.request_id
+    if native is not None and native.speaks(upstream):
+        body = json.dumps({**native.body, "model": upstream.upstream_model_id}).encode()
+        return await send(
+            upstream,
+            native.path,
+            body,
+            request_id=request_id,
+            stream=call.record.is_stream,
+            more=native.headers,
+        )
     body = _upstream_body(call, upstream.upstream_model_id)
     return await send(
-        upstream,
-        call.route.path,
-        body,
-        request_id=call.record.request_id,
-        stream=call.record.is_stream,
+        upstream, call.route.path, body, request_id=request_id, stream=call.record.is_stream
     )
 
 

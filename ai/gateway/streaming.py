@@ -78,6 +78,9 @@ class EventRelay:
         self.content_events = 0
         self.saw_done = False
 
+    def error_event(self, error: ApiError) -> bytes:
+        return error_event(error)
+
     def relay_batch(self, events: list[bytes]) -> list[bytes]:
         """The events to send on for a batch of events (possibly none)."""
         return [out for event in events if (out := self.relay(event))]

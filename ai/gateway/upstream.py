@@ -12,6 +12,7 @@ import weakref
 
 import aiohttp
 
+from ..models import ApiStyle
 from ..selectors import UpstreamInfo
 
 _sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -23,6 +24,18 @@ RETRYABLE_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 # An upstream that refuses our credentials (401, 403) has failed, whatever the
 # client sent: passed through, it would read as the client's key being invalid.
 UPSTREAM_AUTH_FAILURES = (401, 403)
+
+
+# Sent to an Anthropic-style upstream (its Messages API version).
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+def auth_headers(api_style: str, api_key: str) -> dict[str, str]:
+    """How an upstream of this style takes its key (requests and health probes)."""
+    if api_style == ApiStyle.ANTHROPIC:
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        return {**headers, "x-api-key": api_key} if api_key else headers
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def is_retryable_status(status: int) -> bool:
@@ -53,17 +66,27 @@ def upstream_request_id(request_id: str) -> str:
 
 
 async def send(
-    upstream: UpstreamInfo, path: str, body: bytes, *, request_id: str, stream: bool = False
+    upstream: UpstreamInfo,
+    path: str,
+    body: bytes,
+    *,
+    request_id: str,
+    stream: bool = False,
+    more: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST ``body`` to the upstream; returns the response with its body still unread.
+    """POST ``body`` to the upstream (with ``more`` headers); returns the response with its
+    body still unread.
 
     A JSON answer's reads are each bounded by ``first_byte_timeout``; a stream's are
     not: the pipeline bounds its first event (``first_byte_timeout``) and the wait
     for each later one (``idle_timeout``) itself.
     """
-    headers = {"Content-Type": "application/json", "X-Request-Id": upstream_request_id(request_id)}
-    if upstream.api_key:
-        headers["Authorization"] = f"Bearer {upstream.api_key}"
+    headers = {
+        **(more or {}),
+        "Content-Type": "application/json",
+        "X-Request-Id": upstream_request_id(request_id),
+        **auth_headers(upstream.api_style, upstream.api_key),
+    }
     timeout = aiohttp.ClientTimeout(
         total=upstream.total_timeout,
         sock_connect=upstream.connect_timeout,

@@ -1,6 +1,6 @@
 from .chat import Conversation, Message, MessageRole, MessageStatus
 from .instances import Backend, DesiredState, Instance, InstanceStatus, Node
-from .registry import AIModel, HealthCheck, HealthStatus, ModelKind, ModelLink, Upstream
+from .registry import AIModel, ApiStyle, HealthCheck, HealthStatus, ModelKind, ModelLink, Upstream
 from .responses import CachedResponse, StoredResponse
 from .usage import (
     GatewayProcess,
@@ -14,6 +14,7 @@ from .usage import (
 
 __all__ = [
     "AIModel",
+    "ApiStyle",
     "Backend",
     "CachedResponse",
     "DesiredState",

@@ -141,6 +141,13 @@ class HealthStatus(models.TextChoices):
         return status in (cls.HEALTHY, cls.DEGRADED)
 
 
+class ApiStyle(models.TextChoices):
+    """The protocol an upstream speaks."""
+
+    OPENAI = "openai", "OpenAI (chat completions)"
+    ANTHROPIC = "anthropic", "Anthropic (Messages)"
+
+
 class Upstream(models.Model):
     """One OpenAI-compatible endpoint serving a model."""
 
@@ -197,6 +204,18 @@ class Upstream(models.Model):
     health_check_interval = models.PositiveIntegerField(
         null=True, blank=True, help_text="Seconds between probes; empty: the site default."
     )
+    api_style = models.CharField(
+        max_length=20,
+        choices=ApiStyle.choices,
+        default=ApiStyle.OPENAI,
+        help_text="The protocol it speaks: OpenAI's (chat completions...), or Anthropic's "
+        "Messages, to which /v1/messages is passed through as sent.",
+    )
+    speaks_responses = models.BooleanField(
+        default=False,
+        help_text="It serves OpenAI's Responses API: /v1/responses is passed through to it "
+        "rather than translated to a chat completion.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -208,6 +227,8 @@ class Upstream(models.Model):
         "base_url",
         "instance",
         "provider_model_id",
+        "api_style",
+        "speaks_responses",
         "priority",
         "weight",
         "connect_timeout",

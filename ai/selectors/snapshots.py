@@ -53,6 +53,10 @@ class UpstreamInfo:
     on_demand_start: bool = False
     # Whether the router may send it requests: not an instance, or a running one with a port.
     is_routable: bool = True
+    # The protocol it speaks ("openai" or "anthropic": ai.models.ApiStyle), and whether it
+    # serves the Responses API; the routes that pass through to it (ai.gateway.pipeline.Native).
+    api_style: str = "openai"
+    speaks_responses: bool = False
 
     @property
     def is_startable(self) -> bool:

@@ -25,9 +25,10 @@ from django.utils import timezone
 from panel import redis as sb_redis
 from panel.localcache import bump_generation
 
+from ..gateway.upstream import auth_headers
 from ..instances.client import instance_base_url
 from ..instances.nodes import instance_hosts
-from ..models import HealthCheck, HealthStatus, InstanceStatus, Upstream
+from ..models import ApiStyle, HealthCheck, HealthStatus, InstanceStatus, Upstream
 
 
 @dataclass(slots=True)
@@ -47,7 +48,7 @@ def _base_url(upstream: Upstream, hosts: dict[str, str]) -> str | None:
 
 
 async def _probe(client: httpx.AsyncClient, upstream: Upstream, base: str) -> ProbeResult:
-    headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+    headers = auth_headers(upstream.api_style, upstream.api_key)
     started = time.monotonic()
     try:
         if upstream.probe == "completion":
@@ -56,7 +57,9 @@ async def _probe(client: httpx.AsyncClient, upstream: Upstream, base: str) -> Pr
                 "messages": [{"role": "user", "content": "ping"}],
                 "max_tokens": 1,
             }
-            response = await client.post(f"{base}/chat/completions", json=body, headers=headers)
+            # An Anthropic-style upstream is probed with a one-token message.
+            path = "messages" if upstream.api_style == ApiStyle.ANTHROPIC else "chat/completions"
+            response = await client.post(f"{base}/{path}", json=body, headers=headers)
         else:
             response = await client.get(f"{base}/models", headers=headers)
     except httpx.HTTPError as exc:

@@ -79,6 +79,30 @@ def test_the_probe_is_cheap_by_default_and_a_completion_when_asked(world, acme, 
     assert second["path"] == "/v1/chat/completions" and second["json"]["max_tokens"] == 1
 
 
+def test_an_anthropic_style_upstream_is_probed_with_its_own_headers_and_route(
+    world, acme, fake_upstream
+):
+    make_model(
+        "claude",
+        owner=acme,
+        base_urls=[fake_upstream.base_url()],
+        api_key=UPSTREAM_SECRET,
+        api_style="anthropic",
+    )
+    upstream = Upstream.objects.get(model__name="claude")
+    fake_upstream.clear()
+    assert _check(upstream).is_success
+    upstream.probe = "completion"
+    upstream.save()
+    assert _check(upstream).is_success
+    first, second = fake_upstream.requests()
+    assert (first["method"], first["path"]) == ("GET", "/v1/models")
+    assert not first["authorization"]["present"]
+    assert first["headers"]["x-api-key"].startswith("sha256:")
+    assert first["headers"]["anthropic-version"] == "2023-06-01"
+    assert second["path"] == "/v1/messages" and second["json"]["max_tokens"] == 1
+
+
 def test_two_workers_running_the_task_at_once_probe_each_upstream_once(world, fake_upstream):
     fake_upstream.clear()
     due = Upstream.objects.filter(is_enabled=True).count()

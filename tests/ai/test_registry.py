@@ -172,3 +172,14 @@ def test_it_accepts_an_upstream_name_in_any_script():
     Upstream(
         model=AIModelFactory(), name="Zürich – 東京 #2", base_url="http://127.0.0.1:9/v1"
     ).full_clean()
+
+
+def test_the_admin_edits_an_upstreams_protocols(client, superuser):
+    from django.urls import reverse
+
+    upstream = UpstreamFactory()
+    client.force_login(superuser)
+    url = reverse("admin:ai_upstream_change", args=[upstream.pk])
+    form = client.get(url).content.decode()
+    assert 'name="api_style"' in form and 'name="speaks_responses"' in form
+    assert '<option value="anthropic">' in form

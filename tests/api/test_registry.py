@@ -79,6 +79,41 @@ def test_it_keeps_an_upstream_key_unless_a_new_one_is_sent(api, keys, registry):
     assert registry.upstream.api_key == "sk-rotated"
 
 
+def test_it_sets_an_upstreams_protocols(api, keys, registry):
+    client = as_key(api, keys["manager"])
+    url = f"/api/v1/ai/upstreams/{registry.upstream.pk}"
+    detail = client.get(url).json()
+    assert (detail["api_style"], detail["speaks_responses"]) == ("openai", False)
+    body = {"api_style": "anthropic", "speaks_responses": True}
+    response = client.patch(url, body, format="json")
+    assert response.status_code == 200
+    assert (response.json()["api_style"], response.json()["speaks_responses"]) == (
+        "anthropic",
+        True,
+    )
+    registry.upstream.refresh_from_db()
+    assert (registry.upstream.api_style, registry.upstream.speaks_responses) == ("anthropic", True)
+
+
+def test_it_refuses_an_unknown_api_style_or_a_loose_boolean(api, keys, registry):
+    client = as_key(api, keys["manager"])
+    url = f"/api/v1/ai/upstreams/{registry.upstream.pk}"
+    for field, value in [
+        ("api_style", "gemini"),
+        ("api_style", "Anthropic"),
+        ("api_style", None),
+        ("speaks_responses", "yes"),
+        ("speaks_responses", 1),
+        ("speaks_responses", "true"),
+        ("speaks_responses", None),
+    ]:
+        response = client.patch(url, {field: value}, format="json")
+        assert response.status_code == 400, (field, value)
+        assert response.json()["error"]["param"] == field
+    registry.upstream.refresh_from_db()
+    assert (registry.upstream.api_style, registry.upstream.speaks_responses) == ("openai", False)
+
+
 def test_it_reads_and_replaces_a_model_config(api, keys, registry):
     client = as_key(api, keys["manager"])
     url = f"/api/v1/ai/models/{registry.model.pk}/config"

@@ -56,7 +56,19 @@ class ModelConfigSerializer(KnownFieldsOnly, serializers.Serializer):
         return {name: value for name, value in values.items() if value is not None}
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON ``true`` or ``false`` only: no ``"yes"``, ``1`` or ``"on"``."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid", input=data)
+
+
 class UpstreamSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSerializer):
+    speaks_responses = StrictBooleanField(
+        required=False, help_text="It serves /v1/responses natively (passed through)."
+    )
     api_key = serializers.CharField(
         write_only=True,
         required=False,
