@@ -246,6 +246,7 @@ def test_the_upstream_admin_shows_and_accepts_the_instance(admin_client, db):
         "first_byte_timeout": "60",
         "idle_timeout": "60",
         "total_timeout": "600",
+        "api_style": "openai",
         "probe": "models",
         "health_checks-TOTAL_FORMS": "0",
         "health_checks-INITIAL_FORMS": "0",

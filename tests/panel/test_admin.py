@@ -160,6 +160,7 @@ def _upstream_form(upstream, **extra):
         "first_byte_timeout": upstream.first_byte_timeout,
         "idle_timeout": upstream.idle_timeout,
         "total_timeout": upstream.total_timeout,
+        "api_style": upstream.api_style,
         "probe": upstream.probe,
         "health_checks-TOTAL_FORMS": "0",
         "health_checks-INITIAL_FORMS": "0",
