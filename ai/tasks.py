@@ -5,6 +5,7 @@ from django.conf import settings
 
 from . import services
 from .gateway import response_cache, responses_store
+from .training import runner
 
 
 @shared_task(ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
@@ -40,6 +41,13 @@ def responses_purge_task() -> None:
     # Expired replies of the response cache (database mode) go too.
     responses_store.responses_purge()
     response_cache.cache_purge()
+
+
+@shared_task(ignore_result=True)
+def training_run_task(job_id: int) -> None:
+    # On the ``training`` queue (CELERY_TASK_ROUTES). Not acknowledged late and never
+    # retried: a worker that dies mid-job leaves it to the orphan check, which fails it.
+    runner.job_run(job_id)
 
 
 def beat_schedule() -> dict:

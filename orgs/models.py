@@ -28,6 +28,13 @@ class Organisation(models.Model):
         help_text="This many of its running instances are never evicted to start another "
         "organisation's.",
     )
+    # Training jobs (ai.training): at once, and training time a calendar month (UTC).
+    max_training_jobs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Training jobs queued or running at once; empty: no limit."
+    )
+    training_minutes_per_month = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Training time a month (UTC), in minutes; empty: no limit."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -340,6 +340,24 @@ if USAGE_RETENTION_DAYS * 24 <= USAGE_ROLLUP_LOOKBACK_HOURS + 24:
 # A stored response (``store``, the default) can be retrieved or continued this long.
 RESPONSES_TTL_DAYS = env.int("RESPONSES_TTL_DAYS", default=30)
 
+# --- Training (ai/training) -----------------------------------------------------------
+# Jobs run on Celery's ``training`` queue (workers on GPU hosts subscribe to it with
+# ``-Q training``; `make run`'s worker takes it too).
+CELERY_TASK_ROUTES = {"ai.tasks.training_run_task": {"queue": "training"}}
+TRAINING_QUEUE = "training"
+# A dataset upload larger than this is refused (413); the content is kept in the database.
+TRAINING_DATASET_MAX_BYTES = env.int("TRAINING_DATASET_MAX_BYTES", default=32 * 1024 * 1024)
+# Where a worker writes what its jobs produce (a directory per job).
+TRAINING_OUTPUT_DIR = Path(env.str("TRAINING_OUTPUT_DIR", default=str(DATA_DIR / "training")))
+# A job running longer than this (seconds) is stopped and failed; a trainer may set less.
+TRAINING_JOB_TIMEOUT = env.int("TRAINING_JOB_TIMEOUT", default=24 * 3600)
+# The runner writes the job's heartbeat (and progress) at most this often (seconds);
+# a running job whose heartbeat is older than TRAINING_ORPHAN_AFTER is failed by beat.
+TRAINING_HEARTBEAT_INTERVAL = env.float("TRAINING_HEARTBEAT_INTERVAL", default=5.0)
+TRAINING_ORPHAN_AFTER = env.float("TRAINING_ORPHAN_AFTER", default=120.0)
+# How often an upstream-trained job's status is polled (seconds).
+TRAINING_UPSTREAM_POLL = env.float("TRAINING_UPSTREAM_POLL", default=10.0)
+
 # --- Upstream health checks -----------------------------------------------------------
 HEALTH_CHECK_INTERVAL = env.int("HEALTH_CHECK_INTERVAL", default=30)
 HEALTH_CHECK_TICK = env.int("HEALTH_CHECK_TICK", default=5)

@@ -2,6 +2,17 @@ from .chat import Conversation, Message, MessageRole, MessageStatus
 from .instances import Backend, DesiredState, Instance, InstanceStatus, Node
 from .registry import AIModel, ApiStyle, HealthCheck, HealthStatus, ModelKind, ModelLink, Upstream
 from .responses import CachedResponse, StoredResponse
+from .training import (
+    ArtifactFormat,
+    Dataset,
+    TrainedArtifact,
+    Trainer,
+    TrainerKind,
+    TrainingEvent,
+    TrainingEventKind,
+    TrainingJob,
+    TrainingStatus,
+)
 from .usage import (
     GatewayProcess,
     InFlightAdmission,
@@ -13,6 +24,15 @@ from .usage import (
 )
 
 __all__ = [
+    "ArtifactFormat",
+    "Dataset",
+    "TrainedArtifact",
+    "Trainer",
+    "TrainerKind",
+    "TrainingEvent",
+    "TrainingEventKind",
+    "TrainingJob",
+    "TrainingStatus",
     "AIModel",
     "ApiStyle",
     "Backend",

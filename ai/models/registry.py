@@ -74,6 +74,13 @@ class AIModel(models.Model):
         help_text="Seconds an identical request is answered from the response cache; "
         "empty or 0: never cached.",
     )
+    train_path = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="For the built-in trainer: a directory of this model's weights in Hugging "
+        "Face format on the training workers' hosts; empty: the built-in trainer cannot "
+        "fine-tune it.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
