@@ -991,3 +991,66 @@ async def test_the_chat_page_streams_a_reply_from_an_anthropic_upstream(
         await asyncio.sleep(0.05)
     assert (event.status, event.prompt_tokens, event.cache_read_tokens) == ("ok", 10, 4)
     assert event.completion_tokens == 20 and not event.is_estimated
+
+
+@db
+def test_inference_with_input_uses_the_models_max_output_as_max_tokens(world, acme, fake_upstream):
+    model = _claude(acme, (fake_upstream.base_url(), ApiStyle.ANTHROPIC))
+    model.config = {"max_output_tokens": 1000}
+    model.save()
+    fake_upstream.clear()
+    auth = {"Authorization": f"Bearer {world.alice_key}"}
+    body = {"model": "claude", "input": "Hello there"}
+    response = httpx.post(f"{world.url}/api/v1/ai/inference", json=body, headers=auth, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"].startswith("tok0 ")
+    [sent] = fake_upstream.requests()
+    assert sent["json"]["max_tokens"] == 1000
+    assert sent["json"]["messages"] == [{"role": "user", "content": [_text("Hello there")]}]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"stream_options": {}}, "stream_options: Extra inputs are not permitted"),
+        (
+            {"messages": [*HI, *HI]},
+            "messages: roles must alternate between 'user' and 'assistant'",
+        ),
+        ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role: Input should"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages.0.content.0.type: Input tag is invalid",
+        ),
+    ],
+)
+def test_the_fake_anthropic_upstream_refuses_what_anthropic_refuses(fake_upstream, body, message):
+    request = {"model": "x", "max_tokens": 5, "messages": HI, **body}
+    response = httpx.post(fake_upstream.base_url() + "/messages", json=request, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(message)
+
+
+@pytest.mark.parametrize(
+    "stream, statuses, sent", [(False, ["miss", "hit"], 1), (True, ["miss", "miss"], 2)]
+)
+@db
+def test_a_translated_reply_is_cached_and_a_translated_stream_is_not(
+    world, acme, fake_upstream, stream, statuses, sent
+):
+    model = _claude(acme, (fake_upstream.base_url(), ApiStyle.ANTHROPIC))
+    model.response_cache_ttl = 300
+    model.save()
+    fake_upstream.clear()
+    body = {"model": "claude", "messages": HI, "stream": stream}
+    auth = {"Authorization": f"Bearer {world.alice_key}"}
+    replies = [
+        httpx.post(f"{world.base()}/chat/completions", json=body, headers=auth, timeout=10)
+        for _ in range(2)
+    ]
+    assert [r.status_code for r in replies] == [200, 200]
+    assert [r.headers.get("x-switchboard-cache") for r in replies] == statuses
+    assert len(fake_upstream.requests()) == sent
+    if not stream:
+        first, second = (r.json()["choices"][0]["message"] for r in replies)
+        assert first == second and first["content"].startswith("tok0 ")

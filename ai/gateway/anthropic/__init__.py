@@ -1,4 +1,5 @@
-"""Anthropic Messages over OpenAI-style chat upstreams: the translation, pure (no I/O).
+"""Anthropic Messages over OpenAI-style chat upstreams, and chat over Messages upstreams:
+the translation, pure (no I/O).
 
 ``request``  a Messages body checked and turned into the chat body sent upstream
 ``reply``    a chat completion as a Message; errors in Anthropic's shape
