@@ -24,12 +24,25 @@ from fakeupstream.sse import _stream
 from fakeupstream.wire import BadRequest, dumps, json_response
 
 _STOP = {"stop": "end_turn", "length": "max_tokens"}
+# The request fields Anthropic's API knows (it refuses others: "Extra inputs are not permitted").
 FIELDS = frozenset(
-    {
-        "model", "max_tokens", "messages", "system", "metadata", "stop_sequences", "stream",
-        "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
-    }
-)  # fmt: skip
+    [
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+    ]
+)
 BLOCKS = frozenset(
     {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 )
