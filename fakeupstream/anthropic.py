@@ -4,8 +4,11 @@ JSON or SSE (``message_start``, ``content_block_*``, ``ping``, ``message_delta``
 ``message_stop``), with Anthropic's usage block: ``input_tokens`` without the cache's,
 ``cache_read_input_tokens`` (the ``cached_tokens`` option), ``cache_creation_input_tokens``
 (``cache_write_tokens``). The content options (``tokens``, ``echo``, ``no_usage``,
-``prompt_tokens``, ``tool_calls``: tool_use blocks for the request's ``tools``) and the
-faults (``status`` in Anthropic's error shape, ``drop_after``, ``ttft_ms``...) apply.
+``prompt_tokens``, ``tool_calls``: tool_use blocks for the request's ``tools``, text once
+the last turn holds a tool_result) and the faults (``status`` in Anthropic's error shape,
+``drop_after``, ``ttft_ms``...) apply. Like Anthropic's API, it refuses (400) fields it
+does not know, roles other than user and assistant, turns that do not alternate, and
+unknown content block types: a request translated from OpenAI's shape must be whole.
 """
 
 from __future__ import annotations
@@ -21,15 +24,61 @@ from fakeupstream.sse import _stream
 from fakeupstream.wire import BadRequest, dumps, json_response
 
 _STOP = {"stop": "end_turn", "length": "max_tokens"}
+# The request fields Anthropic's API knows (it refuses others: "Extra inputs are not permitted").
+FIELDS = frozenset(
+    [
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+    ]
+)
+BLOCKS = frozenset(
+    {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+)
 
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
+def _check(body: dict[str, Any]) -> None:
+    """Anthropic's own checks on the request's shape (a 400 naming the field)."""
+    for field in body:
+        if field not in FIELDS:
+            raise BadRequest(f"{field}: Extra inputs are not permitted")
+    previous = None
+    for index, message in enumerate(body["messages"]):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("user", "assistant"):
+            raise BadRequest(f"messages.{index}.role: Input should be 'user' or 'assistant'")
+        if role == previous:
+            raise BadRequest("messages: roles must alternate between 'user' and 'assistant'")
+        previous, content = role, message.get("content")
+        for number, block in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(block, dict) or block.get("type") not in BLOCKS:
+                raise BadRequest(f"messages.{index}.content.{number}.type: Input tag is invalid")
+
+
+def _answers_a_tool(chat: list[Any]) -> bool:
+    """Whether the last turn holds a tool's result (the model answers in text then)."""
+    content = chat[-1].get("content")
+    return isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
+
+
 def _tool_uses(body: dict[str, Any], n: int) -> list[dict[str, Any]]:
     tools = body.get("tools")
-    if not n or not isinstance(tools, list) or not tools:
+    if not n or not isinstance(tools, list) or not tools or _answers_a_tool(body["messages"]):
         return []
     names = [t.get("name", "tool") if isinstance(t, dict) else "tool" for t in tools]
     return [
@@ -49,6 +98,7 @@ async def messages(request: web.Request, body: Any, opts: dict[str, Any]) -> web
         raise BadRequest("messages: Field required")
     if not isinstance(body.get("max_tokens"), int):
         raise BadRequest("max_tokens: Field required")
+    _check(body)
     system = body.get("system")
     words = message_words(chat) + (len(system.split()) if isinstance(system, str) else 0)
     planned = {k: v for k, v in body.items() if k not in ("tools", "stream")}

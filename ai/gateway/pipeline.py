@@ -4,8 +4,9 @@
 try the model's upstreams in order (``_failover``), failing over while no
 byte has reached the client, and start an instance on demand when no running
 upstream answered (a route's ``Native`` request goes as the client sent it to
-the upstreams that speak its protocol, translated to the others, and an
-Anthropic-style upstream gets nothing else); every admitted request ends in
+the upstreams that speak its protocol, translated to the others; an
+Anthropic-style upstream gets a chat-protocol call translated to Messages
+(``anthropic.messages_body``) and nothing else); every admitted request ends in
 exactly one ``usage_record``. An instance's upstream is marked in use (``activity``) from
 its first attempt (or its start) until that event. What they return is data
 (``Reply``, ``Stream``): the routes and the chat page render it.
@@ -23,12 +24,19 @@ from typing import Protocol
 import aiohttp
 
 from accounts.authentication import Identity
-from panel.errors import AgentUnavailable, ApiError, ModelNotAvailable, RateLimited, UpstreamError
+from panel.errors import (
+    AgentUnavailable,
+    ApiError,
+    InvalidRequest,
+    ModelNotAvailable,
+    RateLimited,
+    UpstreamError,
+)
 
 from ..instances import activity
 from ..models import ApiStyle, UsageStatus
 from ..selectors import UpstreamInfo
-from . import ledger, response_cache, responses_store, router, starts, streaming
+from . import anthropic, ledger, response_cache, responses_store, router, starts, streaming
 from .accounting import Record, usage_record
 from .admission import admit
 from .leases import leases
@@ -280,12 +288,20 @@ async def _failover(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitabl
 
 
 def _serves(call: Call, upstream: UpstreamInfo) -> bool:
-    """Whether the upstream can take the call: natively, or in OpenAI's protocol."""
-    return _is_native(call, upstream) or upstream.api_style == ApiStyle.OPENAI
+    """Whether the upstream can take the call: natively, in OpenAI's protocol, or (a chat
+    call) translated to Anthropic's Messages."""
+    if _is_native(call, upstream) or upstream.api_style == ApiStyle.OPENAI:
+        return True
+    return upstream.api_style == ApiStyle.ANTHROPIC and call.route.path == CHAT_ROUTE.path
 
 
 def _is_native(call: Call, upstream: UpstreamInfo) -> bool:
     return call.native is not None and call.native.speaks(upstream)
+
+
+def _to_messages(call: Call, upstream: UpstreamInfo) -> bool:
+    """A chat call sent to an Anthropic-style upstream as Messages (and translated back)."""
+    return upstream.api_style == ApiStyle.ANTHROPIC and not _is_native(call, upstream)
 
 
 async def _attempt(
@@ -351,6 +367,8 @@ def _refused(call: Call, upstream: UpstreamInfo, status: int, data: bytes, ms: i
     record.status, record.http_status = UsageStatus.UPSTREAM_ERROR, status
     record.error = f"HTTP {status}"
     payload = _object(data)
+    if _to_messages(call, upstream):
+        payload = anthropic.openai_error(status, payload)
     headers, native = _headers(call, upstream, ms), _is_native(call, upstream)
     return Reply(status, payload, b"" if payload else data, headers, native=native)
 
@@ -379,6 +397,8 @@ def _json_reply(call: Call, upstream: UpstreamInfo, data: bytes, upstream_ms: in
     if payload is None:
         record.usage = estimated_usage(call.body)
         return Reply(200, None, data, headers, native=native)
+    if _to_messages(call, upstream):
+        payload = anthropic.chat_completion(payload, created=int(time.time()))
     if "model" in payload:
         payload["model"] = call.resolution.model.name
     if native:  # relayed as is but for the model's name
@@ -436,6 +456,10 @@ async def _stream_attempt(call: Call, upstream: UpstreamInfo) -> Stream | Reply:
     public = call.resolution.model.name
     if native:
         relay = call.native.relay(public)
+    elif _to_messages(call, upstream):
+        relay = anthropic.ChatChunkRelay(
+            public_model=public, include_usage=call.client_wants_usage, created=int(time.time())
+        )
     else:
         relay = streaming.EventRelay(public_model=public, include_usage=call.client_wants_usage)
     stream.batches = _relay(call, stream, relay, response, first, batches, upstream.idle_timeout)
@@ -458,8 +482,9 @@ async def _relay(
     """
     record = call.record
     # The upstream's events, kept (only) to store the whole reply in the response cache;
-    # a reply in another protocol (passed through) is not cached.
-    keep = call.cache_key and call.cache_mode != "no-store" and not stream.native
+    # a reply in another protocol (passed through, or translated from Messages) is not.
+    is_chat_events = isinstance(relay, streaming.EventRelay)
+    keep = call.cache_key and call.cache_mode != "no-store" and is_chat_events
     kept: list[bytes] | None = [] if keep else None
     try:
         batch: list[bytes] | None = first
@@ -587,10 +612,11 @@ async def _send(call: Call, upstream: UpstreamInfo) -> aiohttp.ClientResponse:
             stream=call.record.is_stream,
             more=native.headers,
         )
-    body = _upstream_body(call, upstream.upstream_model_id)
-    return await send(
-        upstream, call.route.path, body, request_id=request_id, stream=call.record.is_stream
-    )
+    if _to_messages(call, upstream):
+        body, path = _messages_body(call, upstream), anthropic.MESSAGES_PATH
+    else:
+        body, path = _upstream_body(call, upstream.upstream_model_id), call.route.path
+    return await send(upstream, path, body, request_id=request_id, stream=call.record.is_stream)
 
 
 def _upstream_body(call: Call, upstream_model_id: str) -> bytes:
@@ -602,6 +628,25 @@ def _upstream_body(call: Call, upstream_model_id: str) -> bytes:
         call.client_wants_usage = bool(options.get("include_usage"))
         options["include_usage"] = True
         body["stream_options"] = options
+    return json.dumps(body).encode()
+
+
+def _messages_body(call: Call, upstream: UpstreamInfo) -> bytes:
+    """The chat body as Messages; a body that has no Messages form is the client's error."""
+    if call.record.is_stream:
+        options = call.body.get("stream_options")
+        call.client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    try:
+        body = anthropic.messages_body(
+            call.body,
+            model=upstream.upstream_model_id,
+            default_max_tokens=call.resolution.model.max_output_tokens,
+        )
+    except InvalidRequest as exc:
+        record = call.record
+        record.status, record.http_status = UsageStatus.UPSTREAM_ERROR, exc.status_code
+        record.error = exc.message
+        raise
     return json.dumps(body).encode()
 
 

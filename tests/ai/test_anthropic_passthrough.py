@@ -227,19 +227,6 @@ def test_a_client_leaving_mid_stream_is_recorded_once(world, acme, fake_upstream
     assert (event.route, event.status) == ("messages", "client_cancelled")
 
 
-def test_an_anthropic_upstream_never_gets_an_openai_request(world, acme, fake_upstream):
-    _claude(acme, (fake_upstream.base_url(), ApiStyle.ANTHROPIC))
-    fake_upstream.clear()
-    body = {"model": "claude", "messages": HI}
-    auth = {"Authorization": f"Bearer {world.alice_key}"}
-    response = httpx.post(f"{world.url}/v1/chat/completions", json=body, headers=auth)
-    assert response.status_code == 502
-    assert response.json()["error"]["message"] == "No upstream of model 'claude' answered."
-    assert not fake_upstream.requests()
-    [event] = wait_for_usage(1)
-    assert event.status == "upstream_error"
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_it_shows_an_outsider_nothing(world, acme, fake_upstream, stream):
     _claude(acme, (fake_upstream.base_url(), ApiStyle.ANTHROPIC))
