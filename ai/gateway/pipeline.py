@@ -4,8 +4,9 @@
 try the model's upstreams in order (``_failover``), failing over while no
 byte has reached the client, and start an instance on demand when no running
 upstream answered (a route's ``Native`` request goes as the client sent it to
-the upstreams that speak its protocol, translated to the others, and an
-Anthropic-style upstream gets nothing else); every admitted request ends in
+the upstreams that speak its protocol, translated to the others unless the
+translation is lossy (``Native.untranslatable``), and an Anthropic-style upstream
+gets nothing else); every admitted request ends in
 exactly one ``usage_record``. An instance's upstream is marked in use (``activity``) from
 its first attempt (or its start) until that event. What they return is data
 (``Reply``, ``Stream``): the routes and the chat page render it.
@@ -82,6 +83,9 @@ class Native:
     body: dict  # the client's body; ``model`` becomes the upstream's
     relay: Callable[[str], StreamRelay]  # a stream's relay, given the public model name
     headers: dict[str, str] = field(default_factory=dict)  # the client's, sent on as they are
+    # What the route's translation could not carry (the 400 it would answer): set, only
+    # the upstreams that speak the protocol may serve, and prepare refuses a model with none.
+    untranslatable: ApiError | None = None
 
 
 @dataclass(slots=True)
@@ -140,11 +144,19 @@ class Call:
 
 
 async def prepare(
-    *, identity: Identity, route: Route, body: dict, request_id: str, cache: str | None = None
+    *,
+    identity: Identity,
+    route: Route,
+    body: dict,
+    request_id: str,
+    cache: str | None = None,
+    native: Native | None = None,
 ) -> Call:
     """Check the fields the gateway reads, resolve the model and admit the request (steps 2, 3).
 
-    ``cache`` is the request's x-switchboard-cache header (``response_cache``).
+    ``cache`` is the request's x-switchboard-cache header (``response_cache``); ``native``
+    the route's passthrough (``Native``): its untranslatable request is refused here, before
+    admission, when no upstream of the model speaks its protocol.
     """
     body_check(body, required=route.required)
     cache_mode = response_cache.cache_mode(cache)
@@ -154,6 +166,8 @@ async def prepare(
         model_name=body.get("model"),
         model_id=body.get("modelId"),
     )
+    if native is not None and native.untranslatable is not None:
+        _native_check(native, resolution)
     key = resolution.key
     record = Record(
         request_id=request_id,
@@ -174,13 +188,23 @@ async def prepare(
         on_cancelled=lambda admission: _record_cancelled(record, admission),
     )
     call = Call(route=route, body=body, resolution=resolution, record=record, cache_mode=cache_mode)
-    if resolution.model.response_cache_ttl and route.path in response_cache.PATHS:
+    call.native = native
+    # A lossy translation is no key: the cache may not answer for what it left out.
+    lossless = native is None or native.untranslatable is None
+    if lossless and resolution.model.response_cache_ttl and route.path in response_cache.PATHS:
         link = resolution.link
         tenant = f"org:{link.organisation_id}" if link.organisation_id else f"user:{link.user_id}"
         call.cache_key = response_cache.cache_key(
             tenant=tenant, model_id=resolution.model.id, path=route.path, body=body
         )
     return call
+
+
+def _native_check(native: Native, resolution: Resolution) -> None:
+    """Refuse an untranslatable request unless an upstream (running or startable) speaks it."""
+    model = resolution.model
+    if not any(native.speaks(u) for u in (*model.routable, *model.startable)):
+        raise native.untranslatable
 
 
 def _record_cancelled(record: Record, admission) -> None:
@@ -280,8 +304,12 @@ async def _failover(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitabl
 
 
 def _serves(call: Call, upstream: UpstreamInfo) -> bool:
-    """Whether the upstream can take the call: natively, or in OpenAI's protocol."""
-    return _is_native(call, upstream) or upstream.api_style == ApiStyle.OPENAI
+    """Whether the upstream can take the call: natively, or in OpenAI's protocol when the
+    route's translation carries the whole request."""
+    if _is_native(call, upstream):
+        return True
+    lossy = call.native is not None and call.native.untranslatable is not None
+    return upstream.api_style == ApiStyle.OPENAI and not lossy
 
 
 def _is_native(call: Call, upstream: UpstreamInfo) -> bool:

@@ -10,7 +10,7 @@ The routes are in ``ai.api.anthropic``.
 
 from .passthrough import MESSAGES_PATH, MessagesRelay, speaks_messages
 from .reply import error_body, message_id, message_reply, refusal_error
-from .request import chat_body, prompt_estimate
+from .request import chat_body, chat_translation, prompt_estimate
 from .stream import MessageStream, message_events
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "MessageStream",
     "MessagesRelay",
     "chat_body",
+    "chat_translation",
     "error_body",
     "message_events",
     "message_id",
