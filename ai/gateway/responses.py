@@ -319,7 +319,12 @@ def truncated(request: ResponsesRequest, items: list[dict], context: int | None)
     estimate fits ``context``; a function call's output never outlives its call."""
     if request.body.get("truncation") != "auto" or not context:
         return items
-    while len(items) > 1 and estimate_prompt(chat_body(request, items)) > context:
+    instructions = request.body.get("instructions") or ""
+    while (
+        len(items) > 1
+        and estimate_prompt({"messages": [{"content": instructions}, *chat_messages(items, [])]})
+        > context
+    ):
         items = items[1:]
         while len(items) > 1 and items[0]["type"] == "function_call_output":
             items = items[1:]

@@ -441,3 +441,33 @@ def test_a_bad_key_on_the_models_list_is_refused_in_anthropics_shape(world):
     with pytest.raises(anthropic.AuthenticationError) as caught:
         _client(world, key="sk-wrong").models.list()
     assert caught.value.body["error"]["type"] == "authentication_error"
+
+
+def test_an_untranslatable_request_is_never_answered_from_the_response_cache(
+    world, acme, fake_upstream
+):
+    model = _claude(
+        acme,
+        (fake_upstream.base_url(), ApiStyle.OPENAI),
+        (fake_upstream.base_url(), ApiStyle.ANTHROPIC),
+    )
+    model.response_cache_ttl = 300
+    model.save()
+    fake_upstream.clear()
+    headers = {"x-api-key": world.alice_key}
+    plain = {"model": "claude", "max_tokens": 50, "messages": HI}
+    # The same text with a document: its translation (the text alone) is the plain one's.
+    content = [{"type": "text", "text": HI[0]["content"]}, DOCUMENT]
+    lossy = {**plain, "messages": [{"role": "user", "content": content}]}
+    replies = [
+        httpx.post(f"{world.url}/v1/messages", json=body, headers=headers, timeout=30)
+        for body in (plain, lossy)
+    ]
+    assert [r.status_code for r in replies] == [200, 200]
+    assert replies[0].headers["x-switchboard-cache"] == "miss"
+    assert "x-switchboard-cache" not in replies[1].headers
+    first, second = fake_upstream.requests()
+    assert first["path"].endswith("/v1/chat/completions")
+    assert second["path"].endswith("/v1/messages") and second["json"]["messages"] == [
+        {"role": "user", "content": content}
+    ]

@@ -258,3 +258,16 @@ def test_a_replayed_passed_through_response_streams_its_items(world, acme, fake_
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas == created.output_text == "tok0 tok1 "
+
+
+def test_store_false_is_honoured_for_a_passed_through_response(world, acme, fake_upstream):
+    _model(acme, (fake_upstream.base_url(), True))
+    fake_upstream.clear()
+    client = _client(world)
+    created = client.responses.create(model="native", input="Hi", store=False)
+    assert created.store is False
+    [sent] = fake_upstream.requests()
+    assert sent["json"]["store"] is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+    assert responses_store.is_idle() and not StoredResponse.objects.exists()
