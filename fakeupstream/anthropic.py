@@ -41,6 +41,10 @@ FIELDS = frozenset(
         "tool_choice",
         "thinking",
         "service_tier",
+        # Beta fields (with their anthropic-beta header at the real API).
+        "mcp_servers",
+        "container",
+        "context_management",
     ]
 )
 BLOCKS = frozenset(
@@ -52,10 +56,11 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
-def _check(body: dict[str, Any]) -> None:
-    """Anthropic's own checks on the request's shape (a 400 naming the field)."""
+def _check(body: dict[str, Any], *, beta: bool) -> None:
+    """Anthropic's own checks on the request's shape (a 400 naming the field); a request
+    with an ``anthropic-beta`` header may carry fields of that beta (any, here)."""
     for field in body:
-        if field not in FIELDS:
+        if field not in FIELDS and not beta:
             raise BadRequest(f"{field}: Extra inputs are not permitted")
     previous = None
     for index, message in enumerate(body["messages"]):
@@ -98,7 +103,7 @@ async def messages(request: web.Request, body: Any, opts: dict[str, Any]) -> web
         raise BadRequest("messages: Field required")
     if not isinstance(body.get("max_tokens"), int):
         raise BadRequest("max_tokens: Field required")
-    _check(body)
+    _check(body, beta="anthropic-beta" in request.headers)
     system = body.get("system")
     words = message_words(chat) + (len(system.split()) if isinstance(system, str) else 0)
     planned = {k: v for k, v in body.items() if k not in ("tools", "stream")}

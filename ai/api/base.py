@@ -28,7 +28,8 @@ from panel.localcache import DATABASE_ERRORS
 from panel.parsers import JSONTooDeep, json_loads
 
 from ..gateway.pipeline import Reply, Stream
-from ..selectors import ai_enabled_get
+from ..gateway.resolve import caller_get
+from ..selectors import ModelInfo, ai_enabled_get, models_for_caller, registry_get
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ async def _caller(request, methods: dict[str, str]):
     if not await ai_enabled_get():
         raise FeatureDisabled()
     return await authenticate(request, permission=permission)
+
+
+async def visible_models(identity) -> list[ModelInfo]:
+    """The models the caller may use (the models lists of both protocols)."""
+    user = await caller_get(identity)
+    return models_for_caller(await registry_get(), user, identity.key)
 
 
 def api_error(request, exc: Exception) -> ApiError | FeatureDisabled:

@@ -9,9 +9,8 @@ from panel.errors import InvalidRequest, ModelNotFound
 
 from ..gateway import pipeline, response_cache
 from ..gateway.pipeline import CHAT_ROUTE, COMPLETION_ROUTE, EMBEDDING_ROUTE, IMAGE_ROUTE, Route
-from ..gateway.resolve import caller_get
-from ..selectors import ModelInfo, models_for_caller, registry_get
-from .base import ai_route, json_body, json_response, render
+from ..selectors import ModelInfo
+from .base import ai_route, json_body, json_response, render, visible_models
 
 
 def proxy_view(route: Route, *, adapt: Callable[[dict], dict] | None = None, name: str = ""):
@@ -84,20 +83,15 @@ def _model_object(model: ModelInfo) -> dict:
     }
 
 
-async def _visible_models(identity) -> list[ModelInfo]:
-    user = await caller_get(identity)
-    return models_for_caller(await registry_get(), user, identity.key)
-
-
 @ai_route(methods={"GET": Permission.READ})
 async def models_list(request, identity, request_id):
-    models = await _visible_models(identity)
+    models = await visible_models(identity)
     return json_response({"object": "list", "data": [_model_object(m) for m in models]})
 
 
 @ai_route(methods={"GET": Permission.READ})
 async def model_detail(request, identity, request_id, model_name: str):
-    models = await _visible_models(identity)
+    models = await visible_models(identity)
     model = next((m for m in models if m.name == model_name), None)
     if model is None:
         raise ModelNotFound(

@@ -6,11 +6,15 @@ usage apply unchanged. ``ai.gateway.responses`` translates, ``responses_events``
 retells a stream, ``responses_store`` keeps stored responses per tenant. An
 upstream that serves the Responses API (``speaks_responses``) gets the request
 passed through instead (``responses_passthrough``); one failover may mix both.
+A request that chat completions cannot carry goes only to those upstreams (and
+is refused, 400, for a model without one). ``GET /v1/responses/{id}?stream=true``
+replays a stored response as its event stream.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from accounts.models import Permission
 from panel.errors import InvalidRequest, NotFound, UpstreamError
@@ -18,9 +22,9 @@ from panel.errors import InvalidRequest, NotFound, UpstreamError
 from ..gateway import pipeline, response_cache, responses, responses_output, responses_store
 from ..gateway import responses_passthrough as passthrough
 from ..gateway.pipeline import Call, Native, Route, Stream
-from ..gateway.resolve import CHAT
+from ..gateway.resolve import CHAT, resolve
 from ..gateway.responses import ResponsesRequest
-from ..gateway.responses_events import ResponseEvents
+from ..gateway.responses_events import ResponseEvents, replay
 from ..gateway.responses_passthrough import ResponsesRelay
 from ..gateway.responses_store import Tenant
 from .base import ai_route, json_body, json_response, render
@@ -36,14 +40,14 @@ async def responses_create(request, identity, request_id):
     history = await _history(parsed, tenant)
     items = history + parsed.items
     cache = request.headers.get(response_cache.HEADER)
-    call = await _prepare(identity, parsed, items, request_id, cache)
     relays: list[ResponsesRelay] = []
-    call.native = Native(
+    native = Native(
         speaks=passthrough.speaks_responses,
         path=passthrough.RESPONSES_PATH,
         body=passthrough.passthrough_body(parsed, history),
         relay=_relay_maker(parsed, relays),
     )
+    call = await _prepare(identity, parsed, items, request_id, cache, native)
     if parsed.stream:
         result = await pipeline.open_stream(call)
         if isinstance(result, Stream):
@@ -71,7 +75,20 @@ async def response_detail(request, identity, request_id, response_id: str):
     stored = await responses_store.response_get(response_id, tenant=tenant)
     if stored is None:
         raise _not_found(response_id)
+    if _replayed(request.GET):
+        return render(Stream(_once(replay(stored.response)), {}))
     return json_response(stored.response)
+
+
+def _replayed(query) -> bool:
+    stream = query.get("stream", "false")
+    if stream not in ("true", "false"):
+        raise InvalidRequest("'stream' must be true or false.", param="stream")
+    return stream == "true"
+
+
+async def _once(events: list[bytes]) -> AsyncIterator[list[bytes]]:
+    yield events
 
 
 @ai_route(methods={"GET": Permission.READ})
@@ -131,9 +148,17 @@ async def _history(parsed: ResponsesRequest, tenant: Tenant) -> list[dict]:
 
 
 async def _prepare(
-    identity, parsed: ResponsesRequest, items: list[dict], request_id: str, cache: str | None
+    identity,
+    parsed: ResponsesRequest,
+    items: list[dict],
+    request_id: str,
+    cache: str | None,
+    native: Native,
 ) -> Call:
+    items = responses.truncated(parsed, items, await _context(identity, parsed))
     body = responses.chat_body(parsed, items)
+    # What the translation cannot carry, of the history too (chat_body adds it).
+    native = replace(native, untranslatable=parsed.untranslatable)
     try:
         return await pipeline.prepare(
             identity=identity,
@@ -141,6 +166,7 @@ async def _prepare(
             body=body,
             request_id=request_id,
             cache=cache,
+            native=native,
         )
     except InvalidRequest as exc:
         if exc.param != "max_tokens":
@@ -148,6 +174,15 @@ async def _prepare(
         # The model's own output limit, checked on the chat request: say it in our terms.
         message = exc.message.replace("max_tokens", "max_output_tokens")
         raise InvalidRequest(message, param="max_output_tokens") from exc
+
+
+async def _context(identity, parsed: ResponsesRequest) -> int | None:
+    """The model's context size (tokens) for ``truncation: auto``; None when not asked."""
+    model = parsed.body.get("model")
+    if parsed.body.get("truncation") != "auto" or not isinstance(model, str):
+        return None
+    resolution = await resolve(identity=identity, kinds=CHAT, model_name=model)
+    return resolution.model.config.get("context_window")
 
 
 def _response(

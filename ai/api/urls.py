@@ -2,10 +2,15 @@ from django.urls import path
 
 from . import anthropic, openai, panel, responses, usage
 
-# Anthropic's Messages API; the SDK appends /v1/messages to its base URL.
+# Anthropic's Messages and Models APIs; the SDK appends /v1/messages to its base URL.
 anthropic_patterns = [
     path("messages", anthropic.messages),
     path("messages/count_tokens", anthropic.count_tokens),
+    # Anthropic's shape for the Anthropic SDK (its anthropic-version header), else OpenAI's.
+    path("models", anthropic.versioned(openai.models_list, anthropic.models_list)),
+    path(
+        "models/<path:model_name>", anthropic.versioned(openai.model_detail, anthropic.model_detail)
+    ),
 ]
 
 # The same views under every OpenAI base URL the seeds use; each proxy at its OpenAI path.
@@ -14,8 +19,6 @@ openai_patterns = [
     path("responses", responses.responses_create),
     path("responses/<str:response_id>", responses.response_detail),
     path("responses/<str:response_id>/input_items", responses.response_input_items),
-    path("models", openai.models_list),
-    path("models/<path:model_name>", openai.model_detail),
     *anthropic_patterns,
 ]
 

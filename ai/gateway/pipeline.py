@@ -4,9 +4,10 @@
 try the model's upstreams in order (``_failover``), failing over while no
 byte has reached the client, and start an instance on demand when no running
 upstream answered (a route's ``Native`` request goes as the client sent it to
-the upstreams that speak its protocol, translated to the others; an
-Anthropic-style upstream gets a chat-protocol call translated to Messages
-(``anthropic.messages_body``) and nothing else); every admitted request ends in
+the upstreams that speak its protocol, translated to the others unless the
+translation is lossy (``Native.untranslatable``); an Anthropic-style upstream
+gets a chat-protocol call translated to Messages (``anthropic.messages_body``)
+and nothing else); every admitted request ends in
 exactly one ``usage_record``. An instance's upstream is marked in use (``activity``) from
 its first attempt (or its start) until that event. What they return is data
 (``Reply``, ``Stream``): the routes and the chat page render it.
@@ -90,6 +91,9 @@ class Native:
     body: dict  # the client's body; ``model`` becomes the upstream's
     relay: Callable[[str], StreamRelay]  # a stream's relay, given the public model name
     headers: dict[str, str] = field(default_factory=dict)  # the client's, sent on as they are
+    # What the route's translation could not carry (the 400 it would answer): set, only
+    # the upstreams that speak the protocol may serve, and prepare refuses a model with none.
+    untranslatable: ApiError | None = None
 
 
 @dataclass(slots=True)
@@ -148,11 +152,19 @@ class Call:
 
 
 async def prepare(
-    *, identity: Identity, route: Route, body: dict, request_id: str, cache: str | None = None
+    *,
+    identity: Identity,
+    route: Route,
+    body: dict,
+    request_id: str,
+    cache: str | None = None,
+    native: Native | None = None,
 ) -> Call:
     """Check the fields the gateway reads, resolve the model and admit the request (steps 2, 3).
 
-    ``cache`` is the request's x-switchboard-cache header (``response_cache``).
+    ``cache`` is the request's x-switchboard-cache header (``response_cache``); ``native``
+    the route's passthrough (``Native``): its untranslatable request is refused here, before
+    admission, when no upstream of the model speaks its protocol.
     """
     body_check(body, required=route.required)
     cache_mode = response_cache.cache_mode(cache)
@@ -162,6 +174,8 @@ async def prepare(
         model_name=body.get("model"),
         model_id=body.get("modelId"),
     )
+    if native is not None and native.untranslatable is not None:
+        _native_check(native, resolution)
     key = resolution.key
     record = Record(
         request_id=request_id,
@@ -182,13 +196,23 @@ async def prepare(
         on_cancelled=lambda admission: _record_cancelled(record, admission),
     )
     call = Call(route=route, body=body, resolution=resolution, record=record, cache_mode=cache_mode)
-    if resolution.model.response_cache_ttl and route.path in response_cache.PATHS:
+    call.native = native
+    # A lossy translation is no key: the cache may not answer for what it left out.
+    lossless = native is None or native.untranslatable is None
+    if lossless and resolution.model.response_cache_ttl and route.path in response_cache.PATHS:
         link = resolution.link
         tenant = f"org:{link.organisation_id}" if link.organisation_id else f"user:{link.user_id}"
         call.cache_key = response_cache.cache_key(
             tenant=tenant, model_id=resolution.model.id, path=route.path, body=body
         )
     return call
+
+
+def _native_check(native: Native, resolution: Resolution) -> None:
+    """Refuse an untranslatable request unless an upstream (running or startable) speaks it."""
+    model = resolution.model
+    if not any(native.speaks(u) for u in (*model.routable, *model.startable)):
+        raise native.untranslatable
 
 
 def _record_cancelled(record: Record, admission) -> None:
@@ -288,9 +312,14 @@ async def _failover(call: Call, attempt: Callable[[Call, UpstreamInfo], Awaitabl
 
 
 def _serves(call: Call, upstream: UpstreamInfo) -> bool:
-    """Whether the upstream can take the call: natively, in OpenAI's protocol, or (a chat
-    call) translated to Anthropic's Messages."""
-    if _is_native(call, upstream) or upstream.api_style == ApiStyle.OPENAI:
+    """Whether the upstream can take the call: natively, or (when the route's translation
+    carries the whole request) in OpenAI's protocol, or, a chat call, translated to
+    Anthropic's Messages."""
+    if _is_native(call, upstream):
+        return True
+    if call.native is not None and call.native.untranslatable is not None:
+        return False
+    if upstream.api_style == ApiStyle.OPENAI:
         return True
     return upstream.api_style == ApiStyle.ANTHROPIC and call.route.path == CHAT_ROUTE.path
 

@@ -40,14 +40,14 @@ def response_object(
         "output": output,
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "previous_response_id": request.previous_response_id,
-        "reasoning": None,
+        "reasoning": body.get("reasoning"),
         "store": request.store,
         "temperature": body.get("temperature"),
         "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": body.get("tool_choice") or "auto",
         "tools": [_echo_tool(tool) for tool in body.get("tools") or ()],
         "top_p": body.get("top_p"),
-        "truncation": "disabled",
+        "truncation": body.get("truncation") or "disabled",
         "metadata": body.get("metadata") or {},
     }
     if usage is not None:  # none while in progress
@@ -74,8 +74,11 @@ def status_of(finish_reason: str | None) -> str:
 
 
 def output_items(message: dict) -> list[dict]:
-    """A chat completion's message as output items: its text, then its function calls."""
+    """A chat completion's message as output items: its reasoning (as the reasoning item's
+    summary), its text, then its function calls."""
     items = []
+    if reasoning := reasoning_of(message):
+        items.append(reasoning_item(new_id("rs"), [summary_part(reasoning)]))
     content = message.get("content")
     if isinstance(content, str) and content:
         items.append(text_item(new_id("msg"), content, "completed"))
@@ -85,6 +88,23 @@ def output_items(message: dict) -> list[dict]:
             call_item(new_id("fc"), call.get("id") or new_id("call"), function, "completed")
         )
     return items
+
+
+def reasoning_of(message: dict) -> str:
+    """A chat message's (or delta's) reasoning text: ``reasoning_content`` as llama.cpp,
+    vLLM and DeepSeek send it (newer vLLM: ``reasoning``)."""
+    for key in ("reasoning_content", "reasoning"):
+        if isinstance(text := message.get(key), str) and text:
+            return text
+    return ""
+
+
+def reasoning_item(item_id: str, summary: list[dict]) -> dict:
+    return {"type": "reasoning", "id": item_id, "summary": summary}
+
+
+def summary_part(text: str) -> dict:
+    return {"type": "summary_text", "text": text}
 
 
 def text_item(item_id: str, text: str, status: str) -> dict:

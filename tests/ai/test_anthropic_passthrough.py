@@ -258,3 +258,204 @@ def test_a_passed_through_reply_is_never_stored_in_the_response_cache(
     assert [r.status_code for r in replies] == [200, 200]
     assert [r.headers.get("x-switchboard-cache") for r in replies] == ["miss", "miss"]
     assert len(fake_upstream.requests()) == 2  # both went upstream: nothing was kept
+
+
+# --- what the translation cannot carry goes to Anthropic-style upstreams only ----------------
+
+DOCUMENT = {
+    "type": "document",
+    "source": {"type": "text", "media_type": "text/plain", "data": "The sky is green."},
+    "citations": {"enabled": True},
+}
+NATIVE_ONLY = {
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "Sky?"}, DOCUMENT]}],
+    "thinking": {"type": "enabled", "budget_tokens": 2048},
+    "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "ex"}],
+    "tools": [{**WEATHER, "cache_control": {"type": "ephemeral"}}],
+    "service_tier": "auto",
+    "some_future_field": {"x": 1},  # a beta's field: sent with its anthropic-beta header
+}
+BETA = {"anthropic-beta": "some-future-2026-01-01"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_what_translation_cannot_carry_passes_through_as_sent(world, acme, fake_upstream, stream):
+    _claude(acme, (fake_upstream.base_url(), ApiStyle.ANTHROPIC))
+    fake_upstream.clear()
+    body = {"model": "claude", "max_tokens": 200, **NATIVE_ONLY, "stream": stream}
+    headers = {"x-api-key": world.alice_key, **BETA}
+    response = httpx.post(f"{world.url}/v1/messages", json=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    [sent] = fake_upstream.requests()
+    assert sent["path"].endswith("/v1/messages")
+    assert sent["json"] == {**body, "model": "claude-upstream-id"}
+    [event] = wait_for_usage(1)
+    assert (event.route, event.status) == ("messages", "ok")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_untranslatable_request_skips_the_translated_upstreams(
+    world, acme, fake_upstream, stream
+):
+    _claude(
+        acme,
+        (fake_upstream.base_url(), ApiStyle.OPENAI),
+        (fake_upstream.base_url(), ApiStyle.ANTHROPIC),
+    )
+    fake_upstream.clear()
+    body = {"model": "claude", "max_tokens": 100, **NATIVE_ONLY, "stream": stream}
+    headers = {"x-api-key": world.alice_key, **BETA}
+    response = httpx.post(f"{world.url}/v1/messages", json=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    [sent] = fake_upstream.requests()  # the OpenAI-style upstream, first in order, never asked
+    assert sent["path"].endswith("/v1/messages")
+    [event] = wait_for_usage(1)
+    assert (event.status, event.attempts) == ("ok", 1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        (
+            {"messages": [{"role": "user", "content": [DOCUMENT]}]},
+            "messages.0.content.0.type",
+        ),
+        ({"tools": [{"type": "web_search_20250305", "name": "web"}]}, "tools.0.type"),
+        ({"mcp_servers": NATIVE_ONLY["mcp_servers"]}, "mcp_servers"),
+    ],
+)
+def test_a_model_without_an_anthropic_upstream_refuses_it_before_admission(
+    world, acme, fake_upstream, fields, param
+):
+    _claude(acme, (fake_upstream.base_url(), ApiStyle.OPENAI))
+    fake_upstream.clear()
+    body = {"model": "claude", "max_tokens": 100, "messages": HI, **fields}
+    response = httpx.post(
+        f"{world.url}/v1/messages", json=body, headers={"x-api-key": world.alice_key}, timeout=30
+    )
+    assert response.status_code == 400
+    assert response.json()["type"] == "error"
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"].startswith(param)
+    assert not fake_upstream.requests()
+    assert not UsageEvent.objects.exists()
+
+
+def test_an_untranslatable_request_still_shows_an_outsider_nothing(world, acme, fake_upstream):
+    _claude(acme, (fake_upstream.base_url(), ApiStyle.OPENAI))
+    body = {"model": "claude", "max_tokens": 100, **NATIVE_ONLY}
+    headers = {"x-api-key": world.charlie_key}
+    response = httpx.post(f"{world.url}/v1/messages", json=body, headers=headers, timeout=30)
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+
+
+def test_thinking_becomes_a_reasoning_effort_on_a_translated_upstream(world, acme, fake_upstream):
+    _claude(acme, (fake_upstream.base_url(), ApiStyle.OPENAI))
+    fake_upstream.clear()
+    _client(world).messages.create(
+        model="claude",
+        max_tokens=200,
+        messages=HI,
+        thinking={"type": "enabled", "budget_tokens": 10000},
+        metadata={"user_id": "u-1"},
+        service_tier="auto",
+    )
+    [sent] = fake_upstream.requests()
+    assert sent["path"].endswith("/v1/chat/completions")
+    assert (sent["json"]["reasoning_effort"], sent["json"]["user"]) == ("medium", "u-1")
+    assert "service_tier" not in sent["json"] and "thinking" not in sent["json"]
+
+
+@pytest.mark.parametrize(
+    "thinking", ["on", {"type": "enabled"}, {"type": "enabled", "budget_tokens": "x"}]
+)
+def test_a_thinking_of_the_wrong_type_is_refused_even_with_an_anthropic_upstream(
+    world, acme, fake_upstream, thinking
+):
+    _claude(acme, (fake_upstream.base_url(), ApiStyle.ANTHROPIC))
+    fake_upstream.clear()
+    body = {"model": "claude", "max_tokens": 100, "messages": HI, "thinking": thinking}
+    response = httpx.post(
+        f"{world.url}/v1/messages", json=body, headers={"x-api-key": world.alice_key}, timeout=30
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("thinking")
+    assert not fake_upstream.requests()
+
+
+# --- the models list, in Anthropic's shape for the Anthropic SDK ------------------------------
+
+
+def test_the_sdk_lists_and_retrieves_models_in_anthropics_shape(world, acme, fake_upstream):
+    model = _claude(acme, (fake_upstream.base_url(), ApiStyle.ANTHROPIC))
+    client = _client(world)
+    page = client.models.list()
+    ids = [m.id for m in page.data]
+    assert "claude" in ids and "acme-chat" in ids
+    assert (page.first_id, page.last_id, page.has_more) == (ids[0], ids[-1], False)
+    info = client.models.retrieve("claude")
+    assert (info.type, info.id) == ("model", "claude")
+    assert info.display_name == (model.display_name or "claude")
+    assert int(info.created_at.timestamp()) == int(model.created_at.timestamp())
+    raw = httpx.get(
+        f"{world.url}/v1/models",
+        headers={"x-api-key": world.alice_key, "anthropic-version": "2023-06-01"},
+    ).json()
+    assert set(raw) == {"data", "has_more", "first_id", "last_id"}
+    assert raw["data"][0]["created_at"].endswith("Z")
+
+
+def test_without_anthropic_version_the_models_list_is_openais(world):
+    response = httpx.get(f"{world.url}/v1/models", headers={"x-api-key": world.alice_key})
+    assert response.json()["object"] == "list"
+    assert all(m["object"] == "model" for m in response.json()["data"])
+
+
+def test_an_outsider_retrieving_a_model_gets_anthropics_404(world, acme, fake_upstream):
+    _claude(acme, (fake_upstream.base_url(), ApiStyle.ANTHROPIC))
+    client = _client(world, key=world.charlie_key)
+    assert "claude" not in [m.id for m in client.models.list().data]
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.models.retrieve("claude")
+    body = caught.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
+    assert "claude" in body["error"]["message"]
+
+
+def test_a_bad_key_on_the_models_list_is_refused_in_anthropics_shape(world):
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        _client(world, key="sk-wrong").models.list()
+    assert caught.value.body["error"]["type"] == "authentication_error"
+
+
+def test_an_untranslatable_request_is_never_answered_from_the_response_cache(
+    world, acme, fake_upstream, settings
+):
+    # The database's cache (Redis would keep an earlier run's reply under the same ids).
+    settings.REDIS_URL = ""
+    model = _claude(
+        acme,
+        (fake_upstream.base_url(), ApiStyle.OPENAI),
+        (fake_upstream.base_url(), ApiStyle.ANTHROPIC),
+    )
+    model.response_cache_ttl = 300
+    model.save()
+    fake_upstream.clear()
+    headers = {"x-api-key": world.alice_key}
+    plain = {"model": "claude", "max_tokens": 50, "messages": HI}
+    # The same text with a document: its translation (the text alone) is the plain one's.
+    content = [{"type": "text", "text": HI[0]["content"]}, DOCUMENT]
+    lossy = {**plain, "messages": [{"role": "user", "content": content}]}
+    replies = [
+        httpx.post(f"{world.url}/v1/messages", json=body, headers=headers, timeout=30)
+        for body in (plain, lossy)
+    ]
+    assert [r.status_code for r in replies] == [200, 200]
+    assert replies[0].headers["x-switchboard-cache"] == "miss"
+    assert "x-switchboard-cache" not in replies[1].headers
+    first, second = fake_upstream.requests()
+    assert first["path"].endswith("/v1/chat/completions")
+    assert second["path"].endswith("/v1/messages") and second["json"]["messages"] == [
+        {"role": "user", "content": content}
+    ]

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from ai.gateway.anthropic import MessageStream, chat_body, message_reply
+from ai.gateway.anthropic import MessageStream, chat_body, chat_translation, message_reply
 from ai.gateway.pricing import Usage, usage_from_block
+from panel.errors import InvalidRequest
 
 USER = {"role": "user", "content": "Hi"}
 BASE = {"model": "m", "max_tokens": 50}
@@ -160,7 +161,7 @@ REQUESTS = [
         {"messages": [USER], "tool_choice": "none"},
     ),
     (
-        "sampling, stops, metadata; unknown fields ignored",
+        "sampling, stops, metadata, thinking; unknown fields ignored",
         {
             "messages": [USER],
             "temperature": 0.5,
@@ -169,6 +170,7 @@ REQUESTS = [
             "stop_sequences": ["X"],
             "metadata": {"user_id": "u1"},
             "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "future_field": {"x": 1},
         },
         {
             "messages": [USER],
@@ -177,6 +179,7 @@ REQUESTS = [
             "top_k": 5,
             "stop": ["X"],
             "user": "u1",
+            "reasoning_effort": "low",
         },
     ),
     (
@@ -454,3 +457,133 @@ def test_it_ends_the_stream_with_an_error_event_and_ignores_what_follows():
         "type": "error",
         "error": {"type": "api_error", "message": "The upstream failed mid-stream."},
     }
+
+
+# --- what only an upstream speaking Messages can take; extended thinking -------------------
+
+WEATHER_TOOL = {"name": "f", "input_schema": {"type": "object"}}
+WEATHER_FUNCTION = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+DOCUMENT = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
+
+
+@pytest.mark.parametrize(
+    ("given", "sent", "param"),
+    [
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, DOCUMENT]}]},
+            {"messages": [USER]},
+            "messages.0.content.1.type",
+        ),
+        (
+            {"messages": [USER], "tools": [{"type": "web_search_20250305", "name": "web"}]},
+            {"messages": [USER]},
+            "tools.0.type",
+        ),
+        (
+            {"messages": [USER], "mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}]},
+            {"messages": [USER]},
+            "mcp_servers",
+        ),
+        ({"messages": [USER], "container": "cntr_1"}, {"messages": [USER]}, "container"),
+        (
+            {"messages": [USER], "thinking": {"type": "adaptive"}},
+            {"messages": [USER]},
+            "thinking.type",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}
+                ]
+            },
+            {"messages": [{"role": "user", "content": ""}]},
+            "messages.0.content.0.source.type",
+        ),
+    ],
+)
+def test_it_translates_what_it_can_and_keeps_the_refusal_of_what_it_cannot(given, sent, param):
+    chat, untranslatable = chat_translation({**BASE, **given})
+    assert chat == {**BASE, **sent}
+    assert untranslatable.status_code == 400 and untranslatable.message.startswith(param)
+    with pytest.raises(InvalidRequest) as caught:  # count_tokens' strict form
+        chat_body({**BASE, **given})
+    assert caught.value.message.startswith(param)
+
+
+def test_it_drops_hints_that_chat_upstreams_do_without():
+    tool = {**WEATHER_TOOL, "cache_control": {"type": "ephemeral"}}
+    given = {**BASE, "messages": [USER], "tools": [tool], "service_tier": "auto"}
+    chat, untranslatable = chat_translation(given)
+    assert untranslatable is None
+    assert chat == {**BASE, "messages": [USER], "tools": [WEATHER_FUNCTION]}
+
+
+@pytest.mark.parametrize(
+    ("budget", "effort"),
+    [(1024, "low"), (4095, "low"), (4096, "medium"), (16383, "medium"), (16384, "high")],
+)
+def test_it_maps_a_thinking_budget_to_a_reasoning_effort(budget, effort):
+    thinking = {"type": "enabled", "budget_tokens": budget}
+    chat = chat_body({**BASE, "messages": [USER], "thinking": thinking})
+    assert chat["reasoning_effort"] == effort
+
+
+def test_disabled_thinking_asks_for_no_effort():
+    chat = chat_body({**BASE, "messages": [USER], "thinking": {"type": "disabled"}})
+    assert "reasoning_effort" not in chat
+
+
+@pytest.mark.parametrize(
+    ("given", "param"),
+    [
+        ({"thinking": "on"}, "thinking"),
+        ({"thinking": {"budget_tokens": 2000}}, "thinking"),
+        ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens"),
+        ({"thinking": {"type": "enabled", "budget_tokens": "lots"}}, "thinking.budget_tokens"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 0}}, "thinking.budget_tokens"),
+        ({"tools": [{"type": 5, "name": "x"}]}, "tools.0.type"),
+        (
+            {"messages": [{"role": "user", "content": [{"text": "no type"}]}]},
+            "messages.0.content.0",
+        ),
+    ],
+)
+def test_a_wrong_type_is_refused_for_every_upstream(given, param):
+    with pytest.raises(InvalidRequest) as caught:
+        chat_translation({**BASE, "messages": [USER], **given})
+    assert caught.value.message.startswith(param)
+
+
+@pytest.mark.parametrize("key", ["reasoning_content", "reasoning"])
+def test_it_translates_reasoning_content_to_a_thinking_block(key):
+    payload = {"choices": [_choice({"content": "42", key: "Let me think."})]}
+    message = message_reply(payload, chat={}, usage=Usage(5, 9), message_id="m", model="p")
+    assert message["content"] == [
+        {"type": "thinking", "thinking": "Let me think.", "signature": ""},
+        {"type": "text", "text": "42"},
+    ]
+
+
+def test_it_streams_reasoning_content_as_a_thinking_block_before_the_text():
+    events = _events(
+        [
+            _chunk({"role": "assistant", "reasoning_content": "Hm"}),
+            _chunk({"reasoning_content": "m."}),
+            _chunk({"content": "42"}),
+            _chunk(finish="stop"),
+            DONE,
+        ]
+    )
+    blocks = [(k, e.get("index"), e.get("content_block") or e.get("delta")) for k, e in events[2:]]
+    assert blocks == [
+        ("content_block_start", 0, {"type": "thinking", "thinking": "", "signature": ""}),
+        ("content_block_delta", 0, {"type": "thinking_delta", "thinking": "Hm"}),
+        ("content_block_delta", 0, {"type": "thinking_delta", "thinking": "m."}),
+        ("content_block_delta", 0, {"type": "signature_delta", "signature": ""}),
+        ("content_block_stop", 0, None),
+        ("content_block_start", 1, {"type": "text", "text": ""}),
+        ("content_block_delta", 1, {"type": "text_delta", "text": "42"}),
+        ("content_block_stop", 1, None),
+        ("message_delta", None, {"stop_reason": "end_turn", "stop_sequence": None}),
+        ("message_stop", None, None),
+    ]

@@ -318,7 +318,14 @@ def test_an_outsider_cannot_use_a_model_through_responses(world):
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0]"),
         ({"background": True}, "background"),
-        ({"reasoning": {"effort": "high"}}, "reasoning"),
+        ({"reasoning": "high"}, "reasoning"),
+        ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+        ({"reasoning": {"summary": 1}}, "reasoning.summary"),
+        ({"include": "reasoning.encrypted_content"}, "include"),
+        ({"include": [1]}, "include"),
+        ({"truncation": "sometimes"}, "truncation"),
+        ({"truncation": True}, "truncation"),
+        ({"background": "yes"}, "background"),
         ({"input": 7}, "input"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
         ({"input": [{"role": "user", "content": [{"type": "input_file"}]}]}, "input[0].content[0]"),
@@ -340,8 +347,8 @@ def test_it_refuses_what_it_cannot_honour_with_a_400(world, body, param):
 
 
 def test_it_names_unsupported_fields_in_its_message(world):
-    reply = _post(world, {"model": "acme-chat", "input": "Hi", "background": True, "prompt": {}})
-    assert "background, prompt" in reply.json()["error"]["message"]
+    reply = _post(world, {"model": "acme-chat", "input": "Hi", "prompt": {}, "conversation": "c"})
+    assert "conversation, prompt" in reply.json()["error"]["message"]
 
 
 def test_it_refuses_a_max_output_tokens_above_the_models_limit(world):
@@ -440,3 +447,107 @@ def test_it_sends_an_image_part_as_a_chat_image_url(world, acme, fake_upstream):
         {"type": "text", "text": "What is it?"},
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}},
     ]
+
+
+# --- reasoning, include, truncation; a stored response replayed as its stream ---------------
+
+
+def test_reasoning_effort_is_sent_as_chat_reasoning_effort_and_echoed(world, acme, fake_upstream):
+    make_model("echo", owner=acme, base_urls=[fake_upstream.base_url(echo=1)])
+    response = _client(world).responses.create(
+        model="echo",
+        input="Hi",
+        reasoning={"effort": "high", "summary": "auto"},
+        include=["reasoning.encrypted_content", "message.output_text.logprobs"],
+        truncation="disabled",
+    )
+    sent = json.loads(response.output_text)
+    assert sent["reasoning_effort"] == "high"
+    assert not {"reasoning", "include", "truncation"} & set(sent)
+    assert (response.reasoning.effort, response.reasoning.summary) == ("high", "auto")
+    assert response.truncation == "disabled"
+
+
+def _long(word: str) -> str:
+    return " ".join([word] * 100)
+
+
+@pytest.mark.parametrize("context", [106, None])
+def test_truncation_auto_drops_the_oldest_items_until_the_prompt_fits(
+    world, acme, fake_upstream, context
+):
+    model = make_model("echo", owner=acme, base_urls=[fake_upstream.base_url(echo=1)])
+    model.config = {"context_window": context} if context else {}
+    model.save()
+    items = [
+        {"role": "user", "content": _long("old")},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"role": "user", "content": _long("new")},
+        {"role": "user", "content": "Name?"},
+    ]
+    response = _client(world).responses.create(
+        model="echo", instructions="Be brief.", input=items, truncation="auto"
+    )
+    sent = json.loads(response.output_text)["messages"]
+    if context:  # the instructions stay; the call went with its output
+        assert sent == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": _long("new")},
+            {"role": "user", "content": "Name?"},
+        ]
+    else:  # no context size known: nothing dropped
+        assert len(sent) == 6
+    assert response.truncation == "auto"
+    (row,) = _stored(1)
+    assert len(row.input_items) == 5  # the stored conversation is whole
+
+
+def test_replaying_a_stored_response_gives_its_event_stream(world):
+    client = _client(world)
+    created = client.responses.create(model="acme-chat", input="Hi")
+    events = list(client.responses.retrieve(created.id, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[4].delta == created.output_text
+    assert events[-1].response.id == created.id
+    assert events[-1].response.output_text == created.output_text
+
+
+def test_replaying_another_tenants_response_is_a_404(world):
+    created = _client(world).responses.create(model="acme-chat", input="Secret")
+    _stored(1)
+    reply = httpx.get(
+        f"{world.base()}/responses/{created.id}?stream=true",
+        headers={"Authorization": f"Bearer {world.charlie_key}"},
+    )
+    assert reply.status_code == 404
+    assert reply.json()["error"]["param"] == "response_id"
+
+
+def test_replaying_with_a_bad_stream_flag_is_a_400(world):
+    created = _client(world).responses.create(model="acme-chat", input="Hi")
+    reply = httpx.get(
+        f"{world.base()}/responses/{created.id}?stream=yes",
+        headers={"Authorization": f"Bearer {world.alice_key}"},
+    )
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "stream"
+
+
+def test_background_is_refused_naming_it(world):
+    reply = _post(world, {"model": "acme-chat", "input": "Hi", "background": True})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == "background"
+    assert "background" in reply.json()["error"]["message"]
+    assert wait_for_usage(0) == []

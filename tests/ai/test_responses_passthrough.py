@@ -173,3 +173,101 @@ def _stored_soon() -> bool:
             break
         time.sleep(0.01)
     return StoredResponse.objects.exists()
+
+
+# --- what chat completions cannot carry goes to Responses upstreams only ---------------------
+
+NATIVE_ONLY = {
+    "tools": [{"type": "web_search"}],
+    "tool_choice": {"type": "web_search"},
+    "prompt_cache_key": "k-1",
+    "input": [
+        {"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]},
+        {"type": "item_reference", "id": "msg_1"},
+    ],
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_what_translation_cannot_carry_skips_the_translated_upstreams(
+    world, acme, fake_upstream, stream
+):
+    _model(acme, (fake_upstream.base_url(), False), (fake_upstream.base_url(), True))
+    fake_upstream.clear()
+    body = {"model": "native", **NATIVE_ONLY, "stream": stream}
+    reply = httpx.post(
+        f"{world.base('/v1')}/responses",
+        headers={"Authorization": f"Bearer {world.alice_key}"},
+        json=body,
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    [sent] = fake_upstream.requests()  # the translated upstream, first in order, never asked
+    assert sent["path"].endswith("/v1/responses")
+    assert sent["json"] == {**body, "model": "gpt-upstream", "store": False}
+    [event] = wait_for_usage(1)
+    assert (event.status, event.attempts) == ("ok", 1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0]"),
+        ({"prompt_cache_key": "k-1"}, "prompt_cache_key"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
+        ({"tool_choice": {"type": "web_search"}}, "tool_choice"),
+    ],
+)
+def test_a_model_without_a_responses_upstream_refuses_it_before_admission(
+    world, acme, fake_upstream, fields, param
+):
+    _model(acme, (fake_upstream.base_url(), False))
+    fake_upstream.clear()
+    with pytest.raises(openai.BadRequestError) as caught:
+        _client(world).responses.create(**{"model": "native", "input": "Hi", **fields})
+    assert caught.value.body["param"] == param
+    assert not fake_upstream.requests()
+    assert not UsageEvent.objects.exists()
+
+
+def test_a_wrong_type_is_refused_even_with_a_responses_upstream(world, acme, fake_upstream):
+    _model(acme, (fake_upstream.base_url(), True))
+    fake_upstream.clear()
+    with pytest.raises(openai.BadRequestError) as caught:
+        _client(world).responses.create(model="native", input="Hi", reasoning="high")
+    assert caught.value.body["param"] == "reasoning"
+    assert not fake_upstream.requests()
+
+
+def test_an_untranslatable_request_still_shows_an_outsider_nothing(world, acme, fake_upstream):
+    _model(acme, (fake_upstream.base_url(), True))
+    fake_upstream.clear()
+    with pytest.raises(openai.NotFoundError):
+        _client(world, key=world.charlie_key).responses.create(
+            model="native", input="Hi", tools=[{"type": "web_search"}]
+        )
+    assert not fake_upstream.requests()
+
+
+def test_a_replayed_passed_through_response_streams_its_items(world, acme, fake_upstream):
+    _model(acme, (fake_upstream.base_url(tokens=2), True))
+    client = _client(world)
+    created = client.responses.create(model="native", input="Hi")
+    _stored(1)
+    events = list(client.responses.retrieve(created.id, stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == created.output_text == "tok0 tok1 "
+
+
+def test_store_false_is_honoured_for_a_passed_through_response(world, acme, fake_upstream):
+    _model(acme, (fake_upstream.base_url(), True))
+    fake_upstream.clear()
+    client = _client(world)
+    created = client.responses.create(model="native", input="Hi", store=False)
+    assert created.store is False
+    [sent] = fake_upstream.requests()
+    assert sent["json"]["store"] is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+    assert responses_store.is_idle() and not StoredResponse.objects.exists()

@@ -20,7 +20,7 @@ from .completion import chat_completion, chat_usage, openai_error
 from .outbound import messages_body
 from .passthrough import MESSAGES_PATH, MessagesRelay, speaks_messages
 from .reply import error_body, message_id, message_reply, refusal_error
-from .request import chat_body, prompt_estimate
+from .request import chat_body, chat_translation, prompt_estimate
 from .stream import MessageStream, message_events
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "chat_body",
     "chat_completion",
     "chat_usage",
+    "chat_translation",
     "error_body",
     "message_events",
     "message_id",

@@ -7,6 +7,7 @@ import json
 from panel.errors import ApiError, FeatureDisabled
 
 from ..pricing import Usage
+from ..responses_output import reasoning_of
 
 # Anthropic's error ``type`` for each status (docs: "HTTP errors"); other 4xx are
 # invalid requests, other 5xx API errors. 503 (a model or dependency unavailable
@@ -43,6 +44,8 @@ def message_reply(payload: dict, *, chat: dict, usage: Usage, message_id: str, m
     choice = choice if isinstance(choice, dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     content: list[dict] = []
+    if thinking := reasoning_of(message):
+        content.append({"type": "thinking", "thinking": thinking, "signature": ""})
     text = _reply_text(message.get("content"))
     if text:
         content.append({"type": "text", "text": text})

@@ -1,27 +1,42 @@
 """Anthropic Messages requests as OpenAI chat completion bodies (pure; no I/O).
 
-``chat_body`` checks a Messages body and builds the chat body sent upstream;
-``prompt_estimate`` is count_tokens' answer. Field names in error messages
+``chat_translation`` checks a Messages body and builds the chat body sent to
+translated upstreams, with what it could not carry (the 400 it would answer:
+the route passes the request to upstreams that speak Messages, else refuses it);
+``chat_body`` is the strict form (count_tokens), ``prompt_estimate`` count_tokens'
+answer. Wrong types are refused for every upstream. Field names in error messages
 follow Anthropic's dotted style (``messages.0.content.1.text``).
 
-Choices (README, "Anthropic Messages"): ``top_k`` is passed on as ``top_k``
-(llama.cpp and vLLM read it; an upstream that refuses it answers 400);
-``metadata.user_id`` becomes ``user``; a tool_result with ``is_error`` reads
-"Error: ..."; thinking blocks of earlier assistant turns are dropped (no
-upstream here returns signed thinking); server tools and document blocks are
-refused; other top-level fields are ignored.
+Choices for translated upstreams (README, "Anthropic Messages"):
+
+- mapped: ``top_k`` passed on as ``top_k`` (llama.cpp and vLLM read it; an upstream
+  that refuses it answers 400); ``metadata.user_id`` becomes ``user``; ``thinking``
+  enabled becomes ``reasoning_effort`` by its ``budget_tokens``: under 4096 ``low``,
+  under 16384 ``medium``, else ``high`` (disabled: none); a tool_result with
+  ``is_error`` reads "Error: ...".
+- dropped: thinking blocks of earlier assistant turns (no upstream here returns
+  signed thinking); ``cache_control`` anywhere and ``service_tier`` (hints: chat
+  servers cache prompt prefixes on their own and have no tiers); other unknown
+  top-level fields.
+- untranslatable (only an upstream speaking Messages may serve): document, search
+  result, server tool and other non-chat blocks, image sources other than base64 and
+  url, server tools, ``mcp_servers``, ``container`` and ``context_management``.
 """
 
 from __future__ import annotations
 
 import json
 
-from panel.errors import InvalidRequest
+from panel.errors import ApiError, InvalidRequest
 
 from ..pricing import estimate_prompt, estimate_tokens
 
 TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 DROPPED_BLOCKS = ("thinking", "redacted_thinking")
+# Top-level fields that ask for what only Anthropic's own servers do.
+NATIVE_ONLY = ("mcp_servers", "container", "context_management")
+# ``thinking.budget_tokens`` below each bound reads as this effort; above them, "high".
+EFFORTS = ((4096, "low"), (16384, "medium"))
 
 
 def _is_int(value) -> bool:
@@ -37,7 +52,22 @@ def _bad(param: str, problem: str) -> InvalidRequest:
 
 
 def chat_body(body: dict, *, counting: bool = False) -> dict:
-    """The chat completion body for a Messages body (``counting``: count_tokens' body)."""
+    """The chat completion body for a Messages body (``counting``: count_tokens' body);
+    InvalidRequest for what it cannot translate."""
+    chat, untranslatable = chat_translation(body, counting=counting)
+    if untranslatable is not None:
+        raise untranslatable
+    return chat
+
+
+def chat_translation(body: dict, *, counting: bool = False) -> tuple[dict, ApiError | None]:
+    """The chat body of what translates, and the error for the first thing that does not."""
+    lost: list[ApiError] = []
+    chat = _translate(body, counting, lost)
+    return chat, (lost[0] if lost else None)
+
+
+def _translate(body: dict, counting: bool, lost: list[ApiError]) -> dict:
     chat: dict = {}
     model = body.get("model")
     if model is not None:
@@ -48,10 +78,14 @@ def chat_body(body: dict, *, counting: bool = False) -> dict:
         chat["max_tokens"] = _max_tokens(body)
     if "messages" not in body:
         raise _bad("messages", "Field required")
-    chat["messages"] = [*_system(body.get("system")), *_messages(body["messages"])]
+    chat["messages"] = [*_system(body.get("system")), *_messages(body["messages"], lost)]
     _sampling(body, chat)
-    _tools(body, chat)
+    _tools(body, chat, lost)
     _metadata(body.get("metadata"), chat)
+    _thinking(body.get("thinking"), chat, lost)
+    for name in NATIVE_ONLY:
+        if body.get(name):
+            lost.append(_bad(name, "is not supported by this model's upstreams"))
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad("stream", "Input should be a valid boolean")
@@ -92,7 +126,7 @@ def _text(block: dict, name: str) -> str:
     return text
 
 
-def _messages(messages) -> list[dict]:
+def _messages(messages, lost: list[ApiError]) -> list[dict]:
     if not isinstance(messages, list):
         raise _bad("messages", "Input should be a valid list")
     chat = []
@@ -108,13 +142,21 @@ def _messages(messages) -> list[dict]:
         elif not isinstance(content, list):
             raise _bad(f"{name}.content", "Input should be a valid string or a list of blocks")
         elif role == "user":
-            chat.extend(_user_blocks(content, f"{name}.content"))
+            chat.extend(_user_blocks(content, f"{name}.content", lost))
         else:
-            chat.append(_assistant_blocks(content, f"{name}.content"))
+            chat.append(_assistant_blocks(content, f"{name}.content", lost))
     return chat
 
 
-def _user_blocks(blocks: list, name: str) -> list[dict]:
+def _unknown_block(block, where: str, lost: list[ApiError]) -> None:
+    """A block chat completions cannot carry: lost (an upstream that speaks Messages may
+    take it); one that is not an object with a type is refused outright."""
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        raise _bad(where, "Input should be a block object with a type")
+    lost.append(_bad(f"{where}.type", f"block type {block['type']!r} is not supported here"))
+
+
+def _user_blocks(blocks: list, name: str, lost: list[ApiError]) -> list[dict]:
     """Tool results become tool messages, first; the other blocks one user message."""
     tools, parts = [], []
     for index, block in enumerate(blocks):
@@ -123,15 +165,13 @@ def _user_blocks(blocks: list, name: str) -> list[dict]:
         if kind == "text":
             parts.append({"type": "text", "text": _text(block, where)})
         elif kind == "image":
-            parts.append(_image(block, where))
+            parts.extend(_image(block, where, lost))
         elif kind == "tool_result":
-            message, images = _tool_result(block, where)
+            message, images = _tool_result(block, where, lost)
             tools.append(message)
             parts.extend(images)
-        elif kind in DROPPED_BLOCKS:
-            continue
-        else:
-            raise _bad(f"{where}.type", f"block type {kind!r} is not supported here")
+        elif kind not in DROPPED_BLOCKS:
+            _unknown_block(block, where, lost)
     if not parts and tools:
         return tools
     return [*tools, {"role": "user", "content": _content(parts)}]
@@ -146,7 +186,8 @@ def _content(parts: list[dict]) -> str | list[dict]:
     return parts
 
 
-def _image(block: dict, name: str) -> dict:
+def _image(block: dict, name: str, lost: list[ApiError]) -> list[dict]:
+    """The image part of an image block (none when its source cannot be translated)."""
     source = block.get("source")
     kind = source.get("type") if isinstance(source, dict) else None
     if kind == "base64":
@@ -158,12 +199,15 @@ def _image(block: dict, name: str) -> dict:
         url = source.get("url")
         if not isinstance(url, str):
             raise _bad(f"{name}.source.url", "Input should be a valid string")
+    elif isinstance(kind, str):  # "file" (the Files API) and later kinds: Anthropic's own
+        lost.append(_bad(f"{name}.source.type", "Input should be 'base64' or 'url'"))
+        return []
     else:
-        raise _bad(f"{name}.source.type", "Input should be 'base64' or 'url'")
-    return {"type": "image_url", "image_url": {"url": url}}
+        raise _bad(f"{name}.source.type", "Input should be a valid string")
+    return [{"type": "image_url", "image_url": {"url": url}}]
 
 
-def _tool_result(block: dict, name: str) -> tuple[dict, list[dict]]:
+def _tool_result(block: dict, name: str, lost: list[ApiError]) -> tuple[dict, list[dict]]:
     """The tool message of a tool_result block, and the images it holds (sent as user parts)."""
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str):
@@ -177,9 +221,9 @@ def _tool_result(block: dict, name: str) -> tuple[dict, list[dict]]:
             if kind == "text":
                 texts.append(_text(part, f"{name}.content.{index}"))
             elif kind == "image":
-                images.append(_image(part, f"{name}.content.{index}"))
+                images.extend(_image(part, f"{name}.content.{index}", lost))
             else:
-                raise _bad(f"{name}.content.{index}.type", "Input should be 'text' or 'image'")
+                _unknown_block(part, f"{name}.content.{index}", lost)
     elif content is not None:
         raise _bad(f"{name}.content", "Input should be a valid string or a list of blocks")
     is_error = block.get("is_error")
@@ -191,7 +235,7 @@ def _tool_result(block: dict, name: str) -> tuple[dict, list[dict]]:
     return {"role": "tool", "tool_call_id": call_id, "content": text}, images
 
 
-def _assistant_blocks(blocks: list, name: str) -> dict:
+def _assistant_blocks(blocks: list, name: str, lost: list[ApiError]) -> dict:
     parts, calls = [], []
     for index, block in enumerate(blocks):
         where = f"{name}.{index}"
@@ -200,10 +244,8 @@ def _assistant_blocks(blocks: list, name: str) -> dict:
             parts.append({"type": "text", "text": _text(block, where)})
         elif kind == "tool_use":
             calls.append(_tool_call(block, where))
-        elif kind in DROPPED_BLOCKS:
-            continue
-        else:
-            raise _bad(f"{where}.type", f"block type {kind!r} is not supported here")
+        elif kind not in DROPPED_BLOCKS:
+            _unknown_block(block, where, lost)
     message: dict = {"role": "assistant", "content": _content(parts) if parts else None}
     if calls:
         message["tool_calls"] = calls
@@ -239,13 +281,14 @@ def _sampling(body: dict, chat: dict) -> None:
             chat["stop"] = stops
 
 
-def _tools(body: dict, chat: dict) -> None:
+def _tools(body: dict, chat: dict, lost: list[ApiError]) -> None:
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
             raise _bad("tools", "Input should be a valid list")
-        if tools:
-            chat["tools"] = [_tool(tool, f"tools.{i}") for i, tool in enumerate(tools)]
+        functions = [_tool(tool, f"tools.{i}", lost) for i, tool in enumerate(tools)]
+        if functions := [function for function in functions if function]:
+            chat["tools"] = functions
     choice = body.get("tool_choice")
     if choice is None:
         return
@@ -263,11 +306,15 @@ def _tools(body: dict, chat: dict) -> None:
         chat["parallel_tool_calls"] = False
 
 
-def _tool(tool, name: str) -> dict:
+def _tool(tool, name: str, lost: list[ApiError]) -> dict | None:
+    """A client tool as a function; a server tool (web search, bash...) is lost (None)."""
     if not isinstance(tool, dict):
         raise _bad(name, "Input should be an object")
     if tool.get("type") not in (None, "custom"):
-        raise _bad(f"{name}.type", "only client tools (name, input_schema) are supported")
+        if not isinstance(tool["type"], str):
+            raise _bad(f"{name}.type", "Input should be a valid string")
+        lost.append(_bad(f"{name}.type", "only client tools (name, input_schema) are supported"))
+        return None
     if not isinstance(tool.get("name"), str):
         raise _bad(f"{name}.name", "Input should be a valid string")
     schema = tool.get("input_schema")
@@ -292,6 +339,24 @@ def _metadata(metadata, chat: dict) -> None:
         raise _bad("metadata.user_id", "Input should be a valid string")
     if user_id:
         chat["user"] = user_id
+
+
+def _thinking(thinking, chat: dict, lost: list[ApiError]) -> None:
+    """Extended thinking as OpenAI's ``reasoning_effort`` (EFFORTS), for reasoning models."""
+    if thinking is None:
+        return
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if not isinstance(kind, str):
+        raise _bad("thinking", "Input should be an object with a type (enabled or disabled)")
+    if kind == "disabled":
+        return
+    if kind != "enabled":  # a later kind of Anthropic's: only its servers know it
+        lost.append(_bad("thinking.type", "Input should be 'enabled' or 'disabled'"))
+        return
+    budget = thinking.get("budget_tokens")
+    if not _is_int(budget) or budget < 1:
+        raise _bad("thinking.budget_tokens", "Input should be an integer of at least 1")
+    chat["reasoning_effort"] = next((e for bound, e in EFFORTS if budget < bound), "high")
 
 
 def prompt_estimate(chat: dict) -> int:

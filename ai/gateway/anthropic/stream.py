@@ -1,8 +1,9 @@
 """A chat completion stream as Anthropic's Messages events.
 
-``message_start`` and a ``ping`` first; then each text or tool call of the
-chat chunks as a content block (``content_block_start``, ``content_block_delta``
-with ``text_delta`` or ``input_json_delta``, ``content_block_stop``); at the
+``message_start`` and a ``ping`` first; then each reasoning text, text or tool
+call of the chat chunks as a content block (``content_block_start``,
+``content_block_delta`` with ``thinking_delta`` (then an empty ``signature_delta``),
+``text_delta`` or ``input_json_delta``, ``content_block_stop``); at the
 upstream's ``[DONE]``, ``message_delta`` (stop reason and usage) and
 ``message_stop``. An error event (the gateway's, or the upstream's) ends the
 stream as ``event: error``. Each chat chunk is parsed: translation needs it.
@@ -14,6 +15,7 @@ import json
 from collections.abc import AsyncIterator
 
 from ..pricing import Usage, usage_from_block
+from ..responses_output import reasoning_of
 from .reply import error_type, stop_of, usage_block
 
 DONE = b"[DONE]"
@@ -30,7 +32,7 @@ class MessageStream:
         self.chat, self.message_id, self.model = chat, message_id, model
         self.prompt_estimate = prompt_estimate
         self.index = -1  # the open content block's index, or the last one's
-        self.open: str | None = None  # "text" or "tool_use" while a block is open
+        self.open: str | None = None  # "thinking", "text" or "tool_use" while a block is open
         self.tools: dict[int, int] = {}  # the chat tool call index -> its block index
         self.stop: tuple[str, str | None] | None = None
         self.usage: Usage | None = None  # the upstream's, read by the gateway's one reader
@@ -75,6 +77,8 @@ class MessageStream:
     def _choice(self, choice: dict) -> list[bytes]:
         out: list[bytes] = []
         delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        if thinking := reasoning_of(delta):
+            out += self._thinking(thinking)
         text = delta.get("content")
         if isinstance(text, str) and text:
             out += self._text(text)
@@ -91,6 +95,12 @@ class MessageStream:
         self.content_events += 1
         delta = {"type": "text_delta", "text": text}
         return out + [_delta(self.index, delta)]
+
+    def _thinking(self, text: str) -> list[bytes]:
+        block = {"type": "thinking", "thinking": "", "signature": ""}
+        out = [] if self.open == "thinking" else self._open(block, "thinking")
+        self.content_events += 1
+        return out + [_delta(self.index, {"type": "thinking_delta", "thinking": text})]
 
     def _tool_call(self, call: dict) -> list[bytes]:
         position = call.get("index") if isinstance(call.get("index"), int) else 0
@@ -122,8 +132,11 @@ class MessageStream:
     def _close(self) -> list[bytes]:
         if self.open is None:
             return []
+        # A thinking block ends with its signature: none from a chat upstream (SDKs read it).
+        out = [_delta(self.index, SIGNATURE)] if self.open == "thinking" else []
         self.open = None
-        return [sse("content_block_stop", {"type": "content_block_stop", "index": self.index})]
+        stop = {"type": "content_block_stop", "index": self.index}
+        return out + [sse("content_block_stop", stop)]
 
     def finish(self) -> list[bytes]:
         """The closing events, once the upstream's stream is whole."""
@@ -159,6 +172,7 @@ def _delta(index: int, delta: dict) -> bytes:
 
 
 PING = sse("ping", {"type": "ping"})
+SIGNATURE = {"type": "signature_delta", "signature": ""}
 MESSAGE_STOP = sse("message_stop", {"type": "message_stop"})
 
 
