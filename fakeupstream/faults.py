@@ -23,6 +23,8 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
 ``cached_tokens``   add ``prompt_tokens_details.cached_tokens`` (prompt caching, OpenAI's way)
 ``cache_write_tokens``  add ``prompt_tokens_details.cache_write_tokens`` (as OpenRouter does)
 ``reasoning_tokens``  add ``completion_tokens_details.reasoning_tokens``
+``cache_n``         add llama.cpp's ``timings`` with this ``cache_n`` (prompt tokens its cache
+                    reused) beside the usage block (a stream: on its finishing chunk)
 ``anthropic_usage`` send the usage block in Anthropic's shape: ``input_tokens`` (the prompt
                     less the cache's), ``output_tokens``, ``cache_read_input_tokens`` (the
                     ``cached_tokens``), ``cache_creation_input_tokens`` (``cache_write_tokens``)
@@ -64,6 +66,7 @@ OPTION_TYPES: dict[str, type] = {
     "cached_tokens": int,
     "cache_write_tokens": int,
     "reasoning_tokens": int,
+    "cache_n": int,
     "anthropic_usage": bool,
 }
 OPTION_NAMES = tuple(OPTION_TYPES)

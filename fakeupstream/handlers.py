@@ -123,6 +123,8 @@ def _completion_response(kind: bytes, completion_id: str, created: int, plan: Pl
     ]
     if plan.usage is not None:
         parts.append(b',"usage":' + dumps(plan.usage))
+    if plan.timings is not None:
+        parts.append(b',"timings":' + dumps(plan.timings))
     parts.append(b"}")
     return web.Response(body=b"".join(parts), content_type="application/json")
 

@@ -5,6 +5,10 @@
 last); ``/tokenize`` gives a token a word; ``/embeddings`` has no token counts, as
 llama-server's own does not. ``n_predict`` sets the reply's length (default 5); the
 body key ``"fake_upstream": {"chunk_delay_ms": N}`` slows a stream.
+
+Its OpenAI-compatible routes are the fake's own (``handlers``); the ``cache_n`` option
+adds llama-server's ``timings`` (``timings`` here) to their reply, or to a stream's
+finishing chunk, as llama-server tells its prompt cache's reuse.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def _predict(body: dict) -> int:
     return value if isinstance(value, int) and value >= 0 else DEFAULT_PREDICT
 
 
+def timings(prompt: int, predicted: int, cache_n: int = 0) -> dict:
+    """llama-server's ``timings``: ``cache_n`` prompt tokens reused from its prompt cache,
+    ``prompt_n`` the rest (evaluated now), ``predicted_n`` generated."""
+    return {"cache_n": cache_n, "prompt_n": max(0, prompt - cache_n), "predicted_n": predicted}
+
+
 def _final(body: dict, content: str) -> dict:
     prompt, predicted = _prompt_tokens(body), _predict(body)
     return {
@@ -41,7 +51,7 @@ def _final(body: dict, content: str) -> dict:
         "stop": True,
         "tokens_predicted": predicted,
         "tokens_evaluated": prompt,
-        "timings": {"prompt_n": prompt, "predicted_n": predicted},
+        "timings": timings(prompt, predicted),
     }
 
 

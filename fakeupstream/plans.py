@@ -12,6 +12,7 @@ import json
 import uuid
 from typing import Any
 
+from fakeupstream import llamacpp
 from fakeupstream.wire import BadRequest
 
 DEFAULT_TOKENS = 20
@@ -126,6 +127,7 @@ class Plan:
         "stream",
         "include_usage",
         "tool_calls",
+        "timings",
     )
 
     def __init__(self, body: dict[str, Any], opts: dict[str, Any], default_model: str, words: int):
@@ -153,6 +155,10 @@ class Plan:
         prompt_tokens = opts.get("prompt_tokens", max(1, words))
         self.usage = (
             None if opts.get("no_usage") else _usage(prompt_tokens, completion_tokens, opts)
+        )
+        cache_n = opts.get("cache_n")
+        self.timings = (
+            None if cache_n is None else llamacpp.timings(prompt_tokens, completion_tokens, cache_n)
         )
         self.stream = body.get("stream") is True
         stream_options = body.get("stream_options")

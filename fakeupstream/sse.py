@@ -107,7 +107,10 @@ def _sse_events(plan: Plan, chat: bool, prefix: bytes) -> tuple[list[bytes], int
         cache, make = (_CHAT_PIECES, _chat_piece) if chat else (_TEXT_PIECES, _text_piece)
         contents = [prefix + s for s in _piece_suffixes(cache, make, len(plan.pieces))]
     events.extend(contents)
-    events.append(prefix + (_CHAT_FINISH if chat else _TEXT_FINISH)[plan.finish])
+    finish = (_CHAT_FINISH if chat else _TEXT_FINISH)[plan.finish]
+    if plan.timings is not None:  # llama-server's, on its finishing chunk
+        finish = b'"timings":' + dumps(plan.timings) + b"," + finish
+    events.append(prefix + finish)
     if plan.include_usage and plan.usage is not None:
         events.append(prefix + _usage_suffix(plan.usage))
     events.append(_DONE)

@@ -59,9 +59,9 @@ async def responses_create(request, identity, request_id):
         return render(result)
     reply = await pipeline.call_json(call)
     if reply.status < 400 and reply.native:
-        reply.payload = _relayed_response(call, parsed, reply.payload, items, tenant)
+        reply.payload = await _relayed_response(call, parsed, reply.payload, items, tenant)
     elif reply.status < 400:
-        reply.payload = _response(call, parsed, reply.payload, items, tenant)
+        reply.payload = await _response(call, parsed, reply.payload, items, tenant)
     return render(reply)
 
 
@@ -185,7 +185,7 @@ async def _context(identity, parsed: ResponsesRequest) -> int | None:
     return resolution.model.config.get("context_window")
 
 
-def _response(
+async def _response(
     call: Call, parsed: ResponsesRequest, payload: dict | None, items: list, tenant: Tenant
 ) -> dict:
     """The Response object of a chat completion, stored when the request asks for it."""
@@ -201,7 +201,7 @@ def _response(
         usage=responses_output.usage_block(call.record.usage),
         finish_reason=finish_reason,
     )
-    _store(call, parsed, items, response, tenant)
+    await _store(call, parsed, items, response, tenant)
     return response
 
 
@@ -215,14 +215,14 @@ def _relay_maker(parsed: ResponsesRequest, relays: list[ResponsesRelay]):
     return make
 
 
-def _relayed_response(
+async def _relayed_response(
     call: Call, parsed: ResponsesRequest, payload: dict | None, items: list, tenant: Tenant
 ) -> dict:
     """A passed-through upstream's response object, stored when the request asks for it."""
     if payload is None or not isinstance(payload.get("id"), str):
         raise UpstreamError("The upstream's answer was not a response object.")
     response = passthrough.client_view(payload, parsed, call.resolution.model.name)
-    _store(call, parsed, items, response, tenant)
+    await _store(call, parsed, items, response, tenant)
     return response
 
 
@@ -234,19 +234,24 @@ async def _relayed(
     items: list,
     tenant: Tenant,
 ) -> AsyncIterator[list[bytes]]:
-    """A passed-through stream as relayed; its final response is stored once it ends."""
+    """A passed-through stream as relayed; its final response is stored before its event."""
+    stored = False
     try:
         async for batch in stream.batches:
+            # The relay has read this batch: the final response is stored before it goes out.
+            if not stored and relays and relays[-1].response is not None:
+                await _store(call, parsed, items, relays[-1].response, tenant)
+                stored = True
             yield batch
     finally:
         await stream.batches.aclose()
-    if relays and relays[-1].response is not None:
-        _store(call, parsed, items, relays[-1].response, tenant)
 
 
-def _store(call: Call, parsed: ResponsesRequest, items: list, response: dict, tenant) -> None:
+async def _store(call: Call, parsed: ResponsesRequest, items: list, response: dict, tenant) -> None:
+    # Written before the client gets the reply (or the stream's last event): any replica
+    # then finds it.
     if parsed.store and response["status"] != "failed":
-        responses_store.response_save(
+        await responses_store.response_save(
             tenant=tenant,
             model_name=call.resolution.model.name,
             input_items=items,
@@ -257,7 +262,7 @@ def _store(call: Call, parsed: ResponsesRequest, items: list, response: dict, te
 async def _events(
     call: Call, parsed: ResponsesRequest, stream: Stream, items: list, tenant: Tenant
 ) -> AsyncIterator[list[bytes]]:
-    """The Responses events of a relayed chat stream; its end queues the stored response."""
+    """The Responses events of a relayed chat stream; its end stores the response first."""
     events = ResponseEvents(parsed, model=call.resolution.model.name)
     chunks = stream.batches
     try:
@@ -271,5 +276,5 @@ async def _events(
     finally:
         await chunks.aclose()
     closing = events.finish(call.record.usage)
-    _store(call, parsed, items, events.response, tenant)
+    await _store(call, parsed, items, events.response, tenant)
     yield closing

@@ -37,6 +37,17 @@ TTFT = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 TOKENS = Counter("switchboard_gateway_tokens_total", "Tokens in and out.", ["model", "direction"])
+# Parts of the tokens above (never added to them): a sum over TOKENS stays every token once.
+TOKEN_PARTS = Counter(
+    "switchboard_gateway_token_parts_total",
+    "Prompt tokens read from or written to a prompt cache, and the completion's reasoning tokens.",
+    ["model", "kind"],
+)
+RESPONSE_CACHE = Counter(
+    "switchboard_response_cache_requests_total",
+    "Requests to a model with a response cache, by what the cache did (x-switchboard-cache).",
+    ["model", "result"],
+)
 UPSTREAM_ERRORS = Counter(
     "switchboard_upstream_errors_total", "Failed upstream attempts.", ["model", "upstream"]
 )
@@ -58,6 +69,11 @@ BREAKER_OPEN = Gauge(
 )
 
 
+def response_cache_used(model: str, result: str) -> None:
+    """Count what the response cache did for a request: hit, miss, bypass or refresh."""
+    RESPONSE_CACHE.labels(model, result).inc()
+
+
 def request_finished(record) -> None:
     """Count a finished request and write its log line (never keys, secrets or content)."""
     model = record.model.name
@@ -67,6 +83,12 @@ def request_finished(record) -> None:
         TTFT.labels(model).observe(record.ttft_ms / 1000)
     TOKENS.labels(model, "prompt").inc(record.usage.prompt_tokens)
     TOKENS.labels(model, "completion").inc(record.usage.completion_tokens)
+    for kind, count in (
+        ("cache_read", record.usage.cache_read_tokens),
+        ("cache_write", record.usage.cache_write_tokens),
+        ("reasoning", record.usage.reasoning_tokens),
+    ):
+        TOKEN_PARTS.labels(model, kind).inc(count)
     if record.attempts > 1 and record.status == UsageStatus.OK:
         FAILOVERS.labels(model).inc()
     if logger.isEnabledFor(logging.INFO):
@@ -88,6 +110,9 @@ def request_finished(record) -> None:
                     "ttft_ms": record.ttft_ms,
                     "prompt_tokens": record.usage.prompt_tokens,
                     "completion_tokens": record.usage.completion_tokens,
+                    "cache_read_tokens": record.usage.cache_read_tokens,
+                    "cache_write_tokens": record.usage.cache_write_tokens,
+                    "reasoning_tokens": record.usage.reasoning_tokens,
                     "estimated": record.usage.is_estimated,
                 }
             )

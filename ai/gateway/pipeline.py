@@ -37,7 +37,16 @@ from panel.errors import (
 from ..instances import activity
 from ..models import ApiStyle, UsageStatus
 from ..selectors import UpstreamInfo
-from . import anthropic, ledger, response_cache, responses_store, router, starts, streaming
+from . import (
+    anthropic,
+    ledger,
+    observability,
+    response_cache,
+    responses_store,
+    router,
+    starts,
+    streaming,
+)
 from .accounting import Record, usage_record
 from .admission import admit
 from .leases import leases
@@ -570,21 +579,24 @@ async def _cache_lookup(call: Call) -> dict | None:
     if call.cache_key is None:
         return None
     if call.cache_mode:
-        call.cache_status = "bypass"
-        return None
-    stored = await response_cache.lookup(call.cache_key)
-    call.cache_status = "miss" if stored is None else "hit"
+        call.cache_status = "refresh" if call.cache_mode == response_cache.REFRESH else "bypass"
+        stored = None
+    else:
+        stored = await response_cache.lookup(call.cache_key)
+        call.cache_status = "miss" if stored is None else "hit"
+    observability.response_cache_used(call.resolution.model.name, call.cache_status)
     return stored
 
 
 def _cache_save(call: Call, payload: dict | None) -> None:
-    """Store a successful, complete reply (the x_switchboard block left out)."""
-    if call.cache_key is None or call.cache_mode == "no-store" or not payload:
+    """Store a successful, complete, cacheable reply (the x_switchboard block left out)."""
+    if call.cache_key is None or call.cache_mode == response_cache.NO_STORE or not payload:
         return
-    if call.record.status != UsageStatus.OK:
+    if call.record.status != UsageStatus.OK or not response_cache.is_cacheable(payload):
         return
     reply = {k: v for k, v in payload.items() if k != "x_switchboard"}
-    reply["model"] = call.resolution.model.name
+    if "model" in reply:
+        reply["model"] = call.resolution.model.name
     response_cache.save(call.cache_key, reply, call.resolution.model.response_cache_ttl)
 
 

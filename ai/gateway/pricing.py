@@ -64,7 +64,12 @@ def _part(block: dict, *paths: tuple[str, str]) -> int:
     return 0
 
 
-def usage_from_block(block: dict | None) -> Usage | None:
+def _has_cached_tokens(block: dict) -> bool:
+    details = block.get("prompt_tokens_details")
+    return isinstance(details, dict) and _count(details.get("cached_tokens")) is not None
+
+
+def usage_from_block(block: dict | None, timings: dict | None = None) -> Usage | None:
     """The canonical usage of an upstream's usage block, if it sent a sensible one.
 
     The one reader of every protocol's block:
@@ -74,6 +79,9 @@ def usage_from_block(block: dict | None) -> Usage | None:
       ``cache_creation_tokens`` or top-level ``cache_creation_input_tokens``, all
       parts of ``prompt_tokens``, never added to it: LiteLLM #9812);
       ``completion_tokens_details.reasoning_tokens`` is part of ``completion_tokens``.
+      llama.cpp's llama-server tells its prompt cache's reuse in ``timings.cache_n``
+      beside the block (``timings``, from the same reply or stream): a part of
+      ``prompt_tokens``, read as the cache reads when the block has no ``cached_tokens``.
     - Responses: ``input_tokens`` includes ``input_tokens_details.cached_tokens``;
       ``output_tokens_details.reasoning_tokens`` is part of ``output_tokens``.
     - Anthropic: ``input_tokens`` excludes ``cache_read_input_tokens`` and
@@ -94,6 +102,8 @@ def usage_from_block(block: dict | None) -> Usage | None:
         read = _part(
             block, ("prompt_tokens_details", "cached_tokens"), ("", "cache_read_input_tokens")
         )
+        if not read and not _has_cached_tokens(block) and isinstance(timings, dict):
+            read = _part(timings, ("", "cache_n"))
         write = _part(
             block,
             ("prompt_tokens_details", "cache_write_tokens"),
@@ -187,7 +197,8 @@ def estimate_prompt(body: dict) -> int:
 
 def reply_usage(payload: dict, body: dict, *, counts_images: bool) -> Usage:
     """The usage of a JSON reply: its usage block, else an estimate from its text."""
-    usage = usage_from_block(payload.get("usage"))
+    timings = payload.get("timings")  # llama.cpp's
+    usage = usage_from_block(payload.get("usage"), timings if isinstance(timings, dict) else None)
     if usage is None:
         usage = Usage(
             prompt_tokens=estimate_prompt(body),

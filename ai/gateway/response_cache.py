@@ -9,9 +9,11 @@ answered from a JSON reply and the other way round: a stored reply is a chat or
 text completion object (a stream's is assembled from its events), replayed as
 SSE for a stream.
 
-Only a successful, complete reply is stored. A request's ``x-switchboard-cache``
-header: ``no-cache`` skips the lookup (the fresh reply replaces the stored one),
-``no-store`` skips both lookup and store.
+Only a successful, complete reply is stored, and an image reply only when it holds
+its images (``b64_json``): a ``url`` reply is not, since such URLs may expire before
+the cached copy does. A request's ``x-switchboard-cache`` header: ``refresh`` (or
+``no-cache``) skips the lookup and the fresh reply replaces the stored one (a failed
+one leaves it in place), ``no-store`` skips both lookup and store.
 
 Stored in Redis when REDIS_URL is set (one GET on the pipelined connection;
 a SET written without waiting), else in the database (``CachedResponse``): one
@@ -41,10 +43,11 @@ from . import streaming
 logger = logging.getLogger(__name__)
 
 HEADER = "x-switchboard-cache"
-NO_CACHE, NO_STORE = "no-cache", "no-store"
+NO_CACHE, NO_STORE, REFRESH = "no-cache", "no-store", "refresh"
+MODES = ("", NO_CACHE, NO_STORE, REFRESH)
 # By upstream path: the Anthropic Messages and Responses routes, translated to chat
 # completions, share the cache (a reply is stored as the chat completion each translates).
-PATHS = frozenset({"chat/completions", "completions", "embeddings"})
+PATHS = frozenset({"chat/completions", "completions", "embeddings", "images/generations"})
 # Body fields that do not change the reply.
 IGNORED_FIELDS = frozenset({"stream", "stream_options", "user", "modelId"})
 REDIS_PREFIX = "sb:rc:"
@@ -54,13 +57,21 @@ _writer: asyncio.Task | None = None
 
 
 def cache_mode(value: str | None) -> str:
-    """The request header's value, checked: "", ``no-cache`` or ``no-store``."""
+    """The request header's value, checked: "", ``refresh``, ``no-cache`` or ``no-store``."""
     mode = (value or "").strip().lower()
-    if mode not in ("", NO_CACHE, NO_STORE):
+    if mode not in MODES:
         raise InvalidRequest(
-            f"The {HEADER} header takes '{NO_CACHE}' or '{NO_STORE}'.", param=HEADER
+            f"The {HEADER} header takes '{REFRESH}', '{NO_CACHE}' or '{NO_STORE}'.", param=HEADER
         )
     return mode
+
+
+def is_cacheable(reply: dict) -> bool:
+    """Whether a successful reply may be stored: not one that points at images by URL."""
+    data = reply.get("data")
+    if not isinstance(data, list):
+        return True
+    return not any(isinstance(item, dict) and "url" in item for item in data)
 
 
 def cache_key(*, tenant: str, model_id: int, path: str, body: dict) -> str:

@@ -1,12 +1,13 @@
 """Stored responses (the Responses API's ``store``): written off the request path, read per tenant.
 
-A finished response is queued here (``response_save``: no I/O) and written by a
-background task, one thread hop per batch, like the usage ledger; until it is
-written, this process serves it from the queue, so a client that continues or
-retrieves it at once finds it. (Another replica finds it once it is written,
-a flush interval later at most: a client that retrieves a response on another
-replica within milliseconds of its end may get a 404.) Reading, continuing
-and deleting cost one thread hop each, on the requests that ask for them.
+A finished response is written (``response_save``, one thread hop) before the
+client gets the reply or the stream's last event, so any replica finds it as soon
+as the client can ask for it: one that continues or retrieves it on another
+process at once is never told 404. While the row is being written this process
+serves it from memory; a write that fails (the database away) is retried in the
+background, logged, and the reply still goes out (then only this process finds
+the response until the retry succeeds). Reading, continuing and deleting cost
+one thread hop each, on the requests that ask for them.
 
 A response belongs to a tenant: its user and its key's organisation (none for a
 personal key or a session). Any other caller, and everyone once it expired
@@ -51,7 +52,8 @@ class Stored(NamedTuple):
 
 
 _pending: dict[str, Stored] = {}
-_writer: asyncio.Task | None = None
+_writer: asyncio.Task | None = None  # retries the writes that failed
+_writing: set[asyncio.Task] = set()  # the writes under way (``response_save``)
 
 
 def tenant_of(identity: Identity) -> Tenant:
@@ -59,12 +61,36 @@ def tenant_of(identity: Identity) -> Tenant:
     return Tenant(identity.user_id, key.organisation_id if key else None)
 
 
-def response_save(*, tenant: Tenant, model_name: str, input_items: list, response: dict) -> None:
-    """Queue a finished response to be stored (written in the background)."""
+async def response_save(
+    *, tenant: Tenant, model_name: str, input_items: list, response: dict
+) -> None:
+    """Store a finished response; once this returns, every process finds it.
+
+    The write is shielded: a client that leaves meanwhile does not stop it. A failed
+    write is queued for the background writer (logged), never raised to the client.
+    """
     now = timezone.now()
     expires_at = now + timedelta(days=settings.RESPONSES_TTL_DAYS)
     stored = Stored(response["id"], tenant, model_name, input_items, response, now, expires_at)
     _pending[stored.id] = stored
+    task = asyncio.get_running_loop().create_task(_write_one(stored))
+    _writing.add(task)
+    task.add_done_callback(_writing.discard)
+    await asyncio.shield(task)
+
+
+async def _write_one(stored: Stored) -> None:
+    try:
+        await run_sync(_insert, [stored])
+    except DatabaseError:
+        logger.exception("Could not store response %s; retrying in the background", stored.id)
+        _start_writer()
+        return
+    if _pending.get(stored.id) is stored:
+        del _pending[stored.id]
+
+
+def _start_writer() -> None:
     global _writer
     if _writer is None or _writer.done():
         _writer = asyncio.get_running_loop().create_task(_write_pending())
@@ -88,7 +114,9 @@ async def response_delete(response_id: str, *, tenant: Tenant) -> bool:
 
 
 async def flush() -> None:
-    """Wait until every queued response is written (ASGI shutdown, and a delete)."""
+    """Wait until every response saved is written (ASGI shutdown, and a delete)."""
+    while _writing:
+        await asyncio.wait(set(_writing))
     while _writer is not None and not _writer.done() and _pending:
         await asyncio.shield(_writer)
 

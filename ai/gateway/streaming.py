@@ -1,8 +1,9 @@
 """Step 6 for streams: split upstream SSE into events and pass them on as bytes.
 
 Events are not re-serialised. Only the ``model`` value is rewritten (a regex on
-the raw bytes), and only events that mention ``"usage"`` are parsed, to read
-the usage block and to drop the usage-only chunk unless the client asked for it.
+the raw bytes), and only events that mention ``"usage"`` (or llama.cpp's
+``"timings"``) are parsed, to read the usage block and to drop the usage-only
+chunk unless the client asked for it.
 """
 
 from __future__ import annotations
@@ -68,7 +69,15 @@ def event_text(event: bytes) -> str:
 class EventRelay:
     """Per-stream state: rewrites events and tallies what was delivered."""
 
-    __slots__ = ("model_bytes", "include_usage", "usage", "content_events", "saw_done")
+    __slots__ = (
+        "model_bytes",
+        "include_usage",
+        "usage",
+        "content_events",
+        "saw_done",
+        "_block",
+        "_timings",
+    )
 
     def __init__(self, *, public_model: str, include_usage: bool) -> None:
         # Escaped once here, since re.sub reads backslashes in a replacement.
@@ -77,6 +86,9 @@ class EventRelay:
         self.usage: Usage | None = None
         self.content_events = 0
         self.saw_done = False
+        # The last usage block and llama.cpp timings seen: they may come in one event or two.
+        self._block: dict | None = None
+        self._timings: dict | None = None
 
     def error_event(self, error: ApiError) -> bytes:
         return error_event(error)
@@ -90,21 +102,29 @@ class EventRelay:
         if event.startswith(DONE):
             self.saw_done = True
             return event
-        if b'"usage"' in event and self._read_usage(event) and not self.include_usage:
+        counts = b'"usage"' in event or b'"timings"' in event
+        if counts and self._read_usage(event) and not self.include_usage:
             return None
         if CONTENT_RE.search(event):
             self.content_events += 1
         return MODEL_RE.sub(self.model_bytes, event, count=1)
 
     def _read_usage(self, event: bytes) -> bool:
-        """Record a usage block; True when the event is a usage-only chunk."""
+        """Record a usage block (and timings); True when the event is a usage-only chunk."""
         data = event.partition(b"data:")[2].strip()
         try:
             chunk = json.loads(data)
         except ValueError:
             return False
-        usage = usage_from_block(chunk.get("usage")) if isinstance(chunk, dict) else None
+        if not isinstance(chunk, dict):
+            return False
+        if isinstance(chunk.get("timings"), dict):
+            self._timings = chunk["timings"]
+        block = chunk.get("usage")
+        if isinstance(block, dict):
+            self._block = block
+        usage = usage_from_block(self._block, self._timings)
         if usage is None:
             return False
         self.usage = usage
-        return not chunk.get("choices")
+        return isinstance(block, dict) and not chunk.get("choices")

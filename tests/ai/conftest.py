@@ -77,6 +77,23 @@ def wait_for_usage(count: int, timeout: float = 5.0) -> list[UsageEvent]:
     raise AssertionError(f"expected {count} usage events, found {UsageEvent.objects.count()}")
 
 
+def slow_response_writes(monkeypatch, seconds: float) -> None:
+    """Stored responses reach the database ``seconds`` late (a busy database). The delay
+    is awaited, so the server's one sync thread stays free meanwhile."""
+    import asyncio
+
+    from ai.gateway import responses_store
+
+    run_sync = responses_store.run_sync
+
+    async def slow(fn, *args):
+        if fn is responses_store._insert:
+            await asyncio.sleep(seconds)
+        return await run_sync(fn, *args)
+
+    monkeypatch.setattr(responses_store, "run_sync", slow)
+
+
 def make_model(name: str, *, owner, base_urls: list[str], **upstream_fields) -> AIModel:
     """A chat model linked to ``owner`` (a user or an organisation) with upstreams in order."""
     from orgs.models import Organisation

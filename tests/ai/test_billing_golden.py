@@ -10,7 +10,14 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from ai.gateway.pricing import MAX_TOKENS, Usage, cost_micro, reserved_amounts, usage_from_block
+from ai.gateway.pricing import (
+    MAX_TOKENS,
+    Usage,
+    cost_micro,
+    reply_usage,
+    reserved_amounts,
+    usage_from_block,
+)
 from ai.models import ModelLink, UsageEvent
 from ai.selectors import ModelInfo
 from orgs.models import LedgerEntry, LedgerKind
@@ -231,6 +238,60 @@ def test_a_usage_block_is_stored_and_priced_exactly(block, stored, cost):
     assert credits(cost_micro(_model(), usage)) == Decimal(cost)
 
 
+# llama.cpp's llama-server: (usage block, timings beside it, stored tokens)
+LLAMACPP = [
+    pytest.param(
+        {"prompt_tokens": 1000, "completion_tokens": 200},
+        {"cache_n": 800, "prompt_n": 200, "predicted_n": 200},
+        (1000, 800, 0, 200, 0),
+        id="cache-n",
+    ),
+    pytest.param(
+        {"prompt_tokens": 1000, "completion_tokens": 200, "prompt_tokens_details": {}},
+        {"cache_n": 800},
+        (1000, 800, 0, 200, 0),
+        id="cache-n-empty-details",
+    ),
+    pytest.param(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 200,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+        {"cache_n": 800},
+        (1000, 0, 0, 200, 0),
+        id="cached-tokens-zero-wins",
+    ),
+    pytest.param(
+        {"prompt_tokens": 10, "completion_tokens": 1},
+        {"cache_n": 50},
+        (10, 10, 0, 1, 0),
+        id="cache-n-over-prompt-clamped",
+    ),
+    pytest.param(
+        {"prompt_tokens": 10, "completion_tokens": 1}, {"cache_n": -3}, (10, 0, 0, 1, 0), id="neg"
+    ),
+    pytest.param(
+        {"prompt_tokens": 10, "completion_tokens": 1}, {"cache_n": "7"}, (10, 0, 0, 1, 0), id="str"
+    ),
+    pytest.param(
+        {"input_tokens": 10, "output_tokens": 1}, {"cache_n": 7}, (10, 0, 0, 1, 0), id="responses"
+    ),
+]
+
+
+@pytest.mark.parametrize(("block", "timings", "stored"), LLAMACPP)
+def test_llamacpp_timings_give_the_cache_reads_a_block_lacks(block, timings, stored):
+    assert _stored(usage_from_block(block, timings)) == stored
+    reply = {"choices": [], "usage": block, "timings": timings}
+    assert _stored(reply_usage(reply, {}, counts_images=False)) == stored
+
+
+def test_a_llamacpp_block_is_priced_with_its_cache_reads():
+    usage = usage_from_block({"prompt_tokens": 1000, "completion_tokens": 200}, {"cache_n": 800})
+    assert credits(cost_micro(_model(), usage)) == Decimal("0.003840")  # as openai-cached
+
+
 @pytest.mark.parametrize(
     "block",
     [
@@ -320,6 +381,18 @@ PIPELINE = [
         id="cached-over-prompt",
     ),
     pytest.param({"prompt_tokens": 10}, (10, 0, 0, 20, 0), "0.000180", id="no-details"),
+    pytest.param(
+        {"prompt_tokens": 10, "cache_n": 6},
+        (10, 6, 0, 20, 0),
+        "0.000171",  # llama.cpp's timings.cache_n: 4 x 2 + 6 x 0.5 + 20 x 8
+        id="llamacpp-cache-n",
+    ),
+    pytest.param(
+        {"prompt_tokens": 10, "cached_tokens": 4, "cache_n": 6},
+        (10, 4, 0, 20, 0),
+        "0.000174",  # the usage block's cached_tokens wins: 6 x 2 + 4 x 0.5 + 20 x 8
+        id="llamacpp-cached-tokens-over-cache-n",
+    ),
 ]
 
 

@@ -106,3 +106,86 @@ def test_metrics_sum_several_processes_in_multiprocess_mode(world, tmp_path, set
             process.terminate()
             process.wait(timeout=10)
     assert _ok_count(scraped) == 6
+
+
+def _series(text: str, name: str, **labels) -> float:
+    """A series' value in a scrape (0 when absent); labels in any order."""
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if not head.startswith(name + "{"):
+            continue
+        pairs = dict(re.findall(r'(\w+)="([^"]*)"', head[len(name) :]))
+        if pairs == labels:
+            return float(value)
+    return 0.0
+
+
+def _scrape(world) -> str:
+    return httpx.get(f"{world.url}/metrics", headers={"Authorization": "Bearer scrape-me"}).text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_metrics_count_cache_and_reasoning_tokens_as_parts(
+    world, acme, fake_upstream, settings, stream
+):
+    from tests.ai.conftest import make_model
+
+    settings.METRICS_TOKEN = "scrape-me"
+    options = {"prompt_tokens": 10, "cached_tokens": 6, "cache_write_tokens": 3}
+    make_model(
+        "parts", owner=acme, base_urls=[fake_upstream.base_url(reasoning_tokens=4, **options)]
+    )
+    parts = "switchboard_gateway_token_parts_total"
+    kinds = ("cache_read", "cache_write", "reasoning")
+    before = _scrape(world)
+    reply = httpx.post(
+        f"{world.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {world.alice_key}"},
+        json={"model": "parts", "messages": HI, "stream": stream},
+    )
+    assert reply.status_code == 200
+    after = _scrape(world)
+    grown = [
+        _series(after, parts, model="parts", kind=k) - _series(before, parts, model="parts", kind=k)
+        for k in kinds
+    ]
+    assert grown == [6, 3, 4]
+    tokens = "switchboard_gateway_tokens_total"
+    # The old series go on as they were: every prompt token once, the parts inside it.
+    assert (
+        _series(after, tokens, model="parts", direction="prompt")
+        - _series(before, tokens, model="parts", direction="prompt")
+        == 10
+    )
+    assert (
+        _series(after, tokens, model="parts", direction="completion")
+        - _series(before, tokens, model="parts", direction="completion")
+        == 20
+    )
+
+
+def test_metrics_count_response_cache_results_per_model(world, fake_upstream, settings):
+    settings.METRICS_TOKEN = "scrape-me"
+    settings.REDIS_URL = ""
+    world.chat.response_cache_ttl = 60
+    world.chat.save()
+    name = "switchboard_response_cache_requests_total"
+    results = ("hit", "miss", "bypass", "refresh")
+    before = _scrape(world)
+    for header in ("", "", "", "no-store", "refresh"):
+        headers = {"x-switchboard-cache": header} if header else {}
+        reply = httpx.post(
+            f"{world.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {world.alice_key}", **headers},
+            json={"model": "acme-chat", "messages": HI},
+        )
+        assert reply.status_code == 200
+    _chat(world, key=world.charlie_key, model="charlie-chat")  # caches nothing: not counted
+    after = _scrape(world)
+    grown = [
+        _series(after, name, model="acme-chat", result=r)
+        - _series(before, name, model="acme-chat", result=r)
+        for r in results
+    ]
+    assert grown == [2, 1, 1, 1]
+    assert _series(after, name, model="charlie-chat", result="miss") == 0

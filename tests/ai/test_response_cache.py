@@ -208,3 +208,112 @@ def test_the_anthropic_and_responses_routes_take_the_header_in_their_error_shape
         )
         assert reply.status_code == 200
     assert len(fake_upstream.requests()) == 2
+
+
+def test_refresh_asks_the_upstream_and_replaces_the_stored_reply(cached, fake_upstream):
+    first = _post(cached, {})
+    fresh = _post(cached, {}, headers={"x-switchboard-cache": "refresh"})
+    assert fresh.status_code == 200
+    assert fresh.headers["x-switchboard-cache"] == "refresh"
+    assert fresh.json()["id"] != first.json()["id"]
+    again = _post(cached, {})
+    assert again.headers["x-switchboard-cache"] == "hit"
+    assert again.json()["id"] == fresh.json()["id"]
+    assert len(fake_upstream.requests()) == 2
+
+
+def test_a_failed_refresh_keeps_the_stored_reply(cached, fake_upstream):
+    stored = _post(cached, {})
+    upstreams = cached.chat.upstreams.all()
+    upstreams.update(base_url=fake_upstream.base_url(status=500))
+    cached.chat.save()
+    failed = _post(cached, {}, headers={"x-switchboard-cache": "refresh"})
+    assert failed.status_code == 502
+    assert failed.json()["error"]["type"]
+    upstreams.update(base_url=fake_upstream.base_url())
+    cached.chat.save()
+    again = _post(cached, {})
+    assert again.headers["x-switchboard-cache"] == "hit"
+    assert again.json()["id"] == stored.json()["id"]
+    assert len(fake_upstream.requests()) == 2
+
+
+def test_a_refreshed_stream_replaces_the_stored_reply(cached, fake_upstream):
+    first = _post(cached, {})
+    assert _stream_text(cached, extra_headers={"x-switchboard-cache": "refresh"})[1] == "refresh"
+    again = _post(cached, {})
+    assert again.headers["x-switchboard-cache"] == "hit"
+    assert again.json()["id"] != first.json()["id"]
+    assert len(fake_upstream.requests()) == 2
+
+
+def _embed(world, *, key=None, headers=None):
+    return httpx.post(
+        f"{world.base()}/embeddings",
+        headers={"Authorization": f"Bearer {key or world.alice_key}", **(headers or {})},
+        json={"model": "acme-embed", "input": ["a", "b"]},
+        timeout=10,
+    )
+
+
+def test_embeddings_are_cached_per_tenant_and_refreshed(cached, fake_upstream, charlie):
+    cached.embed.response_cache_ttl = 60
+    cached.embed.save()
+    globex = OrganisationFactory(name="Globex", slug="globex")
+    MembershipFactory(user=charlie, organisation=globex)
+    ModelLink.objects.create(model=cached.embed, organisation=globex)
+    first, second = _embed(cached), _embed(cached)
+    assert [r.headers["x-switchboard-cache"] for r in (first, second)] == ["miss", "hit"]
+    assert second.json()["data"] == first.json()["data"]
+    assert second.json()["model"] == "acme-embed"
+    assert _embed(cached, key=cached.charlie_key).headers["x-switchboard-cache"] == "miss"
+    refreshed = _embed(cached, headers={"x-switchboard-cache": "refresh"})
+    assert refreshed.headers["x-switchboard-cache"] == "refresh"
+    assert len(fake_upstream.requests()) == 3
+    assert [e.is_cache_hit for e in wait_for_usage(4)] == [False, True, False, False]
+
+
+def _image(world, response_format, *, key=None):
+    return httpx.post(
+        f"{world.base()}/images/generations",
+        headers={"Authorization": f"Bearer {key or world.alice_key}"},
+        json={"model": "acme-image", "prompt": "a cat", "response_format": response_format},
+        timeout=10,
+    )
+
+
+def test_an_image_reply_with_its_images_is_cached_and_costs_nothing_on_a_hit(cached, fake_upstream):
+    cached.image.response_cache_ttl = 60
+    cached.image.save()
+    first, second = _image(cached, "b64_json"), _image(cached, "b64_json")
+    assert [r.headers["x-switchboard-cache"] for r in (first, second)] == ["miss", "hit"]
+    assert second.json()["data"] == first.json()["data"]
+    assert second.json()["x_switchboard"]["cache"] == "hit"
+    assert "model" not in second.json()
+    assert len(fake_upstream.requests()) == 1
+    miss, hit = wait_for_usage(2)
+    assert (miss.images, miss.cost > 0) == (1, True)
+    assert (hit.is_cache_hit, hit.images, hit.cost) == (True, 0, 0)
+
+
+def test_an_image_reply_by_url_is_never_cached(cached, fake_upstream):
+    cached.image.response_cache_ttl = 60
+    cached.image.save()
+    replies = [_image(cached, "url") for _ in range(2)]
+    assert [r.headers["x-switchboard-cache"] for r in replies] == ["miss", "miss"]
+    assert all("url" in r.json()["data"][0] for r in replies)
+    assert len(fake_upstream.requests()) == 2
+
+
+def test_an_image_reply_never_crosses_tenants(cached, fake_upstream, charlie):
+    cached.image.response_cache_ttl = 60
+    cached.image.save()
+    globex = OrganisationFactory(name="Globex", slug="globex")
+    MembershipFactory(user=charlie, organisation=globex)
+    ModelLink.objects.create(model=cached.image, organisation=globex)
+    assert _image(cached, "b64_json").headers["x-switchboard-cache"] == "miss"
+    outsider = _image(cached, "b64_json", key=cached.charlie_key)
+    assert outsider.status_code == 200
+    assert outsider.headers["x-switchboard-cache"] == "miss"
+    assert len(fake_upstream.requests()) == 2
+    assert not UsageEvent.objects.filter(is_cache_hit=True).exists()

@@ -13,7 +13,7 @@ from ai.gateway import responses_store
 from ai.models import StoredResponse, UsageStatus
 from ai.tasks import responses_purge_task
 from panel.celery import app as celery_app
-from tests.ai.conftest import make_model, wait_for_usage
+from tests.ai.conftest import make_model, slow_response_writes, wait_for_usage
 from tests.openai_schema import validate
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -551,3 +551,69 @@ def test_background_is_refused_naming_it(world):
     assert reply.json()["error"]["param"] == "background"
     assert "background" in reply.json()["error"]["message"]
     assert wait_for_usage(0) == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_another_process_finds_a_response_the_moment_its_create_returns(world, monkeypatch, stream):
+    slow_response_writes(monkeypatch, 0.3)
+    client = _client(world)
+    if stream:
+        events = list(client.responses.create(model="acme-chat", input="Hi", stream=True))
+        assert events[-1].type == "response.completed"
+        created_id = events[-1].response.id
+    else:
+        created_id = client.responses.create(model="acme-chat", input="Hi").id
+    # The row is what another process reads; and this one forgets what it held in memory.
+    assert StoredResponse.objects.filter(id=created_id).exists()
+    monkeypatch.setattr(responses_store, "_pending", {})
+    assert client.responses.retrieve(created_id).id == created_id
+    follow = client.responses.create(
+        model="acme-chat", input="And then?", previous_response_id=created_id
+    )
+    assert follow.previous_response_id == created_id
+
+
+def test_a_response_created_on_one_process_is_found_at_once_on_another(world):
+    from tests.servers import start_gateway, wait_until_serving
+
+    servers = [start_gateway(None) for _ in range(2)]
+    try:
+        for url, _ in servers:
+            wait_until_serving(f"{url}/healthz")
+        first, second = (
+            openai.OpenAI(base_url=f"{url}/v1", api_key=world.alice_key, max_retries=0)
+            for url, _ in servers
+        )
+        for _ in range(3):
+            created = first.responses.create(model="acme-chat", input="Hi")
+            assert second.responses.retrieve(created.id).id == created.id
+            events = list(second.responses.create(model="acme-chat", input="Hi", stream=True))
+            streamed = events[-1].response.id
+            follow = first.responses.create(
+                model="acme-chat", input="More", previous_response_id=streamed
+            )
+            assert follow.previous_response_id == streamed
+    finally:
+        for _, process in servers:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def test_a_failed_write_still_answers_and_is_retried(world, monkeypatch):
+    from django.db import DatabaseError
+
+    insert, calls = responses_store._insert, []
+
+    def flaky(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise DatabaseError("the database went away")
+        insert(batch)
+
+    monkeypatch.setattr(responses_store, "_insert", flaky)
+    monkeypatch.setattr(responses_store, "RETRY_SECONDS", 0.01)
+    client = _client(world)
+    created = client.responses.create(model="acme-chat", input="Hi")
+    assert client.responses.retrieve(created.id).id == created.id  # from this process's memory
+    [row] = _stored(1)
+    assert row.id == created.id and len(calls) == 2

@@ -12,7 +12,7 @@ import pytest
 
 from ai.gateway import responses_store
 from ai.models import StoredResponse, UsageEvent
-from tests.ai.conftest import make_model, wait_for_usage
+from tests.ai.conftest import make_model, slow_response_writes, wait_for_usage
 from tests.factories import UpstreamFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -271,3 +271,22 @@ def test_store_false_is_honoured_for_a_passed_through_response(world, acme, fake
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(created.id)
     assert responses_store.is_idle() and not StoredResponse.objects.exists()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_passed_through_response_is_in_the_database_before_the_client_has_it(
+    world, acme, fake_upstream, monkeypatch, stream
+):
+    _model(acme, (fake_upstream.base_url(), True))
+    slow_response_writes(monkeypatch, 0.3)
+    client = _client(world)
+    if stream:
+        events = iter(client.responses.create(model="native", input="Hi", stream=True))
+        completed = next(e for e in events if e.type == "response.completed")
+        created_id = completed.response.id
+    else:
+        created_id = client.responses.create(model="native", input="Hi").id
+    # What another process reads, as soon as the final event or the reply arrived.
+    assert StoredResponse.objects.filter(id=created_id).exists()
+    if stream:
+        assert list(events) == []
