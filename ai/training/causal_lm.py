@@ -190,11 +190,12 @@ def _template_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]
     for index, message in enumerate(messages):
         if not _is_trained(message):
             continue
-        start = len(
-            tokenizer.apply_chat_template(clean[:index], tokenize=False, add_generation_prompt=True)
+        before = tokenizer.apply_chat_template(
+            clean[:index], tokenize=False, add_generation_prompt=True
         )
-        end = len(tokenizer.apply_chat_template(clean[: index + 1], tokenize=False))
-        if not (done <= start <= end <= len(full)):
+        upto = tokenizer.apply_chat_template(clean[: index + 1], tokenize=False)
+        start, end = len(before), len(upto)
+        if not (full.startswith(before) and full.startswith(upto) and done <= start <= end):
             return None
         segments += [(full[done:start], False), (full[start:end], True)]
         done = end

@@ -19,9 +19,19 @@ from orgs.models import Organisation
 from panel.errors import ArtifactDeployed, InvalidRequest, NoArtifact, NotFound
 
 from ..instances import services as instances
-from ..models import AIModel, Backend, ModelLink, TrainedArtifact, TrainingJob, Upstream
+from ..models import (
+    AIModel,
+    Backend,
+    ModelKind,
+    ModelLink,
+    TrainedArtifact,
+    TrainingJob,
+    Upstream,
+)
 from ..models.training import ArtifactFormat
 
+# vLLM loads adapters up to --max-lora-rank (16 unless raised, to one of these).
+VLLM_LORA_RANKS = (16, 32, 64, 128, 256, 320, 512)
 BACKENDS = {
     ArtifactFormat.HF: Backend.VLLM,
     ArtifactFormat.HF_LORA: Backend.VLLM,
@@ -104,7 +114,7 @@ def _model(artifact: TrainedArtifact, name: str) -> AIModel:
         name=name,
         display_name=f"{name} (fine-tuned)",
         tags=["fine-tuned"],
-        kind=base.kind if base else AIModel._meta.get_field("kind").default,
+        kind=base.kind if base else ModelKind.CHAT,
         config=dict(base.config) if base and isinstance(base.config, dict) else {},
     )
     model.full_clean()  # a name in use is a 400, never a second upstream of that model
@@ -147,9 +157,21 @@ def _serve_instance(artifact: TrainedArtifact, model: AIModel) -> None:
                 "a LoRA adapter is served over them."
             )
         options["model_path"] = base.train_path
-        options["extra_args"] = ["--enable-lora", "--lora-modules", f"{model.name}={artifact.path}"]
+        options["extra_args"] = _lora_args(artifact, model.name)
     name = "ft-" + artifact.public_id.split("-", 1)[1][:24]
     instances.instance_create(name=name, options=options, model=model.name, start=False)
+
+
+def _lora_args(artifact: TrainedArtifact, name: str) -> list[str]:
+    """vLLM's flags serving the adapter as ``name``, with a rank limit that admits it."""
+    job = artifact.job
+    options = {**(job.trainer.options if job.trainer else {}), **(job.hyperparameters or {})}
+    rank = options.get("lora_r")
+    args = ["--enable-lora", "--lora-modules", f"{name}={artifact.path}"]
+    if isinstance(rank, int) and rank > VLLM_LORA_RANKS[0]:
+        limit = next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
+        args[1:1] = ["--max-lora-rank", str(limit)]
+    return args
 
 
 def _link(artifact: TrainedArtifact, model: AIModel, *, owner, user) -> None:

@@ -115,7 +115,7 @@ def _reason(body) -> str:
     return str(error)[:300] if error else ""
 
 
-def _upload(session: _Session, job: TrainingJob, dataset) -> str:
+def _upload(session: _Session, dataset) -> str:
     content = bytes(dataset.content)
     files = {"file": (dataset.name or f"{dataset.public_id}.jsonl", content, "application/jsonl")}
     body = session.call("POST", "files", data={"purpose": "fine-tune"}, files=files)
@@ -127,10 +127,10 @@ def _upload(session: _Session, job: TrainingJob, dataset) -> str:
 def _create(session: _Session, job: TrainingJob) -> dict:
     payload = {
         "model": _upstream_model(job, session.upstream),
-        "training_file": _upload(session, job, job.dataset),
+        "training_file": _upload(session, job.dataset),
     }
     if job.validation_dataset is not None:
-        payload["validation_file"] = _upload(session, job, job.validation_dataset)
+        payload["validation_file"] = _upload(session, job.validation_dataset)
     options = {**(job.trainer.options or {}), **(job.hyperparameters or {})}
     hyperparameters = {"n_epochs": job.epochs}
     hyperparameters.update({k: options[k] for k in UPSTREAM_HYPERPARAMETERS if k in options})

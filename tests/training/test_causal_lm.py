@@ -180,6 +180,15 @@ def test_it_fine_tunes_the_whole_model_and_the_output_loads(tmp_path, base_model
     assert generates(model, AutoTokenizer.from_pretrained(output, local_files_only=True))
 
 
+def test_it_imports_nothing_of_django_a_gpu_host_may_not_have():
+    code = (
+        "import sys, ai.training.causal_lm; "
+        "sys.exit(any(m.split('.')[0] in ('django', 'panel') for m in sys.modules))"
+    )
+
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
+
+
 def test_a_missing_base_model_is_an_error_line_and_exit_1(tmp_path, base_model):
     config, output = write_job(tmp_path, base_model)
     data = json.loads(config.read_text())
@@ -291,3 +300,19 @@ def test_a_chat_cut_to_max_seq_len_before_its_answer_is_left_out():
     tokenizer = make_tokenizer(["what colour is the sky", "the sky is blue", "answer"])
 
     assert causal_lm.build_examples(tokenizer, [chat("sky", "blue")["messages"]], 4) == []
+
+
+def test_a_template_that_rewrites_earlier_turns_falls_back_to_role_lines():
+    tokenizer = make_tokenizer(["user: what colour is the sky", "assistant: the sky is blue"])
+    # The end marker follows the last message only: a chat's start renders differently.
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+        "{% if not add_generation_prompt %}<|end|>{% endif %}"
+    )
+    messages = chat("sky", "blue")["messages"] + [{"role": "user", "content": "sky"}]
+
+    ids, labels = causal_lm.encode(tokenizer, messages, 1024)
+
+    assert ids[0] == tokenizer.bos_token_id
+    trained = [tokenizer.decode([i]) for i, label in zip(ids, labels, strict=True) if label != -100]
+    assert trained == ["the", "sky", "is", "blue"]

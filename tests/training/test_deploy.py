@@ -273,3 +273,20 @@ def test_an_artifact_without_an_organisation_is_linked_to_its_creator(alice, sta
 
     assert response.status_code == 201
     assert ModelLink.objects.get(model__name=artifact.name).user == alice
+
+
+def test_an_adapter_of_a_high_rank_raises_vllms_rank_limit(acme, alice, staff):
+    artifact = make_artifact(acme, alice, fmt="hf_lora", path="/data/ft/adapter")
+    TrainingJob.objects.filter(pk=artifact.job_id).update(hyperparameters={"lora_r": 24})
+
+    assert client_of(staff).post(DEPLOY, {"artifact": artifact.public_id}).status_code == 201
+
+    instance = Instance.objects.get(upstreams__model__name=artifact.name)
+    assert instance.extra_args == [
+        "--enable-lora",
+        "--max-lora-rank",
+        "32",
+        "--lora-modules",
+        f"{artifact.name}=/data/ft/adapter",
+    ]
+    assert instance.upstreams.get().provider_model_id == artifact.name

@@ -7,7 +7,7 @@ gateway's cache invalidation signals fire.
 
 from django.db.models import Prefetch
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -53,7 +53,14 @@ class ModelViewSet(
     ordering = ["name"]
     lookup_value_regex = "[0-9]+"
 
-    @extend_schema(request=ModelDeploySerializer, responses={201: AIModelSerializer})
+    @extend_schema(
+        request=PolymorphicProxySerializer(
+            component_name="ModelOrArtifactDeploy",
+            serializers=[ModelDeploySerializer, ArtifactDeploySerializer],
+            resource_type_field_name=None,
+        ),
+        responses={201: AIModelSerializer},
+    )
     @action(detail=False, methods=["post"], serializer_class=ModelDeploySerializer)
     def deploy(self, request):
         """Register a model with the upstreams that serve it, or serve a trained artifact."""
