@@ -6,6 +6,7 @@ import pytest
 
 from ai.models import Dataset, Trainer, TrainingEvent, TrainingJob
 from ai.models.training import TrainerKind
+from ai.training import upstream as upstream_module
 from ai.training.upstream import Outcome, job_run_upstream
 from fakeupstream import auth_fingerprint
 from tests.factories import AIModelFactory, UpstreamFactory
@@ -194,3 +195,25 @@ def test_a_job_without_an_upstream_fails_without_calling_anything(make_job, fake
 
     assert outcome.status == "failed" and "names no upstream" in outcome.error
     assert fake_upstream.requests() == []
+
+
+def test_polls_that_keep_failing_fail_the_job_after_a_few_warnings(make_job):
+    from fakeupstream import FakeUpstreamThread
+
+    with FakeUpstreamThread() as vanishing:
+        job = make_job()
+        job.trainer.upstream.base_url = vanishing.base_url(ft_polls=1000)
+        job.trainer.upstream.save()
+        calls = []
+
+        def stop_the_server_once_created():
+            calls.append(1)
+            if len(calls) == 1:  # the job exists upstream: the server goes away
+                vanishing.stop()
+
+        outcome = job_run_upstream(job, stop_the_server_once_created)
+
+    assert outcome.status == "failed"
+    assert "could not be reached (GET fine_tuning): ConnectError" in outcome.error
+    warnings = job.events.filter(level="warning")
+    assert warnings.count() == upstream_module.MAX_POLL_FAILURES - 1
