@@ -9,6 +9,7 @@ start one in a test with ``FakeUpstreamThread``. Modules, each owning one concer
 ``handlers``  what each OpenAI endpoint answers
 ``plans``     scripted completions: content, length and usage
 ``sse``       streaming a completion, with the streaming faults
+``finetune``  OpenAI's files and fine-tuning jobs (a job progresses as it is polled)
 ``llamacpp``  llama.cpp's own routes at the root (``/completion``, ``/tokenize``...)
 ``records``   the log of received requests behind ``/_fake/requests``
 ``wire``      JSON bytes and the OpenAI error envelope

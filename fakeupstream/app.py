@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fakeupstream import anthropic, faults, handlers, llamacpp, records, responses
+from fakeupstream import anthropic, faults, finetune, handlers, llamacpp, records, responses
 from fakeupstream.wire import (
     BadRequest,
     anthropic_error_response,
@@ -36,6 +36,12 @@ _ROUTES = [
     ("GET", "/images/fake.png", handlers.image_file, False, False),
     ("POST", "/messages", anthropic.messages, True, True),
     ("POST", "/responses", responses.responses, True, True),
+    ("POST", "/files", finetune.file_upload, False, False),
+    ("GET", "/fine_tuning/jobs", finetune.job_list, False, False),
+    ("POST", "/fine_tuning/jobs", finetune.job_create, True, False),
+    ("GET", "/fine_tuning/jobs/{job_id}", finetune.job_get, False, False),
+    ("POST", "/fine_tuning/jobs/{job_id}/cancel", finetune.job_cancel, False, False),
+    ("GET", "/fine_tuning/jobs/{job_id}/events", finetune.job_events, False, False),
 ]
 # The routes that answer errors in Anthropic's shape.
 _ANTHROPIC_HANDLERS = frozenset({anthropic.messages})
@@ -45,6 +51,7 @@ def create_app(models: list[str] | None = None) -> web.Application:
     """The fake upstream application. ``models`` adds ids to ``GET /v1/models``."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     handlers.setup(app, models)
+    finetune.setup(app)
     records.setup(app)
     faults.setup(app)
     router = app.router

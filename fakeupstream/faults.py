@@ -30,6 +30,8 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
                     ``cached_tokens``), ``cache_creation_input_tokens`` (``cache_write_tokens``)
 ``tool_calls``      a chat reply that calls this many of the request's tools (in turn; their
                     arguments are ``{"call": i}``) instead of answering in text
+``ft_polls``        fine-tuning: polls of a running job before it ends (default 2)
+``ft_fail``         fine-tuning: the job fails at its end instead of succeeding
 
 This module owns the option table, its parsing and the ``fail_first`` counters. The
 streaming faults (``ttft_ms``, ``chunk_delay_ms``, SSE ``drop_after``, ``stall_after``,
@@ -68,6 +70,8 @@ OPTION_TYPES: dict[str, type] = {
     "reasoning_tokens": int,
     "cache_n": int,
     "anthropic_usage": bool,
+    "ft_polls": int,
+    "ft_fail": bool,
 }
 OPTION_NAMES = tuple(OPTION_TYPES)
 _HEADER_TO_OPTION = {"x-fake-" + name.replace("_", "-"): name for name in OPTION_NAMES}

@@ -52,6 +52,9 @@ class ErrorCode(StrEnum):
     INVALID_NAME = "invalid_name"
     INSTANCE_NOT_RUNNING = "instance_not_running"
     INSTANCE_QUOTA_EXCEEDED = "instance_quota_exceeded"
+    # Training
+    NO_ARTIFACT = "no_artifact"
+    ARTIFACT_DEPLOYED = "artifact_deployed"
     AGENT_UNAVAILABLE = "agent_unavailable"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     # Organisations and their members
@@ -196,6 +199,18 @@ class InstanceQuotaExceeded(ApiError, status=409, code=ErrorCode.INSTANCE_QUOTA_
     """An instance quota (an organisation's, or INSTANCE_MAX_INSTANCES) refuses a create or start."""
 
     default_message = "An instance quota refuses this."
+
+
+class NoArtifact(ApiError, status=409, code=ErrorCode.NO_ARTIFACT):
+    """A training job left nothing to deploy (it failed, or has not finished)."""
+
+    default_message = "There is no trained artifact to deploy."
+
+
+class ArtifactDeployed(ApiError, status=409, code=ErrorCode.ARTIFACT_DEPLOYED):
+    """A trained artifact is served by one model at most."""
+
+    default_message = "The artifact is deployed already."
 
 
 class AgentUnavailable(ServiceUnavailable, code=ErrorCode.AGENT_UNAVAILABLE):

@@ -145,8 +145,28 @@ def readiness_path(instance) -> str:
 
 
 def served_model_id(instance) -> str:
-    """What the server expects as ``model`` (mlx_lm.server loads whatever it is sent)."""
-    return instance.model_path if instance.backend == Backend.MLX else instance.name
+    """What the server expects as ``model`` (mlx_lm.server loads whatever it is sent; a vLLM
+    server of one LoRA adapter answers with the adapter under its name, the base under
+    the instance's)."""
+    if instance.backend == Backend.MLX:
+        return instance.model_path
+    adapter = lora_module(instance) if instance.backend == Backend.VLLM else None
+    return adapter or instance.name
+
+
+def lora_module(instance) -> str | None:
+    """The name of the one LoRA adapter in ``--lora-modules NAME=PATH`` (a deployed
+    fine-tune); None without one, or with several (the caller names one as ``model``)."""
+    args = list(instance.extra_args or ())
+    values = []
+    for index, arg in enumerate(args):
+        if arg == "--lora-modules":
+            values += args[index + 1 : index + 2]
+        elif arg.startswith("--lora-modules="):
+            values.append(arg.partition("=")[2])
+    if len(values) != 1 or "=" not in values[0]:
+        return None
+    return values[0].partition("=")[0] or None
 
 
 def masked(argv: list[str]) -> list[str]:

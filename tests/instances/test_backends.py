@@ -98,3 +98,20 @@ def test_it_refuses_a_name_that_is_not_a_dns_label(name):
     with pytest.raises(ValidationError) as caught:
         bad.full_clean(exclude=["organisation"])
     assert "name" in caught.value.message_dict
+
+
+@pytest.mark.parametrize(
+    ("backend", "extra_args", "served"),
+    [
+        ("vllm", ["--enable-lora", "--lora-modules", "acme:ft=/data/a"], "acme:ft"),
+        ("vllm", ["--enable-lora", "--lora-modules=acme:ft=/data/a"], "acme:ft"),
+        # Several adapters: the caller names one; the instance's name is the base.
+        ("vllm", ["--lora-modules", "a=/x", "--lora-modules", "b=/y"], "srv"),
+        ("vllm", ["--enable-lora"], "srv"),
+        ("llama_cpp", ["--lora-modules", "a=/x"], "srv"),
+    ],
+)
+def test_a_vllm_server_of_one_adapter_is_asked_for_the_adapter(backend, extra_args, served):
+    instance = Instance(name="srv", backend=backend, model_path="/m", extra_args=extra_args)
+
+    assert served_model_id(instance) == served

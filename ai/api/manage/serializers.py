@@ -192,6 +192,24 @@ class ModelDeploySerializer(AIModelSerializer):
         return upstreams
 
 
+class ArtifactDeploySerializer(KnownFieldsOnly, serializers.Serializer):
+    """A trained artifact served as a model (issue 16): by its id or its job's."""
+
+    artifact = serializers.CharField(max_length=40, required=False, help_text="ftart-…")
+    job = serializers.CharField(max_length=40, required=False, help_text="ftjob-…")
+    name = serializers.CharField(
+        max_length=200, required=False, help_text="The model's name; default: the artifact's."
+    )
+    organisation = serializers.SlugField(
+        required=False, help_text="Link it to this organisation, not the job's."
+    )
+
+    def validate(self, attrs):
+        if ("artifact" in attrs) == ("job" in attrs):
+            raise serializers.ValidationError({"artifact": "Give either artifact or job."})
+        return attrs
+
+
 class ModelLinkSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSerializer):
     organisation = serializers.SlugRelatedField(
         slug_field="slug",

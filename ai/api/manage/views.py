@@ -7,7 +7,7 @@ gateway's cache invalidation signals fire.
 
 from django.db.models import Prefetch
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -16,8 +16,10 @@ from accounts.api.permissions import ManagementAccess, RegistryRole
 
 from ...models import AIModel, ModelLink, Upstream
 from ...services.registry import model_deploy
+from ...training.deploy import artifact_deploy, artifact_get_for_user
 from .serializers import (
     AIModelSerializer,
+    ArtifactDeploySerializer,
     ModelConfigSerializer,
     ModelDeploySerializer,
     ModelLinkSerializer,
@@ -51,15 +53,39 @@ class ModelViewSet(
     ordering = ["name"]
     lookup_value_regex = "[0-9]+"
 
-    @extend_schema(request=ModelDeploySerializer, responses={201: AIModelSerializer})
+    @extend_schema(
+        request=PolymorphicProxySerializer(
+            component_name="ModelOrArtifactDeploy",
+            serializers=[ModelDeploySerializer, ArtifactDeploySerializer],
+            resource_type_field_name=None,
+        ),
+        responses={201: AIModelSerializer},
+    )
     @action(detail=False, methods=["post"], serializer_class=ModelDeploySerializer)
     def deploy(self, request):
-        """Register a model with the upstreams that serve it."""
-        serializer = ModelDeploySerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        model = model_deploy(**serializer.validated_data)
+        """Register a model with the upstreams that serve it, or serve a trained artifact."""
+        if _is_artifact(request.data):
+            model = self._deploy_artifact(request)
+        else:
+            serializer = ModelDeploySerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            model = model_deploy(**serializer.validated_data)
         model = self.get_queryset().get(pk=model.pk)
         return Response(AIModelSerializer(model).data, status=status.HTTP_201_CREATED)
+
+    def _deploy_artifact(self, request) -> AIModel:
+        serializer = ArtifactDeploySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        artifact = artifact_get_for_user(
+            user=request.user, artifact=data.get("artifact", ""), job=data.get("job", "")
+        )
+        return artifact_deploy(
+            artifact=artifact,
+            user=request.user,
+            name=data.get("name", ""),
+            organisation=data.get("organisation", ""),
+        )
 
     @extend_schema(methods=["GET"], responses=ModelConfigSerializer, summary="A model's config")
     @extend_schema(
@@ -78,6 +104,11 @@ class ModelViewSet(
             model.full_clean()
             model.save()
         return Response(ModelConfigSerializer(model.config).data)
+
+
+def _is_artifact(data) -> bool:
+    """A deploy of a trained artifact names one (or its job) instead of upstreams."""
+    return isinstance(data, dict) and ("artifact" in data or "job" in data)
 
 
 class UpstreamFilter(filters.FilterSet):
