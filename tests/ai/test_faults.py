@@ -10,6 +10,7 @@ import httpx
 import pytest
 from django.db import connection
 
+from ai.gateway import ledger
 from ai.models import ModelLink
 from orgs.services import wallet_for, wallet_topup
 from panel.db import run_sync
@@ -74,6 +75,8 @@ def test_limited_links_answer_503_and_unlimited_ones_work_while_redis_is_down(
     for model in ("acme-chat", "limited", "billed"):
         assert _chat(world, model).status_code == 200
     wait_for_usage(3)
+    # Their settlements too (a loaded machine may still hold one when Redis goes).
+    wait_for(ledger.is_idle, 10, "the ledger to settle")
     caplog.set_level(logging.INFO)
     caplog.clear()
     own_redis.kill() if failure == "killed" else own_redis.hang()
