@@ -1,0 +1,289 @@
+"""Training datasets: /api/v1/ai/datasets (management API) and OpenAI's /v1/files.
+
+Both store the same rows (``ai.training.datasets``). Reading needs an API key with
+``read`` (or ``manage``), uploading and deleting one with ``manage``; a browser session
+acts with every key permission. Roles and tenancy are the selectors': members of the
+owning organisation read, staff and the trainer role upload and delete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, permissions, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.api.permissions import acting_key
+from accounts.models import Permission
+from panel.errors import ErrorCode, InvalidRequest, PayloadTooLarge
+from panel.pagination import Pagination
+
+from ..models import Dataset
+from ..training import datasets, selectors
+
+# What a multipart body may hold beside the file (boundaries, headers, small fields).
+MULTIPART_SLACK = 64 * 1024
+NAME_MAX = 255
+
+
+class DatasetAccess(permissions.BasePermission):
+    """Signed in; an API key needs ``read`` (or ``manage``) to read and ``manage`` to write."""
+
+    def has_permission(self, request, view):
+        if not (request.user and request.user.is_authenticated):
+            return False
+        key = acting_key(request)
+        if key is None or key.has_permission(Permission.MANAGE):
+            return True
+        if request.method in permissions.SAFE_METHODS and key.has_permission(Permission.READ):
+            return True
+        needed = "read" if request.method in permissions.SAFE_METHODS else "manage"
+        raise exceptions.PermissionDenied(f"This API key lacks the '{needed}' permission.")
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="public_id", read_only=True)
+    organisation = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "organisation", "created_by", "purpose", "bytes", "lines"]
+        fields += ["sha256", "created_at"]
+
+
+class FileSerializer(serializers.Serializer):
+    """OpenAI's file object."""
+
+    id = serializers.CharField(source="public_id")
+    object = serializers.SerializerMethodField()
+    bytes = serializers.IntegerField()
+    created_at = serializers.SerializerMethodField()
+    filename = serializers.CharField(source="name")
+    purpose = serializers.CharField()
+    status = serializers.SerializerMethodField()
+
+    def get_object(self, dataset) -> str:
+        return "file"
+
+    def get_created_at(self, dataset) -> int:
+        return int(dataset.created_at.timestamp())
+
+    def get_status(self, dataset) -> str:
+        # Checked before it was stored: a dataset is never anything but processed.
+        return "processed"
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    name: str
+    data: bytes
+    organisation: str | None
+
+
+def _upload(request, *, multipart_only: bool = False) -> Upload:
+    """The uploaded file: multipart ``file`` (and ``name``, ``organisation`` fields), or a raw
+    body with ``?name=`` (a raw body is never handed to DRF's parsers)."""
+    limit = settings.TRAINING_DATASET_MAX_BYTES
+    length = request.META.get("CONTENT_LENGTH") or ""
+    if length.isdigit() and int(length) > limit + MULTIPART_SLACK:
+        datasets.dataset_size_check(int(length))
+    if request.content_type.startswith("multipart/form-data"):
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise InvalidRequest("Upload the dataset as the multipart field 'file'.", param="file")
+        datasets.dataset_size_check(upload.size)
+        name = _name(request.data.get("name") or upload.name)
+        organisation = request.data.get("organisation") or request.query_params.get("organisation")
+        return Upload(name, upload.read(), organisation)
+    if multipart_only:
+        raise InvalidRequest("Upload the file as multipart/form-data.", param="file")
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise PayloadTooLarge("The request body is too large.", param="file") from None
+    query = request.query_params
+    return Upload(_name(query.get("name")), body, query.get("organisation"))
+
+
+def _name(name: str | None) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > NAME_MAX or not name.isprintable():
+        raise InvalidRequest(
+            f"A dataset needs a name of 1 to {NAME_MAX} printable characters "
+            "(the file's name, or ?name= with a raw body).",
+            param="name",
+            code=ErrorCode.INVALID_VALUE,
+        )
+    return name
+
+
+def _create(request, upload: Upload) -> Dataset:
+    """The dataset stored for the caller, owned as the upload's ``organisation`` says."""
+    owner = datasets.dataset_owner(
+        user=request.user,
+        organisation=upload.organisation,
+        key_organisation=getattr(acting_key(request), "organisation", None),
+    )
+    return datasets.dataset_create(
+        user=request.user, organisation=owner, name=upload.name, data=upload.data
+    )
+
+
+DATASET_QUERY = [
+    OpenApiParameter("name", str, description="The dataset's name, with a raw JSONL body."),
+    OpenApiParameter("organisation", str, description="The owner's slug (or id)."),
+]
+
+
+@extend_schema(tags=["Datasets"])
+class DatasetListView(APIView):
+    """Training datasets the caller may see; upload one (multipart ``file``, or raw JSONL)."""
+
+    permission_classes = [DatasetAccess]
+    serializer_class = DatasetSerializer
+
+    @extend_schema(
+        parameters=[OpenApiParameter("organisation", str, description="An owner's slug.")],
+        responses=DatasetSerializer(many=True),
+    )
+    def get(self, request):
+        rows = selectors.datasets_for_user(request.user)
+        if request.query_params.get("organisation"):
+            rows = rows.filter(organisation__slug=request.query_params["organisation"])
+        paginator = Pagination()
+        page = paginator.paginate_queryset(rows, request, view=self)
+        return paginator.get_paginated_response(DatasetSerializer(page, many=True).data)
+
+    @extend_schema(
+        request={
+            "multipart/form-data": OpenApiTypes.OBJECT,
+            "application/jsonl": OpenApiTypes.BINARY,
+        },
+        parameters=DATASET_QUERY,
+        responses={201: DatasetSerializer},
+    )
+    def post(self, request):
+        dataset = _create(request, _upload(request))
+        return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["Datasets"])
+class DatasetDetailView(APIView):
+    """One dataset's metadata (never its content); delete it."""
+
+    permission_classes = [DatasetAccess]
+    serializer_class = DatasetSerializer
+
+    def get(self, request, public_id: str):
+        dataset = selectors.dataset_get_for_user(request.user, public_id)
+        return Response(DatasetSerializer(dataset).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, public_id: str):
+        dataset = selectors.dataset_get_for_user(request.user, public_id)
+        datasets.dataset_delete(user=request.user, dataset=dataset)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- OpenAI's /v1/files -------------------------------------------------------------------
+
+FILES_LIMIT_MAX = 10_000
+
+
+@extend_schema(tags=["Files"])
+class FileListView(APIView):
+    """OpenAI's files (purpose ``fine-tune`` only): list with a cursor, upload."""
+
+    permission_classes = [DatasetAccess]
+    serializer_class = FileSerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("purpose", str),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("order", str, enum=["asc", "desc"]),
+            OpenApiParameter("after", str),
+        ]
+    )
+    def get(self, request):
+        query = request.query_params
+        rows = selectors.datasets_for_user(request.user)
+        if query.get("purpose"):
+            rows = rows.filter(purpose=query["purpose"])
+        rows, limit = _cursor(rows, request)
+        page = list(rows[: limit + 1])
+        data = FileSerializer(page[:limit], many=True).data
+        return Response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": len(page) > limit,
+            }
+        )
+
+    @extend_schema(request={"multipart/form-data": OpenApiTypes.OBJECT}, responses=FileSerializer)
+    def post(self, request):
+        upload = _upload(request, multipart_only=True)
+        purpose = request.data.get("purpose")
+        if purpose != datasets.PURPOSE:
+            raise InvalidRequest(
+                f"purpose must be '{datasets.PURPOSE}': only fine-tuning files are stored here.",
+                param="purpose",
+                code=ErrorCode.INVALID_VALUE,
+            )
+        return Response(FileSerializer(_create(request, upload)).data)
+
+
+def _cursor(rows, request):
+    """``rows`` in ``order`` (by creation) after the ``after`` id, and the page's ``limit``."""
+    query = request.query_params
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order must be 'asc' or 'desc'.", param="order")
+    limit = query.get("limit", str(FILES_LIMIT_MAX))
+    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= FILES_LIMIT_MAX):
+        raise InvalidRequest(f"limit must be from 1 to {FILES_LIMIT_MAX}.", param="limit")
+    rows = rows.order_by("id" if order == "asc" else "-id")
+    if query.get("after"):
+        after = selectors.dataset_get_for_user(request.user, query["after"])
+        rows = rows.filter(id__gt=after.pk) if order == "asc" else rows.filter(id__lt=after.pk)
+    return rows, int(limit)
+
+
+@extend_schema(tags=["Files"])
+class FileDetailView(APIView):
+    """One file object; delete it."""
+
+    permission_classes = [DatasetAccess]
+    serializer_class = FileSerializer
+
+    def get(self, request, file_id: str):
+        return Response(FileSerializer(selectors.dataset_get_for_user(request.user, file_id)).data)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def delete(self, request, file_id: str):
+        dataset = selectors.dataset_get_for_user(request.user, file_id)
+        datasets.dataset_delete(user=request.user, dataset=dataset)
+        return Response({"id": file_id, "object": "file", "deleted": True})
+
+
+@extend_schema(tags=["Files"], responses={200: OpenApiTypes.BINARY})
+class FileContentView(APIView):
+    """The file's bytes, as uploaded."""
+
+    permission_classes = [DatasetAccess]
+
+    def get(self, request, file_id: str):
+        dataset = selectors.dataset_get_for_user(request.user, file_id, with_content=True)
+        response = HttpResponse(bytes(dataset.content), content_type="application/octet-stream")
+        response["Content-Disposition"] = f'attachment; filename="{dataset.public_id}.jsonl"'
+        return response
