@@ -13,16 +13,18 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
+from django_filters import rest_framework as filters
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, permissions, serializers, status
+from rest_framework import exceptions, generics, permissions, serializers, status
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api.permissions import acting_key
 from accounts.models import Permission
 from panel.errors import ErrorCode, InvalidRequest, PayloadTooLarge
-from panel.pagination import Pagination
 
 from ..models import Dataset
 from ..training import datasets, selectors
@@ -142,24 +144,28 @@ DATASET_QUERY = [
 ]
 
 
+class DatasetFilter(filters.FilterSet):
+    organisation = filters.CharFilter(field_name="organisation__slug", help_text="An owner's slug")
+
+    class Meta:
+        model = Dataset
+        fields = ["organisation", "name"]
+
+
 @extend_schema(tags=["Datasets"])
-class DatasetListView(APIView):
+class DatasetListView(generics.ListAPIView):
     """Training datasets the caller may see; upload one (multipart ``file``, or raw JSONL)."""
 
     permission_classes = [DatasetAccess]
     serializer_class = DatasetSerializer
+    filterset_class = DatasetFilter
+    ordering_fields = ["id", "name", "bytes", "lines", "created_at"]
+    ordering = ["-created_at", "-id"]
 
-    @extend_schema(
-        parameters=[OpenApiParameter("organisation", str, description="An owner's slug.")],
-        responses=DatasetSerializer(many=True),
-    )
-    def get(self, request):
-        rows = selectors.datasets_for_user(request.user)
-        if request.query_params.get("organisation"):
-            rows = rows.filter(organisation__slug=request.query_params["organisation"])
-        paginator = Pagination()
-        page = paginator.paginate_queryset(rows, request, view=self)
-        return paginator.get_paginated_response(DatasetSerializer(page, many=True).data)
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Dataset.objects.none()
+        return selectors.datasets_for_user(self.request.user)
 
     @extend_schema(
         request={
@@ -197,12 +203,31 @@ class DatasetDetailView(APIView):
 FILES_LIMIT_MAX = 10_000
 
 
+class FileListSerializer(serializers.Serializer):
+    """OpenAI's list of files, with its cursor."""
+
+    object = serializers.CharField()
+    data = FileSerializer(many=True)
+    first_id = serializers.CharField(allow_null=True)
+    last_id = serializers.CharField(allow_null=True)
+    has_more = serializers.BooleanField()
+
+
+class ListSchema(AutoSchema):
+    """A list that is no viewset: its GET is named ``..._list``, not ``..._retrieve``."""
+
+    def get_operation_id(self):
+        operation_id = super().get_operation_id()
+        return operation_id.replace("_retrieve", "_list") if self.method == "GET" else operation_id
+
+
 @extend_schema(tags=["Files"])
 class FileListView(APIView):
     """OpenAI's files (purpose ``fine-tune`` only): list with a cursor, upload."""
 
     permission_classes = [DatasetAccess]
     serializer_class = FileSerializer
+    schema = ListSchema()
 
     @extend_schema(
         parameters=[
@@ -210,7 +235,8 @@ class FileListView(APIView):
             OpenApiParameter("limit", int),
             OpenApiParameter("order", str, enum=["asc", "desc"]),
             OpenApiParameter("after", str),
-        ]
+        ],
+        responses=FileListSerializer,
     )
     def get(self, request):
         query = request.query_params
@@ -276,11 +302,22 @@ class FileDetailView(APIView):
         return Response({"id": file_id, "object": "file", "deleted": True})
 
 
+class AnyAccept(BaseContentNegotiation):
+    """Errors in JSON whatever the client accepts (the SDK asks for application/binary)."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 @extend_schema(tags=["Files"], responses={200: OpenApiTypes.BINARY})
 class FileContentView(APIView):
     """The file's bytes, as uploaded."""
 
     permission_classes = [DatasetAccess]
+    content_negotiation_class = AnyAccept
 
     def get(self, request, file_id: str):
         dataset = selectors.dataset_get_for_user(request.user, file_id, with_content=True)

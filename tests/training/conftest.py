@@ -1,13 +1,12 @@
 """Training's world: tina, a trainer in acme (beside alice, bob and charlie), and keys."""
 
 import pytest
-from django.contrib.auth.models import Group
 
 from accounts.models import Permission
-from accounts.roles import TRAINER
 from accounts.services import apikey_create
 from orgs.models import Role
 from tests.factories import MembershipFactory, UserFactory
+from tests.training.helpers import trainer_group
 
 MANAGE = [Permission.READ, Permission.PROXY, Permission.MANAGE]
 
@@ -16,7 +15,7 @@ MANAGE = [Permission.READ, Permission.PROXY, Permission.MANAGE]
 def tina(acme):
     """A member of acme with the trainer role."""
     user = UserFactory(username="tina")
-    user.groups.add(Group.objects.get(name=TRAINER))
+    user.groups.add(trainer_group())
     MembershipFactory(user=user, organisation=acme, role=Role.MEMBER)
     return user
 

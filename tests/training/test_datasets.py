@@ -4,17 +4,15 @@ import hashlib
 import json
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from accounts.roles import TRAINER
 from accounts.services import apikey_create
 from ai.models import Dataset, TrainingJob
 from ai.training.datasets import dataset_check
 from panel.errors import ApiError
 from tests.factories import OrganisationFactory, UserFactory
-from tests.training.examples import chat_line, jsonl
+from tests.training.helpers import chat_line, jsonl, trainer_group
 
 URL = "/api/v1/ai/datasets"
 ROLE_LIST = "system, user, assistant, tool"
@@ -245,7 +243,7 @@ def test_an_outsider_sees_nothing(training_keys, tina):
 
 
 def test_an_outsider_cannot_upload_into_another_organisation(training_keys, charlie):
-    charlie.groups.add(Group.objects.get(name=TRAINER))
+    charlie.groups.add(trainer_group())
     response = _upload(training_keys["charlie"], jsonl(chat_line()), organisation="acme")
     assert _error(response, 400)["param"] == "organisation"
     assert not Dataset.objects.exists()
@@ -274,9 +272,9 @@ def test_staff_see_every_dataset_and_upload_for_any_organisation(training_keys, 
 
 def test_a_trainer_without_an_organisation_owns_the_upload_alone(tina, db):
     solo = UserFactory(username="solo")
-    solo.groups.add(Group.objects.get(name=TRAINER))
+    solo.groups.add(trainer_group())
     peer = UserFactory(username="peer")
-    peer.groups.add(Group.objects.get(name=TRAINER))
+    peer.groups.add(trainer_group())
     solo_key = apikey_create(user=solo, name="k", permissions=["read", "manage"])[1]
     peer_key = apikey_create(user=peer, name="k", permissions=["read", "manage"])[1]
     dataset_id = _upload(solo_key, jsonl(chat_line())).json()["id"]
