@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from django_filters import rest_framework as filters
 from drf_spectacular.openapi import AutoSchema
@@ -24,7 +23,7 @@ from rest_framework.views import APIView
 
 from accounts.api.permissions import acting_key
 from accounts.models import Permission
-from panel.errors import ErrorCode, InvalidRequest, PayloadTooLarge
+from panel.errors import ErrorCode, InvalidRequest
 
 from ..models import Dataset
 from ..training import datasets, selectors
@@ -32,6 +31,7 @@ from ..training import datasets, selectors
 # What a multipart body may hold beside the file (boundaries, headers, small fields).
 MULTIPART_SLACK = 64 * 1024
 NAME_MAX = 255
+UPLOAD_ROLE = "Uploading a dataset needs the admin or trainer role."
 
 
 class DatasetAccess(permissions.BasePermission):
@@ -40,13 +40,18 @@ class DatasetAccess(permissions.BasePermission):
     def has_permission(self, request, view):
         if not (request.user and request.user.is_authenticated):
             return False
+        is_read = request.method in permissions.SAFE_METHODS
         key = acting_key(request)
-        if key is None or key.has_permission(Permission.MANAGE):
-            return True
-        if request.method in permissions.SAFE_METHODS and key.has_permission(Permission.READ):
-            return True
-        needed = "read" if request.method in permissions.SAFE_METHODS else "manage"
-        raise exceptions.PermissionDenied(f"This API key lacks the '{needed}' permission.")
+        if key is not None and not (
+            key.has_permission(Permission.MANAGE)
+            or (is_read and key.has_permission(Permission.READ))
+        ):
+            needed = "read" if is_read else "manage"
+            raise exceptions.PermissionDenied(f"This API key lacks the '{needed}' permission.")
+        if request.method == "POST" and not selectors.dataset_may_upload_any(request.user):
+            # Refused before the upload is read: its size or lines do not matter.
+            raise exceptions.PermissionDenied(UPLOAD_ROLE)
+        return True
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -56,8 +61,17 @@ class DatasetSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Dataset
-        fields = ["id", "name", "organisation", "created_by", "purpose", "bytes", "lines"]
-        fields += ["sha256", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "organisation",
+            "created_by",
+            "purpose",
+            "bytes",
+            "lines",
+            "sha256",
+            "created_at",
+        ]
 
 
 class FileSerializer(serializers.Serializer):
@@ -106,10 +120,11 @@ def _upload(request, *, multipart_only: bool = False) -> Upload:
         return Upload(name, upload.read(), organisation)
     if multipart_only:
         raise InvalidRequest("Upload the file as multipart/form-data.", param="file")
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        raise PayloadTooLarge("The request body is too large.", param="file") from None
+    # Read from the stream, at most one byte past the limit: ``request.body`` would stop
+    # at DATA_UPLOAD_MAX_MEMORY_SIZE rather than at the dataset limit.
+    stream = request.stream
+    body = stream.read(limit + 1) if stream is not None else b""
+    datasets.dataset_size_check(len(body))
     query = request.query_params
     return Upload(_name(query.get("name")), body, query.get("organisation"))
 

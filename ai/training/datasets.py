@@ -47,7 +47,7 @@ def dataset_size_check(size: int) -> None:
     limit = settings.TRAINING_DATASET_MAX_BYTES
     if size > limit:
         raise PayloadTooLarge(
-            f"The file has {size} bytes; a dataset may have at most {limit} bytes "
+            f"The file is too large: a dataset may have at most {limit} bytes "
             "(TRAINING_DATASET_MAX_BYTES).",
             param="file",
         )

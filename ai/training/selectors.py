@@ -47,11 +47,16 @@ def dataset_find_for_user(user, ref: str) -> Dataset | None:
     return datasets.filter(public_id=ref).first() or datasets.filter(name=ref).first()
 
 
+def dataset_may_upload_any(user) -> bool:
+    """Whether ``user`` holds a role that uploads datasets (staff, or the trainer role)."""
+    return user.is_staff or user.has_perm("ai.add_dataset")
+
+
 def dataset_may_upload(user, organisation) -> bool:
     """Whether ``user`` may store a dataset owned by ``organisation`` (None: by themselves)."""
     if user.is_staff:
         return True
-    if not user.has_perm("ai.add_dataset"):
+    if not dataset_may_upload_any(user):
         return False
     return organisation is None or _is_member(user, organisation.pk)
 

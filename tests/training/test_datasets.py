@@ -220,6 +220,22 @@ def test_a_body_far_over_the_limit_is_refused_before_it_is_read(training_keys, s
     assert _error(_upload(training_keys["tina"], data), 413)["param"] == "file"
 
 
+def test_a_raw_body_is_held_to_the_dataset_limit_not_djangos_memory_limit(training_keys, settings):
+    data = jsonl(*[chat_line()] * 5)
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+    assert _raw(training_keys["tina"], data).status_code == 201
+    assert Dataset.objects.get().bytes == len(data)
+
+
+@pytest.mark.parametrize("send", [_upload, _raw])
+def test_a_caller_without_the_role_is_refused_before_the_file_is_looked_at(
+    training_keys, settings, send
+):
+    settings.TRAINING_DATASET_MAX_BYTES = 10
+    error = _error(send(training_keys["bob"], b"{broken" * 100), 403)
+    assert error["message"] == "Uploading a dataset needs the admin or trainer role."
+
+
 def test_a_member_without_the_trainer_role_reads_but_cannot_upload_or_delete(training_keys, tina):
     dataset_id = _upload(training_keys["tina"], jsonl(chat_line())).json()["id"]
     for persona in ("bob", "alice"):

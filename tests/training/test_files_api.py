@@ -2,6 +2,7 @@
 
 import io
 
+import httpx
 import openai
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -68,6 +69,22 @@ def test_the_sdk_gets_the_bad_line_in_a_bad_request_error(asgi_server, training_
     assert caught.value.body["message"] == "line 2: messages needs at least one assistant message"
     assert caught.value.body["param"] == "file"
     assert not Dataset.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_raw_jsonl_body_uploads_through_the_asgi_server(asgi_server, training_keys, settings):
+    data = jsonl(chat_line(), chat_line())
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10
+    response = httpx.post(
+        f"{asgi_server.url}/api/v1/ai/datasets?name=my-training-data",
+        content=data,
+        headers={
+            "Authorization": f"Bearer {training_keys['tina']}",
+            "Content-Type": "application/jsonl",
+        },
+    )
+    assert response.status_code == 201, response.text
+    assert bytes(Dataset.objects.get(name="my-training-data").content) == data
 
 
 @pytest.mark.parametrize("base", BASES)
