@@ -12,7 +12,6 @@ import hashlib
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
 
 from orgs.models import Organisation
 from panel.errors import ErrorCode, InvalidRequest, PayloadTooLarge, PermissionDenied
@@ -181,7 +180,10 @@ def dataset_create(
 ) -> Dataset:
     """A checked dataset owned by ``organisation`` (else by ``user``); nothing on a bad file."""
     if not selectors.dataset_may_upload(user, organisation):
-        raise PermissionDenied("Uploading a dataset needs the admin or trainer role.")
+        raise PermissionDenied(
+            "Uploading a dataset needs the admin role, or the trainer role in the organisation "
+            "that will own it."
+        )
     dataset = Dataset(organisation=organisation, created_by=user, name=name, purpose=purpose)
     dataset_content_set(dataset, data)
     dataset.save()
@@ -195,9 +197,10 @@ def dataset_content_set(dataset: Dataset, data: bytes) -> None:
     dataset.bytes, dataset.lines, dataset.sha256 = summary.bytes, summary.lines, summary.sha256
 
 
-@transaction.atomic
 def dataset_delete(*, user, dataset: Dataset) -> None:
     """Deletes a dataset the user may change; its jobs keep their rows (dataset left empty)."""
     if not selectors.dataset_may_change(user, dataset):
-        raise PermissionDenied("Deleting a dataset needs the admin or trainer role.")
+        raise PermissionDenied(
+            "Deleting a dataset needs the admin role, or the trainer role in its organisation."
+        )
     dataset.delete()

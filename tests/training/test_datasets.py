@@ -313,6 +313,16 @@ def test_an_upload_goes_to_the_organisation_of_the_key(tina, acme):
     )
 
 
+def test_a_key_of_an_organisation_the_trainer_left_uploads_nothing(tina, acme):
+    key = apikey_create(user=tina, name="k", permissions=["read", "manage"], organisation=acme)[1]
+    acme.memberships.filter(user=tina).delete()
+    assert (
+        "trainer role in the organisation"
+        in _error(_upload(key, jsonl(chat_line())), 403)["message"]
+    )
+    assert not Dataset.objects.exists()
+
+
 def test_a_read_key_reads_and_a_manage_permission_is_needed_to_write(tina):
     read_key = apikey_create(user=tina, name="r", permissions=["read"])[1]
     proxy_key = apikey_create(user=tina, name="p", permissions=["proxy"])[1]
