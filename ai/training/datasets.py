@@ -34,11 +34,9 @@ class Summary:
     sha256: str
 
 
-class DatasetError(InvalidRequest):
-    """A dataset that is not OpenAI's chat fine-tuning JSONL (400, param ``file``)."""
-
-    def __init__(self, message: str):
-        super().__init__(message, param="file", code=ErrorCode.INVALID_VALUE)
+def _refused(message: str) -> InvalidRequest:
+    """The error for a dataset that is not OpenAI's chat fine-tuning JSONL (400, param file)."""
+    return InvalidRequest(message, param="file", code=ErrorCode.INVALID_VALUE)
 
 
 def dataset_size_check(size: int) -> None:
@@ -53,18 +51,18 @@ def dataset_size_check(size: int) -> None:
 
 
 def dataset_check(data: bytes) -> Summary:
-    """The dataset's summary; ``DatasetError`` naming the first bad line and why."""
+    """The dataset's summary; a 400 naming the first bad line and why."""
     dataset_size_check(len(data))
     text = _text(data)
     rows = text.split("\n")
     while rows and not rows[-1].strip():
         rows.pop()
     if not rows:
-        raise DatasetError("The file is empty: a dataset needs at least one training example.")
+        raise _refused("The file is empty: a dataset needs at least one training example.")
     for number, row in enumerate(rows, start=1):
         reason = _example_error(row)
         if reason:
-            raise DatasetError(f"line {number}: {reason}")
+            raise _refused(f"line {number}: {reason}")
     return Summary(lines=len(rows), bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
@@ -74,7 +72,7 @@ def _text(data: bytes) -> str:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = body[: exc.start].count(b"\n") + 1
-        raise DatasetError(f"line {line}: not UTF-8 text (byte {exc.start + 1})") from None
+        raise _refused(f"line {line}: not UTF-8 text (byte {exc.start + 1})") from None
 
 
 def _example_error(row: str) -> str | None:
