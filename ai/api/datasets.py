@@ -103,14 +103,17 @@ class Upload:
     organisation: str | None
 
 
-def _upload(request, *, multipart_only: bool = False) -> Upload:
-    """The uploaded file: multipart ``file`` (and ``name``, ``organisation`` fields), or a raw
-    body with ``?name=`` (a raw body is never handed to DRF's parsers)."""
+def _upload(request, *, fields: tuple[str, ...], multipart_only: bool = False) -> Upload:
+    """The uploaded file: multipart ``file`` (and the other ``fields``), or a raw body with
+    ``?name=`` (a raw body is never handed to DRF's parsers)."""
     limit = settings.TRAINING_DATASET_MAX_BYTES
     length = request.META.get("CONTENT_LENGTH") or ""
     if length.isdigit() and int(length) > limit + MULTIPART_SLACK:
         datasets.dataset_size_check(int(length))
     if request.content_type.startswith("multipart/form-data"):
+        unknown = sorted(set(request.data) - {"file", *fields})
+        if unknown:
+            raise InvalidRequest("Unknown field.", param=unknown[0], code=ErrorCode.INVALID_VALUE)
         upload = request.FILES.get("file")
         if upload is None:
             raise InvalidRequest("Upload the dataset as the multipart field 'file'.", param="file")
@@ -191,7 +194,7 @@ class DatasetListView(generics.ListAPIView):
         responses={201: DatasetSerializer},
     )
     def post(self, request):
-        dataset = _create(request, _upload(request))
+        dataset = _create(request, _upload(request, fields=("name", "organisation")))
         return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
@@ -273,7 +276,7 @@ class FileListView(APIView):
 
     @extend_schema(request={"multipart/form-data": OpenApiTypes.OBJECT}, responses=FileSerializer)
     def post(self, request):
-        upload = _upload(request, multipart_only=True)
+        upload = _upload(request, fields=("purpose", "organisation"), multipart_only=True)
         purpose = request.data.get("purpose")
         if purpose != datasets.PURPOSE:
             raise InvalidRequest(

@@ -187,6 +187,12 @@ def test_a_raw_body_needs_a_name(training_keys):
     assert not Dataset.objects.exists()
 
 
+def test_an_unknown_form_field_is_refused_by_name(training_keys):
+    error = _error(_upload(training_keys["tina"], jsonl(chat_line()), epochs="3"), 400)
+    assert (error["param"], error["message"]) == ("epochs", "Unknown field.")
+    assert not Dataset.objects.exists()
+
+
 def test_a_multipart_upload_needs_the_file_field(training_keys):
     response = _client(training_keys["tina"]).post(URL, {"name": "x"}, format="multipart")
     assert _error(response, 400)["param"] == "file"

@@ -129,6 +129,15 @@ def test_a_file_that_is_no_dataset_is_refused_in_the_envelope(training_keys, dat
     assert not Dataset.objects.exists()
 
 
+def test_an_unknown_form_field_is_refused_on_the_openai_route(training_keys):
+    fields = {"file": SimpleUploadedFile("t.jsonl", jsonl(chat_line())), "purpose": "fine-tune"}
+    response = _client(training_keys["tina"]).post(
+        "/v1/files", {**fields, "name": "x"}, format="multipart"
+    )
+    assert _error(response, 400)["param"] == "name"
+    assert not Dataset.objects.exists()
+
+
 def test_a_raw_body_is_refused_on_the_openai_route(training_keys):
     response = _client(training_keys["tina"]).generic(
         "POST", "/v1/files", jsonl(chat_line()), content_type="application/jsonl"
