@@ -163,6 +163,12 @@ class ModelNotFound(NotFound, code=ErrorCode.MODEL_NOT_FOUND):
     default_message = "The model does not exist or you do not have access to it."
 
 
+class PayloadTooLarge(ApiError, status=413, code=ErrorCode.REQUEST_TOO_LARGE):
+    """An upload over its size limit (a training dataset over TRAINING_DATASET_MAX_BYTES)."""
+
+    default_message = "The upload is too large."
+
+
 class MethodNotAllowed(ApiError, status=405, code=ErrorCode.METHOD_NOT_ALLOWED):
     default_message = "Method not allowed."
 

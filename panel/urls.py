@@ -7,7 +7,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from ai.admin import usage_dashboard
 from ai.api import health
 from ai.api.instances.urls import llama_cpp_patterns
-from ai.api.urls import anthropic_patterns, botserver_patterns, openai_patterns, panel_patterns
+from ai.api.urls import (
+    anthropic_patterns,
+    botserver_patterns,
+    dataset_patterns,
+    openai_patterns,
+    panel_patterns,
+)
 from ai.views import chat_page
 from panel import api as panel_api
 from panel import errors, views
@@ -26,6 +32,7 @@ urlpatterns = [
     path("v1/", include(openai_patterns)),
     # The management API (DRF) comes before the gateway's routes that share its prefixes.
     path("api/v1/ai/", include("ai.api.manage.urls")),
+    path("api/v1/ai/", include(dataset_patterns)),
     path("api/v1/", include("ai.api.instances.urls")),
     path("llama-cpp/", include(llama_cpp_patterns)),
     path("api/v1/", include("accounts.api.urls")),

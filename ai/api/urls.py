@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import anthropic, openai, panel, responses, usage
+from . import anthropic, datasets, openai, panel, responses, usage
 
 # Anthropic's Messages and Models APIs; the SDK appends /v1/messages to its base URL.
 anthropic_patterns = [
@@ -19,7 +19,16 @@ openai_patterns = [
     path("responses", responses.responses_create),
     path("responses/<str:response_id>", responses.response_detail),
     path("responses/<str:response_id>/input_items", responses.response_input_items),
+    path("files", datasets.FileListView.as_view()),
+    path("files/<str:file_id>", datasets.FileDetailView.as_view()),
+    path("files/<str:file_id>/content", datasets.FileContentView.as_view()),
     *anthropic_patterns,
+]
+
+# Training datasets under /api/v1/ai/ (the management API's prefix).
+dataset_patterns = [
+    path("datasets", datasets.DatasetListView.as_view(), name="dataset-list"),
+    path("datasets/<str:public_id>", datasets.DatasetDetailView.as_view(), name="dataset-detail"),
 ]
 
 # botserver (seed 004): chat, embeddings and `inference`, chat that also takes `input`.

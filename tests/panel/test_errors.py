@@ -124,6 +124,7 @@ ENVELOPES = [
     (errors.NotFound, 404, "invalid_request_error", "not_found"),
     (errors.ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (errors.MethodNotAllowed, 405, "invalid_request_error", "method_not_allowed"),
+    (errors.PayloadTooLarge, 413, "invalid_request_error", "request_too_large"),
     (errors.RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (errors.InternalError, 500, "server_error", "internal_error"),
     (errors.UpstreamError, 502, "upstream_error", "upstream_error"),
