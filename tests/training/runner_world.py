@@ -5,7 +5,6 @@ import hashlib
 import itertools
 import sys
 import threading
-import time
 from pathlib import Path
 
 from django.db import connections
@@ -13,6 +12,7 @@ from django.db import connections
 from ai.instances import procs
 from ai.models import AIModel, Dataset, Trainer, TrainerKind, TrainingJob
 from ai.training import runner
+from tests.servers import wait_for
 
 FAKE = Path(__file__).resolve().parent / "trainers" / "fake.py"
 DATA = (
@@ -57,15 +57,6 @@ def job(mode: str = "ok", *args: str, trainer_fields=None, **fields) -> Training
     )
 
 
-def wait_for(check, timeout: float = 30.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Running:
     """``runner.job_run(job)`` in a thread of its own, as a worker runs it."""
 
@@ -96,7 +87,7 @@ class Running:
             message = line.values_list("message", flat=True).first()
             return message and tuple(int(pid) for pid in message.split()[1:])
 
-        pids = wait_for(said, what="the trainer to say its pids")
+        pids = wait_for(said, 30, "the trainer to say its pids")
         Running.groups.add(pids[0])
         return pids
 

@@ -322,7 +322,9 @@ def test_a_cancelled_upstream_job_is_told_to_stop_and_ends_cancelled(
     settings.TRAINING_HEARTBEAT_INTERVAL = 0.05
 
     def poll_until_told(job, should_stop):
-        world.wait_for(lambda: TrainingJob.objects.filter(pk=job.pk, status="running").exists())
+        world.wait_for(
+            lambda: TrainingJob.objects.filter(pk=job.pk, status="running").exists(), 10, "running"
+        )
         TrainingJob.objects.filter(pk=job.pk).update(cancel_requested_at=job.created_at)
         reason = world.wait_for(should_stop, 10, "should_stop to say cancelled")
         fake_upstream_module.reason = reason
