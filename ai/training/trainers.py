@@ -36,7 +36,9 @@ def command(job: TrainingJob, config_path: Path) -> list[str]:
     if job.trainer_kind == TrainerKind.BUILTIN:
         template = [sys.executable, "-m", BUILTIN_MODULE, "--config", CONFIG_PLACEHOLDER]
     elif job.trainer_kind == TrainerKind.COMMAND:
-        template = job.trainer.command if job.trainer else None
+        if job.trainer is None:
+            raise CannotRun("the job's trainer was deleted")
+        template = job.trainer.command
         if (
             not isinstance(template, list)
             or not template

@@ -3,6 +3,7 @@ and a job run in a thread of its own (as a worker runs it) that a test can act o
 
 import hashlib
 import itertools
+import json
 import sys
 import threading
 from pathlib import Path
@@ -96,6 +97,32 @@ class Running:
         assert not self.thread.is_alive(), "job_run did not return"
         if self.error:
             raise self.error
+
+
+ENQUEUE = """
+from ai.models import AIModel, Dataset, Trainer, TrainingJob
+from ai.tasks import training_run_task
+
+data = b'{{"messages": [{{"role": "user", "content": "hi"}}]}}' + b"\\n"
+model = AIModel.objects.create(name="tiny-base")
+dataset = Dataset.objects.create(
+    name="train.jsonl", content=data, bytes=len(data), lines=1, sha256="0" * 64
+)
+trainer = Trainer.objects.create(name="fake", kind="command", command={argv})
+job = TrainingJob.objects.create(
+    base_model=model, base_model_name=model.name, dataset=dataset, trainer=trainer,
+    trainer_kind=trainer.kind,
+)
+training_run_task.delay(job.id)
+print(job.id)
+"""
+
+
+def enqueue_code(mode: str, *args: str) -> str:
+    """`manage.py shell -c` code that makes a job of the fake trainer in ``mode`` and
+    enqueues its task, as a web process does; it prints the job's id."""
+    argv = [sys.executable, str(FAKE), "--config", "{config}", "--mode", mode, *args]
+    return ENQUEUE.format(argv=json.dumps(argv))
 
 
 def kill_strays() -> None:

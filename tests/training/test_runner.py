@@ -173,6 +173,16 @@ def test_a_command_trainer_without_a_command_fails_the_job_clearly(command):
     assert _statuses(job) == ["running", "failed"]
 
 
+def test_a_job_whose_trainer_was_deleted_fails_the_job():
+    job = world.job()
+    job.trainer.delete()
+
+    runner.job_run(job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.error) == (TrainingStatus.FAILED, "the job's trainer was deleted")
+
+
 def test_a_trainer_program_that_is_not_there_fails_the_job(tmp_path):
     job = world.job(trainer_fields={"command": [str(tmp_path / "no-such-trainer"), "{config}"]})
 

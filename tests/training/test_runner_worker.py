@@ -3,7 +3,6 @@
 Redis when REDIS_URL is set. The jobs are made and enqueued by `manage.py shell`, as a
 web process would, and read back from the worker's SQLite file."""
 
-import json
 import os
 import signal
 import sqlite3
@@ -16,27 +15,9 @@ import pytest
 
 from ai.instances import procs
 from tests.servers import wait_for
-from tests.training.runner_world import FAKE
+from tests.training.runner_world import enqueue_code
 
 ROOT = Path(__file__).resolve().parents[2]
-
-ENQUEUE = """
-from ai.models import AIModel, Dataset, Trainer, TrainingJob
-from ai.tasks import training_run_task
-
-data = b'{{"messages": [{{"role": "user", "content": "hi"}}]}}' + b"\\n"
-model = AIModel.objects.create(name="tiny-base")
-dataset = Dataset.objects.create(
-    name="train.jsonl", content=data, bytes=len(data), lines=1, sha256="0" * 64
-)
-trainer = Trainer.objects.create(name="fake", kind="command", command={argv})
-job = TrainingJob.objects.create(
-    base_model=model, base_model_name=model.name, dataset=dataset, trainer=trainer,
-    trainer_kind=trainer.kind,
-)
-training_run_task.delay(job.id)
-print(job.id)
-"""
 
 
 @pytest.fixture
@@ -73,8 +54,7 @@ def _manage(env, *args: str) -> str:
 
 
 def _enqueue(env, mode: str, *args: str) -> int:
-    argv = [sys.executable, str(FAKE), "--config", "{config}", "--mode", mode, *args]
-    return int(_manage(env, "shell", "-c", ENQUEUE.format(argv=json.dumps(argv))).split()[-1])
+    return int(_manage(env, "shell", "-c", enqueue_code(mode, *args)).split()[-1])
 
 
 def _row(env, table: str, job_id: int, columns: str):
