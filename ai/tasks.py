@@ -44,10 +44,13 @@ def responses_purge_task() -> None:
     response_cache.cache_purge()
 
 
-@shared_task(bind=True, ignore_result=True)
+@shared_task(bind=True, ignore_result=True, acks_late=True)
 def training_run_task(self, job_id: int) -> None:
-    # On the ``training`` queue (CELERY_TASK_ROUTES). Not acknowledged late and never
-    # retried: a worker that dies mid-job leaves it to the orphan check, which fails it.
+    # On the ``training`` queue (CELERY_TASK_ROUTES). Acknowledged when it ends, so that
+    # a worker started with --prefetch-multiplier 1 holds no second job while it trains
+    # (that job would wait hours behind this one while another worker idles). Never
+    # retried: a redelivered task finds its job running and does nothing; a worker that
+    # dies mid-job leaves it to the orphan check, which fails it.
     runner.job_run(job_id, worker=self.request.hostname or "", task_id=self.request.id or "")
 
 

@@ -100,15 +100,16 @@ class Running:
 
 
 ENQUEUE = """
+import uuid
 from ai.models import AIModel, Dataset, Trainer, TrainingJob
 from ai.tasks import training_run_task
 
 data = b'{{"messages": [{{"role": "user", "content": "hi"}}]}}' + b"\\n"
-model = AIModel.objects.create(name="tiny-base")
+model, _ = AIModel.objects.get_or_create(name="tiny-base")
 dataset = Dataset.objects.create(
     name="train.jsonl", content=data, bytes=len(data), lines=1, sha256="0" * 64
 )
-trainer = Trainer.objects.create(name="fake", kind="command", command={argv})
+trainer = Trainer.objects.create(name=f"fake-{{uuid.uuid4()}}", kind="command", command={argv})
 job = TrainingJob.objects.create(
     base_model=model, base_model_name=model.name, dataset=dataset, trainer=trainer,
     trainer_kind=trainer.kind,

@@ -19,6 +19,9 @@ from tests.training.runner_world import enqueue_code
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Each test migrates a database and starts workers: more than the suite's 120 s default.
+pytestmark = pytest.mark.timeout(300)
+
 
 @pytest.fixture
 def world(tmp_path):
@@ -72,18 +75,23 @@ class Worker:
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "celery", "-A", "panel", "worker", "-Q", "training"),
-                *("-l", "info", "--concurrency", "1", "-n", f"gpu-{uuid.uuid4()}@%h", *pool),
+                *("-l", "info", "--concurrency", "1", "--prefetch-multiplier", "1"),
+                *("-n", f"gpu-{uuid.uuid4()}@%h", *pool),
             ],
             cwd=ROOT,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            # Its pool processes too are stopped as one group.
+            start_new_session=True,
         )
 
     def output(self) -> str:
         return Path(self.log.name).read_text()
 
     def stop(self) -> None:
+        """SIGTERM (a warm shutdown waits for its job: end the trainer first), then the
+        group's SIGKILL."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -91,6 +99,7 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        procs.kill_group(self.process.pid)
         self.log.close()
 
 
@@ -146,11 +155,44 @@ def test_a_job_whose_worker_was_killed_is_failed_by_the_orphan_check_and_its_tra
 
         wait_for(failed, 30, "the orphan check to fail the job")
     finally:
-        worker.stop()
         if trainer_pid:
             procs.kill_group(trainer_pid)
+        worker.stop()
 
     assert _row(world, "ai_trainingjob", job_id, "error") == (
         "the worker running it stopped answering (no heartbeat for 1 seconds)",
     )
     assert _row(world, "ai_trainedartifact", job_id, "id") is None
+
+
+def test_a_worker_busy_training_holds_no_second_job_from_an_idle_one(world, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    workers = [Worker(world, tmp_path / "a"), Worker(world, tmp_path / "b")]
+    long_pid = None
+    try:
+        long_job = _enqueue(world, "sleep")
+
+        def started():
+            for worker in workers:
+                assert worker.process.poll() is None, worker.output()
+            return _row(world, "ai_trainingjob", long_job, "pid")[0]
+
+        long_pid = wait_for(started, 90, "a worker to start the long job")
+        # Either worker may poll the queue first: the busy one must not take this job.
+        short_job = _enqueue(world, "ok")
+
+        def finished():
+            return _row(world, "ai_trainingjob", short_job, "status")[0] == "succeeded"
+
+        wait_for(finished, 60, "the idle worker to run the second job")
+        long_status, long_worker = _row(world, "ai_trainingjob", long_job, "status, worker")
+        short_worker = _row(world, "ai_trainingjob", short_job, "worker")[0]
+    finally:
+        if long_pid:
+            procs.kill_group(long_pid)
+        for worker in workers:
+            worker.stop()
+
+    assert long_status == "running"
+    assert short_worker != long_worker
