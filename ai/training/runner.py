@@ -190,6 +190,7 @@ class Run:
         timeout = job.trainer.timeout_seconds if job.trainer else None
         self.timeout = timeout or settings.TRAINING_JOB_TIMEOUT
         self.track_progress = True
+        self.pid: int | None = None
         self.stop_reason = ""  # cancelled, timeout, gone (deleted or ended elsewhere)
         self.next_look = self.started + POLL_INTERVAL
         self.next_heartbeat = self.started + settings.TRAINING_HEARTBEAT_INTERVAL
@@ -263,7 +264,8 @@ class Run:
 
     def watch(self, process: subprocess.Popen) -> None:
         """Read the trainer's output and look at the row until it ends or must stop."""
-        _attempt(lambda: TrainingJob.objects.filter(pk=self.job.pk).update(pid=process.pid))
+        self.pid = process.pid  # written with the heartbeat, and at once:
+        _attempt(lambda: self._running().update(pid=process.pid))
         selector = selectors.DefaultSelector()
         readers = {}
         for pipe, handle in ((process.stdout, self.on_stdout), (process.stderr, self.on_stderr)):
@@ -472,6 +474,8 @@ class Run:
             fields.update(
                 step=self.step, total_steps=self.total_steps, epoch=self.epoch, metrics=self.metrics
             )
+        if self.pid is not None:
+            fields["pid"] = self.pid
         return fields
 
     def flush(self) -> None:

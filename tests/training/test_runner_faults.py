@@ -264,6 +264,7 @@ def test_the_trainer_keeps_running_while_the_database_is_away_and_the_end_is_wri
     job.refresh_from_db()
     assert job.status == TrainingStatus.SUCCEEDED
     assert job.step == 5
+    assert job.pid > 0  # its first write was refused; a later one carried it
     assert TrainedArtifact.objects.filter(job=job).count() == 1
     metrics = TrainingEvent.objects.filter(job=job, kind=TrainingEventKind.METRICS)
     assert [e.step for e in metrics] == [1, 2, 3, 4, 5]
@@ -295,6 +296,15 @@ def test_a_job_whose_end_cannot_be_written_in_time_leaves_no_artifact(settings, 
 
 
 # --- The orphan check (beat) --------------------------------------------------------------
+
+
+def test_beat_runs_the_orphan_check_every_minute():
+    from panel.celery import app
+
+    entries = [
+        e for e in app.conf.beat_schedule.values() if e["task"] == training_orphans_task.name
+    ]
+    assert [e["schedule"] for e in entries] == [60.0]
 
 
 @pytest.mark.django_db
