@@ -229,7 +229,7 @@ class Run:
         try:
             self.watch(process)
         except BaseException:
-            # A fault of the runner itself (or the worker's warm shutdown): the trainer
+            # A fault of the runner itself (or the worker's cold shutdown): the trainer
             # must not outlive it, and the job must not stay running.
             self.stop(process, selectors.DefaultSelector(), {})
             self.finish(TrainingStatus.FAILED, "the runner stopped on an unexpected error")
