@@ -6,6 +6,7 @@ from django.conf import settings
 from . import services
 from .gateway import response_cache, responses_store
 from .training import runner
+from .training import services as training_services
 
 
 @shared_task(ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
@@ -43,11 +44,20 @@ def responses_purge_task() -> None:
     response_cache.cache_purge()
 
 
+@shared_task(bind=True, ignore_result=True, acks_late=True)
+def training_run_task(self, job_id: int) -> None:
+    # On the ``training`` queue (CELERY_TASK_ROUTES). Acknowledged when it ends, so that
+    # a worker started with --prefetch-multiplier 1 holds no second job while it trains
+    # (that job would wait hours behind this one while another worker idles). Never
+    # retried: a redelivered task finds its job running and does nothing; a worker that
+    # dies mid-job leaves it to the orphan check, which fails it.
+    runner.job_run(job_id, worker=self.request.hostname or "", task_id=self.request.id or "")
+
+
 @shared_task(ignore_result=True)
-def training_run_task(job_id: int) -> None:
-    # On the ``training`` queue (CELERY_TASK_ROUTES). Not acknowledged late and never
-    # retried: a worker that dies mid-job leaves it to the orphan check, which fails it.
-    runner.job_run(job_id)
+def training_orphans_task() -> None:
+    # No retry: the next beat tick looks again.
+    training_services.jobs_fail_orphans()
 
 
 def beat_schedule() -> dict:
@@ -69,4 +79,5 @@ def beat_schedule() -> dict:
         },
         "health-prune": {"task": health_prune_task.name, "schedule": 3600.0},
         "responses-purge": {"task": responses_purge_task.name, "schedule": 3600.0},
+        "training-orphans": {"task": training_orphans_task.name, "schedule": 60.0},
     }

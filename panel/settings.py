@@ -348,7 +348,8 @@ TRAINING_QUEUE = "training"
 # A dataset upload larger than this is refused (413); the content is kept in the database.
 TRAINING_DATASET_MAX_BYTES = env.int("TRAINING_DATASET_MAX_BYTES", default=32 * 1024 * 1024)
 # Where a worker writes what its jobs produce (a directory per job).
-TRAINING_OUTPUT_DIR = Path(env.str("TRAINING_OUTPUT_DIR", default=str(DATA_DIR / "training")))
+# An empty value (.env.example's) means the default, as INSTANCE_LOG_DIR's does.
+TRAINING_OUTPUT_DIR = Path(env.str("TRAINING_OUTPUT_DIR", default="") or DATA_DIR / "training")
 # A job running longer than this (seconds) is stopped and failed; a trainer may set less.
 TRAINING_JOB_TIMEOUT = env.int("TRAINING_JOB_TIMEOUT", default=24 * 3600)
 # The runner writes the job's heartbeat (and progress) at most this often (seconds);

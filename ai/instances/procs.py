@@ -49,6 +49,20 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes of the group ``pgid`` (zombies, which a signal no longer
+    reaches and which only their reaper removes, do not count)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        # Field 5 (the process group) is at index 2; field 3 (the state) at 0.
+        if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
 def signal_group(pgid: int, sig: int) -> None:
     """Send ``sig`` to the group ``pgid``; a group already gone is not an error."""
     with contextlib.suppress(ProcessLookupError):

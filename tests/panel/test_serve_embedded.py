@@ -23,6 +23,7 @@ from tests.servers import (
     send_slowly_until_closed,
 )
 from tests.servers import wait_for as _wait_for
+from tests.training.runner_world import enqueue_code
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -257,6 +258,21 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
     assert _query(db, "SELECT name, address, instance_host FROM ai_node") == [
         ("local", env["INSTANCE_AGENT_URL"], "127.0.0.1")
     ]
+
+    # Its worker takes the training queue too: a training job runs to success.
+    subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", enqueue_code("ok")],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    _wait_for(
+        lambda: _query(db, "SELECT status FROM ai_trainingjob") == [("succeeded",)],
+        60,
+        "the training job to succeed",
+    )
 
     # The launcher's children now: web, worker, beat and the instance agent (the fake
     # upstream was replaced); the instance is a grandchild, stopped with the rest.

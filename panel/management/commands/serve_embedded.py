@@ -61,6 +61,10 @@ class Command(BaseCommand):
                 "worker",
                 "-l",
                 "info",
+                # Celery's default queue, and the training jobs' (GPU hosts run workers
+                # for that one alone: `celery -A panel worker -Q training`).
+                "-Q",
+                f"celery,{settings.TRAINING_QUEUE}",
                 "--concurrency",
                 "2",
                 "-n",
