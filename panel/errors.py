@@ -52,6 +52,8 @@ class ErrorCode(StrEnum):
     INVALID_NAME = "invalid_name"
     INSTANCE_NOT_RUNNING = "instance_not_running"
     INSTANCE_QUOTA_EXCEEDED = "instance_quota_exceeded"
+    # Training jobs
+    JOB_FINISHED = "job_finished"
     AGENT_UNAVAILABLE = "agent_unavailable"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     # Organisations and their members
@@ -196,6 +198,18 @@ class InstanceQuotaExceeded(ApiError, status=409, code=ErrorCode.INSTANCE_QUOTA_
     """An instance quota (an organisation's, or INSTANCE_MAX_INSTANCES) refuses a create or start."""
 
     default_message = "An instance quota refuses this."
+
+
+class JobFinished(ApiError, status=409, code=ErrorCode.JOB_FINISHED):
+    """A training job that has already ended cannot be cancelled."""
+
+    default_message = "The training job has already finished."
+
+
+class TrainingQuotaExceeded(RateLimited, code=ErrorCode.QUOTA_EXCEEDED):
+    """An organisation's training quota (jobs at once, minutes a month) refuses a start."""
+
+    default_message = "A training quota refuses this job."
 
 
 class AgentUnavailable(ServiceUnavailable, code=ErrorCode.AGENT_UNAVAILABLE):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import anthropic, openai, panel, responses, usage
+from . import anthropic, fine_tuning, openai, panel, responses, training, usage
 
 # Anthropic's Messages API; the SDK appends /v1/messages to its base URL.
 anthropic_patterns = [
@@ -16,6 +16,10 @@ openai_patterns = [
     path("responses/<str:response_id>/input_items", responses.response_input_items),
     path("models", openai.models_list),
     path("models/<path:model_name>", openai.model_detail),
+    path("fine_tuning/jobs", fine_tuning.jobs),
+    path("fine_tuning/jobs/<str:job_id>", fine_tuning.job_detail),
+    path("fine_tuning/jobs/<str:job_id>/cancel", fine_tuning.job_cancel),
+    path("fine_tuning/jobs/<str:job_id>/events", fine_tuning.job_events),
     *anthropic_patterns,
 ]
 
@@ -24,6 +28,11 @@ botserver_patterns = [
     path("chat/completions", openai.chat_completions),
     path("inference", openai.inference),
     path("embeddings", openai.embeddings),
+    # Training jobs (seed 004).
+    path("training", training.training_list),
+    path("training/start", training.training_start),
+    path("training/<str:job_id>/status", training.training_status),
+    path("training/<str:job_id>/cancel", training.training_cancel),
 ]
 
 panel_patterns = [

@@ -1,0 +1,120 @@
+"""Reads of training rows on a caller's behalf; the tenancy checks live here.
+
+A job or dataset is visible to staff, and to the members of its organisation (or
+its creator when it has none). Anything else is "not found".
+"""
+
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+
+from accounts.models import User
+from panel.errors import ErrorCode, InvalidRequest, NotFound
+
+from ..models import Dataset, TrainingEvent, TrainingJob
+
+EVENT_PREFIX = "ftevent-"
+MAX_PAGE = 100
+
+
+def owned_by(user: User) -> Q:
+    """Rows with ``organisation`` and ``created_by`` that ``user`` may see (not for staff)."""
+    return Q(organisation__memberships__user=user) | Q(
+        organisation__isnull=True, created_by=user
+    )
+
+
+# --- Jobs
+
+
+def jobs_visible_to(user: User) -> QuerySet[TrainingJob]:
+    """The jobs ``user`` may see, newest first, with what a listing shows."""
+    jobs = TrainingJob.objects.select_related(
+        "organisation", "dataset", "validation_dataset", "trainer", "artifact"
+    ).order_by("-id")
+    return jobs if user.is_staff else jobs.filter(owned_by(user))
+
+
+def job_get_for_user(*, user: User, public_id: str) -> TrainingJob:
+    """The job with that public id if ``user`` may see it; 404 otherwise."""
+    job = jobs_visible_to(user).filter(public_id=public_id).first()
+    if job is None:
+        raise NotFound(f"No training job '{public_id}'.", param="job_id")
+    return job
+
+
+def jobs_page(*, user: User, after: str | None, limit: int) -> tuple[list[TrainingJob], bool]:
+    """A page of the visible jobs older than the job ``after``; and whether more follow."""
+    jobs = jobs_visible_to(user)
+    if after:
+        anchor = job_get_for_user(user=user, public_id=after)
+        jobs = jobs.filter(id__lt=anchor.pk)
+    rows = list(jobs[: limit + 1])
+    return rows[:limit], len(rows) > limit
+
+
+def event_public_id(event: TrainingEvent) -> str:
+    return f"{EVENT_PREFIX}{event.pk}"
+
+
+def job_events(
+    *, job: TrainingJob, after: str | None = None, limit: int = 20
+) -> tuple[list[TrainingEvent], bool]:
+    """The job's events newest first, older than the event ``after``; and whether more follow."""
+    events = TrainingEvent.objects.filter(job=job).order_by("-id")
+    if after:
+        number = after.removeprefix(EVENT_PREFIX)
+        if not number.isdigit():
+            raise InvalidRequest(
+                f"after must be an event id ({EVENT_PREFIX}…).",
+                param="after",
+                code=ErrorCode.INVALID_VALUE,
+            )
+        events = events.filter(id__lt=int(number))
+    rows = list(events[: limit + 1])
+    return rows[:limit], len(rows) > limit
+
+
+def job_log_tail(*, job: TrainingJob, lines: int = 200) -> list[TrainingEvent]:
+    """The job's last ``lines`` log events, oldest first."""
+    tail = TrainingEvent.objects.filter(job=job, kind="log").order_by("-id")[:lines]
+    return list(reversed(tail))
+
+
+def job_loss_series(*, job: TrainingJob) -> list[tuple[int, float]]:
+    """(step, loss) of the job's metrics events, in order."""
+    rows = TrainingEvent.objects.filter(job=job, kind="metrics").order_by("id")
+    return [
+        (event.step or 0, event.data["loss"])
+        for event in rows.only("step", "data")
+        if isinstance(event.data.get("loss"), int | float)
+    ]
+
+
+def page_limit(value: str | None, *, default: int = 20) -> int:
+    """A ``limit`` query parameter: 1 to MAX_PAGE."""
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+        raise InvalidRequest(
+            f"limit must be an integer from 1 to {MAX_PAGE}.",
+            param="limit",
+            code=ErrorCode.INVALID_VALUE,
+        )
+    return int(value)
+
+
+# --- Datasets a job names (16a's dataset selectors sit beside these)
+
+
+def dataset_for_job(*, user: User, ref, param: str = "dataset") -> Dataset:
+    """The dataset named by public id (``file-…``) or by name, if ``user`` may see it."""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidRequest(
+            f"{param} must be a dataset's id or name.", param=param, code=ErrorCode.INVALID_VALUE
+        )
+    datasets = Dataset.objects.all() if user.is_staff else Dataset.objects.filter(owned_by(user))
+    found = datasets.filter(Q(public_id=ref) | Q(name=ref)).order_by("-id").first()
+    if found is None:
+        raise NotFound(f"No dataset '{ref}'.", param=param)
+    return found
