@@ -6,6 +6,7 @@ from django.utils.html import format_html
 
 from .instances import admin as instances_admin  # noqa: F401  (registers the Instances page)
 from .instances import node_admin  # noqa: F401  (registers the Nodes page)
+from .training import admin as training_admin  # noqa: F401  (registers the Training pages)
 from .models import (
     AIModel,
     HealthCheck,
