@@ -6,7 +6,6 @@ from django.utils.html import format_html
 
 from .instances import admin as instances_admin  # noqa: F401  (registers the Instances page)
 from .instances import node_admin  # noqa: F401  (registers the Nodes page)
-from .training import admin as training_admin  # noqa: F401  (registers the Training pages)
 from .models import (
     AIModel,
     HealthCheck,
@@ -18,6 +17,7 @@ from .models import (
 )
 from .selectors.usage import TopUsage, UsageDashboard, dashboard_data
 from .services import upstreams_check
+from .training import admin as training_admin  # noqa: F401  (registers the Training pages)
 
 HEALTH_COLOURS = {
     HealthStatus.HEALTHY: "#1a7f37",

@@ -128,7 +128,9 @@ def create_arguments(body: dict) -> dict:
     epochs = services.DEFAULT_EPOCHS if epochs == "auto" else epochs
     services.epochs_check(epochs, param=f"{param}.n_epochs")
     seed = body.get("seed")
-    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+    if seed is not None and not (
+        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+    ):
         raise _invalid("seed must be an integer of at least 0.", "seed")
     # OpenAI picks a seed when none is given, and reports it on the job.
     hyperparameters["seed"] = secrets.randbelow(2**31) if seed is None else seed

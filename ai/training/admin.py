@@ -100,7 +100,16 @@ class TrainingJobAdmin(admin.ModelAdmin):
         (None, {"fields": REQUEST_FIELDS}),
         (
             "Progress",
-            {"fields": ["status_colour", "progress", "metrics", "loss_chart", "error", "cancel_button"]},
+            {
+                "fields": [
+                    "status_colour",
+                    "progress",
+                    "metrics",
+                    "loss_chart",
+                    "error",
+                    "cancel_button",
+                ]
+            },
         ),
         ("Worker", {"fields": OBSERVED_FIELDS}),
         (f"Log (last {LOG_TAIL} lines)", {"fields": ["log_tail"]}),
@@ -165,7 +174,9 @@ class TrainingJobAdmin(admin.ModelAdmin):
         if not lines:
             return "(no log yet)"
         rows = format_html_join(
-            "\n", "{} [{}] {}", ((e.created_at.strftime("%H:%M:%S"), e.level, e.message) for e in lines)
+            "\n",
+            "{} [{}] {}",
+            ((e.created_at.strftime("%H:%M:%S"), e.level, e.message) for e in lines),
         )
         return format_html('<pre style="white-space:pre-wrap">{}</pre>', rows)
 

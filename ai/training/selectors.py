@@ -19,9 +19,7 @@ MAX_PAGE = 100
 
 def owned_by(user: User) -> Q:
     """Rows with ``organisation`` and ``created_by`` that ``user`` may see (not for staff)."""
-    return Q(organisation__memberships__user=user) | Q(
-        organisation__isnull=True, created_by=user
-    )
+    return Q(organisation__memberships__user=user) | Q(organisation__isnull=True, created_by=user)
 
 
 # --- Jobs

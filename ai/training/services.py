@@ -125,7 +125,9 @@ def may_train(user: User) -> bool:
 def job_check_may_change(*, user: User, job: TrainingJob) -> None:
     """403 unless ``user`` may start or cancel jobs of the job's owner (it is visible to them)."""
     if not may_train(user):
-        raise PermissionDenied("Starting and cancelling training jobs needs the admin or trainer role.")
+        raise PermissionDenied(
+            "Starting and cancelling training jobs needs the admin or trainer role."
+        )
     if user.is_staff:
         return
     owned = (
@@ -293,7 +295,12 @@ def job_start(
             hyperparameters=hyperparameters,
             suffix=suffix or "",
         )
-        event_add(job=job, kind=TrainingEventKind.STATUS, message="Job queued.", data={"status": job.status})
+        event_add(
+            job=job,
+            kind=TrainingEventKind.STATUS,
+            message="Job queued.",
+            data={"status": job.status},
+        )
         transaction.on_commit(lambda: _enqueue(job.pk))
     return job
 
@@ -322,11 +329,21 @@ def job_cancel(*, job: TrainingJob, user: User | None = None) -> TrainingJob:
         if job.status == TrainingStatus.QUEUED:
             job.status, job.finished_at = TrainingStatus.CANCELLED, now
             job.save(update_fields=["status", "finished_at", "updated_at"])
-            event_add(job=job, kind=TrainingEventKind.STATUS, message="Job cancelled.", data={"status": job.status})
+            event_add(
+                job=job,
+                kind=TrainingEventKind.STATUS,
+                message="Job cancelled.",
+                data={"status": job.status},
+            )
         elif job.cancel_requested_at is None:
             job.cancel_requested_at = now
             job.save(update_fields=["cancel_requested_at", "updated_at"])
-            event_add(job=job, kind=TrainingEventKind.STATUS, message="Cancel requested.", data={"status": job.status})
+            event_add(
+                job=job,
+                kind=TrainingEventKind.STATUS,
+                message="Cancel requested.",
+                data={"status": job.status},
+            )
     return job
 
 
@@ -340,4 +357,3 @@ def event_add(
     return TrainingEvent.objects.create(
         job=job, kind=kind, message=message, level=level, data=data or {}, step=step
     )
-

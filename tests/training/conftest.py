@@ -76,7 +76,8 @@ def training(db, alice, bob, charlie, acme, enqueued):
     ModelLinkFactory(model=charlie_model, user=charlie)
     Trainer.objects.update(is_default=False)
     trainer, _ = Trainer.objects.update_or_create(
-        name="builtin", defaults={"kind": TrainerKind.BUILTIN, "is_default": True, "is_active": True}
+        name="builtin",
+        defaults={"kind": TrainerKind.BUILTIN, "is_default": True, "is_active": True},
     )
     manage = ["read", "proxy", "manage"]
     return TrainingWorld(

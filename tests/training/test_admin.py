@@ -33,11 +33,15 @@ def test_the_list_shows_jobs_with_status_colours(admin_client, training, alice, 
     html = page.content.decode()
     assert "#0969da" in html and "#cf222e" in html  # running blue, failed red
     assert "step 5/10 (50%)" in html
-    filtered = admin_client.get(reverse("admin:ai_trainingjob_changelist") + "?status=failed&q=acme")
+    filtered = admin_client.get(
+        reverse("admin:ai_trainingjob_changelist") + "?status=failed&q=acme"
+    )
     assert filtered.context["cl"].result_count == 1
 
 
-def test_the_detail_shows_progress_the_loss_chart_and_the_log_tail(admin_client, training, alice, acme):
+def test_the_detail_shows_progress_the_loss_chart_and_the_log_tail(
+    admin_client, training, alice, acme
+):
     job = _job(training, alice, acme, status=TrainingStatus.RUNNING, metrics={"loss": 0.9})
     for step, loss in ((1, 2.5), (2, 1.7), (3, 0.9)):
         TrainingEvent.objects.create(job=job, kind="metrics", step=step, data={"loss": loss})
@@ -86,7 +90,9 @@ def test_jobs_cannot_be_added_through_the_admin(admin_client, training):
 
 def test_the_trainer_page_masks_secrets_and_keeps_them(admin_client, training):
     trainer = Trainer.objects.create(
-        name="script", kind="command", command=["train", "{config}"],
+        name="script",
+        kind="command",
+        command=["train", "{config}"],
         environment={"HF_TOKEN": SECRET, "LANG": "C"},
     )
     url = reverse("admin:ai_trainer_change", args=[trainer.pk])
@@ -94,8 +100,12 @@ def test_the_trainer_page_masks_secrets_and_keeps_them(admin_client, training):
     assert page.status_code == 200 and SECRET not in page.content.decode()
     form = page.context["adminform"].form
     data = {
-        "name": "script", "kind": "command", "command": '["train", "{config}"]',
-        "environment": form["environment"].value(), "options": "{}", "timeout_seconds": "",
+        "name": "script",
+        "kind": "command",
+        "command": '["train", "{config}"]',
+        "environment": form["environment"].value(),
+        "options": "{}",
+        "timeout_seconds": "",
         "is_active": "on",
     }
     assert admin_client.post(url, data).status_code == 302
@@ -106,8 +116,15 @@ def test_the_trainer_page_masks_secrets_and_keeps_them(admin_client, training):
 def test_the_trainer_form_refuses_an_upstream_trainer_without_upstream(admin_client, training):
     response = admin_client.post(
         reverse("admin:ai_trainer_add"),
-        {"name": "remote", "kind": "upstream", "command": "[]", "environment": "{}",
-         "options": "{}", "timeout_seconds": "", "is_active": "on"},
+        {
+            "name": "remote",
+            "kind": "upstream",
+            "command": "[]",
+            "environment": "{}",
+            "options": "{}",
+            "timeout_seconds": "",
+            "is_active": "on",
+        },
     )
     assert response.status_code == 200
     assert "needs its upstream" in response.content.decode()

@@ -88,7 +88,9 @@ def test_it_refuses_bad_input_naming_the_field(client, training, fields, param, 
 def test_it_answers_404_for_an_unknown_base_model(client, training):
     error = _error(_start(client, training, base_model="llama-9"), 404, "model_not_found")
     assert error["param"] == "base_model"
-    assert "acme-base" in error["available_models"] and "charlie-base" not in error["available_models"]
+    assert (
+        "acme-base" in error["available_models"] and "charlie-base" not in error["available_models"]
+    )
 
 
 def test_it_answers_404_for_a_model_the_caller_may_not_use(client, training):
@@ -163,8 +165,12 @@ def test_the_monthly_minutes_quota_counts_finished_and_running_time(client, trai
     job.save()
     # 4 minutes running, plus 5 of a job finished this month: under 10.
     TrainingJob.objects.create(
-        organisation=acme, base_model_name="x", trainer_kind="builtin",
-        status=TrainingStatus.SUCCEEDED, finished_at=now, seconds_used=300,
+        organisation=acme,
+        base_model_name="x",
+        trainer_kind="builtin",
+        status=TrainingStatus.SUCCEEDED,
+        finished_at=now,
+        seconds_used=300,
     )
     assert _start(client, training).status_code == 202
     TrainingJob.objects.filter(status=TrainingStatus.SUCCEEDED).update(seconds_used=400)
@@ -177,8 +183,12 @@ def test_time_used_in_an_earlier_month_does_not_count(client, training, acme):
     acme.save()
     earlier = timezone.now().replace(day=1) - timezone.timedelta(days=2)
     TrainingJob.objects.create(
-        organisation=acme, base_model_name="x", trainer_kind="builtin",
-        status=TrainingStatus.SUCCEEDED, finished_at=earlier, seconds_used=9999,
+        organisation=acme,
+        base_model_name="x",
+        trainer_kind="builtin",
+        status=TrainingStatus.SUCCEEDED,
+        finished_at=earlier,
+        seconds_used=9999,
     )
     assert _start(client, training).status_code == 202
 
@@ -207,7 +217,9 @@ def test_status_of_a_succeeded_job_names_its_artifact(client, training):
     artifact = TrainedArtifact.objects.create(job=job, name="acme-base:ft-x", format="hf_lora")
     body = _call(client, "get", f"/api/v1/ai/training/{job_id}/status", training.alice_key).json()
     assert body["result"] == {
-        "artifact_id": artifact.public_id, "name": "acme-base:ft-x", "format": "hf_lora"
+        "artifact_id": artifact.public_id,
+        "name": "acme-base:ft-x",
+        "format": "hf_lora",
     }
 
 
@@ -272,5 +284,7 @@ def test_the_list_shows_the_callers_jobs_newest_first(client, training):
 
 def test_unknown_job_ids_and_bad_limits_answer_in_the_envelope(client, training):
     _error(_call(client, "get", "/api/v1/ai/training/ftjob-nope/status", training.alice_key), 404)
-    _error(_call(client, "get", "/api/v1/ai/training?limit=0", training.alice_key), 400, None, "limit")
+    _error(
+        _call(client, "get", "/api/v1/ai/training?limit=0", training.alice_key), 400, None, "limit"
+    )
     _error(_call(client, "get", "/api/v1/ai/training", "sb-wrong"), 401)

@@ -35,7 +35,9 @@ def test_the_sdk_creates_a_job_under_every_base_url(sdk, training, enqueued, bas
     )
     assert job.object == "fine_tuning.job" and job.id.startswith("ftjob-")
     assert (job.status, job.model, job.training_file) == (
-        "queued", "acme-base", training.dataset.public_id
+        "queued",
+        "acme-base",
+        training.dataset.public_id,
     )
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
     assert job.hyperparameters.learning_rate_multiplier == "auto"
@@ -107,7 +109,11 @@ def test_cancel_of_a_finished_job_is_a_409_for_the_sdk(sdk, training):
         ({"model": "charlie-base"}, openai.NotFoundError, "base_model"),
         ({"training_file": "file-nope"}, openai.NotFoundError, "dataset"),
         ({"hyperparameters": {"n_epochs": -2}}, openai.BadRequestError, "hyperparameters.n_epochs"),
-        ({"hyperparameters": {"n_epochs": "3"}}, openai.BadRequestError, "hyperparameters.n_epochs"),
+        (
+            {"hyperparameters": {"n_epochs": "3"}},
+            openai.BadRequestError,
+            "hyperparameters.n_epochs",
+        ),
         (
             {"hyperparameters": {"learning_rate_multiplier": 0}},
             openai.BadRequestError,
