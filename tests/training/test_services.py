@@ -164,3 +164,32 @@ def test_the_event_page_walks_back_from_an_event(training, alice):
     assert [e.message for e in rest] == ["line 1", "line 0", "Job queued."] and not more
     with pytest.raises(InvalidRequest):
         selectors.job_events(job=job, after="ftevent-x")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_jobs_quota_holds_when_starts_race(training, alice, acme):
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from django.db import connection
+
+    from panel.errors import TrainingQuotaExceeded
+
+    acme.max_training_jobs = 2
+    acme.save()
+    barrier = Barrier(6)
+
+    def start(_):
+        barrier.wait()
+        try:
+            _start(training, alice)
+            return "started"
+        except TrainingQuotaExceeded:
+            return "refused"
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = sorted(pool.map(start, range(6)))
+    assert outcomes == ["refused"] * 4 + ["started"] * 2
+    assert TrainingJob.objects.filter(organisation=acme).count() == 2
