@@ -2,7 +2,7 @@
 
 The shapes are OpenAI's ``fine_tuning.job`` and ``fine_tuning.job.event``; ``model`` is
 the base model, ``training_file`` and ``validation_file`` are datasets' ``file-…`` ids.
-Reads need the key's ``read`` permission, create and cancel ``manage``.
+Every route needs the key's ``manage`` permission, as seed 004's do.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def _events(*, user: User, job_id: str, after: str | None, limit: int) -> dict:
     return {"object": "list", "data": [event_object(e) for e in events], "has_more": has_more}
 
 
-@ai_route(methods={"GET": Permission.READ, "POST": Permission.MANAGE})
+@ai_route(methods={"GET": Permission.MANAGE, "POST": Permission.MANAGE})
 async def jobs(request, identity, request_id):
     if request.method == "POST":
         arguments = create_arguments(json_body(request))
@@ -182,7 +182,7 @@ async def jobs(request, identity, request_id):
     )
 
 
-@ai_route(methods={"GET": Permission.READ})
+@ai_route(methods={"GET": Permission.MANAGE})
 async def job_detail(request, identity, request_id, job_id: str):
     return json_response(await as_caller(identity, _retrieve, job_id=job_id))
 
@@ -192,7 +192,7 @@ async def job_cancel(request, identity, request_id, job_id: str):
     return json_response(await as_caller(identity, _cancel, job_id=job_id))
 
 
-@ai_route(methods={"GET": Permission.READ})
+@ai_route(methods={"GET": Permission.MANAGE})
 async def job_events(request, identity, request_id, job_id: str):
     limit = selectors.page_limit(request.GET.get("limit"))
     after = request.GET.get("after")

@@ -1,7 +1,7 @@
 """Seed 004's training routes: /api/v1/ai/training (list), .../start, .../{job_id}/status, /cancel.
 
-Reads need the key's ``read`` permission, start and cancel ``manage`` (and the admin
-or trainer role). Each view parses, calls one service or selector in Django's sync
+Every route needs the key's ``manage`` permission (a management route, like seed 003's);
+start and cancel also the admin or trainer role. Each view parses, calls one service or selector in Django's sync
 thread, and renders the job.
 """
 
@@ -124,7 +124,7 @@ async def training_start(request, identity, request_id):
     return json_response(await as_caller(identity, _start, identity=identity, body=body), 202)
 
 
-@ai_route(methods={"GET": Permission.READ})
+@ai_route(methods={"GET": Permission.MANAGE})
 async def training_status(request, identity, request_id, job_id: str):
     return json_response(await as_caller(identity, _status, job_id=job_id))
 
@@ -134,7 +134,7 @@ async def training_cancel(request, identity, request_id, job_id: str):
     return json_response(await as_caller(identity, _cancel, job_id=job_id), 202)
 
 
-@ai_route(methods={"GET": Permission.READ})
+@ai_route(methods={"GET": Permission.MANAGE})
 async def training_list(request, identity, request_id):
     limit = selectors.page_limit(request.GET.get("limit"))
     after = request.GET.get("after")

@@ -14,7 +14,7 @@ from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
 from tests.instances.stand_in_agent import StandInAgent, point_local_agent
 
 MANAGEMENT_PATHS = (
-    r"^/api/v1/(ai/(models|upstreams|links)|orgs|auth/keys|config|version|instances|nodes"
+    r"^/api/v1/(ai/(models|upstreams|links|training)|orgs|auth/keys|config|version|instances|nodes"
     r"|backends/[a-z-]+/parse-command)"
 )
 # Revoking or narrowing the key that runs the test would turn the rest of the run into 401s.

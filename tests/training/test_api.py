@@ -122,8 +122,11 @@ def test_a_member_without_the_trainer_role_may_not_start(client, training):
     assert not TrainingJob.objects.exists()
 
 
-def test_a_key_without_manage_may_not_start(client, training):
+def test_a_key_without_manage_may_neither_start_nor_read(client, training):
     _error(_start(client, training, key=training.read_key), 403, "insufficient_permissions")
+    job_id = _start(client, training).json()["id"]
+    status = _call(client, "get", f"/api/v1/ai/training/{job_id}/status", training.read_key)
+    _error(status, 403, "insufficient_permissions")
 
 
 def test_a_trainer_may_not_start_for_an_organisation_not_theirs(client, training):
