@@ -155,3 +155,26 @@ def test_the_concurrent_jobs_quota_is_a_429(sdk, training, acme):
     with pytest.raises(openai.RateLimitError) as caught:
         _create(sdk, training)
     assert caught.value.body["code"] == "quota_exceeded"
+
+
+def test_the_objects_match_openais_schema(training, asgi_server):
+    import httpx
+
+    from tests.openai_schema import validate
+
+    headers = {"Authorization": f"Bearer {training.alice_key}"}
+    base = f"{asgi_server.url}/v1/fine_tuning/jobs"
+    created = httpx.post(
+        base, headers=headers, json={"model": "acme-base", "training_file": "support.jsonl"}
+    )
+    assert created.status_code == 200
+    validate(created.json(), "FineTuningJob")
+    job = TrainingJob.objects.get()
+    TrainingEvent.objects.create(job=job, kind="metrics", step=2, data={"loss": 0.5})
+    TrainingEvent.objects.create(job=job, kind="log", level="warning", message="slow disk")
+    TrainingJob.objects.update(status="failed", error="crashed", finished_at=timezone.now())
+    validate(httpx.get(f"{base}/{job.public_id}", headers=headers).json(), "FineTuningJob")
+    validate(httpx.get(base, headers=headers).json(), "ListPaginatedFineTuningJobsResponse")
+    events = httpx.get(f"{base}/{job.public_id}/events", headers=headers).json()
+    validate(events, "ListFineTuningJobEventsResponse")
+    assert [e["level"] for e in events["data"]] == ["warn", "info", "info"]
