@@ -2,6 +2,8 @@
 
 import pytest
 from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ai.models import TrainingEvent, TrainingJob, TrainingStatus
 
@@ -77,12 +79,21 @@ def test_it_finds_the_dataset_by_its_name_too(client, training):
         ({"suffix": 7}, "suffix"),
         ({"trainer": "nope"}, "trainer"),
         ({"base_model": 12}, "base_model"),
+        ({"base_model": None}, "base_model"),
+        ({"dataset": None}, "dataset"),
+        ({"dataset": ["file-x"]}, "dataset"),
         ({"colour": "blue"}, "colour"),
     ],
 )
 def test_it_refuses_bad_input_naming_the_field(client, training, fields, param, enqueued):
     _error(_start(client, training, **fields), 400, "invalid_value", param)
     assert not TrainingJob.objects.exists() and enqueued == []
+
+
+def test_a_body_without_the_required_fields_names_the_first(client, training):
+    _error(_call(client, "post", START, training.alice_key, {}), 400, "invalid_value", "base_model")
+    body = {"base_model": "acme-base"}
+    _error(_call(client, "post", START, training.alice_key, body), 400, "invalid_value", "dataset")
 
 
 def test_it_answers_404_for_an_unknown_base_model(client, training):
@@ -291,3 +302,36 @@ def test_unknown_job_ids_and_bad_limits_answer_in_the_envelope(client, training)
         _call(client, "get", "/api/v1/ai/training?limit=0", training.alice_key), 400, None, "limit"
     )
     _error(_call(client, "get", "/api/v1/ai/training", "sb-wrong"), 401)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+START_KEYS = st.sampled_from(
+    ["base_model", "dataset", "epochs", "hyperparameters", "trainer", "suffix", "organisation"]
+)
+OPENAI_KEYS = st.sampled_from(
+    ["model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "method"]
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    start=st.dictionaries(START_KEYS, JSON, max_size=4),
+    openai=st.dictionaries(OPENAI_KEYS, JSON, max_size=4),
+)
+def test_no_body_makes_a_start_fail_with_a_500(client, training, start, openai):
+    for path, body in ((START, start), ("/v1/fine_tuning/jobs", openai)):
+        response = _call(client, "post", path, training.alice_key, body)
+        assert response.status_code in (200, 202, 400, 403, 404, 429), response.content
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) >= {"message", "type", "param", "code"}
