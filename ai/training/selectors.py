@@ -6,6 +6,8 @@ its creator when it has none). Anything else is "not found".
 
 from __future__ import annotations
 
+import re
+
 from django.db.models import Q, QuerySet
 
 from accounts.models import User
@@ -15,6 +17,10 @@ from ..models import Dataset, TrainingEvent, TrainingJob
 
 EVENT_PREFIX = "ftevent-"
 MAX_PAGE = 100
+# What a public id can be; anything else names no row and needs no query (a NUL would
+# even make PostgreSQL refuse the query).
+PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def owned_by(user: User) -> Q:
@@ -35,7 +41,8 @@ def jobs_visible_to(user: User) -> QuerySet[TrainingJob]:
 
 def job_get_for_user(*, user: User, public_id: str) -> TrainingJob:
     """The job with that public id if ``user`` may see it; 404 otherwise."""
-    job = jobs_visible_to(user).filter(public_id=public_id).first()
+    is_id = isinstance(public_id, str) and PUBLIC_ID.fullmatch(public_id)
+    job = jobs_visible_to(user).filter(public_id=public_id).first() if is_id else None
     if job is None:
         raise NotFound(f"No training job '{public_id}'.", param="job_id")
     return job
@@ -62,7 +69,7 @@ def job_events(
     events = TrainingEvent.objects.filter(job=job).order_by("-id")
     if after:
         number = after.removeprefix(EVENT_PREFIX)
-        if not number.isdigit():
+        if not DIGITS.fullmatch(number):
             raise InvalidRequest(
                 f"after must be an event id ({EVENT_PREFIX}…).",
                 param="after",
@@ -93,7 +100,7 @@ def page_limit(value: str | None, *, default: int = 20) -> int:
     """A ``limit`` query parameter: 1 to MAX_PAGE."""
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+    if not DIGITS.fullmatch(value) or not 1 <= int(value) <= MAX_PAGE:
         raise InvalidRequest(
             f"limit must be an integer from 1 to {MAX_PAGE}.",
             param="limit",
@@ -107,7 +114,7 @@ def page_limit(value: str | None, *, default: int = 20) -> int:
 
 def dataset_for_job(*, user: User, ref, param: str = "dataset") -> Dataset:
     """The dataset named by public id (``file-…``) or by name, if ``user`` may see it."""
-    if not isinstance(ref, str) or not ref:
+    if not isinstance(ref, str) or not ref or "\0" in ref:
         raise InvalidRequest(
             f"{param} must be a dataset's id or name.", param=param, code=ErrorCode.INVALID_VALUE
         )

@@ -335,3 +335,25 @@ def test_no_body_makes_a_start_fail_with_a_500(client, training, start, openai):
         assert response.status_code in (200, 202, 400, 403, 404, 429), response.content
         if response.status_code >= 400:
             assert set(response.json()["error"]) >= {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/ai/training/ftjob-%00/status",
+        "/api/v1/ai/training/%E2%80%A8/status",
+        "/api/v1/ai/training?after=ftjob-%00",
+        "/api/v1/ai/training?limit=%C2%B2",
+        "/v1/fine_tuning/jobs/ftjob-x/events?after=ftevent-%C2%B2",
+        "/v1/fine_tuning/jobs/ftjob-x/events?after=ftevent-99999999999999999999999",
+    ],
+)
+def test_odd_ids_and_numbers_answer_400_or_404(client, training, path):
+    job_id = _start(client, training).json()["id"]
+    response = _call(client, "get", path.replace("ftjob-x", job_id), training.alice_key)
+    assert response.status_code in (400, 404), response.content
+    assert response.json()["error"]["code"] in ("invalid_value", "not_found")
+
+
+def test_a_dataset_name_with_a_nul_is_refused(client, training):
+    _error(_start(client, training, dataset="a\0b"), 400, "invalid_value", "dataset")
