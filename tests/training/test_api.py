@@ -357,3 +357,28 @@ def test_odd_ids_and_numbers_answer_400_or_404(client, training, path):
 
 def test_a_dataset_name_with_a_nul_is_refused(client, training):
     _error(_start(client, training, dataset="a\0b"), 400, "invalid_value", "dataset")
+
+
+def test_the_list_costs_the_same_queries_with_more_jobs(
+    client, training, acme, assert_fixed_queries
+):
+    from ai.models import TrainedArtifact
+
+    def add_rows():
+        for _ in range(2):
+            job = TrainingJob.objects.create(
+                organisation=acme,
+                base_model_name="acme-base",
+                dataset=training.dataset,
+                validation_dataset=training.dataset,
+                trainer=training.trainer,
+                trainer_kind="builtin",
+                status=TrainingStatus.SUCCEEDED,
+            )
+            TrainedArtifact.objects.create(job=job, name="acme-base:ft-x", format="hf_lora")
+
+    def listed():
+        response = _call(client, "get", "/api/v1/ai/training?limit=100", training.bob_key)
+        return len(response.json()["data"])
+
+    assert_fixed_queries(2, listed, add_rows)
