@@ -17,6 +17,7 @@ from .models import (
 )
 from .selectors.usage import TopUsage, UsageDashboard, dashboard_data
 from .services import upstreams_check
+from .training import admin as training_admin  # noqa: F401  (registers the Training pages)
 from .training import dataset_admin  # noqa: F401  (registers the Datasets page)
 
 HEALTH_COLOURS = {

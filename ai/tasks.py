@@ -5,8 +5,8 @@ from django.conf import settings
 
 from . import services
 from .gateway import response_cache, responses_store
+from .training import orphans as training_orphans
 from .training import runner
-from .training import services as training_services
 
 
 @shared_task(ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
@@ -57,7 +57,7 @@ def training_run_task(self, job_id: int) -> None:
 @shared_task(ignore_result=True)
 def training_orphans_task() -> None:
     # No retry: the next beat tick looks again.
-    training_services.jobs_fail_orphans()
+    training_orphans.jobs_fail_orphans()
 
 
 def beat_schedule() -> dict:

@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     # Training
     NO_ARTIFACT = "no_artifact"
     ARTIFACT_DEPLOYED = "artifact_deployed"
+    JOB_FINISHED = "job_finished"
     AGENT_UNAVAILABLE = "agent_unavailable"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     # Organisations and their members
@@ -217,6 +218,18 @@ class ArtifactDeployed(ApiError, status=409, code=ErrorCode.ARTIFACT_DEPLOYED):
     """A trained artifact is served by one model at most."""
 
     default_message = "The artifact is deployed already."
+
+
+class JobFinished(ApiError, status=409, code=ErrorCode.JOB_FINISHED):
+    """A training job that has already ended cannot be cancelled."""
+
+    default_message = "The training job has already finished."
+
+
+class TrainingQuotaExceeded(RateLimited, code=ErrorCode.QUOTA_EXCEEDED):
+    """An organisation's training quota (jobs at once, minutes a month) refuses a start."""
+
+    default_message = "A training quota refuses this job."
 
 
 class AgentUnavailable(ServiceUnavailable, code=ErrorCode.AGENT_UNAVAILABLE):

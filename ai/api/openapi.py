@@ -60,6 +60,37 @@ REQUEST_SCHEMAS = {
         "required": ["max_tokens", "messages"],
         "additionalProperties": True,
     },
+    "TrainingStartRequest": {
+        "type": "object",
+        "description": "Seed 004's training job: a base model the caller may use and a dataset.",
+        "properties": {
+            "base_model": {"type": "string"},
+            "dataset": {"type": "string", "description": "A dataset's file-… id or name."},
+            "epochs": {"type": "integer", "minimum": 1, "maximum": 100},
+            "hyperparameters": ANY_OBJECT,
+            "trainer": {"type": "string"},
+            "suffix": {"type": "string", "maxLength": 64},
+            "organisation": {"type": "string", "description": "An organisation's slug."},
+            "validation_dataset": {"type": "string"},
+        },
+        "required": ["base_model", "dataset"],
+        "additionalProperties": False,
+    },
+    "FineTuningJobRequest": {
+        "type": "object",
+        "description": "OpenAI's fine-tuning job request (supervised).",
+        "properties": {
+            "model": {"type": "string"},
+            "training_file": {"type": "string"},
+            "validation_file": {"type": "string"},
+            "hyperparameters": ANY_OBJECT,
+            "suffix": {"type": "string", "maxLength": 64},
+            "seed": {"type": "integer", "minimum": 0},
+            "method": ANY_OBJECT,
+        },
+        "required": ["model", "training_file"],
+        "additionalProperties": True,
+    },
     "CountTokensRequest": {
         "type": "object",
         "description": "A Messages request without max_tokens; answers `{input_tokens}`.",
@@ -172,6 +203,57 @@ def gateway_paths() -> dict[str, dict]:
         }
     )
     paths.update(llama_server_paths())
+    paths.update(training_paths())
+    return paths
+
+
+JOB_PARAM = [("job_id", "path", "string")]
+PAGE_PARAMS = [("after", "query", "string"), ("limit", "query", "integer")]
+
+
+def training_paths() -> dict[str, dict]:
+    """Seed 004's training routes and OpenAI's fine-tuning jobs (``ai.api.training``,
+    ``ai.api.fine_tuning``); both answer with the job, 409 for a cancel of a finished one."""
+
+    def op(summary: str, tag: str, *, body=None, params=(), accepted=False, cancel=False):
+        described = operation(summary, tag, body=body, params=params)
+        if accepted:
+            described["responses"]["202"] = described["responses"].pop("200")
+        if cancel:
+            described["responses"]["409"] = json_content(ERROR, "The job has already finished.")
+        return described
+
+    paths = {
+        "/api/v1/ai/training": {"get": op("List training jobs", "Training", params=PAGE_PARAMS)},
+        "/api/v1/ai/training/start": {
+            "post": op(
+                "Start a training job", "Training", body="TrainingStartRequest", accepted=True
+            )
+        },
+        "/api/v1/ai/training/{job_id}/status": {
+            "get": op("Get training job status", "Training", params=JOB_PARAM)
+        },
+        "/api/v1/ai/training/{job_id}/cancel": {
+            "post": op(
+                "Cancel training job", "Training", params=JOB_PARAM, accepted=True, cancel=True
+            )
+        },
+    }
+    for prefix in OPENAI_PREFIXES:
+        jobs = f"{prefix}/fine_tuning/jobs"
+        paths[jobs] = {
+            "get": op("List fine-tuning jobs", "OpenAI", params=PAGE_PARAMS),
+            "post": op("Create a fine-tuning job", "OpenAI", body="FineTuningJobRequest"),
+        }
+        paths[f"{jobs}/{{job_id}}"] = {
+            "get": op("Retrieve a fine-tuning job", "OpenAI", params=JOB_PARAM)
+        }
+        paths[f"{jobs}/{{job_id}}/cancel"] = {
+            "post": op("Cancel a fine-tuning job", "OpenAI", params=JOB_PARAM, cancel=True)
+        }
+        paths[f"{jobs}/{{job_id}}/events"] = {
+            "get": op("List a job's events", "OpenAI", params=[*JOB_PARAM, *PAGE_PARAMS])
+        }
     return paths
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import anthropic, datasets, openai, panel, responses, usage
+from . import anthropic, datasets, fine_tuning, openai, panel, responses, training, usage
 
 # Anthropic's Messages and Models APIs; the SDK appends /v1/messages to its base URL.
 anthropic_patterns = [
@@ -22,6 +22,10 @@ openai_patterns = [
     path("files", datasets.FileListView.as_view()),
     path("files/<str:file_id>", datasets.FileDetailView.as_view()),
     path("files/<str:file_id>/content", datasets.FileContentView.as_view()),
+    path("fine_tuning/jobs", fine_tuning.jobs),
+    path("fine_tuning/jobs/<str:job_id>", fine_tuning.job_detail),
+    path("fine_tuning/jobs/<str:job_id>/cancel", fine_tuning.job_cancel),
+    path("fine_tuning/jobs/<str:job_id>/events", fine_tuning.job_events),
     *anthropic_patterns,
 ]
 
@@ -36,6 +40,11 @@ botserver_patterns = [
     path("chat/completions", openai.chat_completions),
     path("inference", openai.inference),
     path("embeddings", openai.embeddings),
+    # Training jobs (seed 004).
+    path("training", training.training_list),
+    path("training/start", training.training_start),
+    path("training/<str:job_id>/status", training.training_status),
+    path("training/<str:job_id>/cancel", training.training_cancel),
 ]
 
 panel_patterns = [

@@ -16,10 +16,12 @@ serves as a model (``deploy``).
 ``upstream``   a job forwarded to an upstream's /fine_tuning/jobs and polled
 ``causal_lm``  the built-in trainer (``python -m ai.training.causal_lm``; the ``train``
                extra: torch, transformers, peft), LoRA or full fine-tuning
-``services``   writes: start, cancel, orphans (beat), quotas
+``services``   writes: start (checks, roles, quotas), cancel, events
+``orphans``    beat's check: running jobs whose worker is gone are failed
 ``selectors``  reads: the jobs and datasets a caller may see
 ``deploy``     a trained artifact served as a model (a local instance or an upstream model id)
-``admin``      the admin pages: datasets, trainers, jobs (status colours, loss chart, log tail)
+``admin``      the admin pages: trainers, jobs (status colours, loss chart, log tail);
+               ``dataset_admin`` the Datasets page
 
 The routes are in ``ai.api.training`` (seed 004) and ``ai.api.fine_tuning`` (OpenAI).
 """

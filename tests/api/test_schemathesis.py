@@ -14,7 +14,7 @@ from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
 from tests.instances.stand_in_agent import StandInAgent, point_local_agent
 
 MANAGEMENT_PATHS = (
-    r"^/api/v1/(ai/(models|upstreams|links|datasets)|files|orgs|auth/keys|config|version"
+    r"^/api/v1/(ai/(models|upstreams|links|datasets|training)|files|orgs|auth/keys|config|version"
     r"|instances|nodes"
     r"|backends/[a-z-]+/parse-command)"
 )

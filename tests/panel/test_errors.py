@@ -134,6 +134,8 @@ ENVELOPES = [
     (errors.AgentUnavailable, 503, "service_unavailable", "agent_unavailable"),
     (errors.BackendUnavailable, 503, "service_unavailable", "backend_unavailable"),
     (errors.InstanceQuotaExceeded, 409, "invalid_request_error", "instance_quota_exceeded"),
+    (errors.JobFinished, 409, "invalid_request_error", "job_finished"),
+    (errors.TrainingQuotaExceeded, 429, "rate_limit_error", "quota_exceeded"),
     (errors.ModelNotAvailable, 503, "invalid_request_error", "model_not_available"),
 ]
 
