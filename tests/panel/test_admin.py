@@ -11,7 +11,7 @@ from django.utils import timezone
 from accounts.models import APIKey, hash_key
 from accounts.services import apikey_create
 from ai.instances.services import instance_create
-from ai.models import Dataset, HealthCheck, Upstream, UsageEvent
+from ai.models import Dataset, HealthCheck, TrainerKind, TrainingJob, Upstream, UsageEvent
 from ai.services import usage_rollup
 from orgs.services import wallet_for, wallet_topup
 from panel.models import Heartbeat, SiteSettings
@@ -39,7 +39,17 @@ def populated(alice, acme):
     SiteSettings.load()
     Heartbeat.objects.create(name="beat", beat_at=timezone.now())
     Group.objects.get_or_create(name="model_manager")
-    Dataset.objects.create(organisation=acme, created_by=alice, name="train.jsonl", content=b"{}")
+    dataset = Dataset.objects.create(
+        organisation=acme, created_by=alice, name="train.jsonl", content=b"{}"
+    )
+    TrainingJob.objects.create(
+        organisation=acme,
+        created_by=alice,
+        base_model=model,
+        base_model_name=model.name,
+        dataset=dataset,
+        trainer_kind=TrainerKind.BUILTIN,
+    )
     wallet = wallet_for(organisation=acme)
     wallet_topup(wallet=wallet, amount=Decimal("5"), reason="welcome", by=alice)
     UsageEvent.objects.create(

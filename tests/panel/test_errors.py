@@ -135,6 +135,8 @@ ENVELOPES = [
     (errors.BackendUnavailable, 503, "service_unavailable", "backend_unavailable"),
     (errors.InstanceQuotaExceeded, 409, "invalid_request_error", "instance_quota_exceeded"),
     (errors.JobFinished, 409, "invalid_request_error", "job_finished"),
+    (errors.NoArtifact, 409, "invalid_request_error", "no_artifact"),
+    (errors.ArtifactDeployed, 409, "invalid_request_error", "artifact_deployed"),
     (errors.TrainingQuotaExceeded, 429, "rate_limit_error", "quota_exceeded"),
     (errors.ModelNotAvailable, 503, "invalid_request_error", "model_not_available"),
 ]
