@@ -18,81 +18,16 @@ torch = pytest.importorskip("torch", reason="issue 16: the train extra (make ins
 transformers = pytest.importorskip("transformers", reason="issue 16: the train extra")
 
 from ai.training import causal_lm, protocol  # noqa: E402
+from tests.training import tiny_lm  # noqa: E402
+from tests.training.tiny_lm import FACTS, chat, make_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-)
-SPECIAL = ["<unk>", "<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-FACTS = [
-    ("sky", "blue"),
-    ("grass", "green"),
-    ("snow", "white"),
-    ("coal", "black"),
-    ("blood", "red"),
-    ("sun", "yellow"),
-    ("sea", "blue"),
-    ("night", "dark"),
-]
-
-
-def chat(thing: str, colour: str, **assistant) -> dict:
-    return {
-        "messages": [
-            {"role": "system", "content": "answer with a colour"},
-            {"role": "user", "content": f"what colour is the {thing}"},
-            {"role": "assistant", "content": f"the {thing} is {colour}", **assistant},
-        ]
-    }
-
-
-def make_tokenizer(texts: list[str], *, template: bool = True):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=SPECIAL[4:],
-    )
-    if template:
-        tokenizer.chat_template = TEMPLATE
-    return tokenizer
 
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory) -> Path:
     """A tiny causal LM and its tokenizer, saved as a Hugging Face directory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    texts = [m["content"] for t, c in FACTS for m in chat(t, c)["messages"]]
-    tokenizer = make_tokenizer(texts + ["user assistant system"])
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        # Weights of a trained model's scale (not 0.02): LoRA can then move the logits.
-        initializer_range=0.3,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return tiny_lm.build(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def write_job(tmp_path: Path, base: Path, **hyperparameters) -> tuple[Path, Path]:
