@@ -87,8 +87,10 @@ def artifact_deploy(
     """Serve ``artifact`` as a new model linked to its owner (or ``organisation``), once."""
     owner = _organisation(user, organisation) if organisation else None
     with transaction.atomic():
+        # Only the artifact's row is locked: PostgreSQL refuses FOR UPDATE on the
+        # nullable side of the outer joins select_related makes (upstream, organisation).
         artifact = (
-            TrainedArtifact.objects.select_for_update()
+            TrainedArtifact.objects.select_for_update(of=("self",))
             .select_related("job__base_model", "job__created_by", "upstream", "organisation")
             .get(pk=artifact.pk)
         )
