@@ -133,6 +133,7 @@ ENVELOPES = [
     (errors.AgentUnavailable, 503, "service_unavailable", "agent_unavailable"),
     (errors.BackendUnavailable, 503, "service_unavailable", "backend_unavailable"),
     (errors.InstanceQuotaExceeded, 409, "invalid_request_error", "instance_quota_exceeded"),
+    (errors.KeyRevoked, 409, "invalid_request_error", "key_revoked"),
     (errors.ModelNotAvailable, 503, "invalid_request_error", "model_not_available"),
 ]
 
