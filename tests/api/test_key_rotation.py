@@ -94,12 +94,15 @@ def test_the_cached_old_secret_stops_when_its_grace_period_ends_without_invalida
         assert _gateway(new).key.id == key.pk
 
 
-def test_the_old_secret_stops_with_the_key_when_the_key_expires_first(alice, monkeypatch):
+def test_the_old_secret_stops_at_the_grace_periods_end_or_the_keys_expiry_if_sooner(alice):
     soon = timezone.now() + timedelta(seconds=30)
-    key, old = apikey_create(user=alice, name="short", expires_at=soon)
-    apikey_rotate(key=key, grace_seconds=3600)
+    short, short_old = apikey_create(user=alice, name="short", expires_at=soon)
+    apikey_rotate(key=short, grace_seconds=3600)
+    long, long_old = apikey_create(user=alice, name="long", expires_at=soon + timedelta(days=9))
+    long, _ = apikey_rotate(key=long, grace_seconds=60)
     registry_cache.clear()
-    assert _gateway(old).key.expires_at == soon
+    assert _gateway(short_old).key.expires_at == soon
+    assert _gateway(long_old).key.expires_at == long.previous_expires_at
 
 
 def test_it_takes_the_longest_grace_period_allowed(api, keys, proxy_key):
