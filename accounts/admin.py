@@ -1,11 +1,20 @@
 from django import forms
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from panel.errors import KeyRevoked
 
 from .models import APIKey, Permission, PermissionMode, User
 from .selectors import instances_usable_by
-from .services import apikey_create, apikey_revoke
+from .services import apikey_create, apikey_revoke, apikey_rotate
+
+# The session entry that carries a rotated key's plain secret to the one page that shows it.
+ROTATED_SESSION_KEY = "sb_rotated_api_key"
 
 
 @admin.register(User)
@@ -104,6 +113,14 @@ class APIKeyChangeForm(InstancePermissionsForm):
         ]
 
 
+class RotateForm(forms.Form):
+    grace_seconds = forms.IntegerField(
+        min_value=0,
+        max_value=30 * 24 * 3600,
+        help_text="Seconds the old secret keeps working (0: it stops at once).",
+    )
+
+
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin):
     list_display = [
@@ -122,7 +139,16 @@ class APIKeyAdmin(admin.ModelAdmin):
     search_fields = ["name", "prefix", "user__username", "user__email", "organisation__name"]
     autocomplete_fields = ["user", "organisation"]
     filter_horizontal = ["allowed_models", "instances"]
-    readonly_fields = ["user", "organisation", "prefix", "last_used_at", "created_at"]
+    readonly_fields = [
+        "user",
+        "organisation",
+        "prefix",
+        "last_used_at",
+        "rotated_at",
+        "previous_prefix",
+        "previous_expires_at",
+        "created_at",
+    ]
     actions = ["revoke_keys"]
 
     def get_form(self, request, obj=None, **kwargs):
@@ -135,7 +161,16 @@ class APIKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return APIKeyAddForm.Meta.fields
-        return ["user", "organisation", "prefix", *APIKeyChangeForm.Meta.fields, "last_used_at"]
+        return [
+            "user",
+            "organisation",
+            "prefix",
+            *APIKeyChangeForm.Meta.fields,
+            "last_used_at",
+            "rotated_at",
+            "previous_prefix",
+            "previous_expires_at",
+        ]
 
     @admin.display(description="permissions")
     def permission_list(self, obj):
@@ -181,3 +216,62 @@ class APIKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             apikey_revoke(key=key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+    def get_urls(self):
+        own = [
+            path(
+                "<int:key_id>/rotate/",
+                self.admin_site.admin_view(self.rotate_view),
+                name="accounts_apikey_rotate",
+            ),
+            path(
+                "<int:key_id>/rotated/",
+                self.admin_site.admin_view(self.rotated_view),
+                name="accounts_apikey_rotated",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def _changeable_key(self, request, key_id: int) -> APIKey:
+        key = get_object_or_404(APIKey.objects.select_related("user"), pk=key_id)
+        if not self.has_change_permission(request, key):
+            raise PermissionDenied
+        return key
+
+    def rotate_view(self, request, key_id: int):
+        """GET: the form; POST: rotate, keep the plain key for the next page, redirect."""
+        key = self._changeable_key(request, key_id)
+        initial = {"grace_seconds": settings.API_KEY_ROTATION_GRACE_SECONDS}
+        form = RotateForm(request.POST or None, initial=initial)
+        if request.method == "POST" and form.is_valid():
+            try:
+                key, plain = apikey_rotate(key=key, **form.cleaned_data)
+            except KeyRevoked as error:
+                self.message_user(request, error.message, messages.ERROR)
+                return redirect(reverse("admin:accounts_apikey_change", args=[key.pk]))
+            request.session[ROTATED_SESSION_KEY] = {"id": key.pk, "key": plain}
+            return redirect(reverse("admin:accounts_apikey_rotated", args=[key.pk]))
+        context = {**self._context(request, key, "Rotate API key"), "form": form}
+        return TemplateResponse(request, "admin/accounts/apikey/rotate.html", context)
+
+    def rotated_view(self, request, key_id: int):
+        """The rotated key's plain secret, shown once: the session entry goes as it is read."""
+        key = self._changeable_key(request, key_id)
+        shown = request.session.pop(ROTATED_SESSION_KEY, None)
+        if not shown or shown.get("id") != key.pk:
+            self.message_user(
+                request, "A rotated key's secret is shown only once.", messages.WARNING
+            )
+            return redirect(reverse("admin:accounts_apikey_change", args=[key.pk]))
+        context = {**self._context(request, key, "API key rotated"), "plain_key": shown["key"]}
+        response = TemplateResponse(request, "admin/accounts/apikey/rotated.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def _context(self, request, key, title: str) -> dict:
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "key": key,
+            "title": title,
+        }

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth import aget_user
 from django.middleware.csrf import CsrfViewMiddleware
 
-from panel.errors import AuthenticationFailed, PermissionDenied
+from panel.errors import AuthenticationFailed, ErrorCode, PermissionDenied
 
 from .models import APIKey
 from .selectors import KeyInfo, apikey_verify, key_info_verify
@@ -27,6 +27,13 @@ INCORRECT_KEY = "Incorrect API key provided."
 TWO_KEYS = (
     "The Authorization and X-API-Key headers carry different API keys; send one key, "
     "in either header."
+)
+# A browser session's POST without its CSRF token: most often a script that copied a
+# session cookie (seed 000's curl examples do); it should use an API key instead.
+CSRF_FAILED = (
+    "CSRF verification failed: a browser session must send its CSRF token (X-CSRFToken "
+    "header). Scripts should use an API key instead of a session cookie: send "
+    "'Authorization: Bearer <API key>' (create one with POST /api/v1/auth/keys or in the admin)."
 )
 NO_KEY = (
     "You didn't provide an API key. Send 'Authorization: Bearer <API key>' "
@@ -121,4 +128,4 @@ def _check_csrf(request) -> None:
         middleware.process_request(request)
     failure = middleware.process_view(request, None, (), {})
     if failure is not None:
-        raise PermissionDenied("CSRF verification failed.", code="csrf_failed")
+        raise PermissionDenied(CSRF_FAILED, code=ErrorCode.CSRF_FAILED)

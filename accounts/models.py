@@ -110,6 +110,13 @@ class APIKey(models.Model):
         help_text="Optional monthly spend limit on this key (credits); empty = none.",
     )
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Key rotation: the secret replaced last keeps working until previous_expires_at.
+    previous_prefix = models.CharField(max_length=16, blank=True, editable=False)
+    previous_hash = models.CharField(
+        max_length=64, null=True, blank=True, unique=True, editable=False
+    )
+    previous_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
     is_revoked = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -134,6 +141,14 @@ class APIKey(models.Model):
     @property
     def is_usable(self) -> bool:
         return key_is_live(self, timezone.now()) and self.user.is_active
+
+    def matches_previous(self, key_hash: str, now) -> bool:
+        """Whether ``key_hash`` is the secret replaced last and its grace period still runs."""
+        return (
+            self.previous_hash == key_hash
+            and self.previous_expires_at is not None
+            and self.previous_expires_at > now
+        )
 
     def has_permission(self, permission: str) -> bool:
         return permission in self.permissions

@@ -45,11 +45,12 @@ class KeyInfo:
         return self.instance_ids is None or instance_id in self.instance_ids
 
 
-def key_info_of(key: APIKey) -> KeyInfo:
-    """The snapshot of a key row."""
+def key_info_of(key: APIKey, *, expires_at: datetime | None = None) -> KeyInfo:
+    """The snapshot of a key row; ``expires_at`` for its previous secret (a rotated key)."""
     return snapshot_of(
         KeyInfo,
         key,
+        expires_at=key.expires_at if expires_at is None else expires_at,
         permissions=frozenset(key.permissions),
         allowed_model_ids=frozenset(m.pk for m in key.allowed_models.all()),
         limits={
@@ -60,10 +61,31 @@ def key_info_of(key: APIKey) -> KeyInfo:
     )
 
 
+def _key_by_hash(key_hash: str) -> QuerySet[APIKey]:
+    """The key whose current secret, or previous one (a rotated key), hashes to ``key_hash``."""
+    return APIKey.objects.filter(Q(key_hash=key_hash) | Q(previous_hash=key_hash))
+
+
+def _previous_expiry(key: APIKey) -> datetime:
+    """When a rotated key's previous secret stops: its grace period's end, or the key's own
+    expiry when that comes first."""
+    if key.expires_at is not None and key.expires_at < key.previous_expires_at:
+        return key.expires_at
+    return key.previous_expires_at
+
+
 def _load_key(key_hash: str) -> KeyInfo | None:
     # Loaded once per cache generation: a change to the key or its instances bumps it.
-    key = APIKey.objects.filter(key_hash=key_hash).prefetch_related("allowed_models").first()
-    return None if key is None else key_info_of(key)
+    # The previous secret's snapshot carries the end of its grace period as its expiry,
+    # so it stops then in every process without any invalidation.
+    key = _key_by_hash(key_hash).prefetch_related("allowed_models").first()
+    if key is None:
+        return None
+    if key.key_hash == key_hash:
+        return key_info_of(key)
+    if key.previous_expires_at is None:
+        return None
+    return key_info_of(key, expires_at=_previous_expiry(key))
 
 
 async def key_info_get(key_hash: str) -> KeyInfo | None:
@@ -82,8 +104,12 @@ def apikey_verify(*, plain: str) -> APIKey | None:
     key_hash = _lookup_hash(plain)
     if key_hash is None:
         return None
-    key = APIKey.objects.select_related("user").filter(key_hash=key_hash).first()
-    return key if key is not None and key.is_usable else None
+    key = _key_by_hash(key_hash).select_related("user").first()
+    if key is None or not key.is_usable:
+        return None
+    if key.key_hash != key_hash and not key.matches_previous(key_hash, timezone.now()):
+        return None
+    return key
 
 
 async def key_info_verify(*, plain: str) -> KeyInfo | None:
@@ -99,9 +125,11 @@ async def key_info_verify(*, plain: str) -> KeyInfo | None:
     return key if key is not None and key.is_usable(timezone.now()) else None
 
 
-def apikeys_for_user(user: User) -> QuerySet[APIKey]:
-    """The live keys a user may manage: their own; every key for staff."""
-    keys = APIKey.objects.filter(is_revoked=False).select_related("user", "organisation")
+def apikeys_for_user(user: User, *, include_revoked: bool = False) -> QuerySet[APIKey]:
+    """The live keys a user may manage (with the revoked ones if asked): their own; every
+    key for staff."""
+    keys = APIKey.objects.all() if include_revoked else APIKey.objects.filter(is_revoked=False)
+    keys = keys.select_related("user", "organisation")
     keys = keys.prefetch_related("allowed_models", "instances")
     return keys if user.is_staff else keys.filter(user=user)
 

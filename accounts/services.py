@@ -2,10 +2,13 @@
 
 import secrets
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+
+from panel.errors import KeyRevoked
 
 from .models import APIKey, Permission, PermissionMode, User, hash_key
 
@@ -53,6 +56,41 @@ def apikey_create(
     chosen = list(instances)
     if chosen:
         key.instances.set(chosen)
+    return key, plain
+
+
+@transaction.atomic
+def apikey_rotate(*, key: APIKey, grace_seconds: int | None = None) -> tuple[APIKey, str]:
+    """Give a key a new secret, keeping its id, scope, limits and usage; return it with the
+    plain new secret, which is never stored.
+
+    The old secret keeps working for ``grace_seconds`` (API_KEY_ROTATION_GRACE_SECONDS when
+    None; 0 stops it at once). Only the secret replaced last is kept: rotating again ends
+    the grace period of the one before at once.
+    """
+    key = APIKey.objects.select_for_update().get(pk=key.pk)
+    if key.is_revoked:
+        raise KeyRevoked()
+    if grace_seconds is None:
+        grace_seconds = settings.API_KEY_ROTATION_GRACE_SECONDS
+    now, plain = timezone.now(), apikey_generate()
+    if grace_seconds > 0:
+        key.previous_hash, key.previous_prefix = key.key_hash, key.prefix
+        key.previous_expires_at = now + timedelta(seconds=grace_seconds)
+    else:
+        key.previous_hash, key.previous_prefix, key.previous_expires_at = None, "", None
+    key.key_hash, key.prefix, key.rotated_at = hash_key(plain), plain[:PREFIX_LENGTH], now
+    # A save (not an update) sends post_save, which invalidates every process's key cache.
+    key.save(
+        update_fields=[
+            "key_hash",
+            "prefix",
+            "previous_hash",
+            "previous_prefix",
+            "previous_expires_at",
+            "rotated_at",
+        ]
+    )
     return key, plain
 
 

@@ -109,15 +109,30 @@ class AIModelAdmin(admin.ModelAdmin):
         "display_name",
         "kind",
         "is_active",
+        "is_listed",
         "upstream_count",
         "link_count",
         "input_price_per_million",
         "output_price_per_million",
     ]
-    list_filter = ["kind", "is_active"]
+    list_filter = ["kind", "is_active", "is_listed"]
+    list_editable = ["is_listed"]
     search_fields = ["name", "display_name"]
     fieldsets = [
-        (None, {"fields": ["name", "display_name", "kind", "is_active", "tags", "config"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "name",
+                    "display_name",
+                    "kind",
+                    "is_active",
+                    "is_listed",
+                    "tags",
+                    "config",
+                ]
+            },
+        ),
         (
             "Pricing (credits)",
             {

@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     PERMISSION_DENIED = "permission_denied"
     INSUFFICIENT_PERMISSIONS = "insufficient_permissions"
     CSRF_FAILED = "csrf_failed"
+    KEY_REVOKED = "key_revoked"
     MODEL_NOT_ALLOWED = "model_not_allowed"
     TIER_REQUIRED = "tier_required"
     # Nothing by that name, or not for this caller
@@ -206,6 +207,12 @@ class InstanceQuotaExceeded(ApiError, status=409, code=ErrorCode.INSTANCE_QUOTA_
     """An instance quota (an organisation's, or INSTANCE_MAX_INSTANCES) refuses a create or start."""
 
     default_message = "An instance quota refuses this."
+
+
+class KeyRevoked(ApiError, status=409, code=ErrorCode.KEY_REVOKED):
+    """A revoked API key stays revoked: it cannot be rotated back to life."""
+
+    default_message = "This API key is revoked; create a new key instead."
 
 
 class NoArtifact(ApiError, status=409, code=ErrorCode.NO_ARTIFACT):

@@ -219,7 +219,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.api.authentication.APIKeyAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "accounts.api.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "panel.pagination.Pagination",
@@ -312,6 +312,8 @@ USAGE_RECONCILE_INTERVAL = env.int("USAGE_RECONCILE_INTERVAL", default=30)
 # While the database is unreachable, cached keys, users and models are served
 # for up to this many seconds after they were loaded; past it (or never loaded) 503.
 GATEWAY_STALE_CACHE_SECONDS = env.float("GATEWAY_STALE_CACHE_SECONDS", default=300.0)
+# A rotated API key's old secret keeps working this long (a rotate request may say otherwise).
+API_KEY_ROTATION_GRACE_SECONDS = env.int("API_KEY_ROTATION_GRACE_SECONDS", default=86400)
 # The per-process cache keeps at most this many found entries, and as many
 # not-found ones (unknown keys), least recently used dropped first.
 GATEWAY_CACHE_MAX_ENTRIES = env.int("GATEWAY_CACHE_MAX_ENTRIES", default=10_000)

@@ -1,12 +1,13 @@
 """DRF authentication for the management API: an API key (Bearer or X-API-Key), or the
 browser session."""
 
+from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from panel.errors import AuthenticationFailed
+from panel.errors import AuthenticationFailed, ErrorCode, PermissionDenied
 
-from ..authentication import key_for_headers
+from ..authentication import CSRF_FAILED, key_for_headers
 from ..services import apikey_touch
 
 
@@ -30,6 +31,17 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         return 'Bearer realm="api"'
 
 
+class SessionAuthentication(authentication.SessionAuthentication):
+    """DRF's session authentication (CSRF enforced for a browser's unsafe methods), whose
+    CSRF refusal says how scripts authenticate instead (an API key)."""
+
+    def enforce_csrf(self, request):
+        try:
+            super().enforce_csrf(request)
+        except exceptions.PermissionDenied:
+            raise PermissionDenied(CSRF_FAILED, code=ErrorCode.CSRF_FAILED) from None
+
+
 class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = APIKeyAuthentication
     name = ["bearerAuth", "apiKeyAuth"]
@@ -43,3 +55,7 @@ class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             {"type": "http", "scheme": "bearer", "description": described},
             {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": described},
         ]
+
+
+class SessionAuthenticationScheme(SessionScheme):
+    target_class = SessionAuthentication

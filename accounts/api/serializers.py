@@ -14,6 +14,7 @@ from ..models import APIKey, Permission, PermissionMode
 from ..selectors import instances_usable_by, models_usable_by, users_visible_to
 
 MAX_INSTANCES = 100
+MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 
 def unix(moment: datetime | None) -> int | None:
@@ -44,6 +45,13 @@ class KeySerializer(serializers.ModelSerializer):
     created_at = serializers.SerializerMethodField()
     expires_at = serializers.SerializerMethodField()
     last_used_at = serializers.SerializerMethodField()
+    rotated_at = serializers.SerializerMethodField()
+    previous_prefix = serializers.CharField(
+        read_only=True, help_text="The prefix of the secret replaced at the last rotation."
+    )
+    previous_expires_at = serializers.SerializerMethodField(
+        help_text="Unix time the previous secret stops working; null: it works no more."
+    )
 
     class Meta:
         model = APIKey
@@ -60,6 +68,9 @@ class KeySerializer(serializers.ModelSerializer):
             "created_at",
             "expires_at",
             "last_used_at",
+            "rotated_at",
+            "previous_prefix",
+            "previous_expires_at",
         ]
 
     @extend_schema_field(OpenApiTypes.INT)
@@ -73,6 +84,15 @@ class KeySerializer(serializers.ModelSerializer):
     @extend_schema_field({"type": "integer", "nullable": True})
     def get_last_used_at(self, key):
         return unix(key.last_used_at)
+
+    @extend_schema_field({"type": "integer", "nullable": True})
+    def get_rotated_at(self, key):
+        return unix(key.rotated_at)
+
+    @extend_schema_field({"type": "integer", "nullable": True})
+    def get_previous_expires_at(self, key):
+        live = key.previous_expires_at and key.previous_expires_at > datetime.now(tz=UTC)
+        return unix(key.previous_expires_at) if live else None
 
 
 class KeyCreatedSerializer(KeySerializer):
@@ -213,3 +233,15 @@ class KeyPermissionsSerializer(KnownFieldsOnly, KeyScopeMixin, serializers.Seria
                 ids = [i.pk for i in key.instances.all()] if kept else []
             attrs["instances"] = self.check_instances(key.user, key.organisation, mode, ids)
         return attrs
+
+
+class KeyRotateSerializer(KnownFieldsOnly, serializers.Serializer):
+    """A rotation: how long the old secret keeps working."""
+
+    grace_seconds = StrictIntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_GRACE_SECONDS,
+        help_text="Seconds the old secret keeps working (0: it stops at once); "
+        "default: API_KEY_ROTATION_GRACE_SECONDS.",
+    )

@@ -10,13 +10,14 @@ from panel.db import MAX_ID
 
 from ..models import APIKey
 from ..selectors import apikeys_for_user
-from ..services import apikey_create, apikey_permissions_set, apikey_revoke
+from ..services import apikey_create, apikey_permissions_set, apikey_revoke, apikey_rotate
 from .permissions import ManagementAccess
 from .serializers import (
     KeyCreatedSerializer,
     KeyCreateSerializer,
     KeyInstanceSerializer,
     KeyPermissionsSerializer,
+    KeyRotateSerializer,
     KeySerializer,
 )
 
@@ -49,7 +50,8 @@ class KeyViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return APIKey.objects.none()
-        return apikeys_for_user(self.request.user)
+        # A revoked key is found for a rotation only, which then says why it refuses.
+        return apikeys_for_user(self.request.user, include_revoked=self.action == "rotate")
 
     @extend_schema(request=KeyCreateSerializer, responses={201: KeyCreatedSerializer})
     def create(self, request):
@@ -91,3 +93,17 @@ class KeyViewSet(
         serializer.is_valid(raise_exception=True)
         key = apikey_permissions_set(key=key, **serializer.validated_data)
         return Response(KeySerializer(key).data)
+
+    @extend_schema(
+        request=KeyRotateSerializer,
+        responses={200: KeyCreatedSerializer},
+        summary="Rotate a key: a new secret, shown once; the old one works for a grace period",
+    )
+    @action(detail=True, methods=["post"], serializer_class=KeyRotateSerializer)
+    def rotate(self, request, pk=None):
+        key = self.get_object()
+        serializer = KeyRotateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key, plain = apikey_rotate(key=key, **serializer.validated_data)
+        key.key = plain
+        return Response(KeyCreatedSerializer(key).data)

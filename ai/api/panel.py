@@ -7,7 +7,7 @@ from panel.errors import ErrorCode, InvalidRequest, ModelNotFound, PermissionDen
 
 from ..gateway import pipeline
 from ..gateway.resolve import caller_get
-from ..selectors import models_for_caller, registry_get, usable_links
+from ..selectors import models_in_catalog, registry_get, usable_links
 from .base import ai_route, json_body, json_response
 
 FALLBACK_REPLY = (
@@ -108,7 +108,7 @@ def _model_summary(model) -> dict:
 @ai_route(methods={"GET": Permission.READ})
 async def models(request, identity, request_id):
     user = await caller_get(identity)
-    visible = models_for_caller(await registry_get(), user, identity.key)
+    visible = models_in_catalog(await registry_get(), user, identity.key)
     return json_response([_model_summary(m) for m in visible])
 
 

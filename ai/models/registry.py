@@ -82,6 +82,11 @@ class AIModel(models.Model):
         "fine-tune it.",
     )
     is_active = models.BooleanField(default=True)
+    is_listed = models.BooleanField(
+        default=False,
+        help_text="Listed in every signed-in user's catalog (/api/ai/models); unlisted "
+        "models are seen only by the tenants linked to them.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

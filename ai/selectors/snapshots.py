@@ -82,6 +82,7 @@ class ModelInfo:
     routable: tuple[UpstreamInfo, ...]  # of those, the ones the router may try
     cached_input_price_per_million: Decimal | None = None  # None: the input price
     cache_write_price_per_million: Decimal | None = None  # None: the input price
+    is_listed: bool = False  # in every signed-in user's catalog (seed 000's /api/ai/models)
 
     @property
     def startable(self) -> tuple[UpstreamInfo, ...]:
@@ -290,6 +291,20 @@ def models_for_caller(registry: Registry, user: UserInfo, key: KeyInfo | None) -
             continue
         if model_for_key(model, key) is not None:
             seen.setdefault(model.id, model)
+    return sorted(seen.values(), key=lambda m: m.name)
+
+
+def models_in_catalog(registry: Registry, user: UserInfo, key: KeyInfo | None) -> list[ModelInfo]:
+    """Seed 000's catalog: the models the caller may use, and the active listed ones that
+    anyone signed in may see (not use); a key's model scope narrows both."""
+    seen = {m.id: m for m in models_for_caller(registry, user, key)}
+    allowed = key.allowed_model_ids if key else frozenset()
+    for model in registry.by_id.values():
+        if not model.is_listed or not model.is_active or model.id in seen:
+            continue
+        if (allowed and model.id not in allowed) or model_for_key(model, key) is None:
+            continue
+        seen[model.id] = model
     return sorted(seen.values(), key=lambda m: m.name)
 
 

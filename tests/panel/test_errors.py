@@ -138,6 +138,7 @@ ENVELOPES = [
     (errors.NoArtifact, 409, "invalid_request_error", "no_artifact"),
     (errors.ArtifactDeployed, 409, "invalid_request_error", "artifact_deployed"),
     (errors.TrainingQuotaExceeded, 429, "rate_limit_error", "quota_exceeded"),
+    (errors.KeyRevoked, 409, "invalid_request_error", "key_revoked"),
     (errors.ModelNotAvailable, 503, "invalid_request_error", "model_not_available"),
 ]
 

@@ -159,6 +159,7 @@ class AIModelSerializer(KnownFieldsOnly, ModelCleanMixin, serializers.ModelSeria
             "price_per_image",
             "response_cache_ttl",
             "is_active",
+            "is_listed",
             "status",
             "upstreams",
             "created_at",

@@ -30,7 +30,7 @@ from .serializers import (
 class ModelFilter(filters.FilterSet):
     class Meta:
         model = AIModel
-        fields = ["name", "kind", "is_active"]
+        fields = ["name", "kind", "is_active", "is_listed"]
 
 
 @extend_schema(tags=["Models"])
