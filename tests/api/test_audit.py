@@ -17,13 +17,14 @@ from django.utils import timezone
 
 from accounts.models import APIKey, User
 from ai.instances.services import instance_create, instance_update
-from ai.models import Instance, ModelLink, Node, Upstream
+from ai.models import Instance, ModelLink, Node, Trainer, TrainingJob, Upstream
 from orgs.models import LedgerEntry, LedgerKind
 from orgs.services import wallet_charges_record, wallet_for, wallet_topup
 from panel import celery
 from panel.audit import MASK
 from panel.tasks import audit_prune_task
 from tests.api.conftest import as_key
+from tests.factories import UserFactory
 from tests.panel.test_admin import _upstream_form
 
 pytestmark = pytest.mark.django_db
@@ -274,3 +275,35 @@ def test_it_masks_a_node_key():
     assert create.changes_dict["api_key"] == ["None", MASK]
     assert update.changes_dict == {"api_key": [MASK, MASK]}
     assert SECRET not in _everything_stored()
+
+
+def test_it_lists_audit_events_in_a_fixed_number_of_queries(api, keys, acme, assert_fixed_queries):
+    wallet = wallet_for(organisation=acme)
+
+    def add_rows():
+        for _ in range(2):
+            wallet_topup(wallet=wallet, amount=Decimal("1"), reason="r", by=UserFactory())
+
+    def listed():
+        response = as_key(api, keys["staff"]).get("/api/v1/audit-events?page_size=200")
+        assert response.status_code == 200
+        return len(response.json()["results"])
+
+    # Key lookup and touch, then count and page (actor and content type joined).
+    assert_fixed_queries(4, listed, add_rows)
+
+
+def test_it_masks_a_trainer_environment_and_records_a_job_cancel_request():
+    trainer = Trainer.objects.create(name="gpu", environment={"HF_TOKEN": SECRET})
+    assert _entries(Trainer).get().changes_dict["environment"] == ["None", MASK]
+    assert SECRET not in _everything_stored()
+    job = TrainingJob.objects.create(
+        base_model_name="base", trainer=trainer, trainer_kind=trainer.kind
+    )
+    job.status, job.step, job.heartbeat_at = "running", 3, timezone.now()
+    job.save(update_fields=["status", "step", "heartbeat_at", "updated_at"])
+    assert not _entries(TrainingJob, action=LogEntry.Action.UPDATE).exists()
+    job.cancel_requested_at = timezone.now()
+    job.save(update_fields=["cancel_requested_at", "updated_at"])
+    cancel = _entries(TrainingJob, action=LogEntry.Action.UPDATE).get()
+    assert list(cancel.changes_dict) == ["cancel_requested_at"]
