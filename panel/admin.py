@@ -1,3 +1,6 @@
+from auditlog.admin import LogEntryAdmin
+from auditlog.filters import CIDFilter, ResourceTypeFilter
+from auditlog.models import LogEntry
 from django.contrib import admin
 
 from .models import Heartbeat, SiteSettings
@@ -31,3 +34,24 @@ class HeartbeatAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+# django-auditlog's page, with the actor and the date among its filters, and where an
+# entry came from (address, route, API key) on its detail page.
+admin.site.unregister(LogEntry)
+
+
+@admin.register(LogEntry)
+class AuditEntryAdmin(LogEntryAdmin):
+    list_filter = [
+        "action",
+        ResourceTypeFilter,
+        ("actor", admin.RelatedOnlyFieldListFilter),
+        "timestamp",
+        CIDFilter,
+    ]
+    readonly_fields = [*LogEntryAdmin.readonly_fields, "remote_addr", "additional_data"]
+    fieldsets = [
+        *LogEntryAdmin.fieldsets,
+        ("Where from", {"fields": ["remote_addr", "additional_data"]}),
+    ]

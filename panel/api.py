@@ -1,9 +1,14 @@
-"""/api/v1/config (sanitised settings, admins only) and /api/v1/version (public)."""
+"""/api/v1/config (sanitised settings, admins only), /api/v1/version (public) and
+/api/v1/audit-events (the audit log, admins only)."""
 
+from auditlog.models import LogEntry
 from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
 from django.db import connection
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
+from rest_framework import generics, serializers
+from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,6 +17,7 @@ from accounts.api.permissions import IsStaff, ManagementAccess
 from ai.instances.procs import parse_port_range
 
 from . import redis as sb_redis
+from .db import MAX_ID
 from .models import SiteSettings
 from .views import version
 
@@ -170,3 +176,85 @@ class VersionView(APIView):
     )
     def get(self, request):
         return Response({"version": version()})
+
+
+ACTIONS = {
+    "create": LogEntry.Action.CREATE,
+    "update": LogEntry.Action.UPDATE,
+    "delete": LogEntry.Action.DELETE,
+}
+ACTION_NAMES = {value: name for name, value in ACTIONS.items()}
+
+
+class AuditEventFilter(filters.FilterSet):
+    actor = filters.NumberFilter(field_name="actor_id", min_value=1, max_value=MAX_ID)
+    model = filters.CharFilter(method="filter_model", help_text="app_label.model: ai.upstream")
+    object_id = filters.CharFilter(field_name="object_pk")
+    action = filters.ChoiceFilter(choices=[(name, name) for name in ACTIONS], method="by_action")
+    since = filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="gte")
+    until = filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="lt")
+
+    class Meta:
+        model = LogEntry
+        fields = ["actor", "model", "object_id", "action", "since", "until"]
+
+    def filter_model(self, queryset, name, value):
+        app_label, _, model = value.lower().partition(".")
+        content_type = ContentType.objects.filter(app_label=app_label, model=model).first()
+        if content_type is None:
+            raise ValidationError({"model": ["Unknown model; use app_label.model (ai.upstream)."]})
+        return queryset.filter(content_type=content_type)
+
+    def by_action(self, queryset, name, value):
+        return queryset.filter(action=ACTIONS[value])
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    action = serializers.SerializerMethodField()
+    model = serializers.SerializerMethodField()
+    object_id = serializers.CharField(source="object_pk")
+    actor = serializers.SerializerMethodField()
+    changes = serializers.JSONField(source="changes_dict")
+
+    class Meta:
+        model = LogEntry
+        fields = [
+            "id",
+            "timestamp",
+            "action",
+            "model",
+            "object_id",
+            "object_repr",
+            "changes",
+            "actor",
+            "remote_addr",
+            "additional_data",
+        ]
+
+    def get_action(self, entry) -> str:
+        return ACTION_NAMES.get(entry.action, str(entry.action))
+
+    def get_model(self, entry) -> str:
+        return f"{entry.content_type.app_label}.{entry.content_type.model}"
+
+    @extend_schema_field(
+        inline_serializer(
+            "AuditActor", {"id": serializers.IntegerField(), "username": serializers.CharField()}
+        )
+    )
+    def get_actor(self, entry) -> dict | None:
+        if entry.actor is None:
+            return None
+        return {"id": entry.actor.pk, "username": entry.actor.get_username()}
+
+
+@extend_schema(tags=["Site"])
+class AuditEventList(generics.ListAPIView):
+    """The audit log, newest first: who created, changed or deleted what, when, from where."""
+
+    permission_classes = [ManagementAccess, IsStaff]
+    serializer_class = AuditEventSerializer
+    filterset_class = AuditEventFilter
+    ordering_fields = ["timestamp", "id"]
+    ordering = ["-timestamp", "-id"]
+    queryset = LogEntry.objects.select_related("actor", "content_type")

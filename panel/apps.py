@@ -8,7 +8,9 @@ class PanelConfig(AppConfig):
     def ready(self):
         from django.conf import settings
 
-        from . import celery
+        from . import audit, celery
+
+        audit.connect()
 
         celery.schedule(
             {
@@ -16,6 +18,7 @@ class PanelConfig(AppConfig):
                     "task": "panel.tasks.heartbeat_record",
                     "schedule": float(settings.CELERY_HEARTBEAT_INTERVAL),
                     "kwargs": {"name": "beat"},
-                }
+                },
+                "audit-prune": {"task": "panel.tasks.audit_prune_task", "schedule": 3600.0},
             }
         )

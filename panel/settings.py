@@ -92,6 +92,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    # Before panel, whose admin re-registers auditlog's LogEntry page with more filters.
+    "auditlog",
     "panel",
     "accounts",
     "orgs",
@@ -104,6 +106,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "panel.audit.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "panel.errors.ApiErrorMiddleware",
@@ -337,6 +340,69 @@ if USAGE_RETENTION_DAYS * 24 <= USAGE_ROLLUP_LOOKBACK_HOURS + 24:
     raise ImproperlyConfigured(
         "USAGE_RETENTION_DAYS must exceed USAGE_ROLLUP_LOOKBACK_HOURS by more than a day."
     )
+
+# --- Audit log (django-auditlog; panel/audit.py) -------------------------------------
+# Who changed what in the registry, tenants, keys, wallets and settings. Only the fields an
+# operator writes: what the agent, the gateway and the health checks write (through
+# queryset updates, which send no signal) is left out, and secrets are masked: an entry
+# says that one changed, never its value.
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+AUDITLOG_MASK_CALLABLE = "panel.audit.mask"
+AUDITLOG_INCLUDE_TRACKING_MODELS = (
+    {"model": "ai.AIModel", "exclude_fields": ["updated_at"]},
+    {
+        "model": "ai.Upstream",
+        "exclude_fields": [
+            "health_status",
+            "last_checked_at",
+            "last_error",
+            "consecutive_failures",
+            "updated_at",
+        ],
+        "mask_fields": ["api_key"],
+    },
+    "ai.ModelLink",
+    {
+        "model": "ai.Instance",
+        "exclude_fields": [
+            "status",
+            "status_reason",
+            "pid",
+            "pid_started",
+            "started_at",
+            "ready_at",
+            "exit_code",
+            "restart_count",
+            "assigned_port",
+            "last_request_at",
+            "last_request_priority",
+            "updated_at",
+        ],
+        "mask_fields": ["environment"],
+    },
+    {"model": "ai.Node", "exclude_fields": ["updated_at"], "mask_fields": ["api_key"]},
+    {"model": "ai.Trainer", "mask_fields": ["environment"]},
+    # The runner's writes are not audited; a person's cancel request is.
+    {"model": "ai.TrainingJob", "include_fields": ["cancel_requested_at"]},
+    {
+        "model": "accounts.User",
+        "exclude_fields": ["last_login"],
+        "mask_fields": ["password"],
+        "m2m_fields": {"groups"},
+    },
+    {
+        "model": "accounts.APIKey",
+        "exclude_fields": ["key_hash", "previous_hash", "last_used_at"],
+        "m2m_fields": {"allowed_models", "instances"},
+    },
+    "orgs.Organisation",
+    "orgs.Membership",
+    # The balance and holds move with usage (queryset updates); the ledger says why.
+    {"model": "orgs.Wallet", "exclude_fields": ["balance", "held", "updated_at"]},
+    # Top-ups, refunds and adjustments; usage charges are skipped (orgs.apps).
+    "orgs.LedgerEntry",
+    {"model": "panel.SiteSettings", "exclude_fields": ["updated_at"]},
+)
 
 # --- Responses API ---------------------------------------------------------------------
 # A stored response (``store``, the default) can be retrieved or continued this long.

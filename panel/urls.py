@@ -39,6 +39,7 @@ urlpatterns = [
     path("api/v1/", include("orgs.api.urls")),
     path("api/v1/config", panel_api.ConfigView.as_view(), name="api-config"),
     path("api/v1/version", panel_api.VersionView.as_view(), name="api-version"),
+    path("api/v1/audit-events", panel_api.AuditEventList.as_view(), name="api-audit-events"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/ai/", include(botserver_patterns)),
