@@ -5,8 +5,6 @@ import hashlib
 from dataclasses import dataclass
 
 import pytest
-from django.contrib.auth.models import Group
-from django.contrib.auth.models import Permission as AuthPermission
 
 from accounts.models import Permission
 from accounts.services import apikey_create
@@ -59,13 +57,7 @@ def dataset_make(*, name: str, organisation=None, created_by=None) -> Dataset:
 
 
 def trainer_role(*users) -> None:
-    # The migration's group, made again when a transactional test has flushed it.
-    group, _ = Group.objects.get_or_create(name="trainer")
-    group.permissions.add(
-        *AuthPermission.objects.filter(
-            content_type__app_label="ai", codename__in=["add_trainingjob", "view_trainingjob"]
-        )
-    )
+    group = trainer_group()
     for user in users:
         user.groups.add(group)
 

@@ -24,13 +24,12 @@ def jsonl(*lines: str) -> bytes:
 
 
 def trainer_group() -> Group:
-    """The trainer group of the migrations; made again as they make it after a test that
-    flushed the database (a transactional test) took it away."""
-    group, created = Group.objects.get_or_create(name=TRAINER)
-    if created:
-        grants = import_module("ai.migrations.0016_training_roles").TRAINER_GRANTS
-        codenames = [f"{action}_{model}" for model, actions in grants for action in actions]
-        group.permissions.add(
-            *AuthPermission.objects.filter(content_type__app_label="ai", codename__in=codenames)
-        )
+    """The trainer group with the migrations' grants, whole: a test that flushed the database
+    (a transactional test) took the group away, and a group made again must not lack any."""
+    group, _ = Group.objects.get_or_create(name=TRAINER)
+    grants = import_module("ai.migrations.0016_training_roles").TRAINER_GRANTS
+    codenames = [f"{action}_{model}" for model, actions in grants for action in actions]
+    group.permissions.add(
+        *AuthPermission.objects.filter(content_type__app_label="ai", codename__in=codenames)
+    )
     return group
