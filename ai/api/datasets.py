@@ -259,8 +259,10 @@ class FileListView(APIView):
     def get(self, request):
         query = request.query_params
         rows = selectors.datasets_for_user(request.user)
-        if query.get("purpose"):
-            rows = rows.filter(purpose=query["purpose"])
+        if purpose := query.get("purpose"):
+            if "\x00" in purpose:  # no stored purpose holds one (PostgreSQL refuses the query)
+                raise InvalidRequest("purpose must be a purpose's name.", param="purpose")
+            rows = rows.filter(purpose=purpose)
         rows, limit = _cursor(rows, request)
         page = list(rows[: limit + 1])
         data = FileSerializer(page[:limit], many=True).data

@@ -142,7 +142,8 @@ def dataset_get_for_user(user, public_id: str, *, with_content: bool = False) ->
     datasets = datasets_for_user(user)
     if with_content:
         datasets = datasets.defer(None).select_related("organisation", "created_by")
-    dataset = datasets.filter(public_id=public_id).first()
+    is_id = isinstance(public_id, str) and PUBLIC_ID.fullmatch(public_id)
+    dataset = datasets.filter(public_id=public_id).first() if is_id else None
     if dataset is None:
         raise NotFound(f"No such file: '{public_id}'.", param="file_id")
     return dataset

@@ -199,3 +199,13 @@ def test_an_unknown_after_cursor_is_404(training_keys):
 
 def test_an_anonymous_caller_gets_401_in_the_envelope(db):
     assert _error(APIClient().get("/v1/files"), 401)["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
+    "query, status, param",
+    [("purpose=fine-tune%00", 400, "purpose"), ("after=file-x%00", 404, "file_id")],
+)
+def test_a_nul_in_the_list_query_is_refused_not_a_500(query, status, param, training_keys):
+    response = _client(training_keys["staff"]).get(f"/api/v1/files?{query}")
+    assert response.status_code == status, response.content
+    assert response.json()["error"]["param"] == param
