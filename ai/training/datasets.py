@@ -170,6 +170,8 @@ def _organisation_named(ref: str, user) -> Organisation | None:
         orgs = orgs.filter(memberships__user=user)
     if ref.isascii() and ref.isdigit() and len(ref) < 19:
         return orgs.filter(pk=int(ref)).first() or orgs.filter(slug=ref).first()
+    if "\x00" in ref:  # no slug holds one (PostgreSQL refuses the query)
+        return None
     return orgs.filter(slug=ref).first()
 
 
