@@ -75,6 +75,41 @@ class Membership(models.Model):
         return self.role in (Role.OWNER, Role.ADMIN)
 
 
+class Invitation(models.Model):
+    """An invitation to join an organisation with a role, sent by e-mail.
+
+    Only the token's hash is stored; the plain token is in the e-mailed link alone.
+    The invitee joins on accepting it (orgs.services.invitation_accept), signed in as
+    any account: the address it was sent to is where the link went, not who may use it.
+    """
+
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.CASCADE, related_name="invitations"
+    )
+    email = models.EmailField()
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
+    token_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"Invitation of {self.email} to {self.organisation} ({self.role})"
+
+    def is_open(self, now) -> bool:
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > now
+
+
 class Wallet(models.Model):
     """Credits of one organisation or one user; the balance is the sum of its ledger."""
 

@@ -11,6 +11,11 @@ class SiteSettings(models.Model):
         default=True,
         help_text="When off, every AI route answers 503 feature_disabled.",
     )
+    allow_signup = models.BooleanField(
+        "anyone may sign up",
+        default=False,
+        help_text="When off, accounts come from an administrator, an invitation or SSO.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.sites",
     "rest_framework",
     "adrf",
     "django_filters",
@@ -98,6 +99,12 @@ INSTALLED_APPS = [
     "accounts",
     "orgs",
     "ai",
+    # After our apps, so templates/ and accounts' own templates win over allauth's.
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    "allauth.mfa",
 ]
 
 MIDDLEWARE = [
@@ -107,6 +114,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "panel.audit.AuditContextMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "panel.errors.ApiErrorMiddleware",
@@ -212,6 +220,43 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/chat/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+SITE_ID = 1
+
+# --- Accounts (django-allauth; accounts/adapters.py) ---------------------------------------
+# Sign-up is a site setting (SiteSettings.allow_signup, off by default); an invitation
+# opens it for the invitee alone. Users sign in with their username or e-mail address.
+ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "accounts.adapters.SocialAccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"username", "email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
+ACCOUNT_UNIQUE_EMAIL = True
+# "mandatory" (the default): a new address is confirmed before it signs in; "optional"
+# or "none" for a closed deployment whose administrator vouches for the addresses.
+ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="mandatory")
+ACCOUNT_PREVENT_ENUMERATION = True
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+ACCOUNT_DEFAULT_HTTP_PROTOCOL = "http" if DEBUG else "https"
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Switchboard] "
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = env.str("MFA_TOTP_ISSUER", default="Switchboard")
+# OpenID Connect providers: any number, configured here from the environment
+# (OIDC_PROVIDERS, a JSON list) or as Social applications in the admin.
+SOCIALACCOUNT_PROVIDERS = {"openid_connect": {"APPS": []}}
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+SOCIALACCOUNT_STORE_TOKENS = False
+
+# --- Mail ----------------------------------------------------------------------------------
+# EMAIL_URL in django-environ's form (smtp+tls://user:password@host:587); unset, mail
+# (or empty) is written to the console (`make run`).
+vars().update(environ.Env.email_url_config(env.str("EMAIL_URL", default="") or "consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Switchboard <noreply@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# An organisation's invitation can be accepted this many days after it was sent.
+INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
 
 REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "panel.errors.drf_exception_handler",

@@ -1,5 +1,5 @@
+from allauth.account import views as account_views
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -23,12 +23,13 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", RedirectView.as_view(url="/chat/", permanent=False)),
     path("chat/", chat_page, name="chat"),
-    path(
-        "accounts/login/",
-        auth_views.LoginView.as_view(redirect_authenticated_user=True),
-        name="login",
-    ),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # django-allauth's pages (sign-in, sign-up, password reset, e-mail, MFA, SSO), with
+    # the names the chat page and LOGIN_URL already use; then the account pages.
+    path("accounts/login/", account_views.login, name="login"),
+    path("accounts/logout/", account_views.logout, name="logout"),
+    path("accounts/", include("allauth.urls")),
+    path("accounts/", include("accounts.urls")),
+    path("accounts/orgs/", include("orgs.urls")),
     path("v1/", include(openai_patterns)),
     # The management API (DRF) comes before the gateway's routes that share its prefixes.
     path("api/v1/ai/", include("ai.api.manage.urls")),

@@ -2,6 +2,9 @@ import re
 from decimal import Decimal
 
 import pytest
+from allauth.account.models import EmailAddress
+from allauth.mfa.models import Authenticator
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialToken
 from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth.models import Group
@@ -69,6 +72,14 @@ def populated(alice, acme):
         options={"backend": "command", "command_override": "serve {port}"},
         start=False,
     )
+    # django-allauth's rows: an address, an SSO provider and account, an MFA authenticator.
+    EmailAddress.objects.create(user=alice, email="alice@example.com", verified=True, primary=True)
+    app = SocialApp.objects.create(
+        provider="openid_connect", provider_id="idp", name="IdP", client_id="c", secret="s"
+    )
+    social = SocialAccount.objects.create(user=alice, provider="idp", uid="alice-at-idp")
+    SocialToken.objects.create(app=app, account=social, token="t")
+    Authenticator.objects.create(user=alice, type=Authenticator.Type.RECOVERY_CODES, data={})
 
 
 @pytest.fixture
