@@ -3,16 +3,21 @@
 Sign-up is closed unless the site setting opens it (SiteSettings.allow_signup) or the
 visitor holds an open organisation invitation (its token kept in the session by the
 invitation page, orgs.views). SSO sign-in creates the account when the provider is
-configured: an operator who adds an OpenID Connect provider trusts its users.
+configured: an operator who adds an OpenID Connect provider trusts its users. Accounts
+an operator made sign in without confirming their address (accounts.stages).
 """
 
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.mfa.adapter import DefaultMFAAdapter
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 
 from panel.models import SiteSettings
 
 # The session key under which the invitation page keeps the plain token it was opened with.
 INVITATION_SESSION_KEY = "switchboard_invitation"
+
+ALLAUTH_VERIFICATION = "allauth.account.stages.EmailVerificationStage"
+OPERATOR_AWARE_VERIFICATION = "accounts.stages.EmailVerificationStage"
 
 
 class AccountAdapter(DefaultAccountAdapter):
@@ -21,7 +26,25 @@ class AccountAdapter(DefaultAccountAdapter):
             return True
         return bool(request.session.get(INVITATION_SESSION_KEY))
 
+    def get_login_stages(self) -> list[str]:
+        """allauth's stages, with e-mail verification that lets an operator's accounts in
+        (accounts.stages)."""
+        return [
+            OPERATOR_AWARE_VERIFICATION if path == ALLAUTH_VERIFICATION else path
+            for path in super().get_login_stages()
+        ]
+
 
 class SocialAccountAdapter(DefaultSocialAccountAdapter):
     def is_open_for_signup(self, request, sociallogin) -> bool:
         return True
+
+
+class MFAAdapter(DefaultMFAAdapter):
+    def is_mfa_enabled(self, user, types=None) -> bool:
+        """No second factor for a sign-in whose account was deleted after its password
+        step (allauth then has no user: it raised a 500); its code page sends the
+        visitor back to the sign-in page."""
+        if user is None:
+            return False
+        return super().is_mfa_enabled(user, types)

@@ -11,7 +11,7 @@ from panel.errors import KeyRevoked
 
 from .models import APIKey, Permission, PermissionMode, User
 from .selectors import instances_usable_by
-from .services import apikey_create, apikey_revoke, apikey_rotate
+from .services import apikey_create, apikey_revoke, apikey_rotate, user_email_vouch
 
 # The session entry that carries a rotated key's plain secret to the one page that shows it.
 ROTATED_SESSION_KEY = "sb_rotated_api_key"
@@ -29,6 +29,12 @@ class UserAdmin(BaseUserAdmin):
         *BaseUserAdmin.add_fieldsets,
         ("Portal", {"fields": ["email", "tier"]}),
     ]
+
+    def save_model(self, request, obj, form, change):
+        # The address an administrator gives is vouched for: no confirmation mail.
+        super().save_model(request, obj, form, change)
+        if "email" in form.changed_data:
+            user_email_vouch(user=obj)
 
 
 class InstancePermissionsForm(forms.ModelForm):

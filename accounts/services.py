@@ -4,6 +4,8 @@ import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from allauth.account.models import EmailAddress
+from allauth.socialaccount.models import SocialAccount
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -106,12 +108,53 @@ def apikey_touch(*, key: APIKey) -> None:
     APIKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
 
 
+def user_is_operator_made(*, user: User) -> bool:
+    """Whether an operator made this account rather than django-allauth: a superuser, or
+    an account without the e-mail address row allauth records for every account it
+    makes (sign-up) or links (SSO)."""
+    if user.is_superuser:
+        return True
+    return (
+        not EmailAddress.objects.filter(user=user).exists()
+        and not SocialAccount.objects.filter(user=user).exists()
+    )
+
+
+@transaction.atomic
+def user_email_vouch(*, user: User) -> bool:
+    """Record the address an operator gave the user as verified and primary, so that
+    allauth's mandatory verification, password reset and e-mail sign-in accept it.
+
+    Returns whether it was recorded: not when the user has no address, nor when another
+    account already holds it verified (ACCOUNT_UNIQUE_EMAIL).
+    """
+    email = (user.email or "").strip()
+    if not email:
+        return False
+    held = EmailAddress.objects.filter(email__iexact=email, verified=True)
+    if held.filter(user=user, primary=True).exists():
+        return True
+    if held.exclude(user=user).exists():
+        return False
+    EmailAddress.objects.filter(user=user, primary=True).update(primary=False)
+    address = EmailAddress.objects.filter(user=user, email__iexact=email).first()
+    if address is None:
+        address = EmailAddress(user=user, email=email.lower())
+    address.verified, address.primary = True, True
+    address.save()
+    return True
+
+
+@transaction.atomic
 def admin_ensure(*, username: str, email: str, password: str) -> tuple[User, bool]:
-    """Create the superuser if missing; return it and whether it was created."""
+    """Create the superuser if missing, its address vouched for (the operator gave it);
+    return it and whether it was created."""
     user = User.objects.filter(username=username).first()
     if user is not None:
         return user, False
-    return User.objects.create_superuser(username=username, email=email, password=password), True
+    user = User.objects.create_superuser(username=username, email=email, password=password)
+    user_email_vouch(user=user)
+    return user, True
 
 
 @transaction.atomic

@@ -1,3 +1,4 @@
+from allauth.account.decorators import secure_admin_login
 from auditlog.admin import LogEntryAdmin
 from auditlog.filters import CIDFilter, ResourceTypeFilter
 from auditlog.models import LogEntry
@@ -8,12 +9,15 @@ from .models import Heartbeat, SiteSettings
 admin.site.site_header = "Switchboard"
 admin.site.site_title = "Switchboard admin"
 admin.site.index_title = "Models, tenants and keys"
+# The admin signs in through django-allauth's page, so that its rate limits and the
+# second factor (MFA) apply there too: /admin/login/ sends a visitor to LOGIN_URL.
+admin.site.login = secure_admin_login(admin.site.login)
 
 
 @admin.register(SiteSettings)
 class SiteSettingsAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "is_ai_enabled", "updated_at"]
-    list_editable = ["is_ai_enabled"]
+    list_display = ["__str__", "is_ai_enabled", "allow_signup", "updated_at"]
+    list_editable = ["is_ai_enabled", "allow_signup"]
     list_display_links = ["__str__"]
 
     def has_add_permission(self, request):
