@@ -4,14 +4,13 @@ work once; deactivate. The admin's own login goes through the same sign-in."""
 
 import base64
 import re
-import time
 
 import pytest
 from allauth.mfa.models import Authenticator
 from django.core.cache import cache
 
 from accounts.services import user_email_vouch
-from tests.accounts.allauth_helpers import PASSWORD, sign_in, signed_in_user, totp
+from tests.accounts.allauth_helpers import PASSWORD, fresh_totp, sign_in, signed_in_user, totp
 
 pytestmark = pytest.mark.django_db
 
@@ -22,15 +21,8 @@ CHALLENGE = "/accounts/2fa/authenticate/"
 def fresh_caches():
     """Rate limits and used TOTP codes live in the cache: each test starts with none."""
     cache.clear()
-
-
-def fresh_totp(secret: str) -> str:
-    """The current code, waiting for the next 30-second step when this one is about to end
-    (so that the server checks it in the step it was computed for)."""
-    left = 30 - time.time() % 30
-    if left < 3:
-        time.sleep(left + 0.1)
-    return totp(secret)
+    yield
+    cache.clear()  # and leave none for the tests after (the cache is per process)
 
 
 def other_code(secret: str) -> str:

@@ -18,6 +18,8 @@ NEW_PASSWORD = "a brand new passphrase 7"
 @pytest.fixture(autouse=True)
 def fresh_rate_limits():
     cache.clear()
+    yield
+    cache.clear()  # and leave none for the tests after (the cache is per process)
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 """Sign-in and sign-up through django-allauth: the styled pages, sign-up off by default and
 opened by the site setting, mandatory e-mail verification, operators' accounts, rate limits."""
 
+import re
 from importlib import import_module
 
 import pytest
 from allauth.account.models import EmailAddress
+from allauth.socialaccount.models import SocialApp
 from django.apps import apps as django_apps
+from django.contrib.sites.models import Site
 from django.core import mail
 from django.core.cache import cache
 from django.core.management import call_command
@@ -30,6 +33,8 @@ NEW = {
 def fresh_rate_limits():
     """allauth counts attempts in the cache: each test starts with none."""
     cache.clear()
+    yield
+    cache.clear()  # and leave none for the tests after (the cache is per process)
 
 
 @pytest.fixture
@@ -52,6 +57,27 @@ def test_the_sign_in_page_asks_for_a_username_or_email_and_offers_a_reset(client
 def test_the_sign_in_page_offers_sign_up_only_while_it_is_open(client, signup_open):
     html = client.get("/accounts/login/").content.decode()
     assert 'href="/accounts/signup/">Sign up</a>' in html
+    form = client.get("/accounts/signup/").content.decode()
+    assert 'class="auth-card"' in form
+    for name in ("email", "username", "password1", "password2"):
+        assert f'name="{name}"' in form
+
+
+def test_the_sign_in_page_lists_the_configured_sso_providers(client):
+    app = SocialApp.objects.create(
+        provider="openid_connect",
+        provider_id="company-idp",
+        name="Company IdP",
+        client_id="switchboard",
+        secret="not-shown",
+        settings={"server_url": "https://idp.example.com"},
+    )
+    app.sites.add(Site.objects.get_current())
+    html = client.get("/accounts/login/").content.decode()
+    assert re.search(
+        r'<ul class="sso"[^>]*>\s*<li>\s*<a title="Company IdP" href="[^"]*company-idp', html
+    )
+    assert "not-shown" not in html
 
 
 def test_it_answers_sign_up_closed_by_default_and_makes_no_account(client):

@@ -25,7 +25,7 @@ def models(world, acme, fake_upstream):  # noqa: F811
 def _log_in(page, base_url):
     page.goto(f"{base_url}/chat/")
     page.wait_for_url("**/accounts/login/**")
-    page.fill("#id_username", "alice")
+    page.fill("#id_login", "alice")
     page.fill("#id_password", "pw-for-tests")
     page.click("button[type=submit]")
     page.wait_for_url(f"{base_url}/chat/")

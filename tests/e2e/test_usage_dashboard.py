@@ -37,10 +37,12 @@ def rolled_up(alice):
 
 
 def _log_in_as_root(page, base_url: str) -> None:
+    # The admin's login sends the visitor to the sign-in page (django-allauth's).
     page.goto(f"{base_url}/admin/login/?next=/admin/")
-    page.fill("#id_username", "root")
+    page.wait_for_url("**/accounts/login/?next=%2Fadmin%2F")
+    page.fill("#id_login", "root")
     page.fill("#id_password", "pw-for-tests")
-    page.click("input[type=submit]")
+    page.click("button[type=submit]")
     page.wait_for_url(f"{base_url}/admin/")
 
 

@@ -181,7 +181,7 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
         assert (data_dir / name).stat().st_mode & 0o777 == 0o600
 
     base = f"http://127.0.0.1:{web_port}"
-    login = _wait_for(lambda: _get(f"{base}/admin/login/"), 30, "the admin login page")
+    login = _wait_for(lambda: _get(f"{base}/accounts/login/"), 30, "the sign-in page")
     assert login.status_code == 200
     assert _get(f"{base}/static/admin/css/base.css").status_code == 200
     assert _get(f"http://127.0.0.1:{fake_port}/v1/models").status_code == 200
