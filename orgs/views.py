@@ -49,20 +49,24 @@ def organisation_list(request):
 @login_required
 def organisation_detail(request, slug):
     organisation = _organisation(request, slug)
-    context = {
+    if not selectors.can_administer(request.user, organisation):
+        context = _context(request, organisation)
+        return render(request, "orgs/member.html", context)
+    return render(request, "orgs/detail.html", _admin_context(request, organisation))
+
+
+def _context(request, organisation) -> dict:
+    return {
         "section": "orgs",
         "organisation": organisation,
         "role": selectors.organisation_role(request.user, organisation),
     }
-    if not selectors.can_administer(request.user, organisation):
-        return render(request, "orgs/member.html", context)
-    return render(request, "orgs/detail.html", _admin_context(request, organisation, context))
 
 
-def _admin_context(request, organisation, context, invite_form=None):
+def _admin_context(request, organisation, invite_form=None) -> dict:
     wallet, ledger = selectors.organisation_wallet(organisation)
     return {
-        **context,
+        **_context(request, organisation),
         "is_owner": selectors.can_own(request.user, organisation),
         "members": selectors.memberships_of(organisation),
         "invitations": selectors.invitations_pending(organisation),
@@ -82,8 +86,7 @@ def invite(request, slug):
     organisation = _administered(request, slug)
     form = InvitationForm(request.POST)
     if not form.is_valid():
-        context = {"section": "orgs", "organisation": organisation, "role": None}
-        context = _admin_context(request, organisation, context, invite_form=form)
+        context = _admin_context(request, organisation, invite_form=form)
         return render(request, "orgs/detail.html", context, status=400)
     try:
         services.invitation_create(
@@ -166,6 +169,8 @@ def invitation(request, token):
     """The e-mailed link: accept when signed in, otherwise sign in or sign up first."""
     found = selectors.invitation_open_by_token(token)
     if found is None:
+        if request.session.get(INVITATION_SESSION_KEY) == token:
+            del request.session[INVITATION_SESSION_KEY]  # it no longer opens sign-up
         return render(request, "orgs/invitation_invalid.html", status=404)
     if not request.user.is_authenticated:
         request.session[INVITATION_SESSION_KEY] = token
