@@ -239,7 +239,8 @@ def invitation_create(
     invitation.save()
     link = absolute_uri(reverse("orgs:invitation", args=[token]))
     send_mail(
-        subject=f"{settings.ACCOUNT_EMAIL_SUBJECT_PREFIX}Join {organisation.name}",
+        # A name may hold a line break (the API takes any text); a header may not.
+        subject=f"{settings.ACCOUNT_EMAIL_SUBJECT_PREFIX}Join {' '.join(organisation.name.split())}",
         message=(
             f"{by.get_username()} invites you to join {organisation.name} on Switchboard as "
             f"{invitation.get_role_display().lower()}.\n\nOpen this link to accept:\n{link}\n\n"

@@ -102,3 +102,11 @@ def test_an_outsider_cannot_invite(acme, charlie):
     with pytest.raises(PermissionDenied):
         invite(acme, charlie)
     assert not Invitation.objects.exists() and mail.outbox == []
+
+
+def test_a_line_break_in_the_organisations_name_stays_out_of_the_subject(acme, alice):
+    acme.name = "Acme\r\nBcc: victim@example.com"
+    acme.save()
+    invite(acme, alice)
+    assert mail.outbox[0].subject.endswith("Join Acme Bcc: victim@example.com")
+    assert mail.outbox[0].to == ["dave@example.com"] and not mail.outbox[0].bcc
