@@ -3,9 +3,12 @@ from decimal import Decimal
 from django import forms
 from django.contrib import admin
 from django.template.response import TemplateResponse
+from django.utils import timezone
 
-from .models import LedgerEntry, Membership, Organisation, Wallet
-from .services import wallet_topup
+from panel.errors import ApiError
+
+from .models import Invitation, LedgerEntry, Membership, Organisation, Wallet
+from .services import invitation_revoke, wallet_topup
 
 
 class MembershipInline(admin.TabularInline):
@@ -117,3 +120,55 @@ class LedgerEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invitations are sent from the organisation's page; here they are read and revoked.
+
+    The token's hash is never shown.
+    """
+
+    list_display = ["email", "organisation", "role", "state", "invited_by", "expires_at"]
+    list_filter = ["role"]
+    list_select_related = ["organisation", "invited_by"]
+    search_fields = ["email", "organisation__name", "organisation__slug"]
+    fields = [
+        "organisation",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+        "revoked_at",
+    ]
+    readonly_fields = fields
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="state")
+    def state(self, obj):
+        if obj.accepted_at:
+            return "accepted"
+        if obj.revoked_at:
+            return "revoked"
+        return "expired" if obj.expires_at <= timezone.now() else "open"
+
+    @admin.action(description="Revoke selected invitations")
+    def revoke(self, request, queryset):
+        revoked = 0
+        for invitation in queryset.select_related("organisation"):
+            try:
+                invitation_revoke(invitation=invitation, by=request.user)
+            except ApiError as error:
+                self.message_user(request, f"{invitation}: {error.message}", level="error")
+            else:
+                revoked += 1
+        self.message_user(request, f"Revoked {revoked} invitation(s).")

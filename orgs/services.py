@@ -1,20 +1,25 @@
 """Organisation services: wallets (every change of a balance is a ledger entry in the same
-transaction), organisations and their memberships."""
+transaction), organisations, their memberships and e-mail invitations."""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 
+from django.conf import settings
+from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Tier
 from panel.db import insert_many
-from panel.errors import ErrorCode, InvalidRequest, PermissionDenied
+from panel.errors import ErrorCode, InvalidRequest, NotFound, PermissionDenied
 
-from .models import LedgerEntry, LedgerKind, Membership, Organisation, Role, Wallet
-from .selectors import can_own, users_addable_by
+from .models import Invitation, LedgerEntry, LedgerKind, Membership, Organisation, Role, Wallet
+from .selectors import can_administer, can_own, invitation_token_hash, users_addable_by
 
 MICRO = Decimal("0.000001")
 
@@ -195,3 +200,90 @@ def membership_remove(*, membership, by) -> None:
     )
     _require_another_owner(membership)
     membership.delete()
+
+
+# --- Invitations ------------------------------------------------------------------------
+
+# One answer for a token that never existed, has expired, was used or was revoked.
+INVALID_INVITATION = "This invitation is invalid or has expired."
+
+
+def _require_administrator(*, by, organisation) -> None:
+    if not can_administer(by, organisation):
+        raise PermissionDenied("Only an owner or an admin of this organisation can do this.")
+
+
+def invitation_create(
+    *, organisation, email: str, role: str, by, absolute_uri: Callable[[str], str]
+) -> tuple[Invitation, str]:
+    """Invite an e-mail address with a role and send it the link; return it with its token.
+
+    Only the token's hash is stored. The same happens whether the address has an account,
+    belongs to a member already or to no one: the inviter learns nothing about it.
+    ``absolute_uri`` turns the link's path into an absolute URL (the request's).
+    """
+    from django.urls import reverse
+
+    _require_administrator(by=by, organisation=organisation)
+    _require_owner_for(role_change=role == Role.OWNER, by=by, organisation=organisation)
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation(
+        organisation=organisation,
+        email=email,
+        role=role,
+        token_hash=invitation_token_hash(token),
+        invited_by=by,
+        expires_at=timezone.now() + timedelta(days=settings.INVITATION_TTL_DAYS),
+    )
+    invitation.full_clean()
+    invitation.save()
+    link = absolute_uri(reverse("orgs:invitation", args=[token]))
+    send_mail(
+        # A name may hold a line break (the API takes any text); a header may not.
+        subject=f"{settings.ACCOUNT_EMAIL_SUBJECT_PREFIX}Join {' '.join(organisation.name.split())}",
+        message=(
+            f"{by.get_username()} invites you to join {organisation.name} on Switchboard as "
+            f"{invitation.get_role_display().lower()}.\n\nOpen this link to accept:\n{link}\n\n"
+            f"It expires in {settings.INVITATION_TTL_DAYS} days. If you did not expect it, "
+            "ignore this message.\n"
+        ),
+        from_email=None,
+        recipient_list=[email],
+    )
+    return invitation, token
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user) -> Membership:
+    """Join the organisation with the invitation's role; the invitation is then used.
+
+    A user who already belongs to it keeps their membership (and role). An unknown,
+    expired, used or revoked token raises the same NotFound.
+    """
+    invitation = (
+        Invitation.objects.select_for_update()
+        .select_related("organisation")
+        .filter(token_hash=invitation_token_hash(token))
+        .first()
+    )
+    now = timezone.now()
+    if invitation is None or not invitation.is_open(now):
+        raise NotFound(INVALID_INVITATION)
+    membership, _ = Membership.objects.get_or_create(
+        user=user, organisation=invitation.organisation, defaults={"role": invitation.role}
+    )
+    invitation.accepted_at = now
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    return membership
+
+
+def invitation_revoke(*, invitation: Invitation, by) -> Invitation:
+    """Revoke an open invitation: its link stops working. An owner's needs an owner."""
+    organisation = invitation.organisation
+    _require_administrator(by=by, organisation=organisation)
+    _require_owner_for(role_change=invitation.role == Role.OWNER, by=by, organisation=organisation)
+    if invitation.is_open(timezone.now()):
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+    return invitation

@@ -444,6 +444,8 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     },
     "orgs.Organisation",
     "orgs.Membership",
+    # Who invited whom, with which role, and when it was accepted or revoked; never the token.
+    {"model": "orgs.Invitation", "exclude_fields": ["token_hash"]},
     # The balance and holds move with usage (queryset updates); the ledger says why.
     {"model": "orgs.Wallet", "exclude_fields": ["balance", "held", "updated_at"]},
     # Top-ups, refunds and adjustments; usage charges are skipped (orgs.apps).

@@ -16,7 +16,7 @@ from accounts.services import apikey_create
 from ai.instances.services import instance_create
 from ai.models import Dataset, HealthCheck, TrainerKind, TrainingJob, Upstream, UsageEvent
 from ai.services import usage_rollup
-from orgs.services import wallet_for, wallet_topup
+from orgs.services import invitation_create, wallet_for, wallet_topup
 from panel.models import Heartbeat, SiteSettings
 from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
 
@@ -55,6 +55,9 @@ def populated(alice, acme):
     )
     wallet = wallet_for(organisation=acme)
     wallet_topup(wallet=wallet, amount=Decimal("5"), reason="welcome", by=alice)
+    invitation_create(
+        organisation=acme, email="dave@example.com", role="member", by=alice, absolute_uri=str
+    )
     UsageEvent.objects.create(
         created_at=timezone.now(),
         request_id="req_1",
