@@ -11,6 +11,7 @@ from allauth.account.adapter import DefaultAccountAdapter
 from allauth.mfa.adapter import DefaultMFAAdapter
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 
+from orgs.selectors import invitation_open_by_token
 from panel.models import SiteSettings
 
 # The session key under which the invitation page keeps the plain token it was opened with.
@@ -24,7 +25,10 @@ class AccountAdapter(DefaultAccountAdapter):
     def is_open_for_signup(self, request) -> bool:
         if SiteSettings.load().allow_signup:
             return True
-        return bool(request.session.get(INVITATION_SESSION_KEY))
+        # Only an invitation that is still open: one revoked, used or expired since the
+        # visitor opened its link opens nothing.
+        token = request.session.get(INVITATION_SESSION_KEY)
+        return isinstance(token, str) and invitation_open_by_token(token) is not None
 
     def get_login_stages(self) -> list[str]:
         """allauth's stages, with e-mail verification that lets an operator's accounts in

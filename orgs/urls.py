@@ -10,7 +10,7 @@ urlpatterns = [
     path("", views.organisation_list, name="list"),
     path("invitations/<str:token>/", views.invitation, name="invitation"),
     path("<slug:slug>/", views.organisation_detail, name="detail"),
-    path("<slug:slug>/invite/", views.invite, name="invite"),
+    path("<slug:slug>/invitations/new/", views.invite, name="invite"),
     path(
         "<slug:slug>/invitations/<int:pk>/revoke/",
         views.invitation_revoke,

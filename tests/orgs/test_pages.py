@@ -48,7 +48,7 @@ def admin_routes(acme, alice, bob):
     key, _ = apikey_create(user=alice, name="ci", organisation=acme)
     bob_membership = Membership.objects.get(user=bob, organisation=acme)
     return [
-        ("post", f"{DETAIL}invite/", {"email": "x@example.com", "role": "member"}),
+        ("post", f"{DETAIL}invitations/new/", {"email": "x@example.com", "role": "member"}),
         ("post", f"{DETAIL}invitations/{invitation.pk}/revoke/", {}),
         ("post", f"{DETAIL}members/{bob_membership.pk}/role/", {"role": "admin"}),
         ("get", f"{DETAIL}members/{bob_membership.pk}/remove/", {}),
@@ -124,7 +124,9 @@ def test_inviting_answers_the_same_for_a_member_a_user_and_an_unknown_address(
     client_for(client, alice)
     answers = []
     for email in (bob.email, charlie.email, "nobody@example.com"):
-        response = client.post(f"{DETAIL}invite/", {"email": email, "role": "member"}, follow=True)
+        response = client.post(
+            f"{DETAIL}invitations/new/", {"email": email, "role": "member"}, follow=True
+        )
         assert response.status_code == 200
         page = response.content.decode().replace(email, "EMAIL")
         answers.append(re.search(r'<ul class="messages">.*?</ul>', page, re.S).group(0))
@@ -140,7 +142,7 @@ def test_inviting_answers_the_same_for_a_member_a_user_and_an_unknown_address(
 
 def test_an_admin_cannot_invite_an_owner(client, acme, admin_user):
     response = client_for(client, admin_user).post(
-        f"{DETAIL}invite/", {"email": "x@example.com", "role": "owner"}, follow=True
+        f"{DETAIL}invitations/new/", {"email": "x@example.com", "role": "owner"}, follow=True
     )
     assert response.status_code == 200
     assert b"Only an owner" in response.content
@@ -160,7 +162,7 @@ def test_an_admin_cannot_invite_an_owner(client, acme, admin_user):
     ],
 )
 def test_bad_invitation_input_is_a_form_error_never_a_500(client, acme, alice, data):
-    response = client_for(client, alice).post(f"{DETAIL}invite/", data)
+    response = client_for(client, alice).post(f"{DETAIL}invitations/new/", data)
     assert response.status_code == 400
     assert b'class="error"' in response.content
     assert not Invitation.objects.exists() and mail.outbox == []
@@ -213,7 +215,9 @@ def test_an_admin_removed_while_on_the_page_gets_404_on_the_next_action(
     assert client.get(DETAIL).status_code == 200
     Membership.objects.filter(user=admin_user).delete()
 
-    response = client.post(f"{DETAIL}invite/", {"email": "x@example.com", "role": "member"})
+    response = client.post(
+        f"{DETAIL}invitations/new/", {"email": "x@example.com", "role": "member"}
+    )
     assert response.status_code == 404
     assert client.get(DETAIL).status_code == 404
     assert not Invitation.objects.exists()
@@ -364,3 +368,25 @@ def test_the_organisation_page_costs_the_same_queries_with_more_rows(
         return len(response.context["members"])
 
     assert_fixed_queries(13, listed, add_rows)
+
+
+def test_a_kept_token_revoked_later_no_longer_opens_sign_up(client, acme, alice):
+    invitation, token = make_invitation(acme, alice)
+    client.get(invitation_link(token))
+    invitation_revoke(invitation=invitation, by=alice)
+
+    # Straight to the sign-up page, never back through the invitation page.
+    assert client.session[INVITATION_SESSION_KEY] == token
+    assert b'name="password1"' not in client.get("/accounts/signup/").content
+
+
+def test_an_organisation_named_like_the_invitation_route_keeps_its_invite_form(client, alice):
+    from orgs.services import organisation_create
+
+    organisation = organisation_create(name="Invitations", slug="invitations", owner=alice)
+    response = client_for(client, alice).post(
+        "/accounts/orgs/invitations/invitations/new/",
+        {"email": "x@example.com", "role": "member"},
+    )
+    assert response.status_code == 302
+    assert Invitation.objects.filter(organisation=organisation, email="x@example.com").exists()
