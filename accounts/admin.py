@@ -1,3 +1,5 @@
+from allauth.socialaccount import admin as socialaccount_admin
+from allauth.socialaccount.models import SocialApp
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -275,3 +277,30 @@ class APIKeyAdmin(admin.ModelAdmin):
             "key": key,
             "title": title,
         }
+
+
+class SocialAppForm(socialaccount_admin.SocialAppForm):
+    """allauth's provider form with a write-only client secret: left empty, it is kept."""
+
+    secret = forms.CharField(
+        label="Client secret",
+        required=False,
+        max_length=191,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Never shown again once saved. Leave empty to keep the stored secret.",
+    )
+
+    def clean_secret(self) -> str:
+        return self.cleaned_data["secret"] or (self.instance.secret if self.instance.pk else "")
+
+
+# allauth registers its own page (with the secret in a plain text input): replaced by one
+# that never renders the secret back. Its admin module is imported above, so it is
+# registered by now whatever the apps' order.
+admin.site.unregister(SocialApp)
+
+
+@admin.register(SocialApp)
+class SocialAppAdmin(socialaccount_admin.SocialAppAdmin):
+    form = SocialAppForm
+    list_display = ["name", "provider", "provider_id", "client_id"]

@@ -14,6 +14,7 @@ from ai.api.urls import (
     openai_patterns,
     panel_patterns,
 )
+from accounts import sso
 from ai.views import chat_page
 from panel import api as panel_api
 from panel import errors, views
@@ -27,6 +28,13 @@ urlpatterns = [
     # the names the chat page and LOGIN_URL already use; then the account pages.
     path("accounts/login/", account_views.login, name="login"),
     path("accounts/logout/", account_views.logout, name="logout"),
+    # OpenID Connect's two routes, in front of allauth's own (accounts/sso.py says why).
+    path("accounts/oidc/<str:provider_id>/login/", sso.login, name="openid_connect_login"),
+    path(
+        "accounts/oidc/<str:provider_id>/login/callback/",
+        sso.callback,
+        name="openid_connect_callback",
+    ),
     path("accounts/", include("allauth.urls")),
     path("accounts/", include("accounts.urls")),
     path("accounts/orgs/", include("orgs.urls")),
