@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts import sso
 from ai.admin import usage_dashboard
 from ai.api import health
 from ai.api.instances.urls import llama_cpp_patterns
@@ -14,7 +15,6 @@ from ai.api.urls import (
     openai_patterns,
     panel_patterns,
 )
-from accounts import sso
 from ai.views import chat_page
 from panel import api as panel_api
 from panel import errors, views

@@ -232,9 +232,7 @@ def test_the_admin_never_renders_the_client_secret(admin_client, admin_app):
         assert CLIENT_SECRET not in response.content.decode(), page
 
 
-def test_it_keeps_the_stored_secret_when_the_field_is_left_empty(
-    admin_client, issuer, admin_app
-):
+def test_it_keeps_the_stored_secret_when_the_field_is_left_empty(admin_client, issuer, admin_app):
     url = reverse("admin:socialaccount_socialapp_change", args=[admin_app.pk])
     response = admin_client.post(url, _app_form(issuer, secret="", name="Renamed IdP"))
 
