@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -267,6 +268,10 @@ def _oidc_apps(raw: str) -> list[dict]:
                 f"OIDC_PROVIDERS[{index}] lacks {', '.join(missing)} "
                 f"(each provider needs {', '.join(OIDC_FIELDS)})."
             )
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(provider["id"])):
+            raise ImproperlyConfigured(
+                f"OIDC_PROVIDERS[{index}]'s id goes in URLs: letters, digits, '_', '.', '-' only."
+            )
         apps.append(
             {
                 "provider_id": str(provider["id"]),
@@ -279,7 +284,13 @@ def _oidc_apps(raw: str) -> list[dict]:
     return apps
 
 
-SOCIALACCOUNT_PROVIDERS = {"openid_connect": {"APPS": _oidc_apps(env.str("OIDC_PROVIDERS", ""))}}
+SOCIALACCOUNT_PROVIDERS = {
+    "openid_connect": {
+        "APPS": _oidc_apps(env.str("OIDC_PROVIDERS", default="")),
+        # PKCE binds the code to this sign-in; a provider without it ignores the parameters.
+        "OAUTH_PKCE_ENABLED": True,
+    }
+}
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
 SOCIALACCOUNT_STORE_TOKENS = False
 

@@ -7,6 +7,7 @@ is ``stop()``.
 """
 
 import base64
+import hashlib
 import json
 import secrets
 import threading
@@ -19,6 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 MISBEHAVIOURS = {"bad_signature", "wrong_audience", "wrong_issuer", "expired", "token_error"}
 KID = "stub-key-1"
+
+
+def _s256(verifier: str | None) -> str:
+    """PKCE's S256 code challenge of a verifier (RFC 7636)."""
+    digest = hashlib.sha256((verifier or "").encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def _rsa_key():
@@ -62,6 +69,7 @@ class StubIssuer:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "code_challenge_methods_supported": ["S256"],
         }
 
     def jwks(self) -> dict:
@@ -73,7 +81,11 @@ class StubIssuer:
         if query.get("client_id") != self.client_id or query.get("response_type") != "code":
             raise ValueError("unknown client or response type")
         code = secrets.token_urlsafe(16)
-        self.codes[code] = {"redirect_uri": query["redirect_uri"], "nonce": query.get("nonce")}
+        self.codes[code] = {
+            "redirect_uri": query["redirect_uri"],
+            "nonce": query.get("nonce"),
+            "code_challenge": query.get("code_challenge"),
+        }
         answer = {"code": code, "state": query.get("state", "")}
         return f"{query['redirect_uri']}?{urlencode(answer)}"
 
@@ -83,6 +95,8 @@ class StubIssuer:
             raise PermissionError("invalid_client")
         grant = self.codes.pop(form.get("code", ""), None)
         if grant is None or grant["redirect_uri"] != form.get("redirect_uri"):
+            raise PermissionError("invalid_grant")
+        if grant["code_challenge"] and grant["code_challenge"] != _s256(form.get("code_verifier")):
             raise PermissionError("invalid_grant")
         access_token = secrets.token_urlsafe(24)
         self.access_tokens[access_token] = self.user

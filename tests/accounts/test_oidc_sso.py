@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -18,6 +18,8 @@ from allauth.account.models import EmailAddress
 from allauth.socialaccount.models import SocialAccount, SocialApp
 from auditlog.models import LogEntry
 from django.contrib.sites.models import Site
+from django.core.cache import cache
+from django.test import Client
 from django.urls import reverse
 
 from accounts.models import User
@@ -32,6 +34,12 @@ DANA = {"sub": "idp-dana-42", "email": "dana@example.com", "email_verified": Tru
 ERROR_PAGE = "socialaccount/authentication_error.html"
 
 
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    # allauth counts its mails and attempts in the cache: each test starts with none.
+    cache.clear()
+
+
 @pytest.fixture
 def issuer():
     stub = StubIssuer(client_id="switchboard", secret=CLIENT_SECRET, user=dict(DANA)).start()
@@ -44,6 +52,7 @@ def provider(settings, issuer):
     """The issuer configured as OIDC_PROVIDERS would configure it (settings)."""
     settings.SOCIALACCOUNT_PROVIDERS = {
         "openid_connect": {
+            **settings.SOCIALACCOUNT_PROVIDERS["openid_connect"],
             "APPS": [
                 {
                     "provider_id": "idp",
@@ -52,7 +61,7 @@ def provider(settings, issuer):
                     "secret": CLIENT_SECRET,
                     "settings": {"server_url": issuer.url},
                 }
-            ]
+            ],
         }
     }
     return "idp"
@@ -91,6 +100,45 @@ def test_it_signs_a_new_user_in_with_the_issuers_verified_email(client, issuer, 
     assert EmailAddress.objects.filter(user=user, email=DANA["email"], verified=True).exists()
     assert SocialAccount.objects.get(user=user).uid == DANA["sub"]
     assert client.get("/chat/").status_code == 200
+
+
+def test_it_binds_the_code_to_the_sign_in_with_pkce(client, issuer, provider):
+    started = client.post("/accounts/oidc/idp/login/")
+    query = parse_qs(urlsplit(started["Location"]).query)
+    assert query["code_challenge_method"] == ["S256"]
+    approved = requests.get(started["Location"], allow_redirects=False, timeout=5)
+    back = urlsplit(approved.headers["Location"])
+
+    # The issuer redeems the code only with the verifier of that challenge.
+    response = client.get(f"{back.path}?{back.query}")
+
+    assert response["Location"] == "/chat/"
+
+
+def test_a_code_taken_to_another_browser_signs_nobody_in(client, issuer, provider):
+    started = client.post("/accounts/oidc/idp/login/")
+    approved = requests.get(started["Location"], allow_redirects=False, timeout=5)
+    back = urlsplit(approved.headers["Location"])
+
+    stranger = Client()
+    response = stranger.get(f"{back.path}?{back.query}")
+
+    assert_error_page(response)
+    assert stranger.session.get("_auth_user_id") is None
+    assert not User.objects.exists()
+
+
+def test_it_asks_to_confirm_an_address_the_issuer_has_not_verified(
+    client, issuer, provider, mailoutbox
+):
+    issuer.user["email_verified"] = False
+
+    response = sso_login(client, issuer)
+
+    assert signed_in_user(client) is None
+    assert response["Location"] == reverse("account_email_verification_sent")
+    assert EmailAddress.objects.get(email=DANA["email"]).verified is False
+    assert [m.to for m in mailoutbox] == [[DANA["email"]]]
 
 
 def test_it_signs_the_same_user_in_the_second_time(client, issuer, provider):
@@ -315,8 +363,9 @@ def test_it_reads_providers_from_the_environment_in_allauths_form(tmp_path):
             json.dumps([{k: v for k, v in PROVIDER.items() if k != "client_id"}]),
             "OIDC_PROVIDERS[0] lacks client_id",
         ),
+        (json.dumps([{**PROVIDER, "id": "a/b"}]), "OIDC_PROVIDERS[0]'s id goes in URLs"),
     ],
-    ids=["bad-json", "not-a-list", "empty-issuer", "missing-client-id"],
+    ids=["bad-json", "not-a-list", "empty-issuer", "missing-client-id", "id-not-for-urls"],
 )
 def test_it_refuses_a_bad_provider_list_without_echoing_the_secret(tmp_path, value, message):
     result = _settings_with(tmp_path, value)
