@@ -87,7 +87,9 @@ def signed_in_user(client):
 def assert_error_page(response):
     assert response.status_code < 500
     assert ERROR_PAGE in [template.name for template in response.templates]
-    assert "Traceback" not in response.content.decode()
+    html = response.content.decode()
+    assert "Traceback" not in html
+    assert CLIENT_SECRET not in html
 
 
 def test_it_signs_a_new_user_in_with_the_issuers_verified_email(client, issuer, provider):
