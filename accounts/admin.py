@@ -293,6 +293,17 @@ class SocialAppForm(socialaccount_admin.SocialAppForm):
     def clean_secret(self) -> str:
         return self.cleaned_data["secret"] or (self.instance.secret if self.instance.pk else "")
 
+    def clean_provider_id(self) -> str:
+        """A provider id names one app: two (here or in OIDC_PROVIDERS) would fail sign-in."""
+        provider_id = self.cleaned_data["provider_id"]
+        if not provider_id:
+            return provider_id
+        configured = settings.SOCIALACCOUNT_PROVIDERS.get("openid_connect", {}).get("APPS", [])
+        others = SocialApp.objects.filter(provider_id=provider_id).exclude(pk=self.instance.pk)
+        if others.exists() or any(app["provider_id"] == provider_id for app in configured):
+            raise forms.ValidationError("Another provider already has this provider ID.")
+        return provider_id
+
 
 # allauth registers its own page (with the secret in a plain text input): replaced by one
 # that never renders the secret back. Its admin module is imported above, so it is

@@ -291,6 +291,22 @@ def test_it_keeps_the_stored_secret_when_the_field_is_left_empty(admin_client, i
     assert (admin_app.name, admin_app.secret) == ("Renamed IdP", CLIENT_SECRET)
 
 
+@pytest.mark.parametrize("taken_by", ["settings", "admin"])
+def test_it_refuses_a_provider_id_already_in_use(admin_client, issuer, provider, taken_by):
+    taken = provider
+    if taken_by == "admin":
+        taken = "admin-idp"
+        admin_client.post(reverse("admin:socialaccount_socialapp_add"), _app_form(issuer))
+
+    response = admin_client.post(
+        reverse("admin:socialaccount_socialapp_add"), _app_form(issuer, provider_id=taken)
+    )
+
+    assert response.status_code == 200
+    assert "provider_id" in response.context["adminform"].form.errors
+    assert SocialApp.objects.filter(provider_id=taken).count() == (taken_by == "admin")
+
+
 def test_it_audits_provider_changes_with_the_secret_masked(admin_client, issuer, admin_app):
     url = reverse("admin:socialaccount_socialapp_change", args=[admin_app.pk])
     admin_client.post(url, _app_form(issuer, secret="rotated-" + CLIENT_SECRET))
