@@ -247,7 +247,7 @@ MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = env.str("MFA_TOTP_ISSUER", default="Switchboard")
 # OpenID Connect providers: any number, configured here from the environment
 # (OIDC_PROVIDERS, a JSON list) or as Social applications in the admin.
-OIDC_FIELDS = ("id", "name", "issuer", "client_id", "secret")
+_OIDC_FIELDS = ("id", "name", "issuer", "client_id", "secret")
 
 
 def _oidc_apps(raw: str) -> list[dict]:
@@ -262,11 +262,11 @@ def _oidc_apps(raw: str) -> list[dict]:
         raise ImproperlyConfigured("OIDC_PROVIDERS must be a JSON list of providers.")
     apps = []
     for index, provider in enumerate(providers):
-        missing = [f for f in OIDC_FIELDS if not isinstance(provider, dict) or not provider.get(f)]
+        missing = [f for f in _OIDC_FIELDS if not isinstance(provider, dict) or not provider.get(f)]
         if missing:
             raise ImproperlyConfigured(
                 f"OIDC_PROVIDERS[{index}] lacks {', '.join(missing)} "
-                f"(each provider needs {', '.join(OIDC_FIELDS)})."
+                f"(each provider needs {', '.join(_OIDC_FIELDS)})."
             )
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(provider["id"])):
             raise ImproperlyConfigured(
