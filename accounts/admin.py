@@ -1,3 +1,5 @@
+from allauth.socialaccount import admin as socialaccount_admin
+from allauth.socialaccount.models import SocialApp
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -281,3 +283,41 @@ class APIKeyAdmin(admin.ModelAdmin):
             "key": key,
             "title": title,
         }
+
+
+class SocialAppForm(socialaccount_admin.SocialAppForm):
+    """allauth's provider form with a write-only client secret: left empty, it is kept."""
+
+    secret = forms.CharField(
+        label="Client secret",
+        required=False,
+        max_length=191,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Never shown again once saved. Leave empty to keep the stored secret.",
+    )
+
+    def clean_secret(self) -> str:
+        return self.cleaned_data["secret"] or (self.instance.secret if self.instance.pk else "")
+
+    def clean_provider_id(self) -> str:
+        """A provider id names one app: two (here or in OIDC_PROVIDERS) would fail sign-in."""
+        provider_id = self.cleaned_data["provider_id"]
+        if not provider_id:
+            return provider_id
+        configured = settings.SOCIALACCOUNT_PROVIDERS.get("openid_connect", {}).get("APPS", [])
+        others = SocialApp.objects.filter(provider_id=provider_id).exclude(pk=self.instance.pk)
+        if others.exists() or any(app["provider_id"] == provider_id for app in configured):
+            raise forms.ValidationError("Another provider already has this provider ID.")
+        return provider_id
+
+
+# allauth registers its own page (with the secret in a plain text input): replaced by one
+# that never renders the secret back. Its admin module is imported above, so it is
+# registered by now whatever the apps' order.
+admin.site.unregister(SocialApp)
+
+
+@admin.register(SocialApp)
+class SocialAppAdmin(socialaccount_admin.SocialAppAdmin):
+    form = SocialAppForm
+    list_display = ["name", "provider", "provider_id", "client_id"]

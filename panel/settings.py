@@ -7,7 +7,9 @@ DATABASE_URL and REDIS_URL switch it to PostgreSQL and Redis.
 
 import hashlib
 import hmac
+import json
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -247,7 +249,50 @@ MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = env.str("MFA_TOTP_ISSUER", default="Switchboard")
 # OpenID Connect providers: any number, configured here from the environment
 # (OIDC_PROVIDERS, a JSON list) or as Social applications in the admin.
-SOCIALACCOUNT_PROVIDERS = {"openid_connect": {"APPS": []}}
+_OIDC_FIELDS = ("id", "name", "issuer", "client_id", "secret")
+
+
+def _oidc_apps(raw: str) -> list[dict]:
+    """OIDC_PROVIDERS' JSON list as allauth's apps; its errors never quote a value (secrets)."""
+    try:
+        providers = json.loads(raw or "[]")
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"OIDC_PROVIDERS is not valid JSON (line {exc.lineno}, column {exc.colno})."
+        ) from None
+    if not isinstance(providers, list):
+        raise ImproperlyConfigured("OIDC_PROVIDERS must be a JSON list of providers.")
+    apps = []
+    for index, provider in enumerate(providers):
+        missing = [f for f in _OIDC_FIELDS if not isinstance(provider, dict) or not provider.get(f)]
+        if missing:
+            raise ImproperlyConfigured(
+                f"OIDC_PROVIDERS[{index}] lacks {', '.join(missing)} "
+                f"(each provider needs {', '.join(_OIDC_FIELDS)})."
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(provider["id"])):
+            raise ImproperlyConfigured(
+                f"OIDC_PROVIDERS[{index}]'s id goes in URLs: letters, digits, '_', '.', '-' only."
+            )
+        apps.append(
+            {
+                "provider_id": str(provider["id"]),
+                "name": str(provider["name"]),
+                "client_id": str(provider["client_id"]),
+                "secret": str(provider["secret"]),
+                "settings": {"server_url": str(provider["issuer"])},
+            }
+        )
+    return apps
+
+
+SOCIALACCOUNT_PROVIDERS = {
+    "openid_connect": {
+        "APPS": _oidc_apps(env.str("OIDC_PROVIDERS", default="")),
+        # PKCE binds the code to this sign-in; a provider without it ignores the parameters.
+        "OAUTH_PKCE_ENABLED": True,
+    }
+}
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
 SOCIALACCOUNT_STORE_TOKENS = False
 
@@ -451,6 +496,8 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     # Top-ups, refunds and adjustments; usage charges are skipped (orgs.apps).
     "orgs.LedgerEntry",
     {"model": "panel.SiteSettings", "exclude_fields": ["updated_at"]},
+    # SSO providers configured in the admin: that the client secret changed, never its value.
+    {"model": "socialaccount.SocialApp", "mask_fields": ["secret"]},
 )
 
 # --- Responses API ---------------------------------------------------------------------

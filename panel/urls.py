@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts import sso
 from ai.admin import usage_dashboard
 from ai.api import health
 from ai.api.instances.urls import llama_cpp_patterns
@@ -27,6 +28,13 @@ urlpatterns = [
     # the names the chat page and LOGIN_URL already use; then the account pages.
     path("accounts/login/", account_views.login, name="login"),
     path("accounts/logout/", account_views.logout, name="logout"),
+    # OpenID Connect's two routes, in front of allauth's own (accounts/sso.py says why).
+    path("accounts/oidc/<str:provider_id>/login/", sso.login, name="openid_connect_login"),
+    path(
+        "accounts/oidc/<str:provider_id>/login/callback/",
+        sso.callback,
+        name="openid_connect_callback",
+    ),
     path("accounts/", include("allauth.urls")),
     path("accounts/", include("accounts.urls")),
     path("accounts/orgs/", include("orgs.urls")),
