@@ -13,11 +13,11 @@ from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from ai.selectors.account import own_quota, own_usage
-from orgs.models import Membership, Role, Wallet
-from orgs.services import wallet_for
+from orgs.models import LedgerEntry, Membership, Role, Wallet
 from panel.db import MAX_ID
 from panel.errors import KeyRevoked
 
@@ -42,6 +42,12 @@ def _own_key(user, key_id: int):
     return get_object_or_404(_own_keys(user), pk=key_id)
 
 
+def _own_wallet(user) -> Wallet:
+    # Read, not wallet_for: a page view creates no wallet (nor the audit entry a new row
+    # gets); a user without one sees the empty wallet wallet_for would create.
+    return Wallet.objects.filter(user=user).first() or Wallet(user=user)
+
+
 def _month_start(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
@@ -52,7 +58,7 @@ def overview(request):
     keys = list(_own_keys(user).values_list("is_revoked", "expires_at"))
     context = {
         "section": "overview",
-        "wallet": wallet_for(user=user),
+        "wallet": _own_wallet(user),
         "memberships": Membership.objects.filter(user=user)
         .select_related("organisation")
         .order_by("organisation__name"),
@@ -64,6 +70,7 @@ def overview(request):
 
 
 @login_required
+@never_cache  # the page may hold a plain key: no copy of it in any cache
 @require_http_methods(["GET", "POST"])
 def keys(request):
     form = KeyCreateForm(request.POST or None, user=request.user)
@@ -145,8 +152,8 @@ def quota(request):
 @login_required
 def wallet(request):
     user = request.user
-    own = wallet_for(user=user)
-    entries = own.entries.order_by("-created_at", "-id")
+    own = _own_wallet(user)
+    entries = LedgerEntry.objects.filter(wallet__user=user).order_by("-created_at", "-id")
     page = Paginator(entries, LEDGER_PAGE_SIZE).get_page(request.GET.get("page"))
     administered = Membership.objects.filter(user=user, role__in=[Role.OWNER, Role.ADMIN])
     org_wallets = {

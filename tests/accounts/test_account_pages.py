@@ -12,7 +12,7 @@ from accounts.selectors import apikey_verify
 from accounts.services import apikey_create
 from accounts.views import PLAIN_KEY_SESSION_KEY
 from ai.models import LimitCounter, RollupPeriod, UsageRollup
-from orgs.models import Role
+from orgs.models import Role, Wallet
 from orgs.services import wallet_for, wallet_topup
 from tests.factories import AIModelFactory, MembershipFactory, ModelLinkFactory
 
@@ -115,6 +115,7 @@ def test_it_creates_a_key_and_shows_the_plain_key_once(as_alice, alice, chat_mod
     plain = shown.context["plain_key"]
     assert apikey_verify(plain=plain) == key
     assert plain in shown.content.decode()
+    assert "no-store" in shown["Cache-Control"]
 
     again = as_alice.get("/accounts/keys/")
     assert again.context["plain_key"] is None
@@ -320,6 +321,26 @@ def test_quota_names_wallet_billed_links_and_org_links(as_alice, alice, acme):
     assert b"wallet-billed" in response.content
 
 
+def test_the_quota_page_costs_bounded_queries(as_alice, alice, acme, django_assert_max_num_queries):
+    for _ in range(8):
+        ModelLinkFactory(user=alice, tokens_per_day=100, requests_per_day=5)
+        ModelLinkFactory(organisation=acme, cost_per_month=Decimal(1), is_wallet_billed=True)
+    with django_assert_max_num_queries(12):
+        response = as_alice.get("/accounts/quota/")
+    assert len(response.context["quotas"]) == 16
+
+
+def test_the_overview_costs_bounded_queries(
+    as_alice, alice, acme, chat_model, django_assert_max_num_queries
+):
+    for i in range(10):
+        apikey_create(user=alice, name=f"k{i}", allowed_models=[chat_model])
+        _rollup(alice, AIModelFactory())
+    with django_assert_max_num_queries(8):
+        response = as_alice.get("/accounts/")
+    assert response.context["all_keys"] == 10 and response.context["month"].totals.requests == 30
+
+
 def test_charlie_sees_none_of_alices_links(as_charlie, alice, chat_model):
     response = as_charlie.get("/accounts/quota/")
     assert response.context["quotas"] == [] and b"alice-chat" not in response.content
@@ -349,6 +370,13 @@ def test_the_wallet_links_the_org_wallets_i_administer_only(as_alice, client, al
     assert f'href="/accounts/orgs/{other.slug}/"' not in body
     client.force_login(bob)
     assert b"/accounts/orgs/acme/" not in client.get("/accounts/wallet/").content
+
+
+def test_looking_at_the_pages_creates_no_wallet(as_charlie, charlie):
+    as_charlie.get("/accounts/")
+    body = as_charlie.get("/accounts/wallet/").content.decode()
+    assert not Wallet.objects.filter(user=charlie).exists()
+    assert "No entries yet." in body
 
 
 def test_charlie_sees_none_of_alices_ledger(as_charlie, alice):
