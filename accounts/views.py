@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
-from ai.selectors.account import own_quota, own_usage
+from ai.selectors.account import own_key_quota, own_quota, own_usage
 from orgs.models import LedgerEntry, Membership, Role, Wallet
 from panel.db import MAX_ID
 from panel.errors import KeyRevoked
@@ -145,7 +145,12 @@ def usage(request):
 
 @login_required
 def quota(request):
-    context = {"section": "quota", "quotas": own_quota(user=request.user)}
+    user = request.user
+    context = {
+        "section": "quota",
+        "quotas": own_quota(user=user),
+        "key_quotas": own_key_quota(user=user),
+    }
     return render(request, "accounts/quota.html", context)
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import APIKey, User
+from accounts.selectors import key_info_of
 from orgs.services import credits
 from panel import redis as sb_redis
 
@@ -109,7 +111,28 @@ def _counter_values(keys: list[str]) -> dict[str, int]:
 
 
 def _amount(metric: int, micro: int) -> int | Decimal:
-    return credits(micro).normalize() if metric == COST else micro
+    """A counter's amount as shown: credits without trailing zeros (10, not 1E+1)."""
+    if metric != COST:
+        return micro
+    amount = credits(micro)
+    return amount.quantize(Decimal(1)) if amount == amount.to_integral() else amount.normalize()
+
+
+def _limits_left(plan, values: dict[str, int]) -> tuple[LimitLeft, ...]:
+    limits = []
+    for limit in plan.limits:
+        used = min(values.get(limit.key, 0), limit.limit)
+        limits.append(
+            LimitLeft(
+                name=limit.label.replace(" ", "_"),  # the limit field, as the gateway labels it
+                metric=METRIC_NAMES[limit.metric],
+                limit=_amount(limit.metric, limit.limit),
+                used=_amount(limit.metric, used),
+                remaining=_amount(limit.metric, limit.limit - used),
+                resets_at=datetime.fromtimestamp(limit.reset_at, UTC),
+            )
+        )
+    return tuple(limits)
 
 
 def own_quota(*, user: User) -> list[LinkQuota]:
@@ -130,19 +153,6 @@ def own_quota(*, user: User) -> list[LinkQuota]:
     org_names = dict(user.memberships.values_list("organisation_id", "organisation__name"))
     quotas = []
     for link, plan in planned:
-        limits = []
-        for limit in plan.limits:
-            used = min(values.get(limit.key, 0), limit.limit)
-            limits.append(
-                LimitLeft(
-                    name=limit.label.replace(" ", "_"),  # the limit field, as the gateway labels it
-                    metric=METRIC_NAMES[limit.metric],
-                    limit=_amount(limit.metric, limit.limit),
-                    used=_amount(limit.metric, used),
-                    remaining=_amount(limit.metric, limit.limit - used),
-                    resets_at=datetime.fromtimestamp(limit.reset_at, UTC),
-                )
-            )
         owner = "you" if link.user_id else org_names.get(link.organisation_id, "organisation")
         quotas.append(
             LinkQuota(
@@ -150,7 +160,42 @@ def own_quota(*, user: User) -> list[LinkQuota]:
                 model_name=names.get(link.model_id, f"model {link.model_id}"),
                 owner=owner,
                 is_wallet_billed=link.is_wallet_billed,
-                limits=tuple(limits),
+                limits=_limits_left(plan, values),
             )
         )
     return quotas
+
+
+@dataclass(frozen=True, slots=True)
+class KeyQuota:
+    """A live key of the user with limits of its own, and what is left of them."""
+
+    key_id: int
+    name: str
+    prefix: str
+    limits: tuple[LimitLeft, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _NoLink:
+    """A link without limits, so that a plan holds a key's own limits only."""
+
+    id: int = 0
+    limits: dict = field(default_factory=dict)
+    is_wallet_billed: bool = False
+    wallet_id: None = None
+
+
+def own_key_quota(*, user: User) -> list[KeyQuota]:
+    """The user's live keys with limits of their own, and what is left in their windows."""
+    keys = APIKey.objects.filter(user=user, is_revoked=False).filter(
+        Q(requests_per_minute__isnull=False) | Q(cost_per_month__isnull=False)
+    )
+    keys = [k for k in keys.prefetch_related("allowed_models", "instances") if not k.is_expired]
+    plans, moment, link = Plans(), time.time(), _NoLink()
+    planned = [(key, plans.get(link, key_info_of(key), moment)) for key in keys]
+    values = _counter_values([limit.key for _, plan in planned for limit in plan.limits])
+    return [
+        KeyQuota(key_id=key.pk, name=key.name, prefix=key.prefix, limits=_limits_left(plan, values))
+        for key, plan in planned
+    ]

@@ -312,13 +312,34 @@ def test_quota_shows_what_is_left_in_the_gateways_counters(as_alice, alice, chat
 def test_quota_names_wallet_billed_links_and_org_links(as_alice, alice, acme):
     model = AIModelFactory(name="org-model")
     ModelLinkFactory(
-        model=model, organisation=acme, is_wallet_billed=True, cost_per_month=Decimal("5")
+        model=model, organisation=acme, is_wallet_billed=True, cost_per_month=Decimal("10")
     )
     response = as_alice.get("/accounts/quota/")
     [quota] = response.context["quotas"]
     assert quota.is_wallet_billed and quota.owner == "Acme"
-    assert quota.limits[0].remaining == Decimal("5")
+    assert quota.limits[0].remaining == Decimal("10")
+    assert b'<td class="remaining">10</td>' in response.content
     assert b"wallet-billed" in response.content
+
+
+def test_quota_shows_what_is_left_of_my_keys_own_limits(as_alice, alice, charlie):
+    key, _ = apikey_create(user=alice, name="capped")
+    APIKey.objects.filter(pk=key.pk).update(cost_per_month=Decimal("2.5"))
+    apikey_create(user=alice, name="uncapped")
+    month = datetime.now(UTC).strftime("%Y%m")
+    LimitCounter.objects.create(
+        key=f"sb:lim:key:{key.pk}:cost_per_month:{month}",
+        value=1_000_000,  # micro-credits: one credit spent
+        expires_at=timezone.now() + timedelta(days=1),
+    )
+    others, _ = apikey_create(user=charlie, name="charlies-capped")
+    APIKey.objects.filter(pk=others.pk).update(requests_per_minute=3)
+    response = as_alice.get("/accounts/quota/")
+    [capped] = response.context["key_quotas"]
+    assert capped.name == "capped"
+    [limit] = capped.limits
+    assert (limit.used, limit.remaining, limit.limit) == (1, Decimal("1.5"), Decimal("2.5"))
+    assert b"charlies-capped" not in response.content
 
 
 def test_the_quota_page_costs_bounded_queries(as_alice, alice, acme, django_assert_max_num_queries):
