@@ -4,9 +4,40 @@ from django import forms
 from django.utils import timezone
 
 from orgs.models import Organisation
+from panel.db import MAX_ID
 
 from .models import APIKey, Permission
 from .selectors import models_usable_by
+
+
+class ModelIdsField(forms.ModelMultipleChoiceField):
+    """Model ids; one that cannot be a row's (past the database's integer range, say) is
+    refused as invalid before any query, which SQLite would fail on with a 500."""
+
+    def _check_values(self, value):
+        for pk in value:
+            try:
+                is_id = 0 < int(pk) <= MAX_ID
+            except (TypeError, ValueError):
+                is_id = False
+            if not is_id:
+                raise forms.ValidationError(
+                    self.error_messages["invalid_pk_value"],
+                    code="invalid_pk_value",
+                    params={"pk": pk},
+                )
+        return super()._check_values(value)
+
+
+class SlugChoiceField(forms.ModelChoiceField):
+    """A row by slug; a NUL names none (PostgreSQL refuses it in a parameter: a 500)."""
+
+    def to_python(self, value):
+        if isinstance(value, str) and "\x00" in value:
+            raise forms.ValidationError(
+                self.error_messages["invalid_choice"], code="invalid_choice"
+            )
+        return super().to_python(value)
 
 
 class KeyCreateForm(forms.Form):
@@ -25,13 +56,13 @@ class KeyCreateForm(forms.Form):
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
     )
-    allowed_models = forms.ModelMultipleChoiceField(
+    allowed_models = ModelIdsField(
         queryset=None,
         required=False,
         help_text="None ticked: every model you may use.",
         widget=forms.CheckboxSelectMultiple,
     )
-    organisation = forms.ModelChoiceField(
+    organisation = SlugChoiceField(
         queryset=None,
         required=False,
         to_field_name="slug",

@@ -140,6 +140,11 @@ def test_it_creates_a_key_for_an_organisation_of_mine(as_alice, alice, acme):
         ({"name": "bad", "expires_at": "not a date"}, "expires_at"),
         ({"name": "m", "allowed_models": ["999999"]}, "allowed_models"),
         ({"name": "m", "allowed_models": ["nope"]}, "allowed_models"),
+        ({"name": "m", "allowed_models": ["99999999999999999999999"]}, "allowed_models"),
+        ({"name": "m", "allowed_models": ["-1"]}, "allowed_models"),
+        ({"name": "n\x00ul"}, "name"),
+        ({"name": "o", "organisation": "ac\x00me"}, "organisation"),
+        ({"name": "far", "expires_at": "99999-01-01T00:00"}, "expires_at"),
         ({"name": "p", "permissions": ["root"]}, "permissions"),
         ({"name": "o", "organisation": "someone-elses"}, "organisation"),
     ],
@@ -150,6 +155,15 @@ def test_a_bad_key_form_shows_its_errors_inline_and_creates_nothing(as_alice, al
     assert field in response.context["form"].errors
     assert b'class="error"' in response.content
     assert not APIKey.objects.filter(user=alice).exists()
+
+
+def test_an_organisation_i_do_not_belong_to_is_refused(as_charlie, charlie, acme):
+    response = as_charlie.post(
+        "/accounts/keys/", {"name": "o", "permissions": ["read"], "organisation": "acme"}
+    )
+    assert response.status_code == 400 and "organisation" in response.context["form"].errors
+    assert b"Acme" not in response.content
+    assert not APIKey.objects.filter(user=charlie).exists()
 
 
 def test_a_model_i_cannot_use_is_refused(as_alice, alice):
