@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
+from redis.exceptions import RedisError
 
 from ai.selectors.account import own_key_quota, own_quota, own_usage
 from orgs.models import LedgerEntry, Membership, Role, Wallet
@@ -146,11 +147,16 @@ def usage(request):
 @login_required
 def quota(request):
     user = request.user
-    context = {
-        "section": "quota",
-        "quotas": own_quota(user=user),
-        "key_quotas": own_key_quota(user=user),
-    }
+    try:
+        context = {
+            "section": "quota",
+            "quotas": own_quota(user=user),
+            "key_quotas": own_key_quota(user=user),
+        }
+    except RedisError:
+        # The counters live in Redis: while it is away the page says so, not a 500.
+        context = {"section": "quota", "counters_unavailable": True}
+        return render(request, "accounts/quota.html", context, status=503)
     return render(request, "accounts/quota.html", context)
 
 

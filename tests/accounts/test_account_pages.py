@@ -14,6 +14,7 @@ from accounts.views import PLAIN_KEY_SESSION_KEY
 from ai.models import LimitCounter, RollupPeriod, UsageRollup
 from orgs.models import Role, Wallet
 from orgs.services import wallet_for, wallet_topup
+from panel import redis as sb_redis
 from tests.factories import AIModelFactory, MembershipFactory, ModelLinkFactory
 
 pytestmark = pytest.mark.django_db
@@ -306,14 +307,39 @@ def test_the_usage_page_costs_the_same_queries_however_many_rows(
 # --- Quota ----------------------------------------------------------------------------
 
 
-def test_quota_shows_what_is_left_in_the_gateways_counters(as_alice, alice, chat_model):
+@pytest.fixture
+def counter():
+    """Set a running counter where the gateway keeps them: Redis when configured (removed
+    after the test), else the database."""
+    written = []
+
+    def write(key: str, value: int) -> None:
+        if sb_redis.is_configured():
+            sb_redis.sync_client().set(key, value, ex=3600)
+            written.append(key)
+        else:
+            LimitCounter.objects.create(
+                key=key, value=value, expires_at=timezone.now() + timedelta(days=1)
+            )
+
+    yield write
+    if written:
+        sb_redis.sync_client().delete(*written)
+
+
+def test_quota_page_says_so_when_the_counters_store_is_unreachable(
+    as_alice, alice, chat_model, settings
+):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    response = as_alice.get("/accounts/quota/")
+    assert response.status_code == 503
+    assert b"cannot be read right now" in response.content
+
+
+def test_quota_shows_what_is_left_in_the_gateways_counters(as_alice, alice, chat_model, counter):
     link = chat_model.links.get()
     today = datetime.now(UTC).strftime("%Y%m%d")
-    LimitCounter.objects.create(
-        key=f"sb:lim:link:{link.pk}:tokens_per_day:{today}",
-        value=250,
-        expires_at=timezone.now() + timedelta(days=1),
-    )
+    counter(f"sb:lim:link:{link.pk}:tokens_per_day:{today}", 250)
     response = as_alice.get("/accounts/quota/")
     [quota] = response.context["quotas"]
     limits = {limit.name: limit for limit in quota.limits}
@@ -336,16 +362,12 @@ def test_quota_names_wallet_billed_links_and_org_links(as_alice, alice, acme):
     assert b"wallet-billed" in response.content
 
 
-def test_quota_shows_what_is_left_of_my_keys_own_limits(as_alice, alice, charlie):
+def test_quota_shows_what_is_left_of_my_keys_own_limits(as_alice, alice, charlie, counter):
     key, _ = apikey_create(user=alice, name="capped")
     APIKey.objects.filter(pk=key.pk).update(cost_per_month=Decimal("2.5"))
     apikey_create(user=alice, name="uncapped")
     month = datetime.now(UTC).strftime("%Y%m")
-    LimitCounter.objects.create(
-        key=f"sb:lim:key:{key.pk}:cost_per_month:{month}",
-        value=1_000_000,  # micro-credits: one credit spent
-        expires_at=timezone.now() + timedelta(days=1),
-    )
+    counter(f"sb:lim:key:{key.pk}:cost_per_month:{month}", 1_000_000)  # one credit spent
     others, _ = apikey_create(user=charlie, name="charlies-capped")
     APIKey.objects.filter(pk=others.pk).update(requests_per_minute=3)
     response = as_alice.get("/accounts/quota/")
