@@ -1,4 +1,17 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def name_the_site(sender, using="default", **kwargs) -> None:
+    """The site's name in allauth's mails and pages is "Switchboard", not the
+    "example.com" django.contrib.sites makes (after every migrate and test flush; sites
+    comes first in INSTALLED_APPS, so its row exists by now). A name an operator set in
+    the admin is kept."""
+    from django.contrib.sites.models import Site
+
+    Site.objects.using(using).filter(pk=1, name="example.com").update(
+        name="Switchboard", domain="localhost"
+    )
 
 
 class PanelConfig(AppConfig):
@@ -11,6 +24,7 @@ class PanelConfig(AppConfig):
         from . import audit, celery
 
         audit.connect()
+        post_migrate.connect(name_the_site, sender=self)
 
         celery.schedule(
             {

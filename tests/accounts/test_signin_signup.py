@@ -101,6 +101,7 @@ def test_it_lets_a_stranger_sign_up_confirm_the_address_and_then_sign_in(client,
     assert signed_in_user(client) is None
     assert len(mail.outbox) == 1 and mail.outbox[0].to == ["dana@example.com"]
     assert mail.outbox[0].subject.startswith("[Switchboard] ")
+    assert "Switchboard" in mail.outbox[0].body and "example.com!" not in mail.outbox[0].body
     confirm = link_in_last_mail("dana@example.com")
 
     # Before confirming: refused, with a page that says why, and no session.
