@@ -29,6 +29,13 @@ def can_administer(user, organisation: Organisation) -> bool:
     return user.is_staff or organisation_role(user, organisation) in (Role.OWNER, Role.ADMIN)
 
 
+def organisations_administered_by(user) -> QuerySet[Organisation]:
+    """The organisations ``user`` is an owner or admin of (staff: not all of them)."""
+    return Organisation.objects.filter(
+        memberships__user=user, memberships__role__in=[Role.OWNER, Role.ADMIN]
+    )
+
+
 def can_own(user, organisation: Organisation) -> bool:
     """Staff, or an owner of this organisation (owner-only acts: deletion, owner roles)."""
     return user.is_staff or organisation_role(user, organisation) == Role.OWNER

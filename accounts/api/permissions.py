@@ -42,6 +42,21 @@ class RegistryRole(permissions.DjangoModelPermissions):
         return super().has_permission(request, view)
 
 
+class RegistryRoleOrOrganisationReader(RegistryRole):
+    """RegistryRole, except that anyone signed in may read: the view's queryset then holds
+    only what their own organisations (as owner or admin) are given (the links)."""
+
+    def has_permission(self, request, view):
+        if request.method in permissions.SAFE_METHODS:
+            return bool(request.user and request.user.is_authenticated)
+        return super().has_permission(request, view)
+
+
+def reads_whole_registry(user, model) -> bool:
+    """Staff, or a user holding the model's view permission (the model_manager group)."""
+    return user.is_staff or user.has_perm(f"{model._meta.app_label}.view_{model._meta.model_name}")
+
+
 class IsStaff(permissions.BasePermission):
     """The admin role: a staff user."""
 

@@ -21,6 +21,20 @@ def registry_only(ok: int) -> dict:
     return {"anonymous": 401, "charlie": 403, "bob": 403, "alice": 403, "manager": ok, "staff": ok}
 
 
+def org_admins_read(ok: int, *, listed: bool) -> dict:
+    """An acme link: the registry roles; acme's owner reads it; others see an empty list
+    (listed) or a 404."""
+    hidden = 200 if listed else 404
+    return {
+        "anonymous": 401,
+        "charlie": hidden,
+        "bob": hidden,
+        "alice": ok,
+        "manager": ok,
+        "staff": ok,
+    }
+
+
 def members_see(ok: int, *, bob: int, alice: int | None = None) -> dict:
     """An acme resource: outsiders (the manager too) get 404; members by role."""
     return {
@@ -57,9 +71,9 @@ ROUTES = [
     ("/api/v1/ai/upstreams/{upstream}", "get", None, registry_only(200)),
     ("/api/v1/ai/upstreams/{upstream}", "patch", {"priority": 3}, registry_only(200)),
     ("/api/v1/ai/upstreams/{upstream}", "delete", None, registry_only(204)),
-    ("/api/v1/ai/links", "get", None, registry_only(200)),
+    ("/api/v1/ai/links", "get", None, org_admins_read(200, listed=True)),
     ("/api/v1/ai/links", "post", "link", registry_only(201)),
-    ("/api/v1/ai/links/{link}", "get", None, registry_only(200)),
+    ("/api/v1/ai/links/{link}", "get", None, org_admins_read(200, listed=False)),
     ("/api/v1/ai/links/{link}", "patch", {"requests_per_minute": 5}, registry_only(200)),
     ("/api/v1/ai/links/{link}", "delete", None, registry_only(204)),
     ("/api/v1/orgs", "get", None, everyone(200)),
@@ -147,3 +161,20 @@ def test_it_answers_each_persona_as_the_matrix_says(
     if status >= 400:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
         assert fingerprint() == before
+
+
+def test_an_organisations_owner_lists_its_links_and_no_one_elses(api, keys, registry, alice, bob):
+    from tests.factories import ModelLinkFactory, OrganisationFactory
+
+    globex_link = ModelLinkFactory(model=registry.model, organisation=OrganisationFactory())
+    bobs_own = ModelLinkFactory(model=registry.model, user=bob)
+
+    def listed(persona):
+        response = as_key(api, keys[persona]).get("/api/v1/ai/links")
+        assert response.status_code == 200
+        return {row["id"] for row in response.json()["results"]}
+
+    assert listed("alice") == {registry.link.pk}
+    assert listed("bob") == set() and listed("charlie") == set()
+    assert listed("staff") == {registry.link.pk, globex_link.pk, bobs_own.pk}
+    assert as_key(api, keys["alice"]).get(f"/api/v1/ai/links/{globex_link.pk}").status_code == 404

@@ -12,7 +12,13 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from accounts.api.permissions import ManagementAccess, RegistryRole
+from accounts.api.permissions import (
+    ManagementAccess,
+    RegistryRole,
+    RegistryRoleOrOrganisationReader,
+    reads_whole_registry,
+)
+from orgs.selectors import organisations_administered_by
 
 from ...models import AIModel, ModelLink, Upstream
 from ...services.registry import model_deploy
@@ -144,8 +150,17 @@ class LinkViewSet(viewsets.ModelViewSet):
 
     queryset = ModelLink.objects.select_related("model", "user", "organisation")
     serializer_class = ModelLinkSerializer
-    permission_classes = [ManagementAccess, RegistryRole]
+    # The registry roles read and write every link; an organisation's owners and admins
+    # read their organisation's links (and nobody else's: 404), never write them.
+    permission_classes = [ManagementAccess, RegistryRoleOrOrganisationReader]
     filterset_class = LinkFilter
     ordering_fields = ["id", "created_at", "model__name"]
     ordering = ["id"]
     lookup_value_regex = "[0-9]+"
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        user = self.request.user
+        if reads_whole_registry(user, ModelLink):
+            return queryset
+        return queryset.filter(organisation__in=organisations_administered_by(user))
