@@ -342,12 +342,13 @@ LOGGING = logging_config(log_format=LOG_FORMAT, level=env.str("LOG_LEVEL", defau
 # OpenTelemetry traces of the gateway's requests (ai/gateway/tracing.py), exported over
 # OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (the exporter reads the standard OTEL_*
 # variables). Off unless an endpoint is set or OTEL_TRACES=true.
-OTEL_TRACES = env.bool(
-    "OTEL_TRACES",
-    default=bool(
+OTEL_TRACES = (
+    env.bool("OTEL_TRACES")
+    if env.str("OTEL_TRACES", default="")
+    else bool(
         env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
         or env.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", default="")
-    ),
+    )
 )
 
 # Static files are served by the ASGI app itself (no thread per request) unless
