@@ -9,7 +9,7 @@ become the line's own fields (the gateway's access line, ``ai.gateway.observabil
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
@@ -21,6 +21,17 @@ _OWN_HANDLERS = ("django", "django.server", "uvicorn", "uvicorn.error", "uvicorn
 # The attributes every LogRecord has (and the ones these formatters add): anything
 # else on a record came as ``extra``.
 _STANDARD = frozenset((*RESERVED_ATTRS, "taskName", "request_id"))
+
+
+def outside_requests() -> Context:
+    """The context for a process-long task: the current one without the request's id.
+
+    A task started while serving a request (a writer that flushes everyone's rows, a
+    connection's listener) would otherwise copy that request's id onto all its lines.
+    """
+    context = copy_context()
+    context.run(request_id.set, None)
+    return context
 
 
 class RequestIdFilter(logging.Filter):

@@ -130,3 +130,20 @@ def test_a_line_logged_inside_a_request_carries_its_id(world, log_lines, monkeyp
     )
     inside = [line for line in log_lines.lines() if line["message"] == "inside the request"]
     assert [line["request_id"] for line in inside] == [reply.headers["x-request-id"]]
+
+
+def test_a_process_long_task_started_inside_a_request_logs_without_its_id():
+    import asyncio
+
+    async def request():
+        logs.request_id.set("req_first")
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(_current_id(), context=logs.outside_requests())
+        helper = loop.create_task(_current_id())  # one of the request's own
+        return await writer, await helper
+
+    assert asyncio.run(request()) == (None, "req_first")
+
+
+async def _current_id():
+    return logs.request_id.get()
