@@ -1,4 +1,4 @@
-"""Metrics (Prometheus) and the one structured log line per gateway request.
+"""Metrics (Prometheus), the one log line per gateway request and one per refused request.
 
 With PROMETHEUS_MULTIPROC_DIR set, prometheus-client's multiprocess mode
 aggregates every worker process of a host into one /metrics answer;
