@@ -18,6 +18,8 @@ install: $(STAMP)
 # The demo asks for DEBUG (unless the environment already says); with no SECRET_KEY or
 # FIELD_ENCRYPTION_KEY it makes its own once and keeps them in DATA_DIR.
 run: export DEBUG ?= true
+# Log lines as text for the person at the terminal; deployments keep the JSON default.
+run: export LOG_FORMAT ?= text
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py serve_embedded

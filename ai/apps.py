@@ -9,6 +9,8 @@ class AiConfig(AppConfig):
         from panel import celery
 
         from . import signals, tasks
+        from .gateway import tracing
 
         signals.connect()
+        tracing.configure()
         celery.schedule(tasks.beat_schedule())

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.connection import parse_url
 
-from panel import outage
+from panel import logs, outage
 
 
 class RedisError(Exception):
@@ -197,7 +197,9 @@ class PipelinedConnection:
             writer.transport.abort()
             raise
         self.reader, self.writer = reader, writer
-        self.listener = asyncio.get_running_loop().create_task(self._listen(reader, parser))
+        self.listener = asyncio.get_running_loop().create_task(
+            self._listen(reader, parser), context=logs.outside_requests()
+        )
 
     async def _listen(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
         loop = asyncio.get_running_loop()

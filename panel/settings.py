@@ -17,6 +17,8 @@ import environ
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
+from panel.logs import FORMATS, logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -376,12 +378,25 @@ SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-}
+# Every log line is one JSON object (timestamp, level, logger, message, request_id and the
+# line's own fields; panel/logs.py). LOG_FORMAT=text writes the same for a terminal
+# (`make run` sets it: the demo is read by a person, a deployment's lines by a collector).
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+if LOG_FORMAT not in FORMATS:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be one of {', '.join(FORMATS)}.")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env.str("LOG_LEVEL", default="INFO"))
+
+# OpenTelemetry traces of the gateway's requests (ai/gateway/tracing.py), exported over
+# OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (the exporter reads the standard OTEL_*
+# variables). Off unless an endpoint is set or OTEL_TRACES=true.
+OTEL_TRACES = (
+    env.bool("OTEL_TRACES")
+    if env.str("OTEL_TRACES", default="")
+    else bool(
+        env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+        or env.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", default="")
+    )
+)
 
 # Static files are served by the ASGI app itself (no thread per request) unless
 # a reverse proxy serves STATIC_ROOT after collectstatic.

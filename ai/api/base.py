@@ -13,7 +13,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.authentication import authenticate
-from panel import outage
+from panel import logs, outage
 from panel.errors import (
     ApiError,
     DependencyUnavailable,
@@ -27,6 +27,7 @@ from panel.errors import (
 from panel.localcache import DATABASE_ERRORS
 from panel.parsers import JSONTooDeep, json_loads
 
+from ..gateway import observability, tracing
 from ..gateway.pipeline import Reply, Stream
 from ..gateway.resolve import caller_get
 from ..selectors import ModelInfo, ai_enabled_get, models_for_caller, registry_get
@@ -55,12 +56,25 @@ def ai_route(*, methods: dict[str, str], errors: ErrorRenderer = openai_error):
         @wraps(view)
         async def wrapper(request, *args, **kwargs):
             request_id = f"req_{uuid.uuid4().hex}"
+            # Every log line of this request carries its id (the request's task has its
+            # own context: nothing leaks to the next request).
+            logs.request_id.set(request_id)
+            span = tracing.request_started(request) if tracing.tracer is not None else None
             try:
                 identity = await _caller(request, methods)
                 response = await view(request, identity, request_id, *args, **kwargs)
             except Exception as exc:
-                response = errors(api_error(request, exc), request_id)
+                error = api_error(request, exc)
+                response = errors(error, request_id)
+                if 400 <= error.status_code < 500:
+                    observability.request_refused(request, error)
+            except BaseException:  # cancelled: the client left before an answer
+                if span is not None:
+                    span.end()
+                raise
             response["x-request-id"] = request_id
+            if span is not None:
+                tracing.request_ended(span, response)
             return response
 
         wrapper.fast_path = True

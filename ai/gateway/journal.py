@@ -32,6 +32,7 @@ import weakref
 
 from django.conf import settings
 
+from panel import logs
 from panel import redis as sb_redis
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def _ensure_heartbeat(conn) -> None:
         # The first beat goes out in the same write as the first journal entry, so a
         # reconciler never sees an entry of this process without its heartbeat.
         _beat_redis(conn)
-        _heartbeats[loop] = loop.create_task(_heartbeat_loop())
+        _heartbeats[loop] = loop.create_task(_heartbeat_loop(), context=logs.outside_requests())
 
 
 def _beat_redis(conn) -> None:
@@ -207,7 +208,7 @@ def db_heartbeat_start() -> None:
         return
     task = _heartbeats.get(loop)
     if task is None or task.done():
-        _heartbeats[loop] = loop.create_task(_heartbeat_loop())
+        _heartbeats[loop] = loop.create_task(_heartbeat_loop(), context=logs.outside_requests())
 
 
 def db_done(request_ids: list[str]) -> None:

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 
 from orgs.services import credits
+from panel import logs
 from panel import redis as sb_redis
 from panel.db import insert_many, run_sync
 from panel.redis import Script
@@ -158,7 +159,7 @@ def _ensure_flusher() -> None:
         flush_now()
         return
     if _flusher is None or _flusher.done() or _flusher.get_loop() is not loop:
-        _flusher = loop.create_task(_flush_soon())
+        _flusher = loop.create_task(_flush_soon(), context=logs.outside_requests())
 
 
 async def _flush_soon() -> None:

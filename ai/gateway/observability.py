@@ -1,4 +1,4 @@
-"""Metrics (Prometheus) and the one structured log line per gateway request.
+"""Metrics (Prometheus), the one log line per gateway request and one per refused request.
 
 With PROMETHEUS_MULTIPROC_DIR set, prometheus-client's multiprocess mode
 aggregates every worker process of a host into one /metrics answer;
@@ -8,12 +8,15 @@ process, such as `make run`).
 
 from __future__ import annotations
 
-import json
 import logging
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from accounts.models import APIKey
+from accounts.services import PREFIX_LENGTH
+
 from ..models import UsageStatus
+from . import tracing
 
 logger = logging.getLogger("switchboard.gateway")
 
@@ -61,6 +64,13 @@ ADMISSION_CALLS = Counter(
     "switchboard_limit_admission_calls_total",
     "Admission script calls to Redis (fewer than admitted requests while leases serve them).",
 )
+# Every refused request of an AI route (4xx: no key, no balance, unknown model, a limit,
+# too large, invalid), by status and the error envelope's code.
+REFUSED = Counter(
+    "switchboard_gateway_refused_total",
+    "Requests refused with a 4xx by an AI route, by status and reason (the error's code).",
+    ["status", "reason"],
+)
 BREAKER_OPEN = Gauge(
     "switchboard_upstream_breaker_open",
     "1 while an upstream's circuit breaker is open in this process.",
@@ -91,29 +101,69 @@ def request_finished(record) -> None:
         TOKEN_PARTS.labels(model, kind).inc(count)
     if record.attempts > 1 and record.status == UsageStatus.OK:
         FAILOVERS.labels(model).inc()
+    if tracing.tracer is not None:
+        tracing.request_finished(record)
     if logger.isEnabledFor(logging.INFO):
+        # The line's fields beside timestamp, level, logger and message (panel.logs).
         logger.info(
-            json.dumps(
-                {
-                    "event": "gateway_request",
-                    "request_id": record.request_id,
-                    "user_id": record.user_id,
-                    "organisation_id": record.organisation_id,
-                    "api_key_id": record.api_key_id,
-                    "model": model,
-                    "route": record.route,
-                    "upstream_id": record.upstream_id,
-                    "attempts": record.attempts,
-                    "status": record.status,
-                    "http_status": record.http_status,
-                    "latency_ms": record.latency_ms,
-                    "ttft_ms": record.ttft_ms,
-                    "prompt_tokens": record.usage.prompt_tokens,
-                    "completion_tokens": record.usage.completion_tokens,
-                    "cache_read_tokens": record.usage.cache_read_tokens,
-                    "cache_write_tokens": record.usage.cache_write_tokens,
-                    "reasoning_tokens": record.usage.reasoning_tokens,
-                    "estimated": record.usage.is_estimated,
-                }
-            )
+            "gateway request",
+            extra={
+                "event": "gateway_request",
+                "request_id": record.request_id,
+                "user_id": record.user_id,
+                "organisation_id": record.organisation_id,
+                "api_key_id": record.api_key_id,
+                "model": model,
+                "route": record.route,
+                "upstream_id": record.upstream_id,
+                "attempts": record.attempts,
+                "status": record.status,
+                "http_status": record.http_status,
+                "latency_ms": record.latency_ms,
+                "ttft_ms": record.ttft_ms,
+                "prompt_tokens": record.usage.prompt_tokens,
+                "completion_tokens": record.usage.completion_tokens,
+                "cache_read_tokens": record.usage.cache_read_tokens,
+                "cache_write_tokens": record.usage.cache_write_tokens,
+                "reasoning_tokens": record.usage.reasoning_tokens,
+                "estimated": record.usage.is_estimated,
+            },
         )
+
+
+def request_refused(request, error) -> None:
+    """Count a request refused before (or instead of) an answer, and log it.
+
+    The line names the key by its visible prefix only (``key_prefix``), never the
+    key, and not the error's message (it may repeat what the client sent).
+    """
+    reason = str(error.code or "unknown")
+    REFUSED.labels(str(error.status_code), reason).inc()
+    if logger.isEnabledFor(logging.INFO):
+        match = request.resolver_match
+        logger.info(
+            "gateway request refused",
+            extra={
+                "event": "gateway_refused",
+                "http_status": error.status_code,
+                "reason": reason,
+                "method": request.method,
+                "route": f"/{match.route}" if match is not None else None,
+                "key_prefix": key_prefix(request.headers),
+            },
+        )
+
+
+def key_prefix(headers) -> str | None:
+    """The visible prefix of the request's API key (as the admin shows it), or None.
+
+    Only a token shaped like one of our keys, long enough that the prefix is a part of
+    it, gives one: anything else (another service's secret, a typo) is not logged at all.
+    """
+    header = headers.get("Authorization") or ""
+    scheme, _, token = header.partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    token = token or (headers.get("X-API-Key") or "").strip()
+    if not token.startswith(APIKey.PREFIX) or len(token) < 2 * PREFIX_LENGTH:
+        return None
+    return token[:PREFIX_LENGTH]

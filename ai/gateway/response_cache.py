@@ -33,6 +33,7 @@ from datetime import timedelta
 from django.db import DatabaseError
 from django.utils import timezone
 
+from panel import logs
 from panel import redis as sb_redis
 from panel.db import run_sync
 from panel.errors import InvalidRequest
@@ -113,7 +114,9 @@ def save(key: str, reply: dict, ttl: int) -> None:
     _pending[key] = (reply, ttl)
     global _writer
     if _writer is None or _writer.done():
-        _writer = asyncio.get_running_loop().create_task(_write_pending())
+        _writer = asyncio.get_running_loop().create_task(
+            _write_pending(), context=logs.outside_requests()
+        )
 
 
 async def flush() -> None:

@@ -26,6 +26,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from accounts.authentication import Identity
+from panel import logs
 from panel.db import run_sync
 
 from ..models import StoredResponse
@@ -93,7 +94,9 @@ async def _write_one(stored: Stored) -> None:
 def _start_writer() -> None:
     global _writer
     if _writer is None or _writer.done():
-        _writer = asyncio.get_running_loop().create_task(_write_pending())
+        _writer = asyncio.get_running_loop().create_task(
+            _write_pending(), context=logs.outside_requests()
+        )
 
 
 async def response_get(response_id: str, *, tenant: Tenant) -> Stored | None:

@@ -14,6 +14,7 @@ import aiohttp
 
 from ..models import ApiStyle
 from ..selectors import UpstreamInfo
+from . import tracing
 
 _sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -92,9 +93,17 @@ async def send(
         sock_connect=upstream.connect_timeout,
         sock_read=None if stream else upstream.first_byte_timeout,
     )
-    return await session().post(
-        f"{upstream.base_url}/{path}", data=body, headers=headers, timeout=timeout
-    )
+    url = f"{upstream.base_url}/{path}"
+    if tracing.tracer is None:
+        return await session().post(url, data=body, headers=headers, timeout=timeout)
+    span = tracing.upstream_started(upstream, url, headers)
+    try:
+        response = await session().post(url, data=body, headers=headers, timeout=timeout)
+    except BaseException as exc:
+        tracing.upstream_ended(span, status=None, error=exc)
+        raise
+    tracing.upstream_ended(span, status=response.status)
+    return response
 
 
 async def close_session() -> None:

@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from django.conf import settings
 from django.utils import timezone
 
+from panel import logs
 from panel.db import run_sync
 from panel.localcache import DATABASE_ERRORS
 
@@ -106,7 +107,7 @@ def _ensure_writer() -> None:
     global _writer
     loop = asyncio.get_running_loop()
     if _writer is None or _writer.done() or _writer.get_loop() is not loop:
-        _writer = loop.create_task(_write_every_interval())
+        _writer = loop.create_task(_write_every_interval(), context=logs.outside_requests())
 
 
 async def shutdown() -> None:

@@ -1,6 +1,5 @@
 """Prometheus metrics and the per-request log line."""
 
-import json
 import logging
 import re
 
@@ -8,6 +7,7 @@ import httpx
 import pytest
 
 from tests.ai.conftest import UPSTREAM_SECRET
+from tests.logcapture import log_lines  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,22 +57,18 @@ def test_metrics_count_requests_tokens_and_rejections(world, settings):
     assert UPSTREAM_SECRET not in after
 
 
-def test_one_json_log_line_per_request_and_no_secret_in_any_log(world, caplog):
+def test_one_json_log_line_per_request_and_no_secret_in_any_log(world, caplog, log_lines):  # noqa: F811
     caplog.set_level(logging.DEBUG)
     _chat(world)
     _chat(world, stream=True)
     _chat(world, key="sb-a-wrong-key-that-must-not-be-logged")
-    lines = [
-        json.loads(r.getMessage())
-        for r in caplog.records
-        if r.name == "switchboard.gateway" and "gateway_request" in r.getMessage()
-    ]
+    lines = log_lines.events("gateway_request")
     assert len(lines) == 2
     assert {"request_id", "user_id", "model", "upstream_id", "status", "latency_ms"} <= set(
         lines[0]
     )
     assert lines[0]["model"] == "acme-chat" and lines[0]["prompt_tokens"] > 0
-    everything = caplog.text + "".join(str(r.args) for r in caplog.records)
+    everything = log_lines.text + caplog.text + "".join(str(r.args) for r in caplog.records)
     for secret in (
         world.alice_key,
         UPSTREAM_SECRET,

@@ -1,0 +1,101 @@
+"""Log lines: JSON by default (python-json-logger), text for a developer's terminal.
+
+Every line carries its timestamp, level, logger and message, and the request id of the
+gateway request it was written for (``request_id``, a context variable the AI routes set:
+no thread hop, and each request's task has its own copy). Fields given as ``extra``
+become the line's own fields (the gateway's access line, ``ai.gateway.observability``).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import Context, ContextVar, copy_context
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+FORMATS = ("json", "text")
+_OWN_HANDLERS = ("django", "django.server", "uvicorn", "uvicorn.error", "uvicorn.access")
+# The attributes every LogRecord has (and the ones these formatters add): anything
+# else on a record came as ``extra``.
+_STANDARD = frozenset((*RESERVED_ATTRS, "taskName", "request_id"))
+
+
+def outside_requests() -> Context:
+    """The context for a process-long task: the current one without the request's id.
+
+    A task started while serving a request (a writer that flushes everyone's rows, a
+    connection's listener) would otherwise copy that request's id onto all its lines.
+    """
+    context = copy_context()
+    context.run(request_id.set, None)
+    return context
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on the record, unless the caller named one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(_JsonFormatter):
+    """One JSON object a line: timestamp, level, logger, message, request_id, extras."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{levelname}{name}{message}{request_id}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp=True,
+        )
+
+    def process_log_record(self, log_data: dict) -> dict:
+        # Lines written outside a request have no request id: no null field for them.
+        if log_data.get("request_id") is None:
+            log_data.pop("request_id", None)
+        return log_data
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger [request id] message key=value ...`` for reading in a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = getattr(record, "request_id", None)
+        extras = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and v is not None
+        )
+        head, _, rest = line.partition("\n")  # a traceback stays below the line
+        head = f"{head} request_id={rid}" if rid else head
+        head = f"{head} {extras}" if extras else head
+        return f"{head}\n{rest}" if rest else head
+
+
+def logging_config(*, log_format: str, level: str) -> dict:
+    """The LOGGING setting: every line through one console handler in ``log_format``."""
+    formatter = JsonFormatter if log_format == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {"line": {"()": formatter}},
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "filters": ["request_id"],
+                "formatter": "line",
+            }
+        },
+        "root": {"handlers": ["console"], "level": level},
+        # Django and uvicorn give these loggers handlers of their own (text): none here,
+        # so their lines reach the root's, in the same format as every other line.
+        "loggers": {name: {"handlers": [], "propagate": True} for name in _OWN_HANDLERS},
+    }
