@@ -103,12 +103,12 @@ class ModelLinkInline(admin.TabularInline):
 class AIModelAdmin(admin.ModelAdmin):
     list_display = [
         "name",
+        "health",
+        "upstreams_up",
         "display_name",
         "kind",
         "is_active",
         "is_listed",
-        "health",
-        "upstreams_up",
         "link_count",
         "input_price_per_million",
         "output_price_per_million",
@@ -225,18 +225,19 @@ class UpstreamAdmin(admin.ModelAdmin):
     form = UpstreamForm
     inlines = [HealthCheckInline]
     actions = ["check_now", "close_breaker"]
+    # What an operator looks for first (health, breaker) before the wide columns.
     list_display = [
         "name",
         "model",
-        "base_url",
-        "instance",
+        "health",
+        "breaker",
+        "latency",
+        "last_checked_at",
+        "is_enabled",
         "priority",
         "weight",
-        "is_enabled",
-        "health",
-        "last_checked_at",
-        "latency",
-        "breaker",
+        "base_url",
+        "instance",
         "last_error_short",
     ]
     list_filter = ["is_enabled", "health_status", "model"]
