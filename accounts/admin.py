@@ -1,5 +1,7 @@
+from allauth.mfa import admin as mfa_admin
+from allauth.mfa.models import Authenticator
 from allauth.socialaccount import admin as socialaccount_admin
-from allauth.socialaccount.models import SocialApp
+from allauth.socialaccount.models import SocialApp, SocialToken
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -9,14 +11,18 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
+from ai.admin_columns import RecentUsageColumns
+from ai.selectors.recent_usage import recent_usage_annotations
 from panel.errors import KeyRevoked
 
 from .models import APIKey, Permission, PermissionMode, User
 from .selectors import instances_usable_by
 from .services import apikey_create, apikey_revoke, apikey_rotate, user_email_vouch
 
-# The session entry that carries a rotated key's plain secret to the one page that shows it.
+# The session entries that carry a new or rotated key's plain secret to the one page that
+# shows it (POST-redirect-GET: popped as shown, so a reload shows nothing and creates nothing).
 ROTATED_SESSION_KEY = "sb_rotated_api_key"
+CREATED_SESSION_KEY = "sb_created_api_key"
 
 
 @admin.register(User)
@@ -130,7 +136,7 @@ class RotateForm(forms.Form):
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(admin.ModelAdmin):
+class APIKeyAdmin(RecentUsageColumns, admin.ModelAdmin):
     list_display = [
         "name",
         "prefix",
@@ -140,6 +146,8 @@ class APIKeyAdmin(admin.ModelAdmin):
         "permission_mode",
         "expires_at",
         "last_used_at",
+        "recent_requests",
+        "recent_cost",
         "is_revoked",
     ]
     list_filter = ["is_revoked", "created_at"]
@@ -158,6 +166,9 @@ class APIKeyAdmin(admin.ModelAdmin):
         "created_at",
     ]
     actions = ["revoke_keys"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(**recent_usage_annotations("api_key_id"))
 
     def get_form(self, request, obj=None, **kwargs):
         kwargs["form"] = APIKeyChangeForm if obj else APIKeyAddForm
@@ -207,14 +218,20 @@ class APIKeyAdmin(admin.ModelAdmin):
             super().save_related(request, form, formsets, change)
 
     def response_add(self, request, obj, post_url_continue=None):
-        """Show the plain key once, in this response only: it is never stored or redirected."""
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "key": APIKey.objects.get(pk=obj.pk),
-            "plain_key": request._created_plain_key,
-            "title": "API key created",
-        }
+        """Keep the plain key for the next page only, and redirect to it."""
+        request.session[CREATED_SESSION_KEY] = {"id": obj.pk, "key": request._created_plain_key}
+        return redirect(reverse("admin:accounts_apikey_created", args=[obj.pk]))
+
+    def created_view(self, request, key_id: int):
+        """The new key's plain secret, shown once: the session entry goes as it is read."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        key = get_object_or_404(APIKey.objects.select_related("user"), pk=key_id)
+        shown = request.session.pop(CREATED_SESSION_KEY, None)
+        if not shown or shown.get("id") != key.pk:
+            self.message_user(request, "A new key's secret is shown only once.", messages.WARNING)
+            return redirect(reverse("admin:accounts_apikey_change", args=[key.pk]))
+        context = {**self._context(request, key, "API key created"), "plain_key": shown["key"]}
         response = TemplateResponse(request, "admin/accounts/apikey/created.html", context)
         response["Cache-Control"] = "no-store"
         return response
@@ -227,6 +244,11 @@ class APIKeyAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         own = [
+            path(
+                "<int:key_id>/created/",
+                self.admin_site.admin_view(self.created_view),
+                name="accounts_apikey_created",
+            ),
             path(
                 "<int:key_id>/rotate/",
                 self.admin_site.admin_view(self.rotate_view),
@@ -321,3 +343,27 @@ admin.site.unregister(SocialApp)
 class SocialAppAdmin(socialaccount_admin.SocialAppAdmin):
     form = SocialAppForm
     list_display = ["name", "provider", "provider_id", "client_id"]
+    list_filter = ["provider"]
+    search_fields = ["name", "provider_id", "client_id"]
+
+
+# allauth's token page lists the first 40 characters of each access token and edits the
+# token and its secret in plain inputs: replaced by one that never shows them.
+admin.site.unregister(SocialToken)
+
+
+@admin.register(SocialToken)
+class SocialTokenAdmin(socialaccount_admin.SocialTokenAdmin):
+    list_display = ["app", "account", "expires_at"]
+    search_fields = ["account__user__username", "account__user__email", "account__uid"]
+    exclude = ["token", "token_secret"]
+
+
+# allauth's authenticator page has filters but no search.
+admin.site.unregister(Authenticator)
+
+
+@admin.register(Authenticator)
+class AuthenticatorAdmin(mfa_admin.AuthenticatorAdmin):
+    search_fields = ["user__username", "user__email"]
+    exclude = ["data"]  # the TOTP secret and recovery codes seed

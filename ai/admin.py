@@ -1,9 +1,20 @@
+import threading
+
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.db.models import Count, OuterRef, Prefetch, Subquery
 from django.template.response import TemplateResponse
-from django.utils.html import format_html
 
+from panel import redis as sb_redis
+
+from .admin_columns import (
+    STATUS_CSS,
+    RecentUsageColumns,
+    breaker_badge,
+    health_badge,
+    status_badge,
+)
+from .gateway import router
 from .instances import admin as instances_admin  # noqa: F401  (registers the Instances page)
 from .instances import node_admin  # noqa: F401  (registers the Nodes page)
 from .models import (
@@ -15,18 +26,12 @@ from .models import (
     UsageEvent,
     UsageRollup,
 )
+from .selectors.health import upstream_health
+from .selectors.recent_usage import recent_usage_annotations
 from .selectors.usage import TopUsage, UsageDashboard, dashboard_data
 from .services import upstreams_check
 from .training import admin as training_admin  # noqa: F401  (registers the Training pages)
 from .training import dataset_admin  # noqa: F401  (registers the Datasets page)
-
-HEALTH_COLOURS = {
-    HealthStatus.HEALTHY: "#1a7f37",
-    HealthStatus.DEGRADED: "#bf8700",
-    HealthStatus.UNHEALTHY: "#cf222e",
-    HealthStatus.STARTING: "#0969da",
-    HealthStatus.UNKNOWN: "#6e7781",
-}
 
 
 class UpstreamForm(forms.ModelForm):
@@ -55,14 +60,6 @@ class UpstreamForm(forms.ModelForm):
             upstream.save()
             self.save_m2m()
         return upstream
-
-
-def health_badge(status: str) -> str:
-    return format_html(
-        '<span style="color:#fff;background:{};padding:1px 6px;border-radius:8px">{}</span>',
-        HEALTH_COLOURS.get(status, "#6e7781"),
-        HealthStatus(status).label if status in HealthStatus.values else status,
-    )
 
 
 class UpstreamInline(admin.StackedInline):
@@ -106,11 +103,12 @@ class ModelLinkInline(admin.TabularInline):
 class AIModelAdmin(admin.ModelAdmin):
     list_display = [
         "name",
+        "health",
+        "upstreams_up",
         "display_name",
         "kind",
         "is_active",
         "is_listed",
-        "upstream_count",
         "link_count",
         "input_price_per_million",
         "output_price_per_million",
@@ -149,14 +147,34 @@ class AIModelAdmin(admin.ModelAdmin):
     ]
     inlines = [UpstreamInline, ModelLinkInline]
 
+    class Media:
+        css = STATUS_CSS
+
     def get_queryset(self, request):
+        upstreams = Upstream.objects.select_related("instance")
         return (
             super()
             .get_queryset(request)
             .annotate(
                 _upstreams=Count("upstreams", distinct=True), _links=Count("links", distinct=True)
             )
+            .prefetch_related(Prefetch("upstreams", queryset=upstreams))
         )
+
+    @staticmethod
+    def _enabled_health(obj) -> list[str]:
+        return [upstream_health(u) for u in obj.upstreams.all() if u.is_enabled]
+
+    @admin.display(description="health")
+    def health(self, obj):
+        """The best health of the enabled upstreams, as the catalogue and the API report it."""
+        return health_badge(HealthStatus.best(self._enabled_health(obj)))
+
+    @admin.display(description="upstreams up", ordering="_upstreams")
+    def upstreams_up(self, obj):
+        """Enabled upstreams that answered their last probe / all the model's upstreams."""
+        up = sum(HealthStatus.is_serving(status) for status in self._enabled_health(obj))
+        return f"{up}/{obj._upstreams}"
 
     @admin.display(description="upstreams", ordering="_upstreams")
     def upstream_count(self, obj):
@@ -198,6 +216,7 @@ class HealthCheckAdmin(ViewOnlyAdmin):
     list_display = ["checked_at", "upstream", "status", "is_success", "latency_ms", "error"]
     list_filter = ["status", "is_success"]
     list_select_related = ["upstream__model"]
+    search_fields = ["upstream__name", "upstream__model__name", "error"]
     date_hierarchy = "checked_at"
 
 
@@ -205,17 +224,20 @@ class HealthCheckAdmin(ViewOnlyAdmin):
 class UpstreamAdmin(admin.ModelAdmin):
     form = UpstreamForm
     inlines = [HealthCheckInline]
-    actions = ["check_now"]
+    actions = ["check_now", "close_breaker"]
+    # What an operator looks for first (health, breaker) before the wide columns.
     list_display = [
         "name",
         "model",
-        "base_url",
-        "instance",
+        "health",
+        "breaker",
+        "latency",
+        "last_checked_at",
+        "is_enabled",
         "priority",
         "weight",
-        "is_enabled",
-        "health",
-        "last_checked_at",
+        "base_url",
+        "instance",
         "last_error_short",
     ]
     list_filter = ["is_enabled", "health_status", "model"]
@@ -266,28 +288,113 @@ class UpstreamAdmin(admin.ModelAdmin):
         ),
     ]
 
+    class Media:
+        css = STATUS_CSS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The shared breaker state, read once per list page (by the thread rendering it).
+        self._page = threading.local()
+
+    def get_queryset(self, request):
+        last_check = HealthCheck.objects.filter(upstream=OuterRef("pk")).order_by("-checked_at")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_latency_ms=Subquery(last_check.values("latency_ms")[:1]))
+        )
+
+    def changelist_view(self, request, extra_context=None):
+        self._page.breakers = router.shared_breakers()
+        try:
+            response = super().changelist_view(request, extra_context)
+            if hasattr(response, "render"):
+                response.render()
+            return response
+        finally:
+            self._page.breakers = None
+
     @admin.display(description="stored key")
     def key_status(self, obj):
         return "set" if obj and obj.has_api_key else "none"
 
     @admin.display(description="health", ordering="health_status")
     def health(self, obj):
-        return health_badge(obj.health_status)
+        return health_badge(upstream_health(obj))
+
+    @admin.display(description="latency")
+    def latency(self, obj):
+        """The last probe's latency."""
+        value = getattr(obj, "_latency_ms", None)
+        return "-" if value is None else f"{value} ms"
+
+    @admin.display(description="breaker")
+    def breaker(self, obj):
+        """The breaker as every gateway process sees it in the shared store (Redis)."""
+        shared = getattr(self._page, "breakers", None)
+        if shared is None:
+            if sb_redis.is_configured():
+                return status_badge("unknown", "?", "unknown (Redis unreachable)")
+            return status_badge("per-process", "–", "per process")
+        open_until, failures = shared
+        health = upstream_health(obj)
+        probed_ok = obj.last_checked_at and HealthStatus.is_serving(health)
+        state = router.breaker_state(
+            open_until.get(obj.pk),
+            probed_ok_at=obj.last_checked_at.timestamp() if probed_ok else None,
+        )
+        count = failures.get(obj.pk, 0)
+        return breaker_badge(state, f"{count} failure{'s' if count != 1 else ''}" if count else "")
 
     @admin.display(description="last error")
     def last_error_short(self, obj):
         return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
 
-    @admin.action(description="Check health now")
+    @admin.action(description="Check now")
     def check_now(self, request, queryset):
-        for check in upstreams_check(upstreams=list(queryset.select_related("model"))):
+        """Probe the selected upstreams now, through the health service (as the task does)."""
+        upstreams = list(queryset.select_related("model", "instance"))
+        checks = upstreams_check(upstreams=upstreams)
+        for check in checks:
             detail = f"{check.latency_ms} ms" if check.is_success else check.error
             level = messages.SUCCESS if check.is_success else messages.WARNING
             self.message_user(request, f"{check.upstream}: {check.status} ({detail})", level)
+        checked = {check.upstream_id for check in checks}
+        for upstream in upstreams:
+            if upstream.pk not in checked:
+                self.message_user(
+                    request,
+                    f"{upstream}: not checked, its instance is not running.",
+                    messages.WARNING,
+                )
+
+    @admin.action(description="Close breaker")
+    def close_breaker(self, request, queryset):
+        """Close the selected upstreams' breakers in the shared store every gateway reads."""
+        names = [str(u) for u in queryset]
+        if router.shared_breakers_close(list(queryset.values_list("pk", flat=True))):
+            self.message_user(
+                request,
+                f"Closed the breaker of {', '.join(names)} for every gateway process.",
+                messages.SUCCESS,
+            )
+        elif sb_redis.is_configured():
+            self.message_user(
+                request,
+                "Redis is unreachable: the breakers were not closed. Try again later.",
+                messages.ERROR,
+            )
+        else:
+            self.message_user(
+                request,
+                "Without Redis each gateway process keeps its own breakers: they cannot be "
+                "closed from here. A successful check (Check now) closes them in every process.",
+                messages.WARNING,
+            )
 
 
 @admin.register(ModelLink)
-class ModelLinkAdmin(admin.ModelAdmin):
+class ModelLinkAdmin(RecentUsageColumns, admin.ModelAdmin):
     list_display = [
         "model",
         "user",
@@ -298,6 +405,8 @@ class ModelLinkAdmin(admin.ModelAdmin):
         "requests_per_minute",
         "tokens_per_day",
         "cost_per_month",
+        "recent_requests",
+        "recent_cost",
     ]
     list_filter = ["is_enabled", "is_default", "model"]
     list_select_related = ["model", "user", "organisation"]
@@ -310,6 +419,9 @@ class ModelLinkAdmin(admin.ModelAdmin):
         ),
         ("Limits (empty = unlimited)", {"fields": list(ModelLink.LIMIT_FIELDS)}),
     ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(**recent_usage_annotations("link_id"))
 
 
 @admin.register(UsageEvent)
@@ -354,6 +466,8 @@ class UsageRollupAdmin(ViewOnlyAdmin):
         "cost",
     ]
     list_filter = ["period"]
+    # Rollups keep plain ids (they outlive the rows): searched by exact id.
+    search_fields = ["=model_id", "=link_id", "=user_id", "=organisation_id", "=api_key_id"]
     date_hierarchy = "bucket_start"
 
 

@@ -68,6 +68,11 @@ class TopUpForm(forms.Form):
 class WalletAdmin(admin.ModelAdmin):
     list_display = ["__str__", "organisation", "user", "balance", "held", "updated_at"]
     list_select_related = ["organisation", "user"]
+    list_filter = [
+        ("organisation", admin.EmptyFieldListFilter),
+        ("user", admin.EmptyFieldListFilter),
+        "updated_at",
+    ]
     search_fields = ["organisation__name", "organisation__slug", "user__username", "user__email"]
     autocomplete_fields = ["organisation", "user"]
     readonly_fields = ["balance", "held", "updated_at"]

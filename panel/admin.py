@@ -34,6 +34,7 @@ class SiteSettingsAdmin(admin.ModelAdmin):
 @admin.register(Heartbeat)
 class HeartbeatAdmin(admin.ModelAdmin):
     list_display = ["name", "beat_at"]
+    search_fields = ["name"]
     readonly_fields = ["name", "beat_at"]
 
     def has_add_permission(self, request):

@@ -11,6 +11,10 @@ BREAKER_COOLDOWN seconds; a success closes it.
 With Redis the state is shared by every process (hashes sb:breaker:fails and
 sb:breaker:open), read at most once a second per process; while Redis is
 unreachable each process keeps counting on its own.
+
+The admin reads and closes the shared state (``shared_breakers``,
+``breaker_state``, ``shared_breakers_close``); without Redis the state lives only
+in each gateway process and the admin cannot see it.
 """
 
 from __future__ import annotations
@@ -129,3 +133,67 @@ async def _shared(command: str, *args):
 
 
 breaker = Breaker()
+
+BREAKER_CLOSED = "closed"
+BREAKER_HALF_OPEN = "half-open"
+BREAKER_OPENED = "open"
+
+
+def breaker_state(
+    open_until: float | None, *, probed_ok_at: float | None = None, now: float | None = None
+) -> str:
+    """What the gateway makes of an upstream's shared breaker entry.
+
+    Open while cooling (and no probe succeeded since it opened); half-open once
+    the cooldown is over or a probe succeeded: requests go to it again, and as
+    its failure count stays at the threshold, one more failure opens it again
+    while one success closes it.
+    """
+    if open_until is None:
+        return BREAKER_CLOSED
+    now = time.time() if now is None else now
+    opened_at = open_until - settings.GATEWAY_BREAKER_COOLDOWN
+    if open_until > now and (probed_ok_at is None or probed_ok_at < opened_at):
+        return BREAKER_OPENED
+    return BREAKER_HALF_OPEN
+
+
+def shared_breakers() -> tuple[dict[int, float], dict[int, int]] | None:
+    """The shared (Redis) open-until times and failure counts, by upstream id.
+
+    None without Redis (each process keeps its own state) or while it is unreachable.
+    """
+    if not sb_redis.is_configured() or not outage.redis.may_try():
+        return None
+    try:
+        pipe = sb_redis.sync_client().pipeline(transaction=False)
+        opened, fails = pipe.hgetall(OPEN_KEY).hgetall(FAILS_KEY).execute()
+    except sb_redis.UNREACHABLE as exc:
+        outage.redis.failed(exc)
+        return None
+    outage.redis.recovered()
+    return (
+        {int(k): float(v) for k, v in opened.items()},
+        {int(k): int(v) for k, v in fails.items()},
+    )
+
+
+def shared_breakers_close(upstream_ids: list[int]) -> bool:
+    """Close the upstreams' breakers for every process sharing Redis, and in this one.
+
+    False when the state is per process (no Redis) or Redis is unreachable: then
+    only this process's breakers are closed.
+    """
+    for upstream_id in upstream_ids:
+        breaker.failures.pop(upstream_id, None)
+        breaker.open_until.pop(upstream_id, None)
+    if not upstream_ids or not sb_redis.is_configured() or not outage.redis.may_try():
+        return False
+    try:
+        pipe = sb_redis.sync_client().pipeline(transaction=False)
+        pipe.hdel(OPEN_KEY, *upstream_ids).hdel(FAILS_KEY, *upstream_ids).execute()
+    except sb_redis.UNREACHABLE as exc:
+        outage.redis.failed(exc)
+        return False
+    outage.redis.recovered()
+    return True

@@ -197,6 +197,7 @@ def test_it_shows_a_new_api_key_once_and_stores_only_its_hash(admin_client, popu
     response = admin_client.post(
         _url(APIKey, "add"),
         {"user": alice.pk, "name": "from-admin", "permissions": ["read", "proxy"]},
+        follow=True,
     )
     assert response.status_code == 200
     html = response.content.decode()
