@@ -124,10 +124,13 @@ def fresh_gateway_state(settings, request):
     from ai.gateway.leases import leases
     from ai.gateway.reservations import plans
     from ai.instances import activity
-    from panel import outage
+    from panel import logs, outage
     from panel.localcache import registry_cache
 
     settings.GATEWAY_USAGE_FLUSH_INTERVAL = 0.01
+    # The test client runs an async view through async_to_sync, which copies its context
+    # back into the test's thread: an earlier test's request id must not stay set.
+    logs.request_id.set(None)
     outage.database.reset()
     outage.redis.reset()
     registry_cache.clear()
