@@ -18,8 +18,8 @@ from panel.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
-from tests.chat.test_consumer import _connect, _until
 from tests.ai.conftest import make_model
+from tests.chat.test_consumer import _connect, _until
 from tests.instances import local_world
 from tests.instances.local_world import set_status
 
@@ -122,7 +122,9 @@ async def test_no_one_edits_or_regenerates_a_conversation_or_message_not_theirs(
     assert await _turns(alices.id) == [("user", "private")]
 
 
-async def test_an_upstreams_rate_limit_is_not_called_the_users_limit(acme, fake_upstream, world, alice):
+async def test_an_upstreams_rate_limit_is_not_called_the_users_limit(
+    acme, fake_upstream, world, alice
+):
     busy = await sync_to_async(make_model)(
         "busy", owner=acme, base_urls=[fake_upstream.base_url(status=429)]
     )
