@@ -107,10 +107,18 @@ def conversation_rewind(
             Q(created_at__gt=message.created_at)
             | Q(created_at=message.created_at, id__gt=message.id)
         ).delete()
+        fields = ["updated_at"]
         if content is not None and content != message.content:
+            # A title made from the first message follows its edit; one the user chose stays.
+            first = not Message.objects.filter(
+                conversation=conversation, role=MessageRole.USER, id__lt=message.id
+            ).exists()
+            if first and conversation.title == conversation_title(message.content):
+                conversation.title = conversation_title(content)
+                fields.append("title")
             message.content = content
             message.save(update_fields=["content"])
-        conversation.save(update_fields=["updated_at"])
+        conversation.save(update_fields=fields)
     return message
 
 

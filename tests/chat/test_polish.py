@@ -93,6 +93,7 @@ async def test_edit_and_resend_cuts_the_conversation_after_the_edited_message(ec
     turns = await _turns(first["conversation"])
     assert [role for role, _ in turns] == ["user", "assistant"]
     assert turns[0] == ("user", "uno")
+    assert (await Conversation.objects.aget(pk=first["conversation"])).title == "uno"
     assert _seen_by_model(await Message.objects.aget(pk=done["message"])) == ["uno"]
     await communicator.disconnect()
 
@@ -187,3 +188,15 @@ def test_the_picker_offers_only_chat_models(world, alice):
     names = [m["public"] for m in page.context["models"]]
     assert "acme-chat" in names
     assert "acme-embed" not in names and "acme-image" not in names
+
+
+def test_an_edit_keeps_a_title_the_user_chose(world, alice):
+    from ai.services import conversation_rewind
+
+    conversation = Conversation.objects.create(user=alice, title="My trip")
+    first = Message.objects.create(conversation=conversation, role="user", content="Plan a trip")
+    Message.objects.create(conversation=conversation, role="assistant", content="Where to?")
+    conversation_rewind(conversation=conversation, message_id=first.id, content="Plan two trips")
+    conversation.refresh_from_db()
+    assert conversation.title == "My trip"
+    assert list(conversation.messages.values_list("content", flat=True)) == ["Plan two trips"]
