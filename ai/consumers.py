@@ -1,6 +1,8 @@
 """The chat page's WebSocket: conversations and replies streamed token by token.
 
-Client messages: list, open, new (a blank draft), rename, delete, send, stop.
+Client messages: list, open, new (a blank draft), rename, delete, send, stop, regenerate
+(answer the last user message again) and edit (replace a user message's text, drop what
+followed it, answer it again).
 Server messages: conversations, conversation, started, status (the model's instance is
 starting: words to show until the first delta), delta, done, error.
 Replies go through the same gateway functions as the REST routes.
@@ -14,7 +16,14 @@ import contextlib
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from panel.errors import ApiError, ErrorCode, FeatureDisabled, NotFound
+from panel.errors import (
+    ApiError,
+    ErrorCode,
+    FeatureDisabled,
+    ModelStarting,
+    NotFound,
+    UpstreamRateLimited,
+)
 from panel.parsers import json_loads
 
 from . import services
@@ -24,22 +33,37 @@ from .selectors import ai_enabled_get
 CLOSE_UNAUTHENTICATED = 4401
 # Shown while the model's instance starts on demand (seconds to minutes).
 STARTING = "Starting the model…"
+UNAVAILABLE = (
+    ErrorCode.MODEL_NOT_AVAILABLE,
+    ErrorCode.UPSTREAM_ERROR,
+    ErrorCode.SERVICE_UNAVAILABLE,
+    ErrorCode.AGENT_UNAVAILABLE,
+    ErrorCode.INSTANCE_NOT_RUNNING,
+)
 
 
 def plain_words(exc: Exception) -> str:
-    """An error as an end user should read it."""
+    """An error as an end user should read it, naming its real cause.
+
+    The caller's own limits and balance are theirs to wait out or top up; a model that is
+    starting or whose upstreams fail or rate-limit us is the service's problem, not theirs.
+    """
     if isinstance(exc, FeatureDisabled):
         return "AI chat is turned off by the administrator."
     code = getattr(exc, "code", "")
     retry = getattr(exc, "headers", {}).get("Retry-After")
+    if isinstance(exc, UpstreamRateLimited):
+        return "The model is unavailable right now: its provider is busy. Please try again soon."
+    if isinstance(exc, ModelStarting):
+        return "The model is starting. It will answer in a minute or two; please send again."
     if code in (ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.QUOTA_EXCEEDED):
         when = f" It resets in {retry} seconds." if retry else ""
         return f"You have reached your usage limit for this model.{when}"
     if code == ErrorCode.INSUFFICIENT_QUOTA:
         return "Your balance is too low for this request. Ask an administrator to top it up."
-    if code in (ErrorCode.MODEL_NOT_AVAILABLE, ErrorCode.UPSTREAM_ERROR):
+    if code in UNAVAILABLE:
         return "The model is unavailable right now. Please try again in a moment."
-    if code == ErrorCode.MODEL_NOT_FOUND:
+    if code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.INVALID_MODEL_TYPE):
         return "This model is not available to you."
     return getattr(exc, "message", None) or "Something went wrong."
 
@@ -126,18 +150,44 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         text = str(content.get("content", "")).strip()
         if not text:
             raise NotFound("Type a message first.")
-        if self.reply_task and not self.reply_task.done():
-            await self.send_json({"type": "error", "message": "Wait for the reply, or stop it."})
+        if not await self._may_reply():
             return
-        if not await ai_enabled_get():
-            raise FeatureDisabled()
         model_id = content.get("model_id")
         model_id = int(model_id) if str(model_id).isdigit() else None
         conversation = await database_sync_to_async(self._conversation_for)(content, model_id, text)
-        await database_sync_to_async(services.message_add)(
+        message = await database_sync_to_async(services.message_add)(
             conversation=conversation, role=MessageRole.USER, content=text
         )
-        self.reply_task = asyncio.create_task(self._reply(conversation, model_id))
+        self.reply_task = asyncio.create_task(self._reply(conversation, model_id, message.id))
+
+    async def on_regenerate(self, content):
+        await self.on_edit({**content, "message": None, "content": None})
+
+    async def on_edit(self, content):
+        text = content.get("content")
+        text = None if text is None else str(text).strip()
+        if text == "":
+            raise NotFound("Type a message first.")
+        if not await self._may_reply():
+            return
+        model_id = content.get("model_id")
+        model_id = int(model_id) if str(model_id).isdigit() else None
+        if not content.get("conversation"):
+            raise NotFound("No such conversation.", code=ErrorCode.CONVERSATION_NOT_FOUND)
+        conversation = await database_sync_to_async(self._conversation_for)(content, model_id, "")
+        message = await database_sync_to_async(services.conversation_rewind)(
+            conversation=conversation, message_id=content.get("message"), content=text
+        )
+        self.reply_task = asyncio.create_task(self._reply(conversation, model_id, message.id))
+
+    async def _may_reply(self) -> bool:
+        """One reply at a time, and only while the feature is on."""
+        if self.reply_task and not self.reply_task.done():
+            await self.send_json({"type": "error", "message": "Wait for the reply, or stop it."})
+            return False
+        if not await ai_enabled_get():
+            raise FeatureDisabled()
+        return True
 
     def _conversation_for(self, content, model_id, text):
         if content.get("conversation"):
@@ -158,11 +208,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _say_starting(self):
         await self.send_json({"type": "status", "status": "starting", "message": STARTING})
 
-    async def _reply(self, conversation, model_id):
+    async def _reply(self, conversation, model_id, user_message_id):
         body = await database_sync_to_async(services.chat_body)(
             conversation=conversation, model_id=model_id
         )
-        await self.send_json({"type": "started", "conversation": conversation.id})
+        await self.send_json(
+            {"type": "started", "conversation": conversation.id, "user_message": user_message_id}
+        )
         parts: list[str] = []
         status, error, headers = MessageStatus.COMPLETE, "", {}
         try:

@@ -3,6 +3,7 @@
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
+from .models import ModelKind
 from .selectors import models_for_caller, registry_load, user_info_load
 
 
@@ -11,6 +12,8 @@ def chat_page(request):
     """The chat page; everything after the first paint goes over /ws/chat/."""
     user = user_info_load(request.user.pk)
     models = models_for_caller(registry_load(), user, None) if user else []
+    # Embedding, image and completion models cannot hold a conversation.
+    models = [m for m in models if m.kind == ModelKind.CHAT]
     default = (
         next((link.model_id for link in user.links if link.is_default), None) if user else None
     )

@@ -179,6 +179,15 @@ class RateLimited(ApiError, status=429, code=ErrorCode.RATE_LIMIT_EXCEEDED):
     default_message = "Rate limit exceeded."
 
 
+class UpstreamRateLimited(RateLimited):
+    """Every upstream of the model refused with its own 429: not the caller's limit.
+
+    Same status and code for API clients; the chat page tells it apart from the caller's
+    own limits."""
+
+    default_message = "Every upstream of this model is rate limited; retry later."
+
+
 class ServiceUnavailable(ApiError, status=503, code=ErrorCode.SERVICE_UNAVAILABLE):
     default_message = "The service is temporarily unavailable."
 
@@ -197,6 +206,12 @@ class DependencyUnavailable(ServiceUnavailable):
 class ModelNotAvailable(ServiceUnavailable, code=ErrorCode.MODEL_NOT_AVAILABLE):
     type = "invalid_request_error"
     default_message = "The model has no available upstream."
+
+
+class ModelStarting(ModelNotAvailable):
+    """The model's only instances are starting (or restarting): it will answer soon."""
+
+    default_message = "The model's instance is starting."
 
 
 class InstanceNotRunning(ServiceUnavailable, code=ErrorCode.INSTANCE_NOT_RUNNING):

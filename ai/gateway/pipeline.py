@@ -30,8 +30,8 @@ from panel.errors import (
     ApiError,
     InvalidRequest,
     ModelNotAvailable,
-    RateLimited,
     UpstreamError,
+    UpstreamRateLimited,
 )
 
 from ..instances import activity
@@ -394,7 +394,7 @@ def _all_failed(call: Call, last: _Retry) -> ApiError:
     call.record.error = last.error
     if last.status == 429:
         call.record.http_status = 429
-        return RateLimited("Every upstream of this model is rate limited; retry later.")
+        return UpstreamRateLimited()
     call.record.http_status = 502
     return UpstreamError(f"No upstream of model '{call.resolution.model.name}' answered.")
 

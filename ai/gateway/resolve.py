@@ -12,6 +12,7 @@ from panel.errors import (
     InvalidModelType,
     ModelNotAvailable,
     ModelNotFound,
+    ModelStarting,
     PermissionDenied,
 )
 
@@ -134,6 +135,9 @@ def _check_usable(model: ModelInfo, kinds: frozenset[str]) -> None:
     if not model.upstreams:
         raise ModelNotAvailable(f"Model '{model.name}' has no enabled upstream.", param="model")
     if not model.routable and not model.startable:
+        starting = (InstanceStatus.STARTING, InstanceStatus.RESTARTING)
+        if any(u.instance_status in starting for u in model.upstreams):
+            raise ModelStarting(_not_running(model), param="model")
         raise ModelNotAvailable(_not_running(model), param="model")
 
 

@@ -6,6 +6,7 @@ from .chat import (
     conversation_get_for_user,
     conversation_messages,
     conversation_rename,
+    conversation_rewind,
     conversations_for_user,
     message_add,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "conversation_get_for_user",
     "conversation_messages",
     "conversation_rename",
+    "conversation_rewind",
     "conversations_for_user",
     "message_add",
     "DEMO_MODEL",

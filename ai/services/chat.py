@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from django.db import transaction
+from django.db.models import Q
+
 from accounts.authentication import Identity
 from panel.errors import ErrorCode, NotFound, UpstreamError
 
 from ..gateway import pipeline
 from ..gateway.pipeline import Reply, Stream
-from ..models import Conversation, Message, MessageStatus
+from ..models import Conversation, Message, MessageRole, MessageStatus
 
 TITLE_LENGTH = 60
 
@@ -39,10 +42,19 @@ def conversation_create(
     *, user_id: int, model_id: int | None, system_prompt: str, first_message: str
 ):
     """A new conversation titled after its first message."""
-    title = " ".join(first_message.split())[:TITLE_LENGTH] or "New chat"
+    title = conversation_title(first_message)
     return Conversation.objects.create(
         user_id=user_id, model_id=model_id, system_prompt=system_prompt or "", title=title
     )
+
+
+def conversation_title(first_message: str) -> str:
+    """The first line with words in it, cut at a word near TITLE_LENGTH characters."""
+    line = next((" ".join(ln.split()) for ln in first_message.splitlines() if ln.strip()), "")
+    if len(line) <= TITLE_LENGTH:
+        return line or "New chat"
+    cut = line[:TITLE_LENGTH].rsplit(" ", 1)[0] if " " in line[:TITLE_LENGTH] else ""
+    return (cut or line[:TITLE_LENGTH]).rstrip(" ,.;:") + "…"
 
 
 def conversation_rename(*, user_id: int, conversation_id, title: str) -> Conversation:
@@ -72,6 +84,41 @@ def message_add(
         conversation=conversation, role=role, content=content, status=status, error=error[:300]
     )
     conversation.save(update_fields=["updated_at"])
+    return message
+
+
+def conversation_rewind(
+    *, conversation: Conversation, message_id=None, content: str | None = None
+) -> Message:
+    """Cut the conversation after one of its user messages, to answer it again.
+
+    Regenerate: no ``message_id``, the last user message; its replies go. Edit and resend:
+    ``message_id`` names a user message, ``content`` replaces its text, and everything said
+    after it goes, so the stored turns stay the ones the model sees next.
+    """
+    users = conversation.messages.filter(role=MessageRole.USER)
+    if message_id is not None:
+        users = users.filter(pk=message_id if str(message_id).isdigit() else None)
+    message = users.order_by("-created_at", "-id").first()
+    if message is None:
+        raise NotFound("No such message.")
+    with transaction.atomic():
+        conversation.messages.filter(
+            Q(created_at__gt=message.created_at)
+            | Q(created_at=message.created_at, id__gt=message.id)
+        ).delete()
+        fields = ["updated_at"]
+        if content is not None and content != message.content:
+            # A title made from the first message follows its edit; one the user chose stays.
+            first = not Message.objects.filter(
+                conversation=conversation, role=MessageRole.USER, id__lt=message.id
+            ).exists()
+            if first and conversation.title == conversation_title(message.content):
+                conversation.title = conversation_title(content)
+                fields.append("title")
+            message.content = content
+            message.save(update_fields=["content"])
+        conversation.save(update_fields=fields)
     return message
 
 

@@ -126,6 +126,7 @@ ENVELOPES = [
     (errors.MethodNotAllowed, 405, "invalid_request_error", "method_not_allowed"),
     (errors.PayloadTooLarge, 413, "invalid_request_error", "request_too_large"),
     (errors.RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
+    (errors.UpstreamRateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (errors.InternalError, 500, "server_error", "internal_error"),
     (errors.UpstreamError, 502, "upstream_error", "upstream_error"),
     (errors.ServiceUnavailable, 503, "service_unavailable", "service_unavailable"),
@@ -140,6 +141,7 @@ ENVELOPES = [
     (errors.TrainingQuotaExceeded, 429, "rate_limit_error", "quota_exceeded"),
     (errors.KeyRevoked, 409, "invalid_request_error", "key_revoked"),
     (errors.ModelNotAvailable, 503, "invalid_request_error", "model_not_available"),
+    (errors.ModelStarting, 503, "invalid_request_error", "model_not_available"),
 ]
 
 
