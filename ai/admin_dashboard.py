@@ -25,6 +25,7 @@ from .selectors.dashboard import (
     usage_report,
 )
 
+DEFAULT_PERIOD = "7d"
 MAX_ID = 2**63 - 1  # the largest id a BigAutoField (and SQLite) holds
 # Spreadsheets run a cell starting with these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -47,7 +48,12 @@ class UsageFilters(forms.Form):
         required=False,
     )
     view = forms.ChoiceField(
-        choices=[(RollupPeriod.HOUR, "Hourly"), (RollupPeriod.DAY, "Daily")], required=False
+        choices=[
+            ("", "Auto (hourly for 24 h)"),
+            (RollupPeriod.HOUR, "Hourly"),
+            (RollupPeriod.DAY, "Daily"),
+        ],
+        required=False,
     )
     user = forms.IntegerField(label="User id", min_value=1, max_value=MAX_ID, required=False)
     organisation = forms.IntegerField(
@@ -60,7 +66,7 @@ class UsageFilters(forms.Form):
     def choice(self) -> dict:
         """The valid filters (an invalid one is left out), with the defaults filled in."""
         data = self.cleaned_data
-        period = data.get("period") or "7d"
+        period = data.get("period") or DEFAULT_PERIOD
         view = data.get("view") or (RollupPeriod.HOUR if period == "24h" else RollupPeriod.DAY)
         filters = {name: data[name] for name in DIMENSIONS if data.get(name)}
         return {"period": period, "view": view, "filters": filters}
@@ -68,7 +74,9 @@ class UsageFilters(forms.Form):
 
 def usage_dashboard(request):
     """Charts, tops and a table of the rollups, filtered; ?format=csv for the table as CSV."""
-    form = UsageFilters(request.GET)
+    data = request.GET.copy()
+    data.setdefault("period", DEFAULT_PERIOD)
+    form = UsageFilters(data)
     valid = form.is_valid()
     report = usage_report(**form.choice())
     if valid and form.cleaned_data.get("format") == "csv":

@@ -53,6 +53,12 @@ class Bucket:
     timings: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(TIMINGS))
 
     @property
+    def cost_text(self) -> str:
+        """The spend without trailing zeros: 0.75, not 0.750000."""
+        text = f"{self.cost:f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+
+    @property
     def error_rate(self) -> float | None:
         return round(100 * self.errors / self.requests, 2) if self.requests else None
 

@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ai.models import RollupPeriod, UsageEvent, UsageRollup
-from ai.services import usage_rollup
 from ai.services import usage as usage_service
+from ai.services import usage_rollup
 from ai.services.usage import percentile
 from tests.factories import AIModelFactory
 
@@ -49,7 +49,13 @@ def test_it_rolls_up_exact_percentiles_of_an_hour(alice, bob):
         ttft = i * 10 if i % 2 == 0 else None
         _event(HOUR + timedelta(minutes=i), user=alice, model=model, latency=i * 100, ttft=ttft)
     # A failed request and a lost one do not count towards the percentiles.
-    _event(HOUR + timedelta(minutes=30), user=alice, model=model, latency=60_000, status="upstream_error")
+    _event(
+        HOUR + timedelta(minutes=30),
+        user=alice,
+        model=model,
+        latency=60_000,
+        status="upstream_error",
+    )
     _event(HOUR + timedelta(minutes=31), user=alice, model=model, latency=0, status="lost")
     # Bob's requests are another rollup row, with their own percentiles.
     _event(HOUR + timedelta(minutes=5), user=bob, model=model, latency=5)
