@@ -1,6 +1,7 @@
 """Latency and time-to-first-token percentiles in the hourly and daily rollups."""
 
 from datetime import UTC, datetime, timedelta
+from itertools import count
 
 import pytest
 
@@ -16,11 +17,13 @@ NOW = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
 HOUR = datetime(2026, 11, 20, 10, tzinfo=UTC)
 
 
-def _event(at, *, user, model, latency, ttft=None, status="ok", n=[0]):  # noqa: B006
-    n[0] += 1
+REQUEST_IDS = count()
+
+
+def _event(at, *, user, model, latency, ttft=None, status="ok"):
     return UsageEvent.objects.create(
         created_at=at,
-        request_id=f"req_pct_{n[0]}",
+        request_id=f"req_pct_{next(REQUEST_IDS)}",
         user=user,
         model=model,
         route="chat.completions",

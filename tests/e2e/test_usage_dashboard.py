@@ -25,13 +25,15 @@ PHONE = {"width": 390, "height": 844}
 
 @pytest.fixture
 def rolled_up(alice, bob):
-    """Three requests by alice in the last hour, 45 tokens and 0.75 credits; one by bob."""
+    """Three requests by alice this hour, 45 tokens and 0.75 credits; a failed one by bob."""
     model = AIModelFactory(name="e2e-chat")
-    now = datetime.now(UTC)
-    for user, minutes_ago in ((alice, 5), (alice, 20), (alice, 40), (bob, 10)):
+    # All in the current hour's first seconds: one rollup row per user and period, so the
+    # percentiles below are exact whatever the time of day.
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    for user, n in ((alice, 5), (alice, 20), (alice, 40), (bob, 10)):
         UsageEvent.objects.create(
-            created_at=now - timedelta(minutes=minutes_ago),
-            request_id=f"req_e2e_{user.pk}_{minutes_ago}",
+            created_at=hour + timedelta(milliseconds=n),
+            request_id=f"req_e2e_{user.pk}_{n}",
             user=user,
             model=model,
             route="chat.completions",
@@ -39,8 +41,8 @@ def rolled_up(alice, bob):
             prompt_tokens=10,
             completion_tokens=5,
             cost=Decimal("0.25") if user == alice else Decimal(0),
-            latency_ms=100 * minutes_ago,
-            ttft_ms=minutes_ago,
+            latency_ms=100 * n,
+            ttft_ms=n,
         )
     assert usage_rollup() > 0
 

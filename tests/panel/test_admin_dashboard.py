@@ -4,6 +4,7 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import count
 
 import pytest
 from django.urls import reverse
@@ -17,13 +18,13 @@ from tests.factories import AIModelFactory, OrganisationFactory, UpstreamFactory
 pytestmark = pytest.mark.django_db
 
 USAGE = "/admin/usage/"
+REQUEST_IDS = count()
 
 
 def _event(*, user, model, minutes_ago=5, org=None, key=None, status="ok", cost="0.10", **more):
-    _event.n = getattr(_event, "n", 0) + 1
     return UsageEvent.objects.create(
         created_at=datetime.now(UTC) - timedelta(minutes=minutes_ago),
-        request_id=f"req_dash_{_event.n}",
+        request_id=f"req_dash_{next(REQUEST_IDS)}",
         user=user,
         organisation=org,
         api_key=key,
