@@ -3,7 +3,6 @@ import threading
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Prefetch, Subquery
-from django.template.response import TemplateResponse
 
 from panel import redis as sb_redis
 
@@ -28,7 +27,6 @@ from .models import (
 )
 from .selectors.health import upstream_health
 from .selectors.recent_usage import recent_usage_annotations
-from .selectors.usage import TopUsage, UsageDashboard, dashboard_data
 from .services import upstreams_check
 from .training import admin as training_admin  # noqa: F401  (registers the Training pages)
 from .training import dataset_admin  # noqa: F401  (registers the Datasets page)
@@ -469,41 +467,3 @@ class UsageRollupAdmin(ViewOnlyAdmin):
     # Rollups keep plain ids (they outlive the rows): searched by exact id.
     search_fields = ["=model_id", "=link_id", "=user_id", "=organisation_id", "=api_key_id"]
     date_hierarchy = "bucket_start"
-
-
-def usage_dashboard(request):
-    """The admin's usage page: charts and top lists from the rollups."""
-    context = {
-        **admin.site.each_context(request),
-        "title": "Usage",
-        "data": _charts(dashboard_data(days=_days(request.GET.get("days")))),
-    }
-    return TemplateResponse(request, "admin/usage_dashboard.html", context)
-
-
-def _days(value: str | None) -> int:
-    return int(value) if value and value.isdigit() and 1 <= int(value) <= 366 else 14
-
-
-def _charts(usage: UsageDashboard) -> dict:
-    """The page's data for its template and Chart.js: labels, series, top lists and totals."""
-    daily = [usage.daily.get(day) for day in usage.days]
-    # A day without a rollup row is drawn as 0; cost as a float, which Chart.js plots.
-    costs = [round(float(sums.cost), 6) if sums else 0 for sums in daily]
-    requests = [sums.requests if sums else 0 for sums in daily]
-    tokens = [sums.total_tokens if sums else 0 for sums in daily]
-    return {
-        "labels": [day.isoformat() for day in usage.days],
-        "requests": requests,
-        "tokens": tokens,
-        "cost": costs,
-        "top_users": [_top_row(top) for top in usage.top_users],
-        "top_orgs": [_top_row(top) for top in usage.top_orgs],
-        "top_models": [_top_row(top) for top in usage.top_models],
-        "totals": {"requests": sum(requests), "tokens": sum(tokens), "cost": round(sum(costs), 6)},
-    }
-
-
-def _top_row(top: TopUsage) -> dict:
-    name = top.name if top.name is not None else f"#{top.id} (deleted)"
-    return {"name": name, "requests": top.requests, "cost": str(top.cost)}

@@ -5,7 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import sso
-from ai.admin import usage_dashboard
+from ai.admin_dashboard import usage_dashboard
 from ai.api import health
 from ai.api.instances.urls import llama_cpp_patterns
 from ai.api.urls import (

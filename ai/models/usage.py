@@ -162,6 +162,12 @@ class UsageRollup(models.Model):
     reasoning_tokens = models.PositiveBigIntegerField(default=0)
     images = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(max_digits=16, decimal_places=6, default=Decimal("0"))
+    # Percentiles over the bucket's successful requests (ai/services/usage.py says how);
+    # None when it had none (for TTFT: none streamed a first token).
+    latency_p50_ms = models.FloatField(null=True, blank=True)
+    latency_p95_ms = models.FloatField(null=True, blank=True)
+    ttft_p50_ms = models.FloatField(null=True, blank=True)
+    ttft_p95_ms = models.FloatField(null=True, blank=True)
 
     class Meta:
         constraints = [

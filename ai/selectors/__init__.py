@@ -33,7 +33,7 @@ from .snapshots import (
     user_info_get,
     user_info_load,
 )
-from .usage import USAGE_GROUPS, dashboard_data, usage_scope_filter, usage_summary
+from .usage import USAGE_GROUPS, usage_scope_filter, usage_summary
 
 __all__ = [
     "STATUS_ORDER",
@@ -48,7 +48,6 @@ __all__ = [
     "UserInfo",
     "ai_enabled_get",
     "model_for_key",
-    "dashboard_data",
     "deployment_health",
     "effective_health",
     "instance_counts",

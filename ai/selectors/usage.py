@@ -1,18 +1,17 @@
-"""Usage reports from the rollups: what a user may see, summaries, the admin dashboard.
+"""Usage reports from the rollups: what a user may see and their summaries.
 
-They return values (dataclasses of ints, Decimals and datetimes); the API view and
-the admin page turn them into their JSON.
+They return values (dataclasses of ints, Decimals and datetimes); the API view turns
+them into its JSON. The admin's dashboards read ai/selectors/dashboard.py.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from django.db.models import Q
-from django.utils import timezone
 
 from accounts.models import APIKey, User
 from orgs.models import Membership, Organisation, Role
@@ -101,64 +100,3 @@ def usage_summary(*, user: User, start: datetime, end: datetime, group_by: str) 
         UsageGroup(group=group or None, name=names.get(group), totals=sums)
         for group, sums in sorted(totals.items(), key=lambda item: str(item[0]))
     ]
-
-
-# The rollup columns the dashboard ranks by cost, and how each is named.
-SPENDERS = {
-    "user_id": (User, "username"),
-    "organisation_id": (Organisation, "name"),
-    "model_id": (AIModel, "name"),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class TopUsage:
-    """A user, organisation or model among the biggest spenders; name None once deleted."""
-
-    id: int
-    name: str | None
-    requests: int
-    cost: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class UsageDashboard:
-    """The admin's usage page: every day of the window, the days with usage, the top lists."""
-
-    days: tuple[date, ...]
-    daily: dict[date, UsageTotals]
-    top_users: tuple[TopUsage, ...]
-    top_orgs: tuple[TopUsage, ...]
-    top_models: tuple[TopUsage, ...]
-
-
-def dashboard_data(*, days: int = 14, now: datetime | None = None, top: int = 10) -> UsageDashboard:
-    """Daily totals and the ``top`` users, organisations and models by cost, from rollups."""
-    now = now or timezone.now()
-    first = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    rows = UsageRollup.objects.filter(period=RollupPeriod.DAY, bucket_start__gte=first)
-    daily: dict[date, UsageTotals] = defaultdict(UsageTotals)
-    spenders = {column: defaultdict(UsageTotals) for column in SPENDERS}
-    for row in rows:
-        daily[row.bucket_start.date()].add(row)
-        for column, by_id in spenders.items():
-            if getattr(row, column):
-                by_id[getattr(row, column)].add(row)
-
-    def ranked(column: str) -> tuple[TopUsage, ...]:
-        by_id = spenders[column]
-        ids = sorted(by_id, key=lambda i: (by_id[i].cost, by_id[i].requests), reverse=True)[:top]
-        model, name_field = SPENDERS[column]
-        names = dict(model.objects.filter(pk__in=ids).values_list("pk", name_field))
-        return tuple(
-            TopUsage(id=i, name=names.get(i), requests=by_id[i].requests, cost=by_id[i].cost)
-            for i in ids
-        )
-
-    return UsageDashboard(
-        days=tuple((first + timedelta(days=i)).date() for i in range(days)),
-        daily=dict(daily),
-        top_users=ranked("user_id"),
-        top_orgs=ranked("organisation_id"),
-        top_models=ranked("model_id"),
-    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -25,6 +26,13 @@ TOKENS = (
     "reasoning_tokens",
 )
 SUMS = ("requests", "errors", *TOKENS, "images", "cost")
+# Latency percentiles are computed in Python over the window's successful events, so
+# SQLite and PostgreSQL agree; the interpolation is PostgreSQL's percentile_cont. The
+# cost stays bounded: one streamed pass (.iterator()) over four small columns of the
+# events the sums already read, and at most PERCENTILE_SAMPLES values kept per bucket
+# and grouping: exact up to that, a seeded reservoir sample (Algorithm R) past it.
+PERCENTILE_SAMPLES = 5000
+PERCENTILES = {"p50": 0.5, "p95": 0.95}
 
 
 def _day(moment: datetime) -> datetime:
@@ -58,8 +66,12 @@ def usage_rollup(*, now: datetime | None = None) -> int:
         if start is None:
             return 0
         hours = _hourly(start)
+        days = _daily(hours)
+        hour_samples, day_samples = _timings(start)
+        _set_percentiles(hours, hour_samples)
+        _set_percentiles(days, day_samples)
         UsageRollup.objects.filter(bucket_start__gte=start).delete()
-        UsageRollup.objects.bulk_create(hours + _daily(hours), batch_size=1000)
+        UsageRollup.objects.bulk_create(hours + days, batch_size=1000)
         Heartbeat.objects.update_or_create(name=ROLLUP_STATE, defaults={"beat_at": now})
     return len(hours)
 
@@ -107,6 +119,66 @@ def _daily(hours: list[UsageRollup]) -> list[UsageRollup]:
         for name in SUMS:
             setattr(day, name, getattr(day, name) + getattr(hour, name))
     return list(days.values())
+
+
+class _Reservoir:
+    """Up to PERCENTILE_SAMPLES values of a stream, every value equally likely kept."""
+
+    __slots__ = ("seen", "values")
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.values: list[int] = []
+
+    def add(self, value: int, rng: random.Random) -> None:
+        self.seen += 1
+        if len(self.values) < PERCENTILE_SAMPLES:
+            self.values.append(value)
+        elif (slot := rng.randrange(self.seen)) < PERCENTILE_SAMPLES:
+            self.values[slot] = value
+
+
+def percentile(values: list[int], fraction: float) -> float | None:
+    """The ``fraction`` percentile with linear interpolation (percentile_cont); None if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * fraction
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _timings(start: datetime) -> tuple[dict, dict]:
+    """Latency and TTFT samples of successful events per hourly and daily rollup key."""
+    rng = random.Random(0)  # seeded: a rerun over the same events gives the same rollups
+    hours: dict[tuple, tuple[_Reservoir, _Reservoir]] = {}
+    days: dict[tuple, tuple[_Reservoir, _Reservoir]] = {}
+    rows = (
+        UsageEvent.objects.filter(created_at__gte=start, status=UsageStatus.OK)
+        .annotate(bucket=TruncHour("created_at"))
+        .values_list("bucket", *DIMENSIONS, "latency_ms", "ttft_ms")
+        .order_by()
+    )
+    for bucket, *ids, latency, ttft in rows.iterator(chunk_size=2000):
+        ids = tuple(i or 0 for i in ids)
+        for by_key, key in ((hours, (bucket, *ids)), (days, (_day(bucket), *ids))):
+            samples = by_key.get(key)
+            if samples is None:
+                samples = by_key[key] = (_Reservoir(), _Reservoir())
+            samples[0].add(latency, rng)
+            if ttft is not None:
+                samples[1].add(ttft, rng)
+    return hours, days
+
+
+def _set_percentiles(rollups: list[UsageRollup], samples: dict) -> None:
+    for rollup in rollups:
+        key = (rollup.bucket_start, *(getattr(rollup, dim) for dim in DIMENSIONS))
+        latency, ttft = samples.get(key, (_Reservoir(), _Reservoir()))
+        for name, fraction in PERCENTILES.items():
+            setattr(rollup, f"latency_{name}_ms", percentile(latency.values, fraction))
+            setattr(rollup, f"ttft_{name}_ms", percentile(ttft.values, fraction))
 
 
 def usage_prune(*, now: datetime | None = None, batch_size: int = 5000) -> int:

@@ -1,4 +1,4 @@
-"""The admin's usage dashboard in a real browser: Chart.js draws the rollups."""
+"""The admin's home and usage dashboards in a real browser: Chart.js draws the rollups."""
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,26 +12,37 @@ from tests.factories import AIModelFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHART_JS = "/static/vendor/chartjs/chart-4.6.1.umd.min.js"
-CANVASES = ("#chart-requests", "#chart-tokens", "#chart-cost")
+CANVASES = (
+    "#chart-requests",
+    "#chart-errors",
+    "#chart-latency",
+    "#chart-ttft",
+    "#chart-tokens",
+    "#chart-cost",
+)
 PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture
-def rolled_up(alice):
-    """Three requests by alice in the last hour, 45 tokens and 0.75 credits, rolled up."""
+def rolled_up(alice, bob):
+    """Three requests by alice this hour, 45 tokens and 0.75 credits; a failed one by bob."""
     model = AIModelFactory(name="e2e-chat")
-    now = datetime.now(UTC)
-    for minutes_ago in (5, 20, 40):
+    # All in the current hour's first seconds: one rollup row per user and period, so the
+    # percentiles below are exact whatever the time of day.
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    for user, n in ((alice, 5), (alice, 20), (alice, 40), (bob, 10)):
         UsageEvent.objects.create(
-            created_at=now - timedelta(minutes=minutes_ago),
-            request_id=f"req_e2e_{minutes_ago}",
-            user=alice,
+            created_at=hour + timedelta(milliseconds=n),
+            request_id=f"req_e2e_{user.pk}_{n}",
+            user=user,
             model=model,
             route="chat.completions",
-            status="ok",
+            status="ok" if user == alice else "upstream_error",
             prompt_tokens=10,
             completion_tokens=5,
-            cost=Decimal("0.25"),
+            cost=Decimal("0.25") if user == alice else Decimal(0),
+            latency_ms=100 * n,
+            ttft_ms=n,
         )
     assert usage_rollup() > 0
 
@@ -64,9 +75,44 @@ def test_the_usage_dashboard_draws_charts_from_real_rollups_in_a_browser(
         box = page.locator(canvas).bounding_box()
         assert box is not None and box["width"] > 0 and box["height"] > 0, canvas
     totals = page.locator("#totals").inner_text()
-    assert "Requests: 3" in totals and "Tokens: 45" in totals and "Cost: 0.75" in totals
-    assert browser_errors == []
+    assert "Requests: 4" in totals and "Errors: 1 (25.0%)" in totals and "Cost: 0.75" in totals
     page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
+
+    # A filter: alice among the top users narrows every chart and total to her requests.
+    page.locator(".sb-card", has_text="Top users").get_by_role("link", name="alice").click()
+    page.wait_for_url("**/admin/usage/?user=*")
+    page.wait_for_function('document.body.dataset.chartsReady === "yes"', timeout=10_000)
+    totals = page.locator("#totals").inner_text()
+    assert "Requests: 3" in totals and "Tokens: 45" in totals and "Errors: 0" in totals
+    assert "Latency p50/p95: 2000.0 / 3800.0 ms" in totals  # of 500, 2000, 4000 ms
+    assert "Only user alice." in page.locator("#scope").inner_text()
+    # The period and view: the last 24 hours, hourly.
+    page.select_option("#id_period", "24h")
+    page.select_option("#id_view", "hour")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**period=24h**")
+    page.wait_for_function('document.body.dataset.chartsReady === "yes"', timeout=10_000)
+    labels = page.evaluate('JSON.parse(document.getElementById("usage-data").textContent).labels')
+    assert len(labels) == 24
+    assert "Requests: 3" in page.locator("#totals").inner_text()
+    assert browser_errors == []
+
+
+def test_the_admin_home_shows_the_last_24_hours_in_a_browser(
+    asgi_server, superuser, rolled_up, page, browser_errors, tmp_path
+):
+    page.set_viewport_size(PHONE)
+    _log_in_as_root(page, asgi_server.url)
+    page.screenshot(path=tmp_path / "home-phone.png", full_page=True)
+
+    stats = page.locator("#dashboard-stats").inner_text()
+    assert "4" in stats and "1 (25.0%)" in stats
+    assert page.locator("#top-users").get_by_role("link", name="alice").is_visible()
+    widths = page.evaluate(
+        "({scroll: document.documentElement.scrollWidth, inner: window.innerWidth})"
+    )
+    assert widths["scroll"] <= widths["inner"] + 1, widths
+    assert browser_errors == []
 
 
 def test_the_usage_dashboard_fits_a_phone_screen(
