@@ -172,6 +172,9 @@ class HomeDashboard:
     unhealthy_upstreams: list[Upstream]
     running_instances: list[Instance]
     running_count: int
+    # (upstream, "open" or "half-open") from the shared breaker state; None when it is
+    # per process (no Redis) or Redis is unreachable.
+    open_breakers: list[tuple[Upstream, str]] | None = None
 
 
 def home_dashboard(*, now: datetime | None = None, top: int = 5) -> HomeDashboard:
@@ -193,6 +196,25 @@ def home_dashboard(*, now: datetime | None = None, top: int = 5) -> HomeDashboar
         ),
         running_instances=list(running.only("name", "backend", "status")[:20]),
         running_count=running.count(),
+        open_breakers=_open_breakers(),
+    )
+
+
+def _open_breakers() -> list[tuple[Upstream, str]] | None:
+    """Upstreams whose shared breaker is not closed, as the gateways see it (one query)."""
+    from ..gateway import router
+
+    shared = router.shared_breakers()
+    if shared is None:
+        return None
+    open_until, _ = shared
+    if not open_until:
+        return []
+    upstreams = Upstream.objects.filter(pk__in=open_until).select_related("model")
+    found = [(u, router.breaker_state(open_until[u.pk])) for u in upstreams[:50]]
+    return sorted(
+        ((u, state) for u, state in found if state != router.BREAKER_CLOSED),
+        key=lambda pair: (pair[0].model.name, pair[0].name),
     )
 
 

@@ -14,6 +14,7 @@ from ai.admin_dashboard import csv_cell
 from ai.models import HealthStatus, Instance, InstanceStatus, UsageEvent
 from ai.services import usage_rollup
 from tests.factories import AIModelFactory, OrganisationFactory, UpstreamFactory, UserFactory
+from tests.panel.test_admin_console import shared_breakers  # noqa: F401, F811 (a fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -244,3 +245,25 @@ def test_the_usage_page_costs_a_bounded_number_of_queries(
     for params in ({}, {"period": "90d", "view": "hour", **filters}):
         with django_assert_max_num_queries(20):
             assert staff_client.get(USAGE, params).status_code == 200
+
+
+def test_the_home_lists_open_breakers_from_the_shared_state(staff_client, shared_breakers):  # noqa: F811
+    import time
+
+    from ai.gateway import router
+
+    cooling = UpstreamFactory(name="cooling-upstream")
+    UpstreamFactory(name="quiet-upstream")
+    shared_breakers.hset(router.OPEN_KEY, cooling.pk, time.time() + 60)
+
+    html = staff_client.get(reverse("admin:index")).content.decode()
+
+    breakers = html.split('id="open-breakers"')[1].split("</table>")[0]
+    assert "cooling-upstream" in breakers and "open" in breakers
+    assert "quiet-upstream" not in breakers
+
+
+def test_the_home_says_breakers_are_per_process_without_redis(staff_client, settings):
+    settings.REDIS_URL = ""
+    html = staff_client.get(reverse("admin:index")).content.decode()
+    assert "Kept per process without Redis" in html.split('id="open-breakers"')[1]
