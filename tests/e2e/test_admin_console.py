@@ -9,8 +9,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_health_badges_are_coloured_and_worded_in_a_browser(
-    asgi_server, superuser, page, browser_errors
+    asgi_server, superuser, page, browser_errors, settings
 ):
+    settings.REDIS_URL = ""  # breakers per process, as on the embedded default
     down = AIModelFactory(name="e2e-down")
     UpstreamFactory(model=down, name="e2e-down-1", health_status=HealthStatus.UNHEALTHY)
     up = AIModelFactory(name="e2e-up")

@@ -84,7 +84,10 @@ def test_the_models_list_stays_at_the_same_number_of_queries_with_more_models(
         admin_client.get(_url(AIModel, "changelist"))
 
 
-def test_the_upstreams_list_shows_health_last_check_latency_and_a_local_breaker(admin_client):
+def test_the_upstreams_list_shows_health_last_check_latency_and_a_local_breaker(
+    admin_client, settings
+):
+    settings.REDIS_URL = ""  # breakers per process, as on the embedded default
     upstream = UpstreamFactory(name="probed", health_status=HealthStatus.HEALTHY)
     now = timezone.now()
     HealthCheck.objects.create(
@@ -220,7 +223,8 @@ def test_close_breaker_clears_the_shared_state_every_gateway_reads(admin_client,
     assert "✓ closed" in _row(response.content.decode(), "stuck")
 
 
-def test_close_breaker_without_redis_says_it_cannot_reach_other_processes(admin_client):
+def test_close_breaker_without_redis_says_it_cannot_reach_other_processes(admin_client, settings):
+    settings.REDIS_URL = ""
     upstream = UpstreamFactory()
     router.breaker.open_until[upstream.pk] = time.time() + 60
     response = _action(admin_client, "close_breaker", upstream)
