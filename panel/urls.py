@@ -1,8 +1,8 @@
 from allauth.account import views as account_views
 from django.contrib import admin
 from django.urls import include, path, re_path
-from django.views.i18n import JavaScriptCatalog, set_language
 from django.views.generic import RedirectView
+from django.views.i18n import JavaScriptCatalog, set_language
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import sso
