@@ -60,14 +60,18 @@ def plain_words(exc: Exception) -> str:
             "The model is unavailable right now: its provider is busy. Please try again soon."
         )
     if isinstance(exc, ModelStarting):
-        return gettext("The model is starting. It will answer in a minute or two; please send again.")
+        return gettext(
+            "The model is starting. It will answer in a minute or two; please send again."
+        )
     if code in (ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.QUOTA_EXCEEDED):
         words = gettext("You have reached your usage limit for this model.")
         if retry:
             words += " " + gettext("It resets in %(seconds)s seconds.") % {"seconds": retry}
         return words
     if code == ErrorCode.INSUFFICIENT_QUOTA:
-        return gettext("Your balance is too low for this request. Ask an administrator to top it up.")
+        return gettext(
+            "Your balance is too low for this request. Ask an administrator to top it up."
+        )
     if code in UNAVAILABLE:
         return gettext("The model is unavailable right now. Please try again in a moment.")
     if code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.INVALID_MODEL_TYPE):
