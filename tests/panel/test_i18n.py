@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.test import Client
 from django.utils import translation
 
 from ai.consumers import plain_words, scope_language
 from panel.errors import InsufficientQuota, RateLimited
+from tests.ai.conftest import world  # noqa: F401
 
 LOCALE = Path(settings.BASE_DIR) / "locale" / "vi" / "LC_MESSAGES"
 VI = {"HTTP_ACCEPT_LANGUAGE": "vi"}
@@ -126,3 +128,29 @@ def test_every_vietnamese_entry_is_translated_and_compiled(domain):
     # The header is in the .mo too; a plural entry is one key per form.
     compiled = {key[0] if isinstance(key, tuple) else key for key in catalog} - {""}
     assert len(compiled) == len(entries)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_chat_socket_refuses_in_the_language_the_page_was_shown_in(world, alice):  # noqa: F811
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from panel.asgi import application
+    from panel.models import SiteSettings
+
+    def cookie() -> bytes:
+        client = Client()
+        client.force_login(alice)
+        client.post("/i18n/setlang/", {"language": "vi", "next": "/chat/"})
+        return "; ".join(f"{k}={v.value}" for k, v in client.cookies.items()).encode()
+
+    await SiteSettings.objects.aupdate_or_create(pk=1, defaults={"is_ai_enabled": False})
+    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+    headers.append((b"cookie", await sync_to_async(cookie)()))
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected
+    await communicator.send_json_to({"type": "send", "model_id": world.chat.id, "content": "hi"})
+    reply = await communicator.receive_json_from(timeout=5)
+    assert reply == {"type": "error", "message": "Quản trị viên đã tắt trò chuyện AI."}
+    await communicator.disconnect()
