@@ -41,6 +41,7 @@ def test_the_chat_page_speaks_vietnamese_to_a_vietnamese_browser(as_alice):
 def test_an_account_page_speaks_vietnamese(as_alice):
     page = as_alice.get("/accounts/keys/", **VI).content.decode()
     assert "Khóa của tôi" in page and "Tạo khóa" in page and "Tổ chức" in page
+    assert "Mô hình được phép" in page and "Không có (cá nhân)" in page
     assert "My keys" not in page
 
 
