@@ -5,6 +5,7 @@ from allauth.account import forms as allauth_forms
 from django import forms
 from django.core.validators import MaxLengthValidator
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from orgs.models import Organisation
 from panel.db import MAX_ID
@@ -46,31 +47,34 @@ class SlugChoiceField(forms.ModelChoiceField):
 class KeyCreateForm(forms.Form):
     """A key of the signed-in user: the same scope rules as the management API's."""
 
-    name = forms.CharField(max_length=APIKey._meta.get_field("name").max_length)
+    name = forms.CharField(label=_("Name"), max_length=APIKey._meta.get_field("name").max_length)
     permissions = forms.MultipleChoiceField(
+        label=_("Permissions"),
         choices=Permission.choices,
         initial=[Permission.READ, Permission.PROXY],
         widget=forms.CheckboxSelectMultiple,
     )
     expires_at = forms.DateTimeField(
         required=False,
-        label="Expires",
-        help_text="UTC; empty: never.",
+        label=_("Expires"),
+        help_text=_("UTC; empty: never."),
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
     )
     allowed_models = ModelIdsField(
         queryset=None,
         required=False,
-        help_text="None ticked: every model you may use.",
+        label=_("Allowed models"),
+        help_text=_("None ticked: every model you may use."),
         widget=forms.CheckboxSelectMultiple,
     )
     organisation = SlugChoiceField(
         queryset=None,
         required=False,
         to_field_name="slug",
-        empty_label="None (personal)",
-        help_text="The key acts for this organisation.",
+        label=_("Organisation"),
+        empty_label=_("None (personal)"),
+        help_text=_("The key acts for this organisation."),
     )
 
     def __init__(self, *args, user, **kwargs):

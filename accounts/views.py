@@ -13,6 +13,7 @@ from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 from redis.exceptions import RedisError
@@ -77,7 +78,7 @@ def keys(request):
     form = KeyCreateForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         key, plain = apikey_create(user=request.user, **form.cleaned_data)
-        return _show_once(request, plain, f"Key “{key.name}” created.")
+        return _show_once(request, plain, _("Key “%(name)s” created.") % {"name": key.name})
     context = {
         "section": "keys",
         "keys": _own_keys(request.user).order_by("-created_at", "-id"),
@@ -100,7 +101,7 @@ def key_revoke(request, key_id: int):
     key = _own_key(request.user, key_id)
     if request.method == "POST":
         apikey_revoke(key=key)
-        messages.success(request, f"Key “{key.name}” revoked.")
+        messages.success(request, _("Key “%(name)s” revoked.") % {"name": key.name})
         return redirect("account:keys")
     return render(request, "accounts/key_confirm.html", {"section": "keys", "key": key})
 
@@ -113,9 +114,11 @@ def key_rotate(request, key_id: int):
         try:
             key, plain = apikey_rotate(key=key)
         except KeyRevoked:
-            messages.error(request, f"Key “{key.name}” is revoked; it cannot be rotated.")
+            messages.error(
+                request, _("Key “%(name)s” is revoked; it cannot be rotated.") % {"name": key.name}
+            )
             return redirect("account:keys")
-        return _show_once(request, plain, f"Key “{key.name}” rotated.")
+        return _show_once(request, plain, _("Key “%(name)s” rotated.") % {"name": key.name})
     context = {"section": "keys", "key": key, "is_rotation": True}
     return render(request, "accounts/key_confirm.html", context)
 

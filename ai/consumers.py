@@ -15,6 +15,9 @@ import contextlib
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext
 
 from panel.errors import (
     ApiError,
@@ -32,7 +35,7 @@ from .selectors import ai_enabled_get
 
 CLOSE_UNAUTHENTICATED = 4401
 # Shown while the model's instance starts on demand (seconds to minutes).
-STARTING = "Starting the model…"
+STARTING = translation.gettext_noop("Starting the model…")
 UNAVAILABLE = (
     ErrorCode.MODEL_NOT_AVAILABLE,
     ErrorCode.UPSTREAM_ERROR,
@@ -49,27 +52,59 @@ def plain_words(exc: Exception) -> str:
     starting or whose upstreams fail or rate-limit us is the service's problem, not theirs.
     """
     if isinstance(exc, FeatureDisabled):
-        return "AI chat is turned off by the administrator."
+        return gettext("AI chat is turned off by the administrator.")
     code = getattr(exc, "code", "")
     retry = getattr(exc, "headers", {}).get("Retry-After")
     if isinstance(exc, UpstreamRateLimited):
-        return "The model is unavailable right now: its provider is busy. Please try again soon."
+        return gettext(
+            "The model is unavailable right now: its provider is busy. Please try again soon."
+        )
     if isinstance(exc, ModelStarting):
-        return "The model is starting. It will answer in a minute or two; please send again."
+        return gettext(
+            "The model is starting. It will answer in a minute or two; please send again."
+        )
     if code in (ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.QUOTA_EXCEEDED):
-        when = f" It resets in {retry} seconds." if retry else ""
-        return f"You have reached your usage limit for this model.{when}"
+        words = gettext("You have reached your usage limit for this model.")
+        if retry:
+            words += " " + gettext("It resets in %(seconds)s seconds.") % {"seconds": retry}
+        return words
     if code == ErrorCode.INSUFFICIENT_QUOTA:
-        return "Your balance is too low for this request. Ask an administrator to top it up."
+        return gettext(
+            "Your balance is too low for this request. Ask an administrator to top it up."
+        )
     if code in UNAVAILABLE:
-        return "The model is unavailable right now. Please try again in a moment."
+        return gettext("The model is unavailable right now. Please try again in a moment.")
     if code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.INVALID_MODEL_TYPE):
-        return "This model is not available to you."
-    return getattr(exc, "message", None) or "Something went wrong."
+        return gettext("This model is not available to you.")
+    return getattr(exc, "message", None) or gettext("Something went wrong.")
+
+
+def scope_language(scope) -> str:
+    """The language the chat page was shown in: the selector's cookie, else Accept-Language.
+
+    LocaleMiddleware does not run for WebSockets, so the consumer reads the same two sources.
+    """
+    headers = dict(scope.get("headers") or [])
+    for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == settings.LANGUAGE_COOKIE_NAME and translation.check_for_language(value):
+            return translation.get_supported_language_variant(value)
+    accept = headers.get(b"accept-language", b"").decode("latin-1")
+    for code, _q in translation.trans_real.parse_accept_lang_header(accept):
+        if code == "*":
+            break
+        try:
+            return translation.get_supported_language_variant(code)
+        except LookupError:
+            continue
+    return settings.LANGUAGE_CODE
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
+        # Every message this consumer words (refusals, "starting") in the page's language.
+        self.language = scope_language(self.scope)
+        translation.activate(self.language)
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -86,6 +121,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await task
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        translation.activate(getattr(self, "language", settings.LANGUAGE_CODE))
         # Parsed here, not by Channels: a frame that is not a JSON object (or is
         # nested past the parser's depth limit) gets an error, never a crash.
         try:
@@ -206,7 +242,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def _say_starting(self):
-        await self.send_json({"type": "status", "status": "starting", "message": STARTING})
+        await self.send_json({"type": "status", "status": "starting", "message": gettext(STARTING)})
 
     async def _reply(self, conversation, model_id, user_message_id):
         body = await database_sync_to_async(services.chat_body)(

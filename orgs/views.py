@@ -11,6 +11,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_POST
 
 from accounts.adapters import INVITATION_SESSION_KEY
@@ -21,7 +23,9 @@ from . import selectors, services
 from .forms import InvitationForm, RoleForm
 
 # What the inviter reads, whoever the address belongs to (or no one).
-INVITATION_SENT = "If this address can receive mail, an invitation is on its way to {email}."
+INVITATION_SENT = gettext_noop(
+    "If this address can receive mail, an invitation is on its way to %(email)s."
+)
 
 
 def _organisation(request, slug: str):
@@ -98,7 +102,7 @@ def invite(request, slug):
     except ApiError as error:
         messages.error(request, error.message)
     else:
-        messages.success(request, INVITATION_SENT.format(email=form.cleaned_data["email"]))
+        messages.success(request, _(INVITATION_SENT) % {"email": form.cleaned_data["email"]})
     return _back(organisation)
 
 
@@ -112,7 +116,9 @@ def invitation_revoke(request, slug, pk):
     except ApiError as error:
         messages.error(request, error.message)
     else:
-        messages.success(request, f"The invitation of {invitation.email} is revoked.")
+        messages.success(
+            request, _("The invitation of %(email)s is revoked.") % {"email": invitation.email}
+        )
     return _back(organisation)
 
 
@@ -123,7 +129,7 @@ def member_role(request, slug, pk):
     membership = get_object_or_404(organisation.memberships.select_related("user"), pk=pk)
     form = RoleForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Choose one of the roles offered.")
+        messages.error(request, _("Choose one of the roles offered."))
         return _back(organisation)
     try:
         services.membership_role_set(
@@ -132,7 +138,11 @@ def member_role(request, slug, pk):
     except ApiError as error:
         messages.error(request, error.message)
     else:
-        messages.success(request, f"{membership.user.username} is now {form.cleaned_data['role']}.")
+        messages.success(
+            request,
+            _("%(user)s is now %(role)s.")
+            % {"user": membership.user.username, "role": form.cleaned_data["role"]},
+        )
     return _back(organisation)
 
 
@@ -149,7 +159,7 @@ def member_remove(request, slug, pk):
     except ApiError as error:
         messages.error(request, error.message)
     else:
-        messages.success(request, f"{membership.user.username} was removed.")
+        messages.success(request, _("%(user)s was removed.") % {"user": membership.user.username})
     if membership.user_id == request.user.id and membership.pk is None:
         return redirect("orgs:list")
     return _back(organisation)
@@ -161,7 +171,7 @@ def key_revoke(request, slug, pk):
     organisation = _administered(request, slug)
     key = get_object_or_404(selectors.organisation_keys(organisation), pk=pk)
     apikey_revoke(key=key)
-    messages.success(request, f"The key {key.name} is revoked.")
+    messages.success(request, _("The key %(name)s is revoked.") % {"name": key.name})
     return _back(organisation)
 
 
@@ -188,5 +198,5 @@ def _accept(request, token):
     except ApiError:
         return render(request, "orgs/invitation_invalid.html", status=404)
     request.session.pop(INVITATION_SESSION_KEY, None)
-    messages.success(request, f"You joined {membership.organisation.name}.")
+    messages.success(request, _("You joined %(name)s.") % {"name": membership.organisation.name})
     return redirect("orgs:detail", slug=membership.organisation.slug)

@@ -2,6 +2,7 @@ from allauth.account import views as account_views
 from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
+from django.views.i18n import JavaScriptCatalog, set_language
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import sso
@@ -24,6 +25,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", RedirectView.as_view(url="/chat/", permanent=False)),
     path("chat/", chat_page, name="chat"),
+    path("i18n/setlang/", set_language, name="set_language"),
+    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     # django-allauth's pages (sign-in, sign-up, password reset, e-mail, MFA, SSO), with
     # the names the chat page and LOGIN_URL already use; then the account pages.
     path("accounts/login/", account_views.login, name="login"),

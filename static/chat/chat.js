@@ -34,10 +34,10 @@
       const copy = document.createElement("button");
       copy.type = "button";
       copy.className = "copy";
-      copy.textContent = "Copy";
+      copy.textContent = gettext("Copy");
       copy.onclick = () => navigator.clipboard.writeText(code.textContent).then(() => {
-        copy.textContent = "Copied";
-        setTimeout(() => { copy.textContent = "Copy"; }, 1500);
+        copy.textContent = gettext("Copied");
+        setTimeout(() => { copy.textContent = gettext("Copy"); }, 1500);
       });
       code.parentElement.prepend(copy);
     }
@@ -51,9 +51,9 @@
     body.className = "body";
     if (role === "assistant") renderMarkdown(body, content); else body.textContent = content;
     el.appendChild(body);
-    if (status === "stopped") badge(el, "stopped");
-    if (status === "error") badge(el, error || "failed");
-    if (role === "user") actions(el, [["Edit", "edit", () => startEdit(el)]]);
+    if (status === "stopped") badge(el, gettext("stopped"));
+    if (status === "error") badge(el, error || gettext("failed"));
+    if (role === "user") actions(el, [[gettext("Edit"), "edit", () => startEdit(el)]]);
     $("messages").appendChild(el);
     $("messages").scrollTop = $("messages").scrollHeight;
     return el;
@@ -76,7 +76,7 @@
     const all = $("messages").querySelectorAll(".msg");
     const last = all[all.length - 1];
     if (last && last.classList.contains("assistant") && !last.dataset.streaming) {
-      actions(last, [["Regenerate", "regenerate", regenerate]]);
+      actions(last, [[gettext("Regenerate"), "regenerate", regenerate]]);
     }
   }
 
@@ -127,9 +127,9 @@
     area.value = body.textContent;
     area.rows = Math.min(8, area.value.split("\n").length + 1);
     const save = document.createElement("button");
-    save.type = "submit"; save.textContent = "Save and send";
+    save.type = "submit"; save.textContent = gettext("Save and send");
     const cancel = document.createElement("button");
-    cancel.type = "button"; cancel.textContent = "Cancel";
+    cancel.type = "button"; cancel.textContent = gettext("Cancel");
     form.append(area, save, cancel);
     body.hidden = true;
     el.querySelector(".actions").hidden = true;
@@ -166,12 +166,12 @@
       title.title = c.title;
       title.onclick = () => { send({ type: "open", conversation: c.id }); closeSidebar(); };
       const rename = document.createElement("button");
-      rename.textContent = "✎"; rename.title = "Rename"; rename.type = "button";
-      rename.onclick = () => { const t = prompt("Rename conversation", c.title); if (t) send({ type: "rename", conversation: c.id, title: t }); };
+      rename.textContent = "✎"; rename.title = gettext("Rename"); rename.type = "button";
+      rename.onclick = () => { const t = prompt(gettext("Rename conversation"), c.title); if (t) send({ type: "rename", conversation: c.id, title: t }); };
       const del = document.createElement("button");
-      del.textContent = "✕"; del.title = "Delete"; del.type = "button";
+      del.textContent = "✕"; del.title = gettext("Delete"); del.type = "button";
       del.onclick = () => {
-        if (!confirm("Delete this conversation?")) return;
+        if (!confirm(gettext("Delete this conversation?"))) return;
         send({ type: "delete", conversation: c.id });
         if (c.id === state.conversation) newChat();
       };
@@ -219,8 +219,8 @@
   function showQuota(quota) {
     if (!quota) { $("quota").textContent = ""; return; }
     const parts = [];
-    if (quota.requests) parts.push(quota.requests.remaining + "/" + quota.requests.limit + " requests left (resets in " + quota.requests.reset + ")");
-    if (quota.tokens) parts.push(quota.tokens.remaining + "/" + quota.tokens.limit + " tokens left");
+    if (quota.requests) parts.push(interpolate(gettext("%(remaining)s/%(limit)s requests left (resets in %(reset)s)"), quota.requests, true));
+    if (quota.tokens) parts.push(interpolate(gettext("%(remaining)s/%(limit)s tokens left"), quota.tokens, true));
     $("quota").textContent = parts.join(" · ");
   }
 
@@ -262,7 +262,7 @@
           state.replyEl.classList.remove("waiting");
           state.replyEl.querySelector(".body").textContent = "";
         }
-        if (msg.status === "stopped") badge(state.replyEl, "stopped");
+        if (msg.status === "stopped") badge(state.replyEl, gettext("stopped"));
         if (msg.status === "error") { state.replyEl.classList.add("failed"); badge(state.replyEl, msg.error); }
       }
       state.replyEl = null;

@@ -1,0 +1,166 @@
+"""Issue 18, i18n: the chat, account and sign-in pages in English (default) or Vietnamese."""
+
+import gettext
+import re
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.test import Client
+from django.utils import translation
+
+from ai.consumers import plain_words, scope_language
+from panel.errors import InsufficientQuota, RateLimited
+from tests.ai.conftest import world  # noqa: F401
+
+LOCALE = Path(settings.BASE_DIR) / "locale" / "vi" / "LC_MESSAGES"
+VI = {"HTTP_ACCEPT_LANGUAGE": "vi"}
+
+
+@pytest.fixture
+def as_alice(client, alice):
+    client.force_login(alice)
+    return client
+
+
+def test_the_chat_page_is_english_by_default(as_alice):
+    page = as_alice.get("/chat/").content.decode()
+    assert "+ New chat" in page and "Keyboard shortcuts" in page and "Sign out" in page
+    assert "Trò chuyện mới" not in page
+
+
+def test_the_chat_page_speaks_vietnamese_to_a_vietnamese_browser(as_alice):
+    page = as_alice.get("/chat/", **VI).content.decode()
+    assert '<html lang="vi">' in page
+    assert "+ Trò chuyện mới" in page and "Phím tắt" in page and "Đăng xuất" in page
+    assert "+ New chat" not in page
+    # The JS catalog comes before chat.js, which reads its words through gettext().
+    assert page.index('src="/jsi18n/"') < page.index("chat/chat.js")
+
+
+def test_an_account_page_speaks_vietnamese(as_alice):
+    page = as_alice.get("/accounts/keys/", **VI).content.decode()
+    assert "Khóa của tôi" in page and "Tạo khóa" in page and "Tổ chức" in page
+    assert "Mô hình được phép" in page and "Không có (cá nhân)" in page
+    assert "My keys" not in page
+
+
+def test_the_sign_in_page_speaks_vietnamese(client, db):
+    page = client.get("/accounts/login/", **VI).content.decode()
+    assert "Quên mật khẩu?" in page and "Mật khẩu" in page and "Đăng nhập" in page
+    english = client.get("/accounts/login/").content.decode()
+    assert "Forgot password?" in english and "Quên mật khẩu?" not in english
+
+
+def test_the_selector_switches_the_language_and_it_sticks(as_alice):
+    page = as_alice.get("/accounts/keys/").content.decode()
+    assert 'action="/i18n/setlang/"' in page and 'value="vi"' in page
+    answer = as_alice.post("/i18n/setlang/", {"language": "vi", "next": "/accounts/keys/"})
+    assert answer.status_code == 302 and answer["Location"] == "/accounts/keys/"
+    assert as_alice.cookies[settings.LANGUAGE_COOKIE_NAME].value == "vi"
+    assert "Khóa của tôi" in as_alice.get("/accounts/keys/").content.decode()
+    assert "+ Trò chuyện mới" in as_alice.get("/chat/").content.decode()
+    as_alice.post("/i18n/setlang/", {"language": "en", "next": "/chat/"})
+    assert "+ New chat" in as_alice.get("/chat/", **VI).content.decode()
+
+
+def test_the_javascript_catalog_carries_the_vietnamese_words(client, db):
+    catalog = client.get("/jsi18n/", **VI)
+    assert catalog.status_code == 200
+    body = catalog.content.decode()
+    assert "Sao ch\\u00e9p" in body or "Sao chép" in body
+    english = client.get("/jsi18n/").content.decode()
+    assert "django.gettext" in english
+    assert "Sao ch" not in english
+
+
+def test_the_consumer_words_refusals_in_the_page_language():
+    error = RateLimited("x", headers={"Retry-After": "12"})
+    with translation.override("vi"):
+        assert plain_words(error) == (
+            "Bạn đã dùng hết hạn mức cho mô hình này. Hạn mức được đặt lại sau 12 giây."
+        )
+        assert plain_words(InsufficientQuota("x")).startswith("Số dư của bạn không đủ")
+    with translation.override("en"):
+        assert plain_words(InsufficientQuota("x")).startswith("Your balance is too low")
+
+
+@pytest.mark.parametrize(
+    ("headers", "language"),
+    [
+        ([(b"accept-language", b"vi-VN,vi;q=0.9,en;q=0.5")], "vi"),
+        ([(b"accept-language", b"fr, en;q=0.5")], "en"),
+        ([(b"cookie", b"a=b; django_language=vi"), (b"accept-language", b"en")], "vi"),
+        ([(b"cookie", b"django_language=xx")], settings.LANGUAGE_CODE),
+        ([], settings.LANGUAGE_CODE),
+    ],
+)
+def test_the_consumer_reads_the_language_as_the_page_does(headers, language):
+    assert scope_language({"headers": headers}) == language
+
+
+def _po_entries(path: Path) -> list[tuple[str, list[str], bool]]:
+    """(msgid, msgstrs, fuzzy) of every entry but the header, without polib."""
+    entries = []
+    for block in path.read_text(encoding="utf-8").split("\n\n"):
+        msgid = re.search(r'^msgid ((?:".*"\n?)+)', block, re.M)
+        if not msgid:
+            continue
+        text = "".join(re.findall(r'"(.*)"', msgid.group(1)))
+        if not text:
+            continue
+        strs = [
+            "".join(re.findall(r'"(.*)"', m))
+            for m in re.findall(r'^msgstr(?:\[\d\])? ((?:".*"\n?)+)', block + "\n", re.M)
+        ]
+        entries.append((text, strs, "#, fuzzy" in block or ", fuzzy" in block))
+    return entries
+
+
+@pytest.mark.parametrize("domain", ["django", "djangojs"])
+def test_every_vietnamese_entry_is_translated_and_compiled(domain):
+    po = LOCALE / f"{domain}.po"
+    entries = _po_entries(po)
+    assert len(entries) > 10
+    untranslated = [msgid for msgid, strs, fuzzy in entries if fuzzy or not all(strs)]
+    assert untranslated == []
+    with (LOCALE / f"{domain}.mo").open("rb") as mo:
+        catalog = gettext.GNUTranslations(mo)._catalog
+    # The header is in the .mo too; a plural entry is one key per form.
+    compiled = {key[0] if isinstance(key, tuple) else key for key in catalog} - {""}
+    assert len(compiled) == len(entries)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_chat_socket_refuses_in_the_language_the_page_was_shown_in(world, alice):  # noqa: F811
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from panel.asgi import application
+    from panel.models import SiteSettings
+
+    def cookie() -> bytes:
+        client = Client()
+        client.force_login(alice)
+        client.post("/i18n/setlang/", {"language": "vi", "next": "/chat/"})
+        return "; ".join(f"{k}={v.value}" for k, v in client.cookies.items()).encode()
+
+    await SiteSettings.objects.aupdate_or_create(pk=1, defaults={"is_ai_enabled": False})
+    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+    headers.append((b"cookie", await sync_to_async(cookie)()))
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected
+    await communicator.send_json_to({"type": "send", "model_id": world.chat.id, "content": "hi"})
+    reply = await communicator.receive_json_from(timeout=5)
+    assert reply == {"type": "error", "message": "Quản trị viên đã tắt trò chuyện AI."}
+    await communicator.disconnect()
+
+
+def test_allauths_own_pages_render_under_vietnamese(client, db):
+    # django-allauth 65.22 ships no Vietnamese catalogue: its pages render, in English, on
+    # our layout, which is itself in Vietnamese.
+    page = client.get("/accounts/password/reset/", **VI)
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert '<html lang="vi">' in body and "Password Reset" in body
