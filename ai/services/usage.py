@@ -191,12 +191,12 @@ def _rebuild_start(state: RollupState) -> datetime | None:
     if first is None:
         return state.pruned_before
     start = _day(first)
-    if state.rebuilt_at is None and state.pruned_before is None:
-        # The first run after an upgrade: rollups of the first day may have been made
-        # when more of its events were there (pruning cut days mid-way). Keep them.
-        if UsageRollup.objects.filter(bucket_start__lt=start + DAY).exists():
-            start += DAY
-            state.pruned_before = start
+    # The first run after an upgrade: rollups of the first day may have been made when
+    # more of its events were there (pruning used to cut days mid-way). Keep them.
+    is_upgrade = state.rebuilt_at is None and state.pruned_before is None
+    if is_upgrade and UsageRollup.objects.filter(bucket_start__lt=start + DAY).exists():
+        start += DAY
+        state.pruned_before = start
     return start
 
 
