@@ -302,3 +302,20 @@ def test_an_insert_committed_late_by_another_connection_is_counted_on_postgresql
     assert low_id < high.pk
     assert UsageRollup.objects.get(period=RollupPeriod.HOUR).requests == 2
     assert UsageRollup.objects.get(period=RollupPeriod.DAY).requests == 2
+
+
+def test_prune_deletes_in_statements_of_at_most_one_batch(settings):
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    settings.USAGE_RETENTION_DAYS = 2
+    _add(*(_event(NOW - timedelta(days=4, minutes=m)) for m in range(5)))
+    usage_rollup(now=NOW)
+
+    with CaptureQueriesContext(db) as queries:
+        assert usage_prune(now=NOW, batch_size=2) == 5
+
+    table = UsageEvent._meta.db_table
+    deletes = [q["sql"] for q in queries if q["sql"].startswith(f'DELETE FROM "{table}"')]
+    assert len(deletes) == 3  # 2 + 2 + 1 rows: no statement holds more than a batch
+    assert not UsageEvent.objects.exists()
