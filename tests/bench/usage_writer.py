@@ -170,8 +170,14 @@ def bench_prune(days: int, per_day: int, vacuum: bool) -> None:
             "TRUNCATE ai_usageevent, ai_usagerollup, ai_usagesample, ai_rollupstate RESTART IDENTITY"
         )
     base = datetime(2026, 1, 1, tzinfo=UTC)
-    mode = "plain VACUUM after each prune" if vacuum else "no explicit VACUUM (autovacuum only)"
-    print(f"prune: {days} days of {per_day:,} events, retention 3 days, {mode}")
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        autovacuum = cursor.fetchone()[0]
+    mode = "a plain VACUUM after each prune" if vacuum else "no VACUUM of its own"
+    print(
+        f"prune: {days} days of {per_day:,} events, retention 3 days, {mode}, "
+        f"the server's autovacuum {autovacuum}"
+    )
     with override_settings(USAGE_RETENTION_DAYS=3):
         for day in range(days):
             start = base + timedelta(days=day)
