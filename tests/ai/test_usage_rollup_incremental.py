@@ -269,6 +269,16 @@ def test_the_beat_task_can_rebuild():
     assert UsageRollup.objects.filter(period=RollupPeriod.HOUR).count() == 1
 
 
+# An event inserted by another connection, in a transaction left open.
+_SLOW_INSERT = (
+    f"INSERT INTO {UsageEvent._meta.db_table} (created_at, request_id, route, status,"
+    " is_stream, prompt_tokens, completion_tokens, cache_read_tokens, cache_write_tokens,"
+    " reasoning_tokens, images, is_estimated, cost, latency_ms, attempts, error,"
+    " model_name, user_id, model_id) VALUES (%s, 'req_slow', 'chat.completions', 'ok',"
+    " false, 1, 1, 0, 0, 0, 0, false, 0, 5, 1, '', '', 1, 1) RETURNING id"
+)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_insert_committed_late_by_another_connection_is_counted_on_postgresql():
     if connection.vendor != "postgresql":
@@ -284,14 +294,7 @@ def test_an_insert_committed_late_by_another_connection_is_counted_on_postgresql
         password=db["PASSWORD"] or None,
         dbname=db["NAME"],
     ) as other:
-        low_id = other.execute(
-            f"INSERT INTO {UsageEvent._meta.db_table} (created_at, request_id, route, status,"
-            " is_stream, prompt_tokens, completion_tokens, cache_read_tokens, cache_write_tokens,"
-            " reasoning_tokens, images, is_estimated, cost, latency_ms, attempts, error,"
-            " model_name, user_id, model_id) VALUES (%s, 'req_slow', 'chat.completions', 'ok',"
-            " false, 1, 1, 0, 0, 0, 0, false, 0, 5, 1, '', '', 1, 1) RETURNING id",
-            (NOW + timedelta(minutes=1),),
-        ).fetchone()[0]
+        low_id = other.execute(_SLOW_INSERT, (NOW + timedelta(minutes=1),)).fetchone()[0]
         high = _add(_event(NOW + timedelta(minutes=2)))  # committed first, with a higher id
         usage_rollup(now=NOW + timedelta(minutes=3))
         assert UsageRollup.objects.get(period=RollupPeriod.HOUR).requests == 1
@@ -319,3 +322,40 @@ def test_prune_deletes_in_statements_of_at_most_one_batch(settings):
     deletes = [q["sql"] for q in queries if q["sql"].startswith(f'DELETE FROM "{table}"')]
     assert len(deletes) == 3  # 2 + 2 + 1 rows: no statement holds more than a batch
     assert not UsageEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rebuild_waits_for_open_inserts_before_it_sets_its_watermark_on_postgresql():
+    if connection.vendor != "postgresql":
+        pytest.skip("issue 19: the rebuild's table lock is PostgreSQL's (set DATABASE_URL)")
+    import threading
+
+    import psycopg
+    from django.db import connections
+
+    db = connection.settings_dict
+    with psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        dbname=db["NAME"],
+    ) as other:
+        other.execute(_SLOW_INSERT, (NOW + timedelta(minutes=1),))  # drawn, not committed
+        high = _add(_event(NOW + timedelta(minutes=2)))
+
+        def rebuild():
+            try:
+                usage_rollup(now=NOW + timedelta(minutes=3), rebuild=True)
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=rebuild)
+        thread.start()
+        thread.join(timeout=0.5)
+        assert thread.is_alive()  # held back by the open insert
+        other.commit()
+        thread.join(timeout=30)
+
+    assert RollupState.objects.get().rolled_id == high.pk  # every id below it is counted
+    assert UsageRollup.objects.get(period=RollupPeriod.HOUR).requests == 2
