@@ -86,7 +86,11 @@ def usage_rollup(*, now: datetime | None = None, rebuild: bool = False) -> int:
     with transaction.atomic():
         # One run at a time, whichever worker it is on: the state row is the lock.
         RollupState.objects.get_or_create(pk=1)
-        state = RollupState.objects.select_for_update().get(pk=1)
+        state = RollupState.objects.select_for_update(skip_locked=True).filter(pk=1).first()
+        if state is None:
+            # Another run is under way (a rebuild can take minutes): rather than hold
+            # a worker waiting for it, leave what arrives meanwhile to the next run.
+            return 0
         if state.rebuilt_at is None or rebuild:
             written = _rebuild(state, now, committed if committed is not None else _max_id())
         else:
@@ -436,9 +440,13 @@ def usage_prune(*, now: datetime | None = None, batch_size: int = 5000) -> int:
     now = now or timezone.now()
     cutoff = _day(now - timedelta(days=settings.USAGE_RETENTION_DAYS))
     with transaction.atomic():
-        state = RollupState.objects.select_for_update().filter(rebuilt_at__isnull=False).first()
+        state = (
+            RollupState.objects.select_for_update(skip_locked=True)
+            .filter(rebuilt_at__isnull=False)
+            .first()
+        )
         if state is None:
-            return 0
+            return 0  # never rolled up, or a run is under way: the next prune deletes
         if state.pruned_before is None or state.pruned_before < cutoff:
             state.pruned_before = cutoff
             state.save(update_fields=["pruned_before"])

@@ -359,3 +359,29 @@ def test_a_rebuild_waits_for_open_inserts_before_it_sets_its_watermark_on_postgr
 
     assert RollupState.objects.get().rolled_id == high.pk  # every id below it is counted
     assert UsageRollup.objects.get(period=RollupPeriod.HOUR).requests == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_while_another_holds_the_lock_returns_at_once_on_postgresql(settings):
+    if connection.vendor != "postgresql":
+        pytest.skip("issue 19: row locks are PostgreSQL's (set DATABASE_URL)")
+    import psycopg
+
+    settings.USAGE_RETENTION_DAYS = 2
+    usage_rollup(now=NOW)
+    _add(_event(NOW + timedelta(minutes=1)), _event(NOW - timedelta(days=5)))
+    db = connection.settings_dict
+    with psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        dbname=db["NAME"],
+    ) as other:
+        other.execute(f"SELECT * FROM {RollupState._meta.db_table} FOR UPDATE")  # a long run
+
+        assert usage_rollup(now=NOW + timedelta(minutes=2)) == 0
+        assert usage_prune(now=NOW + timedelta(minutes=2)) == 0
+
+    assert usage_rollup(now=NOW + timedelta(minutes=3)) == 2  # the next run catches up
+    assert UsageEvent.objects.count() == 2
