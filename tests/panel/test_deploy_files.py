@@ -7,6 +7,7 @@ Specification's schema (vendored in tests/reference/) and checked for its topolo
 docker-compose and HAProxy, which `make test` installs, check it again for real."""
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -388,11 +389,12 @@ def _local_haproxy_config(tmp_path: Path, *, listen: int, backend: int) -> Path:
     return config
 
 
-def _replica(release: asyncio.Event) -> web.Application:
-    """A stand-in web replica: /readyz, an SSE stream that waits for the client, a WebSocket."""
+def _replica(release: asyncio.Event, *, alive: bool = True) -> web.Application:
+    """A stand-in web replica: /healthz, an SSE stream that waits for the client, a WebSocket."""
 
-    async def readyz(request):
-        return web.json_response({"ready": True})
+    async def healthz(request):
+        assert request.headers["Host"] == "localhost"
+        return web.json_response({"status": "ok"}, status=200 if alive else 503)
 
     async def stream(request):
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -413,7 +415,7 @@ def _replica(release: asyncio.Event) -> web.Application:
         return ws
 
     app = web.Application()
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/stream", stream)
     app.router.add_get("/ws/chat/", socket)
     return app
@@ -430,9 +432,11 @@ async def _wait_for_port(port: int) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-async def test_load_balancer_streams_sse_unbuffered_and_upgrades_websockets(tmp_path):
-    haproxy, release = _haproxy(), asyncio.Event()
-    runner = web.AppRunner(_replica(release))
+@contextlib.asynccontextmanager
+async def _load_balanced(tmp_path: Path, replica: web.Application):
+    """docker/haproxy.cfg's HAProxy on loopback in front of `replica`: a client session to it."""
+    haproxy = _haproxy()
+    runner = web.AppRunner(replica)
     await runner.setup()
     backend, listen = free_port(), free_port()
     await web.TCPSite(runner, "127.0.0.1", backend).start()
@@ -443,18 +447,37 @@ async def test_load_balancer_streams_sse_unbuffered_and_upgrades_websockets(tmp_
     try:
         await _wait_for_port(listen)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{listen}") as session:
-            headers = {"X-Forwarded-Proto": "https"}
-            async with session.get("/v1/stream", headers=headers) as response:
-                assert response.status == 200
-                assert response.headers["X-Seen-Proto"] == "http"  # a client's claim overwritten
-                first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), timeout=5)
-                assert first == b"data: first\n\n"
-                release.set()
-                assert await response.content.read() == b"data: [DONE]\n\n"
-            async with session.ws_connect("/ws/chat/") as ws:
-                await ws.send_str("hello")
-                assert (await ws.receive(timeout=5)).data == "echo hello"
+            yield session
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), timeout=10)
         await runner.cleanup()
+
+
+async def test_load_balancer_streams_sse_unbuffered_and_upgrades_websockets(tmp_path):
+    release = asyncio.Event()
+    async with _load_balanced(tmp_path, _replica(release)) as session:
+        headers = {"X-Forwarded-Proto": "https"}
+        async with session.get("/v1/stream", headers=headers) as response:
+            assert response.status == 200
+            assert response.headers["X-Seen-Proto"] == "http"  # a client's claim overwritten
+            first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), timeout=5)
+            assert first == b"data: first\n\n"
+            release.set()
+            assert await response.content.read() == b"data: [DONE]\n\n"
+        async with session.ws_connect("/ws/chat/") as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=5)).data == "echo hello"
+
+
+async def test_load_balancer_stops_sending_requests_to_a_replica_that_fails_its_check(tmp_path):
+    async with _load_balanced(tmp_path, _replica(asyncio.Event(), alive=False)) as session:
+        # Two failed checks 3 s apart take it out; then HAProxy answers 503 itself.
+        for _ in range(150):
+            async with session.get("/v1/models") as response:
+                status, body = response.status, await response.text()
+            if status == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 503
+        assert "No server is available" in body
