@@ -261,9 +261,29 @@ def test_the_home_lists_open_breakers_from_the_shared_state(staff_client, shared
     breakers = html.split('id="open-breakers"')[1].split("</table>")[0]
     assert "cooling-upstream" in breakers and "open" in breakers
     assert "quiet-upstream" not in breakers
+    assert "(all replicas (Redis))" in breakers
 
 
-def test_the_home_says_breakers_are_per_process_without_redis(staff_client, settings):
-    settings.REDIS_URL = ""
+def test_the_home_says_when_redis_is_unreachable_for_breakers(staff_client, shared_breakers):  # noqa: F811
+    shared_breakers.down = True
     html = staff_client.get(reverse("admin:index")).content.decode()
-    assert "Kept per process without Redis" in html.split('id="open-breakers"')[1]
+    breakers = html.split('id="open-breakers"')[1].split("</table>")[0]
+    assert "(unknown)" in breakers and "Redis is unreachable" in breakers
+
+
+def test_the_home_lists_this_processs_open_breakers_without_redis(staff_client, settings):
+    import time
+
+    from ai.gateway import router
+
+    settings.REDIS_URL = ""
+    cooling = UpstreamFactory(name="cooling-upstream")
+    UpstreamFactory(name="quiet-upstream")
+    router.breaker.open_until[cooling.pk] = time.time() + 60
+
+    html = staff_client.get(reverse("admin:index")).content.decode()
+
+    breakers = html.split('id="open-breakers"')[1].split("</table>")[0]
+    assert "(this process)" in breakers
+    assert "cooling-upstream" in breakers and "open" in breakers
+    assert "quiet-upstream" not in breakers
