@@ -467,6 +467,15 @@ def topology(request, settings):
     return router.SCOPE_SHARED
 
 
+BREAKER_GAUGE = 'switchboard_upstream_breaker_open{upstream="ha-0"}'
+
+
+def _scrape(gateway) -> str:
+    """This process's /metrics (the gauge of the breakers it keeps)."""
+    response = httpx.get(f"{gateway.url}/metrics", headers={"Authorization": "Bearer scrape-me"})
+    return response.text
+
+
 def _gateway_chat(gateway, model: str) -> httpx.Response:
     """alice's chat request to the gateway of ``gateway`` (the ``world`` fixture)."""
     return httpx.post(
@@ -489,6 +498,7 @@ def test_a_breaker_tripped_by_the_gateway_is_shown_and_closed_from_the_admin(
 ):
     settings.GATEWAY_BREAKER_THRESHOLD = 2
     settings.GATEWAY_BREAKER_COOLDOWN = 300
+    settings.METRICS_TOKEN = "scrape-me"
     make_model(
         "ha", owner=acme, base_urls=[fake_upstream.base_url(status=500), fake_upstream.base_url()]
     )
@@ -507,6 +517,7 @@ def test_a_breaker_tripped_by_the_gateway_is_shown_and_closed_from_the_admin(
     home = staff.get(reverse("admin:index")).text.split('id="open-breakers"')[1]
     assert f"({topology})" in home
     assert re.search(r">ha / ha-0</a></th><td[^>]*>open<", home.split("</table>")[0])
+    assert f"{BREAKER_GAUGE} 1.0" in _scrape(world)
     # While it is open the gateway keeps away from the primary.
     assert _gateway_chat(world, "ha").headers["x-switchboard-upstream"] == "ha-1"
 
@@ -521,6 +532,7 @@ def test_a_breaker_tripped_by_the_gateway_is_shown_and_closed_from_the_admin(
     assert "Closed the breaker of ha / ha-0" in closed
     assert "✓ closed" in _row(closed, "ha-0")
     assert not router.breaker.is_open(primary.pk)
+    assert f"{BREAKER_GAUGE} 0.0" in _scrape(world)
 
     response = _gateway_chat(world, "ha")
     assert response.status_code == 200 and response.headers["x-switchboard-upstream"] == "ha-0"
