@@ -289,7 +289,8 @@ class UpstreamAdmin(admin.ModelAdmin):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # The shared breaker state, read once per list page (by the thread rendering it).
+        # The breaker state (shared, or this process's), read once per list page by the
+        # thread rendering it.
         self._page = threading.local()
 
     def get_queryset(self, request):
