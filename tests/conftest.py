@@ -55,6 +55,17 @@ def assert_fixed_queries(django_assert_num_queries, django_capture_on_commit_cal
 
 
 @pytest.fixture
+def empty_cache():
+    """An empty cache, where allauth counts sign-in attempts (its rate limits) and keeps
+    the TOTP codes used; emptied again after the test, for the tests after it."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
 def alice(db):
     return UserFactory(username="alice")
 
