@@ -173,7 +173,12 @@ def make_linter():
 
     class RollingUpgradeLinter(MigrationLinter):
         def __init__(self) -> None:
-            super().__init__(include_apps=APPS, no_cache=True, all_warnings_as_errors=True)
+            super().__init__(
+                include_apps=APPS,
+                no_cache=True,
+                all_warnings_as_errors=True,
+                quiet=["ok", "ignore"],
+            )
             self.sql_analyser_class = analyser_class()
             self.failed: list[tuple[str, str]] = []
             self.stale: list[tuple[str, str]] = []
