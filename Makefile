@@ -24,11 +24,13 @@ run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py serve_embedded
 
-# The import-cycle check reads the project's own imports (function-local ones too).
+# The import-cycle check reads the project's own imports (function-local ones too); the
+# migration check fails on a migration that would break a rolling upgrade (README, Upgrading).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) tests/tools/import_cycles.py
+	$(PY) tests/tools/lint_migrations.py
 
 format: install
 	$(VENV)/bin/ruff check --fix .
