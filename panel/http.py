@@ -16,6 +16,7 @@ response), answering 408 when some of them had; and one whose body stalls for
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from asyncio import TimerHandle
 
@@ -55,10 +56,9 @@ def _send_without_delay(transport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return
-    try:
+    # A real Unix socket (--uds, --fd of one) refuses it: it has no Nagle to turn off.
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass  # a real Unix socket (--uds, --fd of one): there is no Nagle to turn off
 
 
 class TimeoutHttpToolsProtocol(HttpToolsProtocol):

@@ -63,9 +63,9 @@ def supervisord_config(topology: Topology) -> str:
         _section(
             "supervisord",
             nodaemon="true",
-            # supervisord's own lines and every child's go to serve_prod's stdout.
-            logfile="/dev/stdout",
-            logfile_maxbytes="0",
+            # In the foreground supervisord writes its lines to stdout as well as to this
+            # file (rotated); every child's lines go to stdout (below).
+            logfile=here / "logs" / "supervisord.log",
             pidfile=here / "supervisord.pid",
             childlogdir=here / "logs",
             identifier="switchboard",
