@@ -74,16 +74,33 @@ def _serve_prod(env: dict[str, str], *args: str, **popen) -> subprocess.Popen:
     ],
 )
 def test_it_refuses_to_start_without_postgresql_and_redis(tmp_path, variables, missing):
-    process = _serve_prod(
-        _environment(tmp_path, **variables), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    line = _refusal(_environment(tmp_path, **variables))
+    assert line.startswith("CommandError: serve_prod needs ")
+    assert missing in line
+    assert not (tmp_path / "prod").exists()
+
+
+def _refusal(env: dict[str, str], *args: str) -> str:
+    """serve_prod's one-line refusal (exit 2, nothing on stdout, no traceback)."""
+    process = _serve_prod(env, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 2
+    assert process.returncode == 2, err.decode()
     assert out == b""
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1, err.decode()
-    assert lines[0].startswith("CommandError: serve_prod needs ")
-    assert missing in lines[0]
+    return lines[0]
+
+
+def test_it_refuses_a_port_that_something_else_listens_on(tmp_path):
+    env = _environment(
+        tmp_path,
+        DATABASE_URL="postgres://nobody@127.0.0.1:1/none",
+        REDIS_URL="redis://127.0.0.1:1/0",
+    )
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        line = _refusal(env, "--port", str(port))
+    assert line == f"CommandError: Cannot listen on 127.0.0.1:{port}: Address already in use."
     assert not (tmp_path / "prod").exists()
 
 
@@ -286,6 +303,13 @@ def test_it_runs_web_workers_beat_and_the_agent_until_sigterm(tmp_path):
             "the usage event",
         )
         assert usage == [("demo-chat", "ok", 200)]
+
+        # A second serve_prod on the same DATA_DIR is refused, and this one carries on.
+        config = (tmp_path / "prod" / "supervisord.conf").read_text()
+        line = _refusal(env, "--port", str(free_port()))
+        assert "serve_prod already runs with this DATA_DIR" in line
+        assert (tmp_path / "prod" / "supervisord.conf").read_text() == config
+        assert _supervised(env) == programs
 
         # Beat schedules the heartbeat every second and a worker runs it.
         def alive():
