@@ -65,6 +65,17 @@ def _serve_prod(env: dict[str, str], *args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, env=env, **popen)
 
 
+def _refusal(env: dict[str, str], *args: str) -> str:
+    """serve_prod's one-line refusal (exit 2, nothing on stdout, no traceback)."""
+    process = _serve_prod(env, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err.decode()
+    assert out == b""
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1, err.decode()
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     ("variables", "missing"),
     [
@@ -78,17 +89,6 @@ def test_it_refuses_to_start_without_postgresql_and_redis(tmp_path, variables, m
     assert line.startswith("CommandError: serve_prod needs ")
     assert missing in line
     assert not (tmp_path / "prod").exists()
-
-
-def _refusal(env: dict[str, str], *args: str) -> str:
-    """serve_prod's one-line refusal (exit 2, nothing on stdout, no traceback)."""
-    process = _serve_prod(env, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 2, err.decode()
-    assert out == b""
-    lines = err.decode().strip().splitlines()
-    assert len(lines) == 1, err.decode()
-    return lines[0]
 
 
 def test_it_refuses_a_port_that_something_else_listens_on(tmp_path):
