@@ -333,12 +333,35 @@ def test_it_runs_web_workers_beat_and_the_agent_until_sigterm(tmp_path):
         assert _answering_pid(port, {restarted, programs["web:web-1"]})
         assert wait_for(lambda: _ready(base), 30, "/readyz after the restart")
 
-        # SIGTERM: every child stops, then serve_prod exits 0.
+        # SIGTERM while a stream is in flight: the web process relays it to its end, then
+        # every child stops and serve_prod exits 0.
         found = descendants(process.pid)
-        process.send_signal(signal.SIGTERM)
+        with httpx.stream(
+            "POST",
+            f"{base}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={
+                "model": "demo-chat",
+                "stream": True,
+                "messages": [{"role": "user", "content": "Hello"}],
+                "fake_upstream": {"chunk_delay_ms": 200, "tokens": 10},
+            },
+            timeout=60,
+        ) as stream:
+            assert stream.status_code == 200
+            chunks = stream.iter_text()
+            relayed = next(chunks)
+            process.send_signal(signal.SIGTERM)
+            relayed += "".join(chunks)
+        assert relayed.rstrip().endswith("data: [DONE]"), relayed
         assert process.wait(timeout=120) == 0, log_path.read_text()
         wait_for(lambda: not still_running(found), 10, "every child of serve_prod to exit")
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0
+        # The stream's usage was written before its web process stopped.
+        assert query("SELECT is_stream, status FROM ai_usageevent ORDER BY created_at") == [
+            (False, "ok"),
+            (True, "ok"),
+        ]
         log = log_path.read_text()
         assert "Traceback" not in log, log
