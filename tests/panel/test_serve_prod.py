@@ -247,6 +247,9 @@ def test_it_runs_web_workers_beat_and_the_agent_until_sigterm(tmp_path):
             "database": True,
             "redis": True,
         }
+        # Static files and pages without collectstatic, as with DEBUG off in production.
+        assert httpx.get(f"{base}/static/admin/css/base.css").status_code == 200
+        assert httpx.get(f"{base}/accounts/login/").status_code == 200
         programs = wait_for(
             lambda: (found := _supervised(env)) and all(found.values()) and found,
             60,
