@@ -3,6 +3,7 @@
 import contextlib
 
 import pytest
+from django.utils import translation
 
 from orgs.models import Role
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
@@ -11,6 +12,15 @@ from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def default_language():
+    """Each test ends in the default language: a request in Vietnamese leaves it active in
+    the thread (LocaleMiddleware activates a language; nothing deactivates it), and the
+    next test's gettext outside a request would speak it."""
+    yield
+    translation.deactivate()
 
 
 class Clock:
