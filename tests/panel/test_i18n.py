@@ -277,3 +277,12 @@ def test_the_invitation_mail_stays_english_from_a_vietnamese_page(as_alice, acme
 def test_translatable_choice_labels_need_no_migration(db):
     # Lazy labels equal to the old strings: makemigrations sees no change (it exits 1 if any).
     call_command("makemigrations", "accounts", "orgs", check=True, dry_run=True, verbosity=0)
+
+
+def test_the_usage_charts_name_their_series_through_the_javascript_catalog(as_alice, client):
+    page = as_alice.get("/accounts/usage/", **VI).content.decode()
+    assert page.index('src="/jsi18n/"') < page.index("accounts/usage.js")
+    script = (Path(settings.BASE_DIR) / "static" / "accounts" / "usage.js").read_text()
+    assert 'gettext("requests")' in script and 'gettext("cost")' in script
+    catalog = as_alice.get("/jsi18n/", **VI).content.decode()
+    assert '"requests": "y\\u00eau c\\u1ea7u"' in catalog or '"requests": "yêu cầu"' in catalog
