@@ -4,7 +4,8 @@ django-allauth 65.22 ships no Vietnamese catalogue; ours (locale/vi) carries the
 templates, forms, flash messages and mails use on the pages we render. Each page is opened
 the way a person reaches it, under Vietnamese (the language cookie or Accept-Language), and
 checked twice: it shows Vietnamese and none of its English, and no text looked up while
-rendering it (template, form, message, mail) was missing from the Vietnamese catalogues.
+rendering it (template, form, message, mail) was missing from the Vietnamese catalogues
+(the ``untranslated`` fixture, tests/conftest.py).
 """
 
 import re
@@ -14,8 +15,6 @@ from allauth.mfa.models import Authenticator
 from django.conf import settings
 from django.core import mail
 from django.core.cache import cache
-from django.utils import translation
-from django.utils.translation import trans_real
 
 from accounts.services import user_email_vouch
 from panel.models import SiteSettings
@@ -52,39 +51,6 @@ def alice(alice):
 def signed_in(client, alice):
     assert sign_in(client, "alice").status_code == 302
     return client
-
-
-@pytest.fixture
-def untranslated(monkeypatch):
-    """The texts looked up under Vietnamese that no Vietnamese catalogue (ours, Django's)
-    translates: every gettext call of a template tag, a lazy label, a message or a mail.
-    The language selector's names are left out: each is shown in its own language."""
-    catalog = trans_real.translation("vi")._catalog
-    autonyms = {name for _, name in settings.LANGUAGES}
-    missing = []
-    keys = {
-        "gettext": lambda message: message,
-        "pgettext": lambda context, message: f"{context}\x04{message}",
-        "ngettext": lambda singular, plural, number: (singular, 0),
-        "npgettext": lambda context, singular, plural, number: (f"{context}\x04{singular}", 0),
-    }
-    for name, key_of in keys.items():
-        real = getattr(translation._trans, name)
-
-        def watched(*args, real=real, key_of=key_of):
-            key = key_of(*args)
-            if (
-                translation.get_language() == "vi"
-                and key
-                and key[0]
-                and key not in catalog
-                and key not in autonyms
-            ):
-                missing.append(args)
-            return real(*args)
-
-        monkeypatch.setattr(translation._trans, name, watched)
-    return missing
 
 
 def text(response) -> str:

@@ -286,3 +286,27 @@ def test_the_usage_charts_name_their_series_through_the_javascript_catalog(as_al
     assert 'gettext("requests")' in script and 'gettext("cost")' in script
     catalog = as_alice.get("/jsi18n/", **VI).content.decode()
     assert '"requests": "y\\u00eau c\\u1ea7u"' in catalog or '"requests": "yêu cầu"' in catalog
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/chat/",
+        "/accounts/",
+        "/accounts/keys/",
+        "/accounts/usage/",
+        "/accounts/quota/",
+        "/accounts/wallet/",
+        "/accounts/orgs/",
+        "/accounts/orgs/acme/",
+    ],
+)
+def test_the_account_and_organisation_pages_look_up_no_untranslated_text(
+    as_alice,
+    acme_with_wallet,
+    untranslated,
+    path,
+):
+    page = as_alice.get(path, **VI)
+    assert page.status_code == 200 and '<html lang="vi">' in page.content.decode()
+    assert untranslated == []
