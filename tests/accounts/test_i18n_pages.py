@@ -12,7 +12,9 @@ import re
 
 import pytest
 from allauth.mfa.models import Authenticator
+from allauth.socialaccount.models import SocialApp
 from django.conf import settings
+from django.contrib.sites.models import Site
 from django.core import mail
 from django.core.cache import cache
 
@@ -81,6 +83,21 @@ def test_the_sign_in_page_and_its_refusal_are_in_vietnamese(client, alice, untra
     assert untranslated == []
 
 
+def test_the_sign_in_pages_sso_part_is_in_vietnamese(client, untranslated):
+    app = SocialApp.objects.create(
+        provider="openid_connect",
+        provider_id="company-idp",
+        name="Company IdP",
+        client_id="switchboard",
+        settings={"server_url": "https://idp.example.com"},
+    )
+    app.sites.add(Site.objects.get_current())
+    page = client.get("/accounts/login/")
+    check(page, vietnamese=["Hoặc dùng dịch vụ bên ngoài"], english=["Or use a third-party"])
+    assert "Company IdP" in page.content.decode()
+    assert untranslated == []
+
+
 def test_closed_sign_up_is_in_vietnamese(client, untranslated):
     page = client.get("/accounts/signup/", **VI)
     check(
@@ -97,7 +114,7 @@ NEW = {
 }
 
 
-def test_sign_up_its_refusals_and_the_verification_page_are_in_vietnamese(
+def test_sign_up_its_refusals_its_mail_and_the_verification_page_are_in_vietnamese(
     client, alice, untranslated
 ):
     SiteSettings.objects.update_or_create(pk=1, defaults={"allow_signup": True})
@@ -121,6 +138,8 @@ def test_sign_up_its_refusals_and_the_verification_page_are_in_vietnamese(
         english=["Confirm your e-mail", "must be confirmed"],
     )
     assert mail.outbox[-1].to == ["dana@example.com"]
+    assert "Vui lòng xác nhận địa chỉ e-mail của bạn" in mail.outbox[-1].subject
+    assert "Bạn nhận được thư này vì người dùng dana" in mail.outbox[-1].body
     confirm = client.get(link_in_last_mail("dana@example.com"))
     check(
         confirm,
@@ -143,7 +162,7 @@ def test_signing_out_is_in_vietnamese(signed_in, untranslated):
 # --- Password reset and change --------------------------------------------------------------
 
 
-def test_password_reset_and_its_pages_are_in_vietnamese(client, alice, untranslated):
+def test_password_reset_its_pages_and_its_mail_are_in_vietnamese(client, alice, untranslated):
     page = client.get("/accounts/password/reset/")
     check(
         page,
@@ -160,6 +179,8 @@ def test_password_reset_and_its_pages_are_in_vietnamese(client, alice, untransla
     check(
         done, vietnamese=["thư mục thư rác"], english=["We have sent you an email", "spam folder"]
     )
+    assert "Thư đặt lại mật khẩu" in mail.outbox[-1].subject
+    assert "yêu cầu đặt lại mật khẩu" in mail.outbox[-1].body
     opened = client.get(link_in_last_mail("alice@example.com"), follow=True)
     check(
         opened,
