@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install run test lint format bench bench-scheduling clean browser
+.PHONY: install run run-prod test lint format bench bench-scheduling clean browser deploy-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,19 @@ run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py serve_embedded
 
-# The import-cycle check reads the project's own imports (function-local ones too).
+# The production topology on this machine, under supervisord (README, "Production on one
+# machine"): DATABASE_URL (PostgreSQL), REDIS_URL, SECRET_KEY and FIELD_ENCRYPTION_KEY come
+# from the environment or .env; DEBUG stays off.
+run-prod: install
+	$(PY) manage.py serve_prod
+
+# The import-cycle check reads the project's own imports (function-local ones too); the
+# migration check fails on a migration that would break a rolling upgrade (README, Upgrading).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) tests/tools/import_cycles.py
+	$(PY) tests/tools/lint_migrations.py
 
 format: install
 	$(VENV)/bin/ruff check --fix .
@@ -38,8 +46,14 @@ format: install
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# The deployment files' tests (tests/panel/test_deploy_files.py) check docker/ with Debian's
+# docker-compose (`config`; no Docker daemon needed) and HAProxy (`-c`, and on loopback).
+deploy-tools:
+	@(command -v docker-compose >/dev/null && test -x /usr/sbin/haproxy) || \
+	  (apt-get update -qq && apt-get install -y -qq docker-compose haproxy >/dev/null)
+
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
-test: lint browser
+test: lint browser deploy-tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

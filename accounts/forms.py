@@ -88,7 +88,7 @@ class KeyCreateForm(forms.Form):
     def clean_expires_at(self):
         moment = self.cleaned_data["expires_at"]
         if moment is not None and moment <= timezone.now():
-            raise forms.ValidationError("Must be in the future.")
+            raise forms.ValidationError(_("Must be in the future."))
         return moment
 
 

@@ -7,12 +7,13 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 
 class Tier(models.TextChoices):
-    FREE = "free", "Free"
-    PAID = "paid", "Paid"
-    ENTERPRISE = "enterprise", "Enterprise"
+    FREE = "free", _("Free")
+    PAID = "paid", _("Paid")
+    ENTERPRISE = "enterprise", _("Enterprise")
 
 
 TIER_RANK = {Tier.FREE: 0, Tier.PAID: 1, Tier.ENTERPRISE: 2}
@@ -28,9 +29,9 @@ class User(AbstractUser):
 
 
 class Permission(models.TextChoices):
-    READ = "read", "Read (list models, usage)"
-    PROXY = "proxy", "Proxy (call models)"
-    MANAGE = "manage", "Manage (management API)"
+    READ = "read", _("Read (list models, usage)")
+    PROXY = "proxy", _("Proxy (call models)")
+    MANAGE = "manage", _("Manage (management API)")
 
 
 # What apikey_generate issues: "sb-" and token_urlsafe(32), 43 url-safe characters.

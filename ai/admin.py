@@ -4,8 +4,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Prefetch, Subquery
 
-from panel import redis as sb_redis
-
 from .admin_columns import (
     STATUS_CSS,
     RecentUsageColumns,
@@ -291,7 +289,8 @@ class UpstreamAdmin(admin.ModelAdmin):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # The shared breaker state, read once per list page (by the thread rendering it).
+        # The breaker state (shared, or this process's), read once per list page by the
+        # thread rendering it.
         self._page = threading.local()
 
     def get_queryset(self, request):
@@ -303,9 +302,15 @@ class UpstreamAdmin(admin.ModelAdmin):
         )
 
     def changelist_view(self, request, extra_context=None):
-        self._page.breakers = router.shared_breakers()
+        states = router.breakers_read()
+        self._page.breakers = states
+        context = {
+            "breaker_scope": states.scope if states else None,
+            "breakers_per_process": bool(states) and states.scope == router.SCOPE_PROCESS,
+            **(extra_context or {}),
+        }
         try:
-            response = super().changelist_view(request, extra_context)
+            response = super().changelist_view(request, context)
             if hasattr(response, "render"):
                 response.render()
             return response
@@ -328,20 +333,17 @@ class UpstreamAdmin(admin.ModelAdmin):
 
     @admin.display(description="breaker")
     def breaker(self, obj):
-        """The breaker as every gateway process sees it in the shared store (Redis)."""
-        shared = getattr(self._page, "breakers", None)
-        if shared is None:
-            if sb_redis.is_configured():
-                return status_badge("unknown", "?", "unknown (Redis unreachable)")
-            return status_badge("per-process", "–", "per process")
-        open_until, failures = shared
+        """The breaker as the gateway sees it: shared (Redis), else in this process."""
+        states = getattr(self._page, "breakers", None)
+        if states is None:
+            return status_badge("unknown", "?", "unknown (Redis unreachable)")
         health = upstream_health(obj)
         probed_ok = obj.last_checked_at and HealthStatus.is_serving(health)
         state = router.breaker_state(
-            open_until.get(obj.pk),
+            states.open_until.get(obj.pk),
             probed_ok_at=obj.last_checked_at.timestamp() if probed_ok else None,
         )
-        count = failures.get(obj.pk, 0)
+        count = states.failures.get(obj.pk, 0)
         return breaker_badge(state, f"{count} failure{'s' if count != 1 else ''}" if count else "")
 
     @admin.display(description="last error")
@@ -368,27 +370,25 @@ class UpstreamAdmin(admin.ModelAdmin):
 
     @admin.action(description="Close breaker")
     def close_breaker(self, request, queryset):
-        """Close the selected upstreams' breakers in the shared store every gateway reads."""
-        names = [str(u) for u in queryset]
-        if router.shared_breakers_close(list(queryset.values_list("pk", flat=True))):
-            self.message_user(
-                request,
-                f"Closed the breaker of {', '.join(names)} for every gateway process.",
-                messages.SUCCESS,
-            )
-        elif sb_redis.is_configured():
+        """Close the selected upstreams' breakers where the gateway keeps them."""
+        upstreams = list(queryset.select_related("model"))
+        names = ", ".join(str(u) for u in upstreams)
+        scope = router.breakers_close(upstreams)
+        if scope is None:
             self.message_user(
                 request,
                 "Redis is unreachable: the breakers were not closed. Try again later.",
                 messages.ERROR,
             )
+        elif scope == router.SCOPE_SHARED:
+            message = f"Closed the breaker of {names} for every gateway process."
+            self.message_user(request, message, messages.SUCCESS)
         else:
-            self.message_user(
-                request,
-                "Without Redis each gateway process keeps its own breakers: they cannot be "
-                "closed from here. A successful check (Check now) closes them in every process.",
-                messages.WARNING,
+            message = (
+                f"Closed the breaker of {names} in this process (without Redis each web "
+                "process keeps its own; under make run it is the gateway's)."
             )
+            self.message_user(request, message, messages.SUCCESS)
 
 
 @admin.register(ModelLink)

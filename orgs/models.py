@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Tier
 
@@ -45,9 +46,9 @@ class Organisation(models.Model):
 
 
 class Role(models.TextChoices):
-    OWNER = "owner", "Owner"
-    ADMIN = "admin", "Admin"
-    MEMBER = "member", "Member"
+    OWNER = "owner", _("Owner")
+    ADMIN = "admin", _("Admin")
+    MEMBER = "member", _("Member")
 
 
 class Membership(models.Model):
@@ -148,10 +149,10 @@ class Wallet(models.Model):
 
 
 class LedgerKind(models.TextChoices):
-    TOPUP = "topup", "Top-up"
-    USAGE = "usage", "Usage charge"
-    REFUND = "refund", "Refund"
-    ADJUSTMENT = "adjustment", "Adjustment"
+    TOPUP = "topup", _("Top-up")
+    USAGE = "usage", _("Usage charge")
+    REFUND = "refund", _("Refund")
+    ADJUSTMENT = "adjustment", _("Adjustment")
 
 
 class LedgerEntry(models.Model):

@@ -2,7 +2,8 @@
 
 Tenancy: an organisation the user does not belong to is a 404 on every route; its admin
 parts are a 404 for a plain member too. Services enforce the role rules again and raise;
-their refusals come back as messages on the organisation's page.
+their refusals come back as messages on the organisation's page, in its language (the
+services mark theirs with gettext_noop).
 """
 
 from urllib.parse import urlencode
@@ -21,6 +22,7 @@ from panel.errors import ApiError
 
 from . import selectors, services
 from .forms import InvitationForm, RoleForm
+from .models import Role
 
 # What the inviter reads, whoever the address belongs to (or no one).
 INVITATION_SENT = gettext_noop(
@@ -63,8 +65,12 @@ def _context(request, organisation) -> dict:
     return {
         "section": "orgs",
         "organisation": organisation,
-        "role": selectors.organisation_role(request.user, organisation),
+        "role": _role_label(selectors.organisation_role(request.user, organisation)),
     }
+
+
+def _role_label(role: str | None) -> str | None:
+    return Role(role).label if role else None
 
 
 def _admin_context(request, organisation, invite_form=None) -> dict:
@@ -100,7 +106,7 @@ def invite(request, slug):
             absolute_uri=request.build_absolute_uri,
         )
     except ApiError as error:
-        messages.error(request, error.message)
+        messages.error(request, _(error.message))
     else:
         messages.success(request, _(INVITATION_SENT) % {"email": form.cleaned_data["email"]})
     return _back(organisation)
@@ -114,7 +120,7 @@ def invitation_revoke(request, slug, pk):
     try:
         services.invitation_revoke(invitation=invitation, by=request.user)
     except ApiError as error:
-        messages.error(request, error.message)
+        messages.error(request, _(error.message))
     else:
         messages.success(
             request, _("The invitation of %(email)s is revoked.") % {"email": invitation.email}
@@ -136,12 +142,15 @@ def member_role(request, slug, pk):
             membership=membership, role=form.cleaned_data["role"], by=request.user
         )
     except ApiError as error:
-        messages.error(request, error.message)
+        messages.error(request, _(error.message))
     else:
         messages.success(
             request,
             _("%(user)s is now %(role)s.")
-            % {"user": membership.user.username, "role": form.cleaned_data["role"]},
+            % {
+                "user": membership.user.username,
+                "role": Role(form.cleaned_data["role"]).label.lower(),
+            },
         )
     return _back(organisation)
 
@@ -157,7 +166,7 @@ def member_remove(request, slug, pk):
     try:
         services.membership_remove(membership=membership, by=request.user)
     except ApiError as error:
-        messages.error(request, error.message)
+        messages.error(request, _(error.message))
     else:
         messages.success(request, _("%(user)s was removed.") % {"user": membership.user.username})
     if membership.user_id == request.user.id and membership.pk is None:

@@ -2,13 +2,18 @@ from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
 
-def name_the_site(sender, using="default", **kwargs) -> None:
+def name_the_site(sender, using="default", apps=None, **kwargs) -> None:
     """The site's name in allauth's mails and pages is "Switchboard", not the
     "example.com" django.contrib.sites makes (after every migrate and test flush; sites
     comes first in INSTALLED_APPS, so its row exists by now). A name an operator set in
-    the admin is kept."""
-    from django.contrib.sites.models import Site
+    the admin is kept. A partial migrate (`migrate ai 0011`) that has not reached sites
+    yet has no Site in its state: nothing to name."""
+    from django.apps import apps as installed
 
+    try:
+        Site = (apps or installed).get_model("sites", "Site")
+    except LookupError:
+        return
     Site.objects.using(using).filter(pk=1, name="example.com").update(
         name="Switchboard", domain="localhost"
     )

@@ -355,7 +355,9 @@ USE_I18N = True
 # The pages people read (chat, account, sign-in) in English or Vietnamese: the browser's
 # Accept-Language, or the language chosen with the selector (Django's set_language view).
 LANGUAGES = [("en", "English"), ("vi", "Tiếng Việt")]
-LOCALE_PATHS = [BASE_DIR / "locale"]
+# locale/ is ours (makemessages); locale/vendor/ holds Vietnamese for the third-party msgids
+# those pages show (django-allauth ships no Vietnamese), kept by hand. The first path wins.
+LOCALE_PATHS = [BASE_DIR / "locale", BASE_DIR / "locale" / "vendor"]
 USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]

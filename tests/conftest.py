@@ -3,6 +3,9 @@
 import contextlib
 
 import pytest
+from django.conf import settings as django_settings
+from django.utils import translation
+from django.utils.translation import trans_real
 
 from orgs.models import Role
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
@@ -11,6 +14,48 @@ from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def default_language():
+    """Each test ends in the default language: a request in Vietnamese leaves it active in
+    the thread (LocaleMiddleware activates a language; nothing deactivates it), and the
+    next test's gettext outside a request would speak it."""
+    yield
+    translation.deactivate()
+
+
+@pytest.fixture
+def untranslated(monkeypatch):
+    """The texts looked up under Vietnamese that no Vietnamese catalogue (ours, Django's)
+    translates: every gettext call of a template tag, a lazy label, a message or a mail.
+    The language selector's names are left out: each is shown in its own language."""
+    catalog = trans_real.translation("vi")._catalog
+    autonyms = {name for _, name in django_settings.LANGUAGES}
+    missing = []
+    keys = {
+        "gettext": lambda message: message,
+        "pgettext": lambda context, message: f"{context}\x04{message}",
+        "ngettext": lambda singular, plural, number: (singular, 0),
+        "npgettext": lambda context, singular, plural, number: (f"{context}\x04{singular}", 0),
+    }
+    for name, key_of in keys.items():
+        real = getattr(translation._trans, name)
+
+        def watched(*args, real=real, key_of=key_of):
+            key = key_of(*args)
+            if (
+                translation.get_language() == "vi"
+                and key
+                and key[0]
+                and key not in catalog
+                and key not in autonyms
+            ):
+                missing.append(args)
+            return real(*args)
+
+        monkeypatch.setattr(translation._trans, name, watched)
+    return missing
 
 
 class Clock:
@@ -52,6 +97,17 @@ def assert_fixed_queries(django_assert_num_queries, django_capture_on_commit_cal
         assert 0 < lengths[0] < lengths[1] < lengths[2]
 
     return check
+
+
+@pytest.fixture
+def empty_cache():
+    """An empty cache, where allauth counts sign-in attempts (its rate limits) and keeps
+    the TOTP codes used; emptied again after the test, for the tests after it."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture

@@ -1,10 +1,14 @@
 """factory_boy factories for every model the suites create."""
 
+from datetime import timedelta
+from decimal import Decimal
+
 import factory
+from django.utils import timezone
 from factory.django import DjangoModelFactory
 
 from accounts.models import User
-from ai.models import AIModel, ModelLink, Upstream
+from ai.models import AIModel, ModelLink, Upstream, UsageEvent
 from orgs.models import Membership, Organisation, Role
 
 
@@ -60,3 +64,20 @@ class ModelLinkFactory(DjangoModelFactory):
         model = ModelLink
 
     model = factory.SubFactory(AIModelFactory)
+
+
+class UsageEventFactory(DjangoModelFactory):
+    """A chat request of five minutes ago that ended well: 10 prompt and 5 completion tokens."""
+
+    class Meta:
+        model = UsageEvent
+
+    created_at = factory.LazyFunction(lambda: timezone.now() - timedelta(minutes=5))
+    request_id = factory.Sequence(lambda n: f"req_factory_{n}")
+    user = factory.SubFactory(UserFactory)
+    model = factory.SubFactory(AIModelFactory)
+    route = "chat.completions"
+    status = "ok"
+    prompt_tokens = 10
+    completion_tokens = 5
+    cost = Decimal("0.10")

@@ -12,16 +12,20 @@ With Redis the state is shared by every process (hashes sb:breaker:fails and
 sb:breaker:open), read at most once a second per process; while Redis is
 unreachable each process keeps counting on its own.
 
-The admin reads and closes the shared state (``shared_breakers``,
-``breaker_state``, ``shared_breakers_close``); without Redis the state lives only
-in each gateway process and the admin cannot see it.
+The admin reads and closes the breakers through ``breakers_read``,
+``breaker_state`` and ``breakers_close``: with Redis the shared state of every
+replica; without, the breakers of the process serving the admin page, which in
+the embedded topology (``make run``: one uvicorn process) is the gateway's too.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import groupby
+from typing import Protocol
 
 from django.conf import settings
 
@@ -55,6 +59,13 @@ def candidates(model: ModelInfo) -> list[UpstreamInfo]:
             )
             (last_resort if avoid else preferred).append(upstream)
     return preferred + last_resort
+
+
+class Named(Protocol):
+    """An upstream as the breaker names it: an Upstream row or an UpstreamInfo."""
+
+    id: int
+    name: str
 
 
 class Breaker:
@@ -111,6 +122,21 @@ class Breaker:
             await _shared("hdel", FAILS_KEY, upstream_id)
             await _shared("hdel", OPEN_KEY, upstream_id)
 
+    def snapshot(self) -> tuple[dict[int, float], dict[int, int]]:
+        """Copies of this process's open-until times and failure counts, by upstream id.
+
+        Safe from another thread (the admin's): copying a dict keyed by ints is one
+        step under the GIL, so the gateway's loop never sees it half done.
+        """
+        return dict(self.open_until), dict(self.failures)
+
+    def close(self, upstreams: Iterable[Named]) -> None:
+        """Close the upstreams' breakers in this process (from any thread: each pop is one step)."""
+        for upstream in upstreams:
+            self.failures.pop(upstream.id, None)
+            if self.open_until.pop(upstream.id, None) is not None:
+                BREAKER_OPEN.labels(upstream.name).set(0)
+
     def reset(self) -> None:
         self.failures.clear()
         self.open_until.clear()
@@ -158,7 +184,7 @@ def breaker_state(
     return BREAKER_HALF_OPEN
 
 
-def shared_breakers() -> tuple[dict[int, float], dict[int, int]] | None:
+def _shared_breakers() -> tuple[dict[int, float], dict[int, int]] | None:
     """The shared (Redis) open-until times and failure counts, by upstream id.
 
     None without Redis (each process keeps its own state) or while it is unreachable.
@@ -178,22 +204,49 @@ def shared_breakers() -> tuple[dict[int, float], dict[int, int]] | None:
     )
 
 
-def shared_breakers_close(upstream_ids: list[int]) -> bool:
-    """Close the upstreams' breakers for every process sharing Redis, and in this one.
+# Where the breaker state the admin reads and closes lives.
+SCOPE_PROCESS = "this process"
+SCOPE_SHARED = "all replicas (Redis)"
 
-    False when the state is per process (no Redis) or Redis is unreachable: then
-    only this process's breakers are closed.
+
+@dataclass(frozen=True, slots=True)
+class BreakerStates:
+    """Open-until times and failure counts by upstream id, and whose they are (a SCOPE_*)."""
+
+    scope: str
+    open_until: dict[int, float]
+    failures: dict[int, int]
+
+
+def breakers_read() -> BreakerStates | None:
+    """The breakers the admin shows: shared with Redis (None while it is unreachable),
+    else those of this process."""
+    if not sb_redis.is_configured():
+        return BreakerStates(SCOPE_PROCESS, *breaker.snapshot())
+    shared = _shared_breakers()
+    return None if shared is None else BreakerStates(SCOPE_SHARED, *shared)
+
+
+def breakers_close(upstreams: Iterable[Named]) -> str | None:
+    """Close the upstreams' breakers in this process and, with Redis, for every replica.
+
+    Returns the scope closed; None when Redis is configured but unreachable (then
+    only this process's breakers are closed).
     """
-    for upstream_id in upstream_ids:
-        breaker.failures.pop(upstream_id, None)
-        breaker.open_until.pop(upstream_id, None)
-    if not upstream_ids or not sb_redis.is_configured() or not outage.redis.may_try():
-        return False
+    upstreams = list(upstreams)
+    breaker.close(upstreams)
+    if not sb_redis.is_configured():
+        return SCOPE_PROCESS
+    if not upstreams:
+        return SCOPE_SHARED
+    if not outage.redis.may_try():
+        return None
+    ids = [upstream.id for upstream in upstreams]
     try:
         pipe = sb_redis.sync_client().pipeline(transaction=False)
-        pipe.hdel(OPEN_KEY, *upstream_ids).hdel(FAILS_KEY, *upstream_ids).execute()
+        pipe.hdel(OPEN_KEY, *ids).hdel(FAILS_KEY, *ids).execute()
     except sb_redis.UNREACHABLE as exc:
         outage.redis.failed(exc)
-        return False
+        return None
     outage.redis.recovered()
-    return True
+    return SCOPE_SHARED

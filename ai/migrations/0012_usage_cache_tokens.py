@@ -21,36 +21,6 @@ class Migration(migrations.Migration):
             name='cached_input_price_per_million',
             field=models.DecimalField(blank=True, decimal_places=6, help_text='Input tokens read from the prompt cache; empty: the input price.', max_digits=12, null=True, validators=[django.core.validators.MinValueValidator(0)]),
         ),
-        migrations.AddField(
-            model_name='usageevent',
-            name='cache_read_tokens',
-            field=models.PositiveIntegerField(default=0, help_text='Of the prompt tokens, those read from the prompt cache.'),
-        ),
-        migrations.AddField(
-            model_name='usageevent',
-            name='cache_write_tokens',
-            field=models.PositiveIntegerField(default=0, help_text='Of the prompt tokens, those written to the prompt cache.'),
-        ),
-        migrations.AddField(
-            model_name='usageevent',
-            name='reasoning_tokens',
-            field=models.PositiveIntegerField(default=0, help_text='Of the completion tokens, those spent reasoning.'),
-        ),
-        migrations.AddField(
-            model_name='usagerollup',
-            name='cache_read_tokens',
-            field=models.PositiveBigIntegerField(default=0),
-        ),
-        migrations.AddField(
-            model_name='usagerollup',
-            name='cache_write_tokens',
-            field=models.PositiveBigIntegerField(default=0),
-        ),
-        migrations.AddField(
-            model_name='usagerollup',
-            name='reasoning_tokens',
-            field=models.PositiveBigIntegerField(default=0),
-        ),
         migrations.AlterField(
             model_name='usageevent',
             name='completion_tokens',
@@ -60,5 +30,78 @@ class Migration(migrations.Migration):
             model_name='usageevent',
             name='prompt_tokens',
             field=models.PositiveIntegerField(default=0, help_text='Every input token, cache reads and writes included.'),
+        ),
+        # The usage tables are the big ones, written by every replica: the columns get a
+        # database default (the previous version's INSERTs, which do not name them, keep
+        # working while an upgrade rolls) and no inline CHECK (on PostgreSQL an inline CHECK
+        # scans the whole table under an ACCESS EXCLUSIVE lock). 0019 adds the CHECKs
+        # without blocking writers. Rewritten so (issue 19) from plain AddFields, which a
+        # database migrated before keeps: 0019 brings both to the same schema. The usage
+        # events' ALTERs come last, so that their lock is held only until the commit.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AddField(
+                    model_name='usageevent',
+                    name='cache_read_tokens',
+                    field=models.PositiveIntegerField(db_default=0, default=0, help_text='Of the prompt tokens, those read from the prompt cache.'),
+                ),
+                migrations.AddField(
+                    model_name='usageevent',
+                    name='cache_write_tokens',
+                    field=models.PositiveIntegerField(db_default=0, default=0, help_text='Of the prompt tokens, those written to the prompt cache.'),
+                ),
+                migrations.AddField(
+                    model_name='usageevent',
+                    name='reasoning_tokens',
+                    field=models.PositiveIntegerField(db_default=0, default=0, help_text='Of the completion tokens, those spent reasoning.'),
+                ),
+                migrations.AddField(
+                    model_name='usagerollup',
+                    name='cache_read_tokens',
+                    field=models.PositiveBigIntegerField(db_default=0, default=0),
+                ),
+                migrations.AddField(
+                    model_name='usagerollup',
+                    name='cache_write_tokens',
+                    field=models.PositiveBigIntegerField(db_default=0, default=0),
+                ),
+                migrations.AddField(
+                    model_name='usagerollup',
+                    name='reasoning_tokens',
+                    field=models.PositiveBigIntegerField(db_default=0, default=0),
+                ),
+            ],
+            database_operations=[
+                migrations.AddField(
+                    model_name='usagerollup',
+                    name='cache_read_tokens',
+                    field=models.BigIntegerField(db_default=0, default=0),
+                ),
+                migrations.AddField(
+                    model_name='usagerollup',
+                    name='cache_write_tokens',
+                    field=models.BigIntegerField(db_default=0, default=0),
+                ),
+                migrations.AddField(
+                    model_name='usagerollup',
+                    name='reasoning_tokens',
+                    field=models.BigIntegerField(db_default=0, default=0),
+                ),
+                migrations.AddField(
+                    model_name='usageevent',
+                    name='cache_read_tokens',
+                    field=models.IntegerField(db_default=0, default=0),
+                ),
+                migrations.AddField(
+                    model_name='usageevent',
+                    name='cache_write_tokens',
+                    field=models.IntegerField(db_default=0, default=0),
+                ),
+                migrations.AddField(
+                    model_name='usageevent',
+                    name='reasoning_tokens',
+                    field=models.IntegerField(db_default=0, default=0),
+                ),
+            ],
         ),
     ]

@@ -51,14 +51,19 @@ class UsageEvent(models.Model):
     completion_tokens = models.PositiveIntegerField(
         default=0, help_text="Every output token, reasoning included."
     )
+    # Columns added after the first release carry a database default too (db_default), so
+    # that replicas of the previous version, which do not name them, can still insert while
+    # an upgrade rolls (README, Upgrading).
     cache_read_tokens = models.PositiveIntegerField(
-        default=0, help_text="Of the prompt tokens, those read from the prompt cache."
+        default=0, db_default=0, help_text="Of the prompt tokens, those read from the prompt cache."
     )
     cache_write_tokens = models.PositiveIntegerField(
-        default=0, help_text="Of the prompt tokens, those written to the prompt cache."
+        default=0,
+        db_default=0,
+        help_text="Of the prompt tokens, those written to the prompt cache.",
     )
     reasoning_tokens = models.PositiveIntegerField(
-        default=0, help_text="Of the completion tokens, those spent reasoning."
+        default=0, db_default=0, help_text="Of the completion tokens, those spent reasoning."
     )
     images = models.PositiveIntegerField(default=0)
     is_estimated = models.BooleanField(
@@ -157,9 +162,9 @@ class UsageRollup(models.Model):
     errors = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)  # cache reads and writes included
     completion_tokens = models.PositiveBigIntegerField(default=0)  # reasoning included
-    cache_read_tokens = models.PositiveBigIntegerField(default=0)
-    cache_write_tokens = models.PositiveBigIntegerField(default=0)
-    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_tokens = models.PositiveBigIntegerField(default=0, db_default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0, db_default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0, db_default=0)
     images = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(max_digits=16, decimal_places=6, default=Decimal("0"))
     # Percentiles over the bucket's successful requests (ai/services/usage.py says how);

@@ -172,9 +172,10 @@ class HomeDashboard:
     unhealthy_upstreams: list[Upstream]
     running_instances: list[Instance]
     running_count: int
-    # (upstream, "open" or "half-open") from the shared breaker state; None when it is
-    # per process (no Redis) or Redis is unreachable.
+    # (upstream, "open" or "half-open") as the gateway sees them: shared with Redis, else
+    # in this process (router.SCOPE_*, in breaker_scope); None while Redis is unreachable.
     open_breakers: list[tuple[Upstream, str]] | None = None
+    breaker_scope: str = ""
 
 
 def home_dashboard(*, now: datetime | None = None, top: int = 5) -> HomeDashboard:
@@ -183,6 +184,7 @@ def home_dashboard(*, now: datetime | None = None, top: int = 5) -> HomeDashboar
     since = hour_start(now) - timedelta(hours=23)
     rows = rollup_rows(period=RollupPeriod.HOUR, start=since)
     running = Instance.objects.filter(status=InstanceStatus.RUNNING).order_by("name")
+    breakers = _breakers()
     return HomeDashboard(
         since=since,
         totals=window_totals(rows),
@@ -196,18 +198,22 @@ def home_dashboard(*, now: datetime | None = None, top: int = 5) -> HomeDashboar
         ),
         running_instances=list(running.only("name", "backend", "status")[:20]),
         running_count=running.count(),
-        open_breakers=_open_breakers(),
+        open_breakers=None if breakers is None else _open_breakers(breakers.open_until),
+        breaker_scope=breakers.scope if breakers else "",
     )
 
 
-def _open_breakers() -> list[tuple[Upstream, str]] | None:
-    """Upstreams whose shared breaker is not closed, as the gateways see it (one query)."""
+def _breakers():
+    """The breakers the gateway keeps: shared with Redis, else in this process."""
+    from ..gateway import router  # the gateway imports the selectors
+
+    return router.breakers_read()
+
+
+def _open_breakers(open_until: dict[int, float]) -> list[tuple[Upstream, str]]:
+    """Upstreams whose breaker is not closed, as the gateway sees it (one query)."""
     from ..gateway import router
 
-    shared = router.shared_breakers()
-    if shared is None:
-        return None
-    open_until, _ = shared
     if not open_until:
         return []
     upstreams = Upstream.objects.filter(pk__in=open_until).select_related("model")

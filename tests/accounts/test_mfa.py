@@ -7,22 +7,13 @@ import re
 
 import pytest
 from allauth.mfa.models import Authenticator
-from django.core.cache import cache
 
 from accounts.services import user_email_vouch
 from tests.accounts.allauth_helpers import PASSWORD, fresh_totp, sign_in, signed_in_user, totp
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_cache")]
 
 CHALLENGE = "/accounts/2fa/authenticate/"
-
-
-@pytest.fixture(autouse=True)
-def fresh_caches():
-    """Rate limits and used TOTP codes live in the cache: each test starts with none."""
-    cache.clear()
-    yield
-    cache.clear()  # and leave none for the tests after (the cache is per process)
 
 
 def other_code(secret: str) -> str:

@@ -5,21 +5,13 @@ import time
 
 import pytest
 from django.core import mail
-from django.core.cache import cache
 
 from accounts.services import user_email_vouch
 from tests.accounts.allauth_helpers import PASSWORD, link_in_last_mail, sign_in, signed_in_user
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_cache")]
 
 NEW_PASSWORD = "a brand new passphrase 7"
-
-
-@pytest.fixture(autouse=True)
-def fresh_rate_limits():
-    cache.clear()
-    yield
-    cache.clear()  # and leave none for the tests after (the cache is per process)
 
 
 @pytest.fixture

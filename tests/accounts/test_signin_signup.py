@@ -19,7 +19,7 @@ from panel.models import SiteSettings
 from tests.accounts.allauth_helpers import PASSWORD, link_in_last_mail, sign_in, signed_in_user
 from tests.factories import UserFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_cache")]
 
 NEW = {
     "email": "dana@example.com",
@@ -27,14 +27,6 @@ NEW = {
     "password1": "a long passphrase 42",
     "password2": "a long passphrase 42",
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_rate_limits():
-    """allauth counts attempts in the cache: each test starts with none."""
-    cache.clear()
-    yield
-    cache.clear()  # and leave none for the tests after (the cache is per process)
 
 
 @pytest.fixture

@@ -14,32 +14,25 @@ from ai.services import usage_prune, usage_rollup
 from orgs.models import LedgerEntry, Wallet
 from orgs.services import wallet_for, wallet_topup
 from panel.models import Heartbeat
-from tests.factories import AIModelFactory, OrganisationFactory
+from tests.factories import AIModelFactory, OrganisationFactory, UsageEventFactory
 
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
 
 
-def _event(
-    at, *, user, model, org=None, key=None, status="ok", prompt=10, completion=5, cost="0.01"
-):
-    return UsageEvent.objects.create(
+def _event(at, *, prompt=10, completion=5, cost="0.01", **fields):
+    """A request at ``at`` whose prompt and completion have cache and reasoning parts
+    (stored beside them, summed alike)."""
+    return UsageEventFactory(
         created_at=at,
-        request_id=f"req_{at.timestamp()}_{user.pk}_{prompt}",
-        user=user,
-        organisation=org,
-        api_key=key,
-        model=model,
-        route="chat.completions",
-        status=status,
         prompt_tokens=prompt,
         completion_tokens=completion,
-        # Parts of the prompt and of the completion (stored beside them, summed alike).
         cache_read_tokens=prompt // 2,
         cache_write_tokens=prompt // 5,
         reasoning_tokens=completion // 5,
         cost=Decimal(cost),
+        **fields,
     )
 
 
@@ -50,8 +43,10 @@ def events(alice, bob, charlie, acme):
     made = []
     for hours_ago in (1, 2, 2, 30, 50):
         at = NOW - timedelta(hours=hours_ago)
-        made.append(_event(at, user=alice, model=chat, org=acme, key=key))
-        made.append(_event(at, user=bob, model=embed, org=acme, status="upstream_error", prompt=3))
+        made.append(_event(at, user=alice, model=chat, organisation=acme, api_key=key))
+        made.append(
+            _event(at, user=bob, model=embed, organisation=acme, status="upstream_error", prompt=3)
+        )
         made.append(_event(at, user=charlie, model=chat, cost="0.5"))
     return made
 
@@ -229,7 +224,7 @@ def test_it_needs_authentication_for_usage(client, rolled):
 
 def test_the_dashboard_shows_real_rollups(client, superuser, alice):
     model = AIModelFactory(name="dash-model")
-    _event(datetime.now(UTC) - timedelta(minutes=5), user=alice, model=model, cost="0.25")
+    UsageEventFactory(user=alice, model=model, cost=Decimal("0.25"))
     usage_rollup()
     client.force_login(superuser)
     index = client.get(reverse("admin:index")).content.decode()

@@ -35,5 +35,6 @@ def test_health_badges_are_coloured_and_worded_in_a_browser(
 
     page.goto(f"{base}/admin/ai/upstream/")
     row = page.locator("tr", has_text="e2e-down-1")
-    assert row.locator(".field-breaker").inner_text() == "– per process"
+    assert row.locator(".field-breaker").inner_text() == "✓ closed"
+    assert page.locator("#breaker-scope strong").inner_text() == "this process"
     assert not browser_errors

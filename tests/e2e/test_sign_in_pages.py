@@ -4,7 +4,6 @@ import re
 
 import pytest
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
-from django.core.cache import cache
 
 from tests.accounts.allauth_helpers import PASSWORD, fresh_totp
 
@@ -14,13 +13,11 @@ PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture
-def alice_with_totp(alice):
+def alice_with_totp(alice, empty_cache):
     """alice with an authenticator app, set up through allauth's own activation."""
-    cache.clear()  # rate limits and used codes
     secret = generate_totp_secret()
     TOTP.activate(alice, secret)
-    yield secret
-    cache.clear()
+    return secret
 
 
 def _fits(page) -> None:

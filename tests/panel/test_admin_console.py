@@ -1,11 +1,13 @@
 """The operator console on the stock admin: health and breaker columns, their actions,
 recent usage columns, search and filters on every list, the created key shown once."""
 
+import os
 import re
 import time
 from datetime import timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 from django.contrib import admin
 from django.contrib.messages import get_messages
@@ -19,6 +21,12 @@ from accounts.services import apikey_create
 from ai.gateway import router
 from ai.models import AIModel, HealthCheck, HealthStatus, ModelLink, Upstream, UsageRollup
 from panel import redis as sb_redis
+from tests.ai.conftest import (
+    make_model,
+    session_client,
+    wait_for_usage,
+    world,  # noqa: F401 (a fixture)
+)
 from tests.factories import AIModelFactory, ModelLinkFactory, UpstreamFactory
 
 pytestmark = pytest.mark.django_db
@@ -98,7 +106,8 @@ def test_the_upstreams_list_shows_health_last_check_latency_and_a_local_breaker(
     )
     Upstream.objects.filter(pk=upstream.pk).update(last_checked_at=now)
 
-    row = _row(admin_client.get(_url(Upstream, "changelist")).content.decode(), "probed")
+    html = admin_client.get(_url(Upstream, "changelist")).content.decode()
+    row = _row(html, "probed")
 
     assert "✓ Healthy" in row and "sb-status--healthy" in row
     assert "42 ms" in row
@@ -106,8 +115,9 @@ def test_the_upstreams_list_shows_health_last_check_latency_and_a_local_breaker(
         "field-last_checked_at" in row
         and "-</td>" not in row.split("field-last_checked_at")[1][:40]
     )
-    # Without Redis each gateway process has its own breakers: the admin cannot see them.
-    assert "per process" in row and "sb-status--per-process" in row
+    # Without Redis the list shows the breakers of the process serving it, and says so.
+    assert "✓ closed" in row and "sb-status--closed" in row
+    assert "<strong>this process</strong>" in html
 
 
 class FakeRedis:
@@ -176,6 +186,7 @@ def test_the_upstreams_list_shows_the_shared_breaker_as_the_gateway_sees_it(
     assert "sb-status--open" in _row(html, "cooling")
     assert "! half-open (5 failures)" in _row(html, "cooled")
     assert "✓ closed (1 failure)" in _row(html, "fine")
+    assert "<strong>all replicas (Redis)</strong>" in html
 
 
 def test_a_probe_that_succeeded_since_the_breaker_opened_makes_it_half_open(settings):
@@ -223,13 +234,18 @@ def test_close_breaker_clears_the_shared_state_every_gateway_reads(admin_client,
     assert "✓ closed" in _row(response.content.decode(), "stuck")
 
 
-def test_close_breaker_without_redis_says_it_cannot_reach_other_processes(admin_client, settings):
+def test_close_breaker_without_redis_closes_it_in_this_process_and_says_so(admin_client, settings):
     settings.REDIS_URL = ""
-    upstream = UpstreamFactory()
-    router.breaker.open_until[upstream.pk] = time.time() + 60
+    upstream, other = UpstreamFactory(name="stuck"), UpstreamFactory(name="other")
+    for each in (upstream, other):
+        router.breaker.open_until[each.pk] = time.time() + 60
+        router.breaker.failures[each.pk] = 3
     response = _action(admin_client, "close_breaker", upstream)
-    assert not router.breaker.is_open(upstream.pk)
-    assert any("each gateway process keeps its own" in m for m in _messages(response))
+    assert not router.breaker.is_open(upstream.pk) and upstream.pk not in router.breaker.failures
+    assert router.breaker.is_open(other.pk)
+    assert any("stuck" in m and "in this process" in m for m in _messages(response))
+    assert "✓ closed" in _row(response.content.decode(), "stuck")
+    assert "✗ open (3 failures)" in _row(response.content.decode(), "other")
 
 
 def test_close_breaker_with_redis_down_says_nothing_was_closed(admin_client, shared_breakers):
@@ -432,3 +448,92 @@ def test_the_created_page_is_for_staff_only(client, alice):
     key, _ = apikey_create(user=alice, name="k")
     response = client.get(reverse("admin:accounts_apikey_created", args=[key.pk]))
     assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+# --- Breakers tripped by real gateway requests, seen and closed from the admin ----------
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def topology(request, settings):
+    """Without Redis (``make run``: one process serves the gateway and the admin), or with
+    the suite's Redis shared by every replica."""
+    if request.param == "embedded":
+        settings.REDIS_URL = ""
+        return router.SCOPE_PROCESS
+    if not os.environ.get("REDIS_URL"):
+        pytest.skip("issue 18: the shared variant runs when the suite runs with REDIS_URL (CI)")
+    settings.REDIS_URL = os.environ["REDIS_URL"]
+    router.breaker.reset()  # no breaker state of an earlier test in the shared store
+    return router.SCOPE_SHARED
+
+
+BREAKER_GAUGE = 'switchboard_upstream_breaker_open{upstream="ha-0"}'
+
+
+def _scrape(gateway) -> str:
+    """This process's /metrics (the gauge of the breakers it keeps)."""
+    response = httpx.get(f"{gateway.url}/metrics", headers={"Authorization": "Bearer scrape-me"})
+    return response.text
+
+
+def _gateway_chat(gateway, model: str) -> httpx.Response:
+    """alice's chat request to the gateway of ``gateway`` (the ``world`` fixture)."""
+    return httpx.post(
+        f"{gateway.base()}/chat/completions",
+        headers={"Authorization": f"Bearer {gateway.alice_key}"},
+        json={"model": model, "messages": [{"role": "user", "content": "Hi"}]},
+        timeout=10,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_breaker_tripped_by_the_gateway_is_shown_and_closed_from_the_admin(
+    world,  # noqa: F811
+    topology,
+    acme,
+    superuser,
+    charlie,
+    fake_upstream,
+    settings,
+):
+    settings.GATEWAY_BREAKER_THRESHOLD = 2
+    settings.GATEWAY_BREAKER_COOLDOWN = 300
+    settings.METRICS_TOKEN = "scrape-me"
+    make_model(
+        "ha", owner=acme, base_urls=[fake_upstream.base_url(status=500), fake_upstream.base_url()]
+    )
+    primary = Upstream.objects.get(name="ha-0")
+    for _ in range(2):  # the primary answers 500 twice: the secondary serves, the breaker opens
+        assert _gateway_chat(world, "ha").headers["x-switchboard-upstream"] == "ha-1"
+    primary.base_url = fake_upstream.base_url()  # the primary is fine again
+    primary.save()
+    # The gateway and the admin pages are served by the same server (one process here).
+    staff = session_client(superuser, world.url)
+    changelist = _url(Upstream, "changelist")
+
+    listed = staff.get(changelist).text
+    assert "✗ open (2 failures)" in _row(listed, "ha-0")
+    assert f"<strong>{topology}</strong>" in listed
+    home = staff.get(reverse("admin:index")).text.split('id="open-breakers"')[1]
+    assert f"({topology})" in home
+    assert re.search(r">ha / ha-0</a></th><td[^>]*>open<", home.split("</table>")[0])
+    assert f"{BREAKER_GAUGE} 1.0" in _scrape(world)
+    # While it is open the gateway keeps away from the primary.
+    assert _gateway_chat(world, "ha").headers["x-switchboard-upstream"] == "ha-1"
+
+    # charlie is no staff: no list, and his action changes nothing.
+    outsider = session_client(charlie, world.url)
+    assert "/login/" in outsider.get(changelist).headers["location"]
+    close = {"action": "close_breaker", "_selected_action": [primary.pk]}
+    assert outsider.post(changelist, data=close).status_code == 302
+    assert router.breaker.is_open(primary.pk)
+
+    closed = staff.post(changelist, data=close, follow_redirects=True).text
+    assert "Closed the breaker of ha / ha-0" in closed
+    assert "✓ closed" in _row(closed, "ha-0")
+    assert not router.breaker.is_open(primary.pk)
+    assert f"{BREAKER_GAUGE} 0.0" in _scrape(world)
+
+    response = _gateway_chat(world, "ha")
+    assert response.status_code == 200 and response.headers["x-switchboard-upstream"] == "ha-0"
+    assert wait_for_usage(4)[-1].upstream == primary

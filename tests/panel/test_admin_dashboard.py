@@ -2,41 +2,27 @@
 
 import csv
 import io
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from itertools import count
 
 import pytest
 from django.urls import reverse
 
 from accounts.services import apikey_create
 from ai.admin_dashboard import csv_cell
-from ai.models import HealthStatus, Instance, InstanceStatus, UsageEvent
+from ai.models import HealthStatus, Instance, InstanceStatus
 from ai.services import usage_rollup
-from tests.factories import AIModelFactory, OrganisationFactory, UpstreamFactory, UserFactory
+from tests.factories import (
+    AIModelFactory,
+    OrganisationFactory,
+    UpstreamFactory,
+    UsageEventFactory,
+    UserFactory,
+)
 from tests.panel.test_admin_console import shared_breakers  # noqa: F401, F811 (a fixture)
 
 pytestmark = pytest.mark.django_db
 
 USAGE = "/admin/usage/"
-REQUEST_IDS = count()
-
-
-def _event(*, user, model, minutes_ago=5, org=None, key=None, status="ok", cost="0.10", **more):
-    return UsageEvent.objects.create(
-        created_at=datetime.now(UTC) - timedelta(minutes=minutes_ago),
-        request_id=f"req_dash_{next(REQUEST_IDS)}",
-        user=user,
-        organisation=org,
-        api_key=key,
-        model=model,
-        route="chat.completions",
-        status=status,
-        prompt_tokens=10,
-        completion_tokens=5,
-        cost=Decimal(cost),
-        **more,
-    )
 
 
 @pytest.fixture
@@ -44,9 +30,10 @@ def usage(alice, bob, acme):
     """Alice (acme, with a key) on "chat": 3 requests, 1 failed; bob on "embed": 1 request."""
     chat, embed = AIModelFactory(name="chat"), AIModelFactory(name="embed")
     key, _ = apikey_create(user=alice, name="k")
+    alices = {"user": alice, "model": chat, "organisation": acme, "api_key": key}
     for latency, status in ((100, "ok"), (300, "ok"), (9000, "upstream_error")):
-        _event(user=alice, model=chat, org=acme, key=key, status=status, latency_ms=latency)
-    _event(user=bob, model=embed, cost="1.50", latency_ms=50, ttft_ms=20)
+        UsageEventFactory(**alices, status=status, latency_ms=latency)
+    UsageEventFactory(user=bob, model=embed, cost=Decimal("1.50"), latency_ms=50, ttft_ms=20)
     usage_rollup()
     return {"chat": chat, "embed": embed, "key": key}
 
@@ -97,7 +84,7 @@ def test_the_home_costs_a_bounded_number_of_queries(
     staff_client.get(reverse("admin:index"))  # the session and the like, once
     for i in range(15):
         user, model = UserFactory(), AIModelFactory()
-        _event(user=user, model=model, org=OrganisationFactory(), latency_ms=i)
+        UsageEventFactory(user=user, model=model, organisation=OrganisationFactory(), latency_ms=i)
         UpstreamFactory(model=model, health_status=HealthStatus.UNHEALTHY)
         Instance.objects.create(name=f"running-{i}", status=InstanceStatus.RUNNING)
     usage_rollup()
@@ -190,7 +177,7 @@ def test_the_csv_matches_the_table(staff_client, usage, alice):
 
 def test_the_csv_disarms_formulas(staff_client, alice):
     model = AIModelFactory(name="=HYPERLINK(1)")
-    _event(user=alice, model=model)
+    UsageEventFactory(user=alice, model=model)
     usage_rollup()
     response = staff_client.get(USAGE, {"format": "csv"})
     rows = list(csv.reader(io.StringIO(response.content.decode())))
@@ -239,7 +226,7 @@ def test_the_usage_page_costs_a_bounded_number_of_queries(
 ):
     staff_client.get(USAGE)  # the session and the like, once
     for i in range(15):
-        _event(user=UserFactory(), model=AIModelFactory(), org=OrganisationFactory(), latency_ms=i)
+        UsageEventFactory(organisation=OrganisationFactory(), latency_ms=i)
     usage_rollup()
     filters = {"user": alice.pk, "model": usage["chat"].pk, "organisation": 1, "api_key": 1}
     for params in ({}, {"period": "90d", "view": "hour", **filters}):
@@ -261,9 +248,29 @@ def test_the_home_lists_open_breakers_from_the_shared_state(staff_client, shared
     breakers = html.split('id="open-breakers"')[1].split("</table>")[0]
     assert "cooling-upstream" in breakers and "open" in breakers
     assert "quiet-upstream" not in breakers
+    assert "(all replicas (Redis))" in breakers
 
 
-def test_the_home_says_breakers_are_per_process_without_redis(staff_client, settings):
-    settings.REDIS_URL = ""
+def test_the_home_says_when_redis_is_unreachable_for_breakers(staff_client, shared_breakers):  # noqa: F811
+    shared_breakers.down = True
     html = staff_client.get(reverse("admin:index")).content.decode()
-    assert "Kept per process without Redis" in html.split('id="open-breakers"')[1]
+    breakers = html.split('id="open-breakers"')[1].split("</table>")[0]
+    assert "(unknown)" in breakers and "Redis is unreachable" in breakers
+
+
+def test_the_home_lists_this_processs_open_breakers_without_redis(staff_client, settings):
+    import time
+
+    from ai.gateway import router
+
+    settings.REDIS_URL = ""
+    cooling = UpstreamFactory(name="cooling-upstream")
+    UpstreamFactory(name="quiet-upstream")
+    router.breaker.open_until[cooling.pk] = time.time() + 60
+
+    html = staff_client.get(reverse("admin:index")).content.decode()
+
+    breakers = html.split('id="open-breakers"')[1].split("</table>")[0]
+    assert "(this process)" in breakers
+    assert "cooling-upstream" in breakers and "open" in breakers
+    assert "quiet-upstream" not in breakers
