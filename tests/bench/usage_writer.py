@@ -124,9 +124,20 @@ def timed(fn, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - began, result
 
 
+def reset() -> None:
+    """Empty the usage tables: each part starts from nothing."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE ai_usageevent, ai_usagerollup, ai_usagesample, ai_rollupstate RESTART IDENTITY"
+        )
+
+
 def bench_rollup(events: int) -> None:
     from ai.services import usage_rollup
 
+    reset()
     now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
     seconds = insert_spread(now - timedelta(hours=48), timedelta(hours=48), events, 10**7)
     print(f"rollup: {events:,} events over 48 h inserted in {seconds:.1f} s")
@@ -165,10 +176,7 @@ def bench_prune(days: int, per_day: int, vacuum: bool) -> None:
 
     from ai.services import usage_prune, usage_rollup
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "TRUNCATE ai_usageevent, ai_usagerollup, ai_usagesample, ai_rollupstate RESTART IDENTITY"
-        )
+    reset()
     base = datetime(2026, 1, 1, tzinfo=UTC)
     with connection.cursor() as cursor:
         cursor.execute("SHOW autovacuum")
