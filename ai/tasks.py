@@ -10,8 +10,9 @@ from .training import runner
 
 
 @shared_task(ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
-def usage_rollup_task() -> None:
-    services.usage_rollup()
+def usage_rollup_task(rebuild: bool = False) -> None:
+    # ``rebuild=True`` recomputes every day from the raw events (as ``manage.py usage_rollup --rebuild``).
+    services.usage_rollup(rebuild=rebuild)
 
 
 @shared_task(ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=3)

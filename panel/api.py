@@ -46,7 +46,7 @@ def config_snapshot() -> dict:
         },
         "usage": {
             "rollup_interval": settings.USAGE_ROLLUP_INTERVAL,
-            "rollup_lookback_hours": settings.USAGE_ROLLUP_LOOKBACK_HOURS,
+            "rollup_safety_seconds": settings.USAGE_ROLLUP_SAFETY_SECONDS,
             "retention_days": settings.USAGE_RETENTION_DAYS,
         },
         "health": {
@@ -110,7 +110,7 @@ ConfigSchema = inline_serializer(
             "UsageConfig",
             {
                 "rollup_interval": serializers.IntegerField,
-                "rollup_lookback_hours": serializers.IntegerField,
+                "rollup_safety_seconds": serializers.IntegerField,
                 "retention_days": serializers.IntegerField,
             },
         ),

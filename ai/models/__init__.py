@@ -18,8 +18,10 @@ from .usage import (
     InFlightAdmission,
     LimitCounter,
     RollupPeriod,
+    RollupState,
     UsageEvent,
     UsageRollup,
+    UsageSample,
     UsageStatus,
 )
 
@@ -57,5 +59,7 @@ __all__ = [
     "StoredResponse",
     "UsageEvent",
     "UsageRollup",
+    "UsageSample",
+    "RollupState",
     "UsageStatus",
 ]

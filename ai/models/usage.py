@@ -193,3 +193,61 @@ class UsageRollup(models.Model):
 
     def __str__(self):
         return f"{self.period} {self.bucket_start:%Y-%m-%d %H:00}"
+
+
+class UsageSample(models.Model):
+    """An hourly rollup's latency and TTFT reservoirs, so that its day is rebuilt from hours.
+
+    For the rollup's own use (ai/services/usage.py): never shown, and pruned with the
+    raw events, past which no day is recomputed. Keyed like the hourly rollup row.
+    """
+
+    bucket_start = models.DateTimeField()
+    model_id = models.BigIntegerField(default=0)
+    link_id = models.BigIntegerField(default=0)
+    user_id = models.BigIntegerField(default=0)
+    organisation_id = models.BigIntegerField(default=0)
+    api_key_id = models.BigIntegerField(default=0)
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "bucket_start",
+                    "model_id",
+                    "link_id",
+                    "user_id",
+                    "organisation_id",
+                    "api_key_id",
+                ],
+                name="usagesample_unique_bucket",
+            ),
+        ]
+
+    def __str__(self):
+        return f"samples {self.bucket_start:%Y-%m-%d %H:00}"
+
+
+class RollupState(models.Model):
+    """Where the usage rollup stands (one row, also its lock): which event ids it has counted.
+
+    ``rolled_id``: every event with an id up to it is committed and counted.
+    ``seen``: [unix time, highest visible id] of the recent runs, oldest first; an
+    entry older than USAGE_ROLLUP_SAFETY_SECONDS becomes ``rolled_id``.
+    ``pruned_before``: raw events before it are gone, so no hour before it is recomputed.
+    """
+
+    rolled_id = models.BigIntegerField(default=0)
+    seen = models.JSONField(default=list)
+    pruned_before = models.DateTimeField(null=True, blank=True)
+    rebuilt_at = models.DateTimeField(null=True, blank=True)
+    ran_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(pk=1), name="rollupstate_singleton"),
+        ]
+
+    def __str__(self):
+        return f"rolled up to event {self.rolled_id}"
