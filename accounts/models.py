@@ -151,6 +151,12 @@ class APIKey(models.Model):
             and self.previous_expires_at > now
         )
 
+    @property
+    def permission_labels(self) -> list[str]:
+        """The key's permissions as people read them (translated), in stored order."""
+        labels = dict(Permission.choices)
+        return [labels.get(permission, permission) for permission in self.permissions]
+
     def has_permission(self, permission: str) -> bool:
         return permission in self.permissions
 

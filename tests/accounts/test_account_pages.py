@@ -125,6 +125,13 @@ def test_it_creates_a_key_and_shows_the_plain_key_once(as_alice, alice, chat_mod
     assert APIKey.objects.filter(user=alice).count() == 1
 
 
+def test_the_keys_page_names_permissions_by_their_labels(as_alice, alice):
+    apikey_create(user=alice, name="laptop", permissions=["read", "proxy"])
+    page = as_alice.get("/accounts/keys/").content.decode()
+    assert "Proxy (call models), Read (list models, usage)" in page
+    assert "read, proxy" not in page
+
+
 def test_it_creates_a_key_for_an_organisation_of_mine(as_alice, alice, acme):
     as_alice.post(
         "/accounts/keys/", {"name": "team", "permissions": ["proxy"], "organisation": "acme"}
