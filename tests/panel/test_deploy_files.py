@@ -103,6 +103,7 @@ def _services(compose: dict) -> dict[str, dict]:
 
 
 def test_env_example_leaves_every_required_secret_empty():
+    """So nothing can run on a secret everyone knows (the old example's `change-me`)."""
     example = _dotenv((ROOT / ".env.example").read_text())
     assert {name: example.get(name) for name in REQUIRED_SECRETS} == dict.fromkeys(
         REQUIRED_SECRETS, ""
@@ -110,18 +111,37 @@ def test_env_example_leaves_every_required_secret_empty():
     assert "change-me" not in (ROOT / ".env.example").read_text().lower()
 
 
-def test_compose_refuses_the_example_env_until_its_secrets_are_set():
-    with pytest.raises(Refused):
-        _compose(_example_env())
+def test_compose_parses_with_only_the_env_example_copied():
+    services = _services(_compose(_example_env()))
+    assert services["db"]["environment"]["POSTGRES_PASSWORD"] == ""
+    assert "SECRET_KEY" not in services["web"]["environment"]  # from .env, as it is
+
+
+def _migrate_step(compose: dict, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The `migrate` service's command as its container runs it: .env, then its
+    `environment`, on this machine (from the project folder; the database is never
+    reached, the refusals come first)."""
+    service = _services(compose)["migrate"]
+    command = [part.replace("$$", "$") for part in service["command"]]
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("secret", REQUIRED_SECRETS)
-def test_compose_refuses_to_start_without_each_required_secret(secret):
-    with pytest.raises(Refused, match=f"{secret}: set {secret} in .env"):
-        _compose(_example_env(**{**SECRETS, secret: ""}))
-    without = {k: v for k, v in _example_env(**SECRETS).items() if k != secret}
-    with pytest.raises(Refused, match=secret):
-        _compose(without)
+def test_the_one_shot_migrate_refuses_to_run_without_each_required_secret(secret, tmp_path):
+    env = _example_env(**{**SECRETS, secret: "", "DATA_DIR": str(tmp_path)})
+    compose = _compose(env)
+    result = _migrate_step(compose, {**env, **_services(compose)["migrate"]["environment"]})
+    assert result.returncode == 2, result.stderr
+    assert f"{secret} is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any(value in result.stderr for value in SECRETS.values() if value)
 
 
 def test_compose_file_is_valid_against_the_compose_specification(compose):
@@ -167,7 +187,7 @@ def test_app_services_wait_for_migrate_and_healthy_database_and_redis(compose):
             "migrate": {"condition": "service_completed_successfully"},
         }, name
     migrate = services["migrate"]
-    assert migrate["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    assert migrate["command"][-1].endswith("exec python manage.py migrate --noinput")
     assert migrate["restart"] == "no"
     assert set(migrate["depends_on"]) == {"db", "redis"}
     assert services["lb"]["depends_on"] == {"web": {"condition": "service_healthy"}}
@@ -189,8 +209,6 @@ def test_app_services_run_with_debug_off_on_postgres_and_redis(compose):
     for name in (*APP_SERVICES, "migrate"):
         environment = _services(compose)[name]["environment"]
         assert environment["DEBUG"] == "false"
-        assert environment["SECRET_KEY"] == SECRETS["SECRET_KEY"]
-        assert environment["FIELD_ENCRYPTION_KEY"] == SECRETS["FIELD_ENCRYPTION_KEY"]
         assert environment["DATABASE_URL"] == (
             f"postgres://switchboard:{SECRETS['POSTGRES_PASSWORD']}@db:5432/switchboard"
         )
@@ -353,11 +371,11 @@ def test_docker_compose_accepts_the_file_with_the_example_env_and_secrets(tmp_pa
     assert rendered["services"]["web"]["environment"]["DEBUG"] == "false"
 
 
-def test_docker_compose_refuses_the_example_env_without_its_secrets(tmp_path):
+def test_docker_compose_accepts_the_file_with_only_the_example_env(tmp_path):
     result = _docker_compose_config(_copy_project(tmp_path, _example_env()))
-    assert result.returncode != 0
-    assert "in .env" in result.stderr
-    assert not any(value in result.stderr for value in SECRETS.values())
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert rendered["services"]["migrate"]["command"][:2] == ["sh", "-c"]
 
 
 def _haproxy() -> str:
