@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--redis", default="", help="also measure the limited link, limits in this Redis"
     )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="LOG_LEVEL (the bench's WARNING; INFO as deployed: a JSON line a request)",
+    )
     parser.add_argument("--keep", type=Path, help="keep the callgrind dumps in this directory")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.warmup < 0 or args.rate < 0:
@@ -170,7 +176,7 @@ class Callgrind:
         return {int(p.name.rsplit("-", 1)[1]): dump_totals(p.read_text()) for p in paths}
 
 
-def environment(work: Path, redis_url: str) -> dict:
+def environment(work: Path, redis_url: str, log_level: str = "WARNING") -> dict:
     return {
         **os.environ,
         "DATA_DIR": str(work),
@@ -178,7 +184,7 @@ def environment(work: Path, redis_url: str) -> dict:
         "SECRET_KEY": "bench",
         "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
         "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": log_level,
         "DJANGO_SETTINGS_MODULE": "panel.settings",
         "REDIS_URL": redis_url,
         "CACHE_KEY_PREFIX": "sb-bench",
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
 
         redis.Redis.from_url(args.redis).flushdb()
     work = Path(tempfile.mkdtemp(prefix="sb-instr-"))
-    env = environment(work, args.redis)
+    env = environment(work, args.redis, args.log_level)
     py = sys.executable
     fake_port, gw_port = free_port(), free_port()
     procs: list[subprocess.Popen] = []
@@ -236,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
             str(gw_port),
             "--no-access-log",
             "--log-level",
-            "warning",
+            args.log_level.lower(),
             "--lifespan",
             "off",
         ]
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         commit = subprocess.run(
             ["git", "-C", str(tree), "log", "-1", "--format=%h %s"], capture_output=True, text=True
         ).stdout.strip()
-        print(f"tree: {tree} ({commit})")
+        print(f"tree: {tree} ({commit}), LOG_LEVEL={args.log_level}")
         print(
             f"gateway under callgrind up in {time.monotonic() - started:.0f} s; "
             f"{args.warmup} warm-up and {args.requests} measured requests a cell, one at a time"
