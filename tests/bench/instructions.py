@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--redis", default="", help="also measure the limited link, limits in this Redis"
     )
     parser.add_argument(
+        "--untimed",
+        action="store_true",
+        help="leave the timed work out: usage batches and activity writes once an hour",
+    )
+    parser.add_argument(
         "--log-level",
         default="WARNING",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -204,6 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         redis.Redis.from_url(args.redis).flushdb()
     work = Path(tempfile.mkdtemp(prefix="sb-instr-"))
     env = environment(work, args.redis, args.log_level)
+    if args.untimed:
+        # Written every 0.2 s (usage) and 1 s (instance activity), their cost a request
+        # follows the machine's pace; once an hour, none falls in the measured requests.
+        env |= {"GATEWAY_USAGE_FLUSH_INTERVAL": "3600", "INSTANCE_ACTIVITY_INTERVAL": "3600"}
     py = sys.executable
     fake_port, gw_port = free_port(), free_port()
     procs: list[subprocess.Popen] = []
@@ -255,7 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         commit = subprocess.run(
             ["git", "-C", str(tree), "log", "-1", "--format=%h %s"], capture_output=True, text=True
         ).stdout.strip()
-        print(f"tree: {tree} ({commit}), LOG_LEVEL={args.log_level}")
+        timed = "left out (--untimed)" if args.untimed else "included"
+        print(f"tree: {tree} ({commit}), LOG_LEVEL={args.log_level}, timed work {timed}")
         print(
             f"gateway under callgrind up in {time.monotonic() - started:.0f} s; "
             f"{args.warmup} warm-up and {args.requests} measured requests a cell, one at a time"
