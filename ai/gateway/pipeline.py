@@ -569,8 +569,8 @@ async def _relay(
 
 # After [DONE] most upstreams end the body in the next read. Read to that end, the
 # connection goes back to aiohttp's pool; closed before it, the connection is closed and
-# the next stream connects again (a TCP and HTTP set-up per stream, ~9 % of a stream's
-# instructions in the gateway). An upstream that keeps the connection open after [DONE]
+# the next stream connects again (a getaddrinfo in a thread, a TCP connect and aiohttp's
+# set-up per stream). An upstream that keeps the connection open after [DONE]
 # (llama-cpp-python's server) is waited for no longer than this.
 END_OF_BODY_GRACE = 0.1
 
