@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install run run-prod test lint format bench bench-scheduling clean browser deploy-tools
+.PHONY: install run run-prod test lint format bench bench-scheduling bench-instructions clean browser deploy-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ bench: install
 # Instance scheduling alone: three models on a node allowed two, without and with anti-thrash.
 bench-scheduling: install
 	$(PY) tests/bench/scheduling.py $(BENCH_SCHEDULING_ARGS)
+
+# Instructions per request under callgrind (load-independent; tests/bench/README.md).
+bench-instructions: install
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(PY) tests/bench/instructions.py $(BENCH_INSTRUCTIONS_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -42,7 +42,7 @@ def _auth_record(value: str | None) -> dict[str, Any]:
 class Record:
     """A received request; rendered to JSON only when ``/_fake/requests`` is read."""
 
-    __slots__ = ("time", "method", "path", "query", "headers", "body", "raw", "faults")
+    __slots__ = ("time", "method", "path", "query", "headers", "body", "raw", "faults", "peer")
 
     def __init__(self, request: web.Request, body: Any, raw: bytes | None) -> None:
         self.time = time.time()
@@ -53,6 +53,9 @@ class Record:
         self.body = body
         self.raw = raw if body is None and raw else None
         self.faults: dict[str, Any] | None = None
+        # The client's address and port: one connection kept alive shows one peer.
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else None
 
     def as_dict(self) -> dict[str, Any]:
         headers = {}
@@ -74,6 +77,7 @@ class Record:
             "authorization": _auth_record(auth),
             "json": self.body,
             "faults": self.faults,
+            "peer": self.peer,
         }
         if self.raw is not None:
             entry["raw_body"] = self.raw[:4096].decode("utf-8", "replace")

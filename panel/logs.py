@@ -79,9 +79,25 @@ class TextFormatter(logging.Formatter):
         return f"{head}\n{rest}" if rest else head
 
 
+def uvicorn_access_log_is_off() -> bool:
+    """Whether uvicorn was started with --no-access-log (``access_log=False``).
+
+    uvicorn sets up logging before it imports the application (and so these settings):
+    its switch leaves the access logger without handlers and not propagating, and each
+    connection writes access lines only while that logger has a handler somewhere.
+    """
+    access = logging.getLogger("uvicorn.access")
+    return not access.handlers and not access.propagate
+
+
 def logging_config(*, log_format: str, level: str) -> dict:
     """The LOGGING setting: every line through one console handler in ``log_format``."""
     formatter = JsonFormatter if log_format == "json" else TextFormatter
+    loggers = {name: {"handlers": [], "propagate": True} for name in _OWN_HANDLERS}
+    if uvicorn_access_log_is_off():
+        # Routed to the root's handler, the access logger would have one again and every
+        # request would write (and format) a line that --no-access-log turned off.
+        loggers["uvicorn.access"]["propagate"] = False
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -97,5 +113,5 @@ def logging_config(*, log_format: str, level: str) -> dict:
         "root": {"handlers": ["console"], "level": level},
         # Django and uvicorn give these loggers handlers of their own (text): none here,
         # so their lines reach the root's, in the same format as every other line.
-        "loggers": {name: {"handlers": [], "propagate": True} for name in _OWN_HANDLERS},
+        "loggers": loggers,
     }

@@ -536,6 +536,7 @@ async def _relay(
             if out:
                 yield out
             if relay.saw_done:
+                await _read_to_end(response)
                 break
             async with asyncio.timeout(idle_timeout):
                 batch = await anext(batches, None)
@@ -564,6 +565,24 @@ async def _relay(
         response.close()
         record.usage = relay.usage or estimated_usage(call.body, relay.content_events)
         _finish(record)
+
+
+# After [DONE] most upstreams end the body in the next read. Read to that end, the
+# connection goes back to aiohttp's pool; closed before it, the connection is closed and
+# the next stream connects again (a getaddrinfo in a thread, a TCP connect and aiohttp's
+# set-up per stream). An upstream that keeps the connection open after [DONE]
+# (llama-cpp-python's server) is waited for no longer than this.
+END_OF_BODY_GRACE = 0.1
+
+
+async def _read_to_end(response: aiohttp.ClientResponse) -> None:
+    content = response.content
+    try:
+        async with asyncio.timeout(END_OF_BODY_GRACE):
+            while not content.at_eof():
+                await content.readany()
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # the connection is closed below, as without the grace
 
 
 def _mark_first_token(record: Record, relay: StreamRelay) -> None:

@@ -185,3 +185,18 @@ def test_a_stream_read_to_its_done_is_answered_whenever_the_upstream_hangs_up(wo
     (event,) = wait_for_usage(1)
     assert (event.status, event.is_estimated) == ("ok", False)
     assert event.completion_tokens == 20
+
+
+def test_streams_one_after_another_reuse_the_upstream_connection(world, fake_upstream):
+    # The relay stops at [DONE]; it still reads the body's end that follows at once,
+    # so the connection goes back to the pool instead of being closed.
+    client = _client(world)
+    for _ in range(3):
+        stream = client.chat.completions.create(
+            model="acme-chat", messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    chats = [r for r in fake_upstream.requests() if r["path"].endswith("/chat/completions")]
+    assert len(chats) == 3
+    assert len({r["peer"] for r in chats}) == 1
+    assert len(wait_for_usage(3)) == 3

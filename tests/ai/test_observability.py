@@ -160,6 +160,27 @@ def test_metrics_count_cache_and_reasoning_tokens_as_parts(
     )
 
 
+def test_a_reply_without_cache_or_reasoning_tokens_counts_no_token_parts(
+    world, acme, fake_upstream, settings
+):
+    from tests.ai.conftest import make_model
+
+    settings.METRICS_TOKEN = "scrape-me"
+    make_model("no-parts", owner=acme, base_urls=[fake_upstream.base_url(prompt_tokens=10)])
+    reply = httpx.post(
+        f"{world.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {world.alice_key}"},
+        json={"model": "no-parts", "messages": HI},
+    )
+    assert reply.status_code == 200
+    after = _scrape(world)
+    assert _series(after, "switchboard_gateway_tokens_total", model="no-parts", direction="prompt")
+    parts = [
+        line for line in after.splitlines() if line.startswith("switchboard_gateway_token_parts")
+    ]
+    assert not [line for line in parts if 'model="no-parts"' in line]
+
+
 def test_metrics_count_response_cache_results_per_model(world, fake_upstream, settings):
     settings.METRICS_TOKEN = "scrape-me"
     settings.REDIS_URL = ""

@@ -91,6 +91,45 @@ def test_an_unknown_log_format_is_refused_at_start_up():
     assert "LOG_FORMAT must be one of json, text" in done.stderr
 
 
+def test_uvicorns_no_access_log_stays_off_under_the_logging_setting(monkeypatch):
+    access = logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(access, "handlers", [])
+    monkeypatch.setattr(access, "propagate", False)  # what --no-access-log leaves
+    config = logging_config(log_format="json", level="INFO")
+    assert config["loggers"]["uvicorn.access"] == {"handlers": [], "propagate": False}
+    monkeypatch.setattr(access, "propagate", True)  # no switch: lines go to the root's
+    config = logging_config(log_format="json", level="INFO")
+    assert config["loggers"]["uvicorn.access"] == {"handlers": [], "propagate": True}
+
+
+def test_a_gateway_started_with_no_access_log_writes_no_access_line(tmp_path):
+    """As docker/Dockerfile starts it: --no-access-log, no --log-level, LOG_LEVEL=INFO."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import free_port, wait_until_serving
+
+    port = free_port()
+    env = {**os.environ, "LOG_LEVEL": "INFO", "DATA_DIR": str(tmp_path), "REDIS_URL": ""}
+    env.pop("DATABASE_URL", None)
+    out = (tmp_path / "out.log").open("w+")
+    args = ["panel.asgi:application", "--port", str(port), "--no-access-log", "--lifespan", "off"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz")
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code in (200, 503)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    lines = [json.loads(line) for line in (tmp_path / "out.log").read_text().splitlines()]
+    loggers = {line["logger"] for line in lines}
+    assert "uvicorn.error" in loggers  # "Started server process": INFO lines are written
+    assert "uvicorn.access" not in loggers
+
+
 @pytest.mark.django_db(transaction=True)
 def test_every_line_of_a_gateway_request_is_json_with_its_request_id(world, log_lines):  # noqa: F811
     reply = httpx.post(
