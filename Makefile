@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install run test lint format bench bench-scheduling clean browser
+.PHONY: install run test lint format bench bench-scheduling soak clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ bench: install
 # Instance scheduling alone: three models on a node allowed two, without and with anti-thrash.
 bench-scheduling: install
 	$(PY) tests/bench/scheduling.py $(BENCH_SCHEDULING_ARGS)
+
+# The production topology under traffic and faults (README "Soak test"): needs a
+# PostgreSQL server and redis-server (from Debian when missing); exits 1 when an invariant fails.
+SOAK_SECONDS ?= 300
+soak: install
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(PY) tests/soak/run.py --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache
