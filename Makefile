@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install run test lint format bench bench-scheduling soak clean browser
+.PHONY: install run run-prod test lint format bench bench-scheduling soak clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ run: export LOG_FORMAT ?= text
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py serve_embedded
+
+# The production topology on this machine, under supervisord (README, "Production on one
+# machine"): DATABASE_URL (PostgreSQL), REDIS_URL, SECRET_KEY and FIELD_ENCRYPTION_KEY come
+# from the environment or .env; DEBUG stays off.
+run-prod: install
+	$(PY) manage.py serve_prod
 
 # The import-cycle check reads the project's own imports (function-local ones too).
 lint: install

@@ -26,14 +26,14 @@ REQUEST_TIMEOUT_RESPONSE = (
 )
 
 
-def uvicorn_args(*, host: str, port: int) -> list[str]:
-    """Arguments of ``python -m uvicorn`` as docker/Dockerfile runs it (for `make run`)."""
+def uvicorn_args(*, host: str = "", port: int = 0, fd: int | None = None) -> list[str]:
+    """Arguments of ``python -m uvicorn`` as docker/Dockerfile runs it (for `make run`), on
+    ``host:port`` or on the listening socket ``fd`` that a process manager opened
+    (`make run-prod`)."""
+    where = ["--fd", str(fd)] if fd is not None else ["--host", host, "--port", str(port)]
     return [
         "panel.asgi:application",
-        "--host",
-        host,
-        "--port",
-        str(port),
+        *where,
         "--http",
         PROTOCOL,
         "--timeout-keep-alive",
