@@ -46,7 +46,7 @@ from tests.servers import (  # noqa: E402
     free_port,
     wait_until_serving,
 )
-from tests.soak.topology import HandMade, MemorySampler, ServeProd  # noqa: E402
+from tests.soak.topology import MemorySampler, ServeProd  # noqa: E402
 from tests.soak.traffic import Outcome, Traffic  # noqa: E402
 
 FIELD_ENCRYPTION_KEY = "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k="
@@ -144,8 +144,19 @@ def django_run(env: dict, *args: str) -> dict:
     return json.loads(out.stdout)
 
 
-def soak(*, seconds: float, web: int, workers: int, concurrency: int = 12) -> Report:
-    """Run the soak; the report says what held (the caller decides what to do on failure)."""
+def soak(
+    *,
+    seconds: float,
+    web: int,
+    workers: int,
+    concurrency: int = 12,
+    redis_keeps_data: bool = True,
+) -> Report:
+    """Run the soak; the report says what held (the caller decides what to do on failure).
+
+    ``redis_keeps_data=False`` restarts Redis empty, as one without persistence (or one
+    that crashed between snapshots) comes back: counters, leases and journals gone.
+    """
     report = Report()
     # One line per request would bury the report.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -160,7 +171,7 @@ def soak(*, seconds: float, web: int, workers: int, concurrency: int = 12) -> Re
         target = urlsplit(database.url)
         proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
         stack.append(proxy.stop)
-        redis = RedisServer(data_dir=work / "redis").start()
+        redis = RedisServer(data_dir=work / "redis" if redis_keeps_data else None).start()
         stack.append(redis.stop)
         through_proxy = target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}")
         env = environment(work, through_proxy.geturl(), redis.url)
@@ -173,18 +184,21 @@ def soak(*, seconds: float, web: int, workers: int, concurrency: int = 12) -> Re
             stdout=subprocess.DEVNULL,
         )
         stack.append(lambda: (fake.terminate(), fake.wait(timeout=10)))
+        began = time.monotonic()
+        # Directly, not through the proxy: a fresh database's migrations are many round trips
+        # (serve_prod's own migrate then finds nothing to do).
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=direct, check=True
         )
-        world = django_run(direct, "seed", f"http://127.0.0.1:{fake_port}")
-        kind = ServeProd if ServeProd.is_available(env) else HandMade
-        topology = kind(env, web=web, workers=workers, log=work / "topology.log").start()
+        topology = ServeProd(env, web=web, workers=workers, log=work / "topology.log").start()
         stack.append(topology.stop)
         _wait_for_topology(topology, web, workers)
+        world = django_run(direct, "seed", f"http://127.0.0.1:{fake_port}")
         report.say(
-            f"soak: {seconds:.0f} s of traffic ({concurrency} concurrent) on {kind.__name__}: "
-            f"{web} web, {workers} workers, beat; PostgreSQL {database.name} via a proxy, "
-            f"redis-server :{redis.port}"
+            f"soak: {seconds:.0f} s of traffic ({concurrency} concurrent) on serve_prod "
+            f"(up in {time.monotonic() - began:.1f} s): {web} web, {workers} workers, beat, "
+            f"agent; PostgreSQL {database.name} via a proxy, redis-server :{redis.port} "
+            f"({'keeps' if redis_keeps_data else 'loses'} its data)"
         )
         sampler = MemorySampler(topology, interval=max(1.0, seconds / 60)).start()
         stack.append(sampler.stop)
@@ -197,6 +211,9 @@ def soak(*, seconds: float, web: int, workers: int, concurrency: int = 12) -> Re
         state = django_run(direct, "check", str(world["limited_link"]))
         _judge(report, outcomes, windows, state)
         _judge_memory(report, sampler, warm_at)
+        stopping = time.monotonic()
+        topology.stop()
+        report.say(f"serve_prod stopped (SIGTERM) in {time.monotonic() - stopping:.1f} s")
     except Exception as exc:
         report.check("the soak ran to its end", False, f"{type(exc).__name__}: {exc}")
         log = work / "topology.log"
@@ -426,11 +443,20 @@ def main() -> None:
     parser.add_argument("--web", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=12)
+    parser.add_argument(
+        "--redis-loses-data",
+        action="store_true",
+        help="restart Redis empty (no persistence): what its counters and journals then lose",
+    )
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("the soak needs redis-server on PATH (apt-get install redis-server)")
     report = soak(
-        seconds=args.seconds, web=args.web, workers=args.workers, concurrency=args.concurrency
+        seconds=args.seconds,
+        web=args.web,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        redis_keeps_data=not args.redis_loses_data,
     )
     failed = [check.name for check in report.checks if not check.ok]
     print("soak: " + ("every invariant held" if report.ok else f"FAILED: {'; '.join(failed)}"))

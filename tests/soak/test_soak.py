@@ -1,6 +1,6 @@
 """The soak's reduced form (issue 19): the production topology keeps its invariants under faults.
 
-Two web processes, the Celery workers, beat and the instance agent on a scratch
+Two web processes, a Celery worker, beat and the instance agent on a scratch
 PostgreSQL database and a redis-server of the test's own, under mixed traffic for
 40 s while one web process is killed, Redis restarted and PostgreSQL cut. `make soak`
 runs the same code for longer with four web processes.
@@ -24,10 +24,13 @@ def soak_servers():
         pytest.skip("issue 19: the soak needs a PostgreSQL server (CI always has one)")
 
 
+# It starts five Django processes and runs 40 s of traffic: about 80 s on an idle machine,
+# more on a busy one (the suite's 120 s bound is for ordinary tests).
+@pytest.mark.timeout(300)
 def test_the_topology_keeps_every_invariant_while_a_web_process_redis_and_postgres_fail(
     soak_servers,
 ):
-    report = soak(seconds=40, web=2, workers=2, concurrency=10)
+    report = soak(seconds=40, web=2, workers=1, concurrency=10)
 
     failed = {check.name: check.detail for check in report.checks if not check.ok}
     assert not failed, failed
@@ -35,6 +38,6 @@ def test_the_topology_keeps_every_invariant_while_a_web_process_redis_and_postgr
     assert "every admitted request (2xx, 502) has its UsageEvent" in names
     assert "hourly and daily rollups equal the raw events" in names
     assert "no web or worker process doubled its memory" in names
-    # Both web processes and both workers were measured, and the restarted web process too.
+    # Both web processes and the worker were measured, and the restarted web process too.
     assert len([name for name in report.rss if name.startswith("web-")]) >= 3
-    assert len([name for name in report.rss if name.startswith("worker-")]) == 2
+    assert len([name for name in report.rss if name.startswith("worker-")]) == 1
