@@ -382,6 +382,12 @@ def _judge(report: Report, outcomes: list[Outcome], windows: list[Window], state
         f"Redis holds {holding or 0}, Redis journal entries {held.get('redis_journal_entries', 0)}, "
         f"journal rows {held['journal_rows']}",
     )
+    refusals = Counter(o.status for o in outcomes if o.kind in ("limited", "billed"))
+    report.check(
+        "the limited link met its limit (429) and the billed link its balance (402)",
+        refusals[429] > 0 and refusals[402] > 0,
+        f"{refusals[429]} refused by a limit, {refusals[402]} for want of credits",
+    )
     _judge_limits(report, state["limits"])
     rollups = state["rollups"]
     report.check(
