@@ -86,7 +86,8 @@ class Report:
 
     checks: list[Check] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
-    rss: dict[str, tuple[int, int]] = field(default_factory=dict)  # program: first, last KiB
+    rss: dict[str, tuple[int, int]] = field(default_factory=dict)  # program/pid: first, last KiB
+    faults: list[str] = field(default_factory=list)  # the fault windows, in order
 
     @property
     def ok(self) -> bool:
@@ -161,72 +162,111 @@ def soak(
     # One line per request would bury the report.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="sb-soak-"))
-    (work / "data").mkdir()
-    (work / "redis").mkdir()
-    database = ScratchDatabase(postgres_admin_url(), f"soak_{secrets.token_hex(4)}")
-    stack: list = []
+    cleanup: list = []  # what to stop, last started first
     try:
-        database.__enter__()
-        stack.append(lambda: database.__exit__(None, None, None))
-        target = urlsplit(database.url)
-        proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
-        stack.append(proxy.stop)
-        redis = RedisServer(data_dir=work / "redis" if redis_keeps_data else None).start()
-        stack.append(redis.stop)
-        through_proxy = target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}")
-        env = environment(work, through_proxy.geturl(), redis.url)
-        direct = {**env, "DATABASE_URL": database.url}
-        fake_port = free_port()
-        fake = subprocess.Popen(
-            [sys.executable, "-m", "fakeupstream", "--port", str(fake_port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
+        servers = _start_servers(work, cleanup, redis_keeps_data=redis_keeps_data)
+        _soak_on(
+            servers,
+            report,
+            cleanup,
+            seconds=seconds,
+            web=web,
+            workers=workers,
+            concurrency=concurrency,
         )
-        stack.append(lambda: (fake.terminate(), fake.wait(timeout=10)))
-        began = time.monotonic()
-        # Directly, not through the proxy: a fresh database's migrations are many round trips
-        # (serve_prod's own migrate then finds nothing to do).
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=direct, check=True
-        )
-        topology = ServeProd(env, web=web, workers=workers, log=work / "topology.log").start()
-        stack.append(topology.stop)
-        _wait_for_topology(topology, web, workers)
-        world = django_run(direct, "seed", f"http://127.0.0.1:{fake_port}")
-        report.say(
-            f"soak: {seconds:.0f} s of traffic ({concurrency} concurrent) on serve_prod "
-            f"(up in {time.monotonic() - began:.1f} s): {web} web, {workers} workers, beat, "
-            f"agent; PostgreSQL {database.name} via a proxy, redis-server :{redis.port} "
-            f"({'keeps' if redis_keeps_data else 'loses'} its data)"
-        )
-        sampler = MemorySampler(topology, interval=max(1.0, seconds / 60)).start()
-        stack.append(sampler.stop)
-        outcomes, windows, warm_at = asyncio.run(
-            _drive(topology, proxy, redis, world, seconds=seconds, concurrency=concurrency)
-        )
-        sampler.stop()
-        sampler.sample()
-        _settle(redis.url, report)
-        state = django_run(direct, "check", str(world["limited_link"]))
-        _judge(report, outcomes, windows, state)
-        _judge_memory(report, sampler, warm_at)
-        stopping = time.monotonic()
-        topology.stop()
-        report.say(f"serve_prod stopped (SIGTERM) in {time.monotonic() - stopping:.1f} s")
     except Exception as exc:
         report.check("the soak ran to its end", False, f"{type(exc).__name__}: {exc}")
         log = work / "topology.log"
         if log.exists():
             print(log.read_text()[-4000:], file=sys.stderr)
     finally:
-        for undo in reversed(stack):
+        for undo in reversed(cleanup):
             try:
                 undo()
             except Exception as exc:  # the rest must still be cleaned up
                 print(f"cleanup: {type(exc).__name__}: {exc}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+@dataclass
+class Servers:
+    """What the topology runs on: the database behind its proxy, Redis, the fake upstream."""
+
+    work: Path
+    database: ScratchDatabase
+    proxy: TcpProxy
+    redis: RedisServer
+    env: dict  # the topology's environment: the database through the proxy
+    direct: dict  # the same, the database reached directly (seeding, checks)
+    fake_url: str
+    redis_keeps_data: bool
+
+
+def _start_servers(work: Path, cleanup: list, *, redis_keeps_data: bool) -> Servers:
+    (work / "data").mkdir()
+    (work / "redis").mkdir()
+    database = ScratchDatabase(postgres_admin_url(), f"soak_{secrets.token_hex(4)}")
+    database.__enter__()
+    cleanup.append(lambda: database.__exit__(None, None, None))
+    target = urlsplit(database.url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+    cleanup.append(proxy.stop)
+    redis = RedisServer(data_dir=work / "redis" if redis_keeps_data else None).start()
+    cleanup.append(redis.stop)
+    through_proxy = target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}")
+    env = environment(work, through_proxy.geturl(), redis.url)
+    fake_port = free_port()
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "fakeupstream", "--port", str(fake_port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    cleanup.append(lambda: (fake.terminate(), fake.wait(timeout=10)))
+    direct = {**env, "DATABASE_URL": database.url}
+    return Servers(
+        work, database, proxy, redis, env, direct, f"http://127.0.0.1:{fake_port}", redis_keeps_data
+    )
+
+
+def _soak_on(
+    servers: Servers, report: Report, cleanup: list, *, seconds, web, workers, concurrency
+) -> None:
+    """Start serve_prod, seed, drive traffic and faults, settle, judge, stop."""
+    began = time.monotonic()
+    # Directly, not through the proxy: a fresh database's migrations are many round trips
+    # (serve_prod's own migrate then finds nothing to do).
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=servers.direct, check=True
+    )
+    log = servers.work / "topology.log"
+    topology = ServeProd(servers.env, web=web, workers=workers, log=log).start()
+    cleanup.append(topology.stop)
+    _wait_for_topology(topology, web, workers)
+    world = django_run(servers.direct, "seed", servers.fake_url)
+    report.say(
+        f"soak: {seconds:.0f} s of traffic ({concurrency} concurrent) on serve_prod "
+        f"(up in {time.monotonic() - began:.1f} s): {web} web, {workers} workers, beat, "
+        f"agent; PostgreSQL {servers.database.name} via a proxy, redis-server "
+        f":{servers.redis.port} ({'keeps' if servers.redis_keeps_data else 'loses'} its data)"
+    )
+    sampler = MemorySampler(topology, interval=max(1.0, seconds / 60)).start()
+    cleanup.append(sampler.stop)
+    outcomes, windows, warm_at = asyncio.run(
+        _drive(
+            topology, servers.proxy, servers.redis, world, seconds=seconds, concurrency=concurrency
+        )
+    )
+    sampler.stop()
+    sampler.sample()
+    _settle(servers.redis.url, report)
+    state = django_run(servers.direct, "check", str(world["limited_link"]))
+    _judge(report, outcomes, windows, state)
+    _judge_memory(report, sampler, warm_at)
+    stopping = time.monotonic()
+    topology.stop()
+    report.say(f"serve_prod stopped (SIGTERM) in {time.monotonic() - stopping:.1f} s")
 
 
 def _wait_for_topology(topology, web: int, workers: int, timeout: float = 90.0) -> None:
@@ -324,6 +364,7 @@ def _expects_event(status: int | None) -> bool | None:
 
 def _judge(report: Report, outcomes: list[Outcome], windows: list[Window], state: dict) -> None:
     events = state["events"]
+    report.faults = [window.name for window in windows]
     report.say(f"requests: {len(outcomes)}; faults:")
     for window in windows:
         inside = [o for o in outcomes if _in_window(o, [window])]
