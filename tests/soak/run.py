@@ -224,6 +224,7 @@ def _start_servers(work: Path, cleanup: list, *, redis_keeps_data: bool) -> Serv
         stdout=subprocess.DEVNULL,
     )
     cleanup.append(lambda: (fake.terminate(), fake.wait(timeout=10)))
+    wait_until_serving(f"http://127.0.0.1:{fake_port}/_fake/health")
     direct = {**env, "DATABASE_URL": database.url}
     return Servers(
         work, database, proxy, redis, env, direct, f"http://127.0.0.1:{fake_port}", redis_keeps_data
@@ -411,6 +412,11 @@ def _judge(report: Report, outcomes: list[Outcome], windows: list[Window], state
             f"wallet {wallet['id']}'s balance equals the sum of its ledger",
             Decimal(wallet["balance"]) == Decimal(wallet["ledger"]),
             f"balance {wallet['balance']}, ledger {wallet['ledger']}",
+        )
+        report.check(
+            f"wallet {wallet['id']} was never overspent",
+            Decimal(wallet["lowest"]) >= 0,
+            f"lowest balance replaying its ledger {wallet['lowest']}",
         )
     held = state["held"]
     holding = {k: v for k, v in held.get("redis_wallet_holds", {}).items() if v}

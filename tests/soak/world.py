@@ -106,10 +106,20 @@ def _wallets() -> list[dict]:
             "id": wallet.pk,
             "balance": str(wallet.balance),
             "ledger": str(wallet.entries.aggregate(total=Sum("amount"))["total"] or 0),
+            "lowest": str(_lowest_balance(wallet)),
             "held": str(wallet.held),
         }
         for wallet in Wallet.objects.all()
     ]
+
+
+def _lowest_balance(wallet) -> Decimal:
+    """The lowest the balance ever was after its first entry, replaying the ledger in order."""
+    balance, lowest = Decimal(0), None
+    for amount in wallet.entries.order_by("id").values_list("amount", flat=True):
+        balance += amount
+        lowest = balance if lowest is None else min(lowest, balance)
+    return lowest or Decimal(0)
 
 
 def _limits(link_id: int) -> dict:
