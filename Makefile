@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install run run-prod test lint format bench bench-scheduling soak clean browser
+.PHONY: install run run-prod test lint format bench bench-scheduling soak clean browser deploy-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,14 @@ format: install
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# The deployment files' tests (tests/panel/test_deploy_files.py) check docker/ with Debian's
+# docker-compose (`config`; no Docker daemon needed) and HAProxy (`-c`, and on loopback).
+deploy-tools:
+	@(command -v docker-compose >/dev/null && test -x /usr/sbin/haproxy) || \
+	  (apt-get update -qq && apt-get install -y -qq docker-compose haproxy >/dev/null)
+
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
-test: lint browser
+test: lint browser deploy-tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -16,6 +16,8 @@ response), answering 408 when some of them had; and one whose body stalls for
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from asyncio import TimerHandle
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -42,6 +44,21 @@ def uvicorn_args(*, host: str = "", port: int = 0, fd: int | None = None) -> lis
         "on",
         "--no-access-log",
     ]
+
+
+def _send_without_delay(transport) -> None:
+    """Nagle's algorithm off (TCP_NODELAY), so a stream's small chunks leave at once.
+
+    uvicorn's own TCP servers set it, but on a socket it inherits (``--fd``, as under
+    `make run-prod`'s supervisord) uvicorn opens the socket as a Unix one and the event
+    loop never does: each chunk would then wait for the previous one's ACK.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    # A real Unix socket (--uds, --fd of one) refuses it: it has no Nagle to turn off.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class TimeoutHttpToolsProtocol(HttpToolsProtocol):
@@ -83,6 +100,7 @@ class TimeoutHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        _send_without_delay(transport)
         self._arm(self.header_timeout)
 
     def connection_lost(self, exc) -> None:

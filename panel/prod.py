@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,29 @@ def prod_refusal() -> str:
     )
 
 
+def prod_conflict(topology: Topology) -> str:
+    """Why this topology cannot start beside what already runs here ("" when it can)."""
+    control = prod_dir() / "supervisor.sock"
+    if control.exists() and _answers(socket.AF_UNIX, str(control)):
+        return (
+            f"serve_prod already runs with this DATA_DIR (its control socket {control} "
+            "answers): stop it first, or use another DATA_DIR."
+        )
+    # supervisord would start anyway and leave the web processes failing.
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((topology.host, topology.port))
+        except OSError as exc:
+            return f"Cannot listen on {topology.host}:{topology.port}: {exc.strerror or exc}."
+    return ""
+
+
+def _answers(family: int, address: str) -> bool:
+    with socket.socket(family) as probe:
+        return probe.connect_ex(address) == 0
+
+
 def supervisord_config(topology: Topology) -> str:
     """The supervisord config (INI) of the whole topology."""
     here = prod_dir()
@@ -63,9 +87,9 @@ def supervisord_config(topology: Topology) -> str:
         _section(
             "supervisord",
             nodaemon="true",
-            # supervisord's own lines and every child's go to serve_prod's stdout.
-            logfile="/dev/stdout",
-            logfile_maxbytes="0",
+            # In the foreground supervisord writes its lines to stdout as well as to this
+            # file (rotated); every child's lines go to stdout (below).
+            logfile=here / "logs" / "supervisord.log",
             pidfile=here / "supervisord.pid",
             childlogdir=here / "logs",
             identifier="switchboard",

@@ -128,6 +128,45 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def processes() -> dict[int, tuple[int, str, str]]:
+    """Every process on the machine: pid -> (parent pid, state, start time), from /proc."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The fields after the command name, which may hold spaces and parentheses:
+            # state (field 3 of proc(5)), ppid (4), ... starttime (22).
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), fields[0], fields[19])
+    return table
+
+
+def descendants(pid: int) -> dict[int, tuple[int, str]]:
+    """The processes under pid (children, grandchildren...): pid -> (parent pid, start time)."""
+    table = processes()
+    found: dict[int, tuple[int, str]] = {}
+    parents = [pid]
+    while parents:
+        parent = parents.pop()
+        for child, (ppid, _, started) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = (ppid, started)
+                parents.append(child)
+    return found
+
+
+def still_running(found: dict[int, tuple[int, str]]) -> set[int]:
+    """Those of ``found`` (from ``descendants``) still running: same pid and start time,
+    not a zombie."""
+    table = processes()
+    return {
+        pid
+        for pid, (_, started) in found.items()
+        if pid in table and table[pid][2] == started and table[pid][1] != "Z"
+    }
+
+
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 LOCAL_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
 

@@ -17,10 +17,12 @@ import pytest
 
 from tests.servers import (
     ScratchDatabase,
+    descendants,
     free_port,
     postgres_admin_url_or_skip,
     redis_url_or_skip,
     send_slowly_until_closed,
+    still_running,
 )
 from tests.servers import wait_for as _wait_for
 from tests.training.runner_world import enqueue_code
@@ -117,51 +119,14 @@ def embedded(tmp_path):
         yield process, web_port, fake_port, tmp_path, log, env
 
 
-def _processes() -> dict[int, tuple[int, str, str]]:
-    """Every process on the machine: pid -> (parent pid, state, start time), from /proc."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # The fields after the command name, which may hold spaces and parentheses:
-            # state (field 3 of proc(5)), ppid (4), ... starttime (22).
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        table[int(stat.parent.name)] = (int(fields[1]), fields[0], fields[19])
-    return table
-
-
-def _descendants(pid: int) -> dict[int, tuple[int, str]]:
-    """The processes under pid (children, grandchildren...): pid -> (parent pid, start time)."""
-    table = _processes()
-    found: dict[int, tuple[int, str]] = {}
-    parents = [pid]
-    while parents:
-        parent = parents.pop()
-        for child, (ppid, _, started) in table.items():
-            if ppid == parent and child not in found:
-                found[child] = (ppid, started)
-                parents.append(child)
-    return found
-
-
 def _stop_and_check_everything_stopped(process, web_port: int, children: int) -> None:
     """Ctrl-C the launcher: it exits 0 and leaves no process of its tree running."""
-    descendants = _descendants(process.pid)
-    assert [ppid for ppid, _ in descendants.values()].count(process.pid) == children
+    found = descendants(process.pid)
+    assert [ppid for ppid, _ in found.values()].count(process.pid) == children
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
-
-    def still_running():
-        table = _processes()
-        return {
-            pid
-            for pid, (_, started) in descendants.items()
-            if pid in table and table[pid][2] == started and table[pid][1] != "Z"
-        }
-
     # A grandchild (a Celery pool process) may outlive its parent by a moment.
-    _wait_for(lambda: not still_running(), 10, "every child of the launcher to exit")
+    _wait_for(lambda: not still_running(found), 10, "every child of the launcher to exit")
     assert _refuses(web_port)
 
 
@@ -253,7 +218,7 @@ def test_it_runs_web_worker_beat_and_the_demo_model_until_ctrl_c(embedded):
         60,
         "the instance to run",
     )
-    assert instance[0][0] in _descendants(process.pid)
+    assert instance[0][0] in descendants(process.pid)
     # Its node's row was made by the launcher, from the settings the agent runs with.
     assert _query(db, "SELECT name, address, instance_host FROM ai_node") == [
         ("local", env["INSTANCE_AGENT_URL"], "127.0.0.1")

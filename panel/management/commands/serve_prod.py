@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from ai.instances.nodes import node_ensure_local
-from panel.prod import Topology, prod_dir, prod_refusal, supervisord_config
+from panel.prod import Topology, prod_conflict, prod_dir, prod_refusal, supervisord_config
 
 
 def _positive(value: str) -> int:
@@ -47,7 +47,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *, host, port, web_processes, workers, **options):
-        refusal = prod_refusal()
+        topology = Topology(host, port, web_processes, workers)
+        refusal = prod_refusal() or prod_conflict(topology)
         if refusal:
             raise CommandError(refusal, returncode=2)
         if settings.DEBUG:
@@ -56,7 +57,7 @@ class Command(BaseCommand):
         # The agent started below is this host's node: its row says where and with which key.
         node_ensure_local(update=True)
         connections.close_all()
-        config = self._write_config(Topology(host, port, web_processes, workers))
+        config = self._write_config(topology)
         self.stdout.flush()
         self.stderr.flush()
         # supervisord takes this process over: signals reach it directly, and it exits 0
