@@ -39,7 +39,8 @@ KINDS = {
     "stream": (3, "soak-chat", "plain", True, None),
     "aborted": (2, "soak-chat", "plain", True, 2),
     "billed": (2, "soak-chat", "billed", False, None),
-    "limited": (3, "soak-chat", "limited", False, None),
+    "limited": (2, "soak-chat", "limited", False, None),
+    "counted": (2, "soak-chat", "counted", False, None),
     "failover": (1, "soak-failover", "plain", False, None),
     "broken": (1, "soak-broken", "plain", False, None),
 }

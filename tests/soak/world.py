@@ -3,7 +3,7 @@
 ``python -m tests.soak.world seed FAKE_URL``: the models, links, wallet and keys the
 traffic uses, printed as JSON. ``python -m tests.soak.world check``: once the topology
 is quiet, rolls usage up and prints as JSON what the invariants are computed from:
-events per request id, wallets against their ledgers, the limited link's use per
+events per request id, wallets against their ledgers, the limited links' use per
 window, rollups against raw events, and what is still held or journalled.
 """
 
@@ -17,9 +17,11 @@ from decimal import Decimal
 
 # Every request asks for this many tokens at most: a reservation's token bound.
 MAX_TOKENS = 20
-# The limited link's limits (per minute), low enough that the traffic meets them.
+# The limited links' limits (per minute), low enough that the traffic meets them: the
+# first link's tokens run out before its requests, the second has a request limit alone.
 LIMITED_REQUESTS_PER_MINUTE = 40
 LIMITED_TOKENS_PER_MINUTE = 900
+COUNTED_REQUESTS_PER_MINUTE = 30
 # The billed link's wallet: enough for a few dozen requests at these prices.
 WALLET_BALANCE = Decimal("2")
 INPUT_PRICE, OUTPUT_PRICE = Decimal("1000"), Decimal("2000")  # credits per million tokens
@@ -55,8 +57,9 @@ def seed(fake_url: str) -> dict:
                 priority=priority,
                 provider_model_id="fake-chat",
             )
-    plain, limited, billed = (
-        User.objects.create(username=f"soak-{name}") for name in ("plain", "limited", "billed")
+    plain, limited, counted, billed = (
+        User.objects.create(username=f"soak-{name}")
+        for name in ("plain", "limited", "counted", "billed")
     )
     for name in models:
         ModelLink.objects.create(model=AIModel.objects.get(name=name), user=plain)
@@ -67,17 +70,21 @@ def seed(fake_url: str) -> dict:
         requests_per_minute=LIMITED_REQUESTS_PER_MINUTE,
         tokens_per_minute=LIMITED_TOKENS_PER_MINUTE,
     )
+    counted_link = ModelLink.objects.create(
+        model=chat, user=counted, requests_per_minute=COUNTED_REQUESTS_PER_MINUTE
+    )
     ModelLink.objects.create(model=chat, user=billed, is_wallet_billed=True)
     wallet_topup(wallet=wallet_for(user=billed), amount=WALLET_BALANCE, reason="soak")
     return {
         "plain_keys": [apikey_create(user=plain, name=f"soak-{i}")[1] for i in range(PLAIN_KEYS)],
         "limited_key": apikey_create(user=limited, name="soak-limited")[1],
+        "counted_key": apikey_create(user=counted, name="soak-counted")[1],
         "billed_key": apikey_create(user=billed, name="soak-billed")[1],
-        "limited_link": link.pk,
+        "limited_links": {"limited": link.pk, "counted": counted_link.pk},
     }
 
 
-def check(limited_link: int) -> dict:
+def check(limited_links: dict[str, int]) -> dict:
     """Roll usage up, then everything the invariants compare."""
     from ai.models import UsageEvent
     from ai.services import usage_rollup
@@ -90,7 +97,7 @@ def check(limited_link: int) -> dict:
     return {
         "events": events,
         "wallets": _wallets(),
-        "limits": _limits(limited_link),
+        "limits": {name: _limits(link_id) for name, link_id in limited_links.items()},
         "rollups": _rollups(),
         "held": _held(),
     }
@@ -123,9 +130,10 @@ def _lowest_balance(wallet) -> Decimal:
 
 
 def _limits(link_id: int) -> dict:
-    """The limited link's requests and tokens per minute of admission, and their bounds."""
-    from ai.models import UsageEvent
+    """A link's requests and tokens per minute of admission, and their bounds (None: no limit)."""
+    from ai.models import ModelLink, UsageEvent
 
+    link = ModelLink.objects.get(pk=link_id)
     requests, tokens = Counter(), Counter()
     largest_prompt = 0
     rows = UsageEvent.objects.filter(link_id=link_id).values_list(
@@ -137,11 +145,13 @@ def _limits(link_id: int) -> dict:
         requests[minute.isoformat()] += 1
         tokens[minute.isoformat()] += prompt + completion
         largest_prompt = max(largest_prompt, prompt)
+    # One reservation more: a request, or the tokens one request may reserve.
     return {
         "requests": dict(requests),
         "tokens": dict(tokens),
-        "requests_bound": LIMITED_REQUESTS_PER_MINUTE + 1,
-        "tokens_bound": LIMITED_TOKENS_PER_MINUTE + largest_prompt + MAX_TOKENS,
+        "requests_bound": link.requests_per_minute and link.requests_per_minute + 1,
+        "tokens_bound": link.tokens_per_minute
+        and link.tokens_per_minute + largest_prompt + MAX_TOKENS,
     }
 
 
@@ -191,8 +201,8 @@ def main() -> None:
     import django
 
     django.setup()
-    command = sys.argv[1]
-    result = seed(sys.argv[2]) if command == "seed" else check(int(sys.argv[2]))
+    command, argument = sys.argv[1:3]
+    result = seed(argument) if command == "seed" else check(json.loads(argument))
     json.dump(result, sys.stdout, default=str)
 
 
