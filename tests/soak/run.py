@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -310,7 +311,7 @@ def _kill_one_web(topology) -> Window:
     name = topology.web_programs()[0]
     pid = topology.programs()[name]
     window = Window(f"SIGKILL {name}", time.monotonic())
-    os.kill(pid, 9)
+    os.kill(pid, signal.SIGKILL)
     new_pid = topology.wait_restarted(name, pid)
     window.end = time.monotonic() + GRACE
     window.note = f"pid {pid} -> {new_pid} after {window.end - GRACE - window.start:.1f} s"
