@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install run run-prod test lint format bench bench-scheduling bench-instructions clean browser deploy-tools
+.PHONY: install run run-prod test lint format bench bench-scheduling bench-instructions soak clean browser deploy-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,13 @@ bench-scheduling: install
 bench-instructions: install
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	$(PY) tests/bench/instructions.py $(BENCH_INSTRUCTIONS_ARGS)
+
+# The production topology under traffic and faults (README "Soak test"): needs a
+# PostgreSQL server and redis-server (from Debian when missing); exits 1 when an invariant fails.
+SOAK_SECONDS ?= 300
+soak: install
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(PY) tests/soak/run.py --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

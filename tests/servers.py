@@ -317,10 +317,18 @@ class RedisServer:
 
     With ``tls_dir`` it speaks TLS only, with a self-signed certificate written
     there, and ``url`` is a ``rediss://`` URL that trusts it; ``args`` are more
-    server options (``--user ...``).
+    server options (``--user ...``). With ``data_dir`` it keeps its data there as a
+    production server does by default (a snapshot on shutdown, loaded at start), so
+    ``restart`` brings it back with its keys; without, it starts empty every time.
     """
 
-    def __init__(self, *, tls_dir: Path | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        tls_dir: Path | None = None,
+        args: tuple[str, ...] = (),
+        data_dir: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.options = ["--port", str(self.port)]
@@ -331,6 +339,9 @@ class RedisServer:
             self.options += ["--tls-cert-file", str(self.cert), "--tls-key-file", str(key)]
             self.options += ["--tls-ca-cert-file", str(self.cert), "--tls-auth-clients", "no"]
         self.options += list(args)
+        self.persistence = ["--save", ""]
+        if data_dir is not None:
+            self.persistence = ["--dir", str(data_dir), "--save", "3600 1"]
         self.process = None
 
     def start(self) -> "RedisServer":
@@ -339,8 +350,8 @@ class RedisServer:
         import redis
 
         self.process = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", *self.options]
-            + ["--save", "", "--appendonly", "no", "--daemonize", "no"],
+            ["redis-server", "--bind", "127.0.0.1", *self.options, *self.persistence]
+            + ["--appendonly", "no", "--daemonize", "no"],
             stdout=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url, socket_timeout=1)
@@ -357,6 +368,12 @@ class RedisServer:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Stop the server as an operator does (SIGTERM: it saves, with ``data_dir``), start it."""
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.start()
 
     def hang(self) -> None:
         """Stop the process: connections stay open, nothing answers."""
