@@ -154,12 +154,19 @@ def _beat_redis(conn) -> None:
     conn.fire(pack_command("SET", alive_key(process_name()), "1", "EX", ttl))
 
 
+def heartbeat_interval() -> float:
+    """Seconds between a process's heartbeats: every 5 s, and always at least three beats
+    within GATEWAY_PROCESS_TIMEOUT, so a live process one beat late is never taken for
+    dead (and its requests settled twice), whatever the timeout is set to."""
+    return min(HEARTBEAT_SECONDS, settings.GATEWAY_PROCESS_TIMEOUT / 3)
+
+
 async def _heartbeat_loop() -> None:
     from panel.db import run_sync
     from panel.redis import connection
 
     while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
+        await asyncio.sleep(heartbeat_interval())
         try:
             if sb_redis.is_configured():
                 _beat_redis(connection())

@@ -15,7 +15,7 @@ import redis
 from asgiref.sync import async_to_sync
 
 from accounts.models import User
-from ai.gateway import accounting, ledger
+from ai.gateway import accounting, journal, ledger
 from ai.gateway.accounting import Record
 from ai.models import AIModel, InFlightAdmission, LimitCounter, ModelLink, UsageEvent
 from ai.selectors import registry_get
@@ -239,6 +239,16 @@ def test_usage_reaches_the_database_when_redis_is_gone_at_shutdown(world, limite
 # --- Crash ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("timeout", "interval"), [(30.0, 5.0), (15.0, 5.0), (6.0, 2.0), (1.0, 1 / 3)]
+)
+def test_a_gateway_beats_at_least_three_times_within_its_process_timeout(
+    settings, timeout, interval
+):
+    settings.GATEWAY_PROCESS_TIMEOUT = timeout
+    assert journal.heartbeat_interval() == pytest.approx(interval)
+
+
 def test_the_reconciler_settles_what_a_killed_gateway_admitted(world, limited, mode, settings):
     settings.REDIS_URL = mode or ""
     settings.GATEWAY_PROCESS_TIMEOUT = 1.0
@@ -273,11 +283,6 @@ def test_the_reconciler_settles_what_a_killed_gateway_admitted(world, limited, m
 
 def _assert_reservations_released(redis_url: str | None, wallet: Wallet) -> None:
     if redis_url is None:
-        print(
-            "DBG",
-            list(LimitCounter.objects.values_list("key", "value")),
-            list(UsageEvent.objects.values_list("request_id", "created_at")),
-        )
         assert set(LimitCounter.objects.values_list("value", flat=True)) == {0}
         wallet.refresh_from_db()
         assert wallet.held == 0
