@@ -206,6 +206,21 @@ def print_against_relay(cells: list[tuple[str, int, dict]], with_limited: bool) 
         print("| " + " | ".join(row) + " |", flush=True)
 
 
+def send_many(target: tuple, modes: list[str], count: int, work: Path, pid: int) -> int:
+    """Send at least ``count`` requests to ``target`` at c=16; return how many were answered.
+
+    wrk cannot stop after N requests (its main thread sleeps the whole duration), so it
+    runs 5 s at a time, the modes taking turns, until ``count`` are answered.
+    """
+    url, auth, model = target
+    sent, turn = 0, 0
+    while sent < count:
+        mode, turn = modes[turn % len(modes)], turn + 1
+        script = lua(work / f"rss-{mode}.lua", {**BODY, "model": model, **MODES[mode]}, auth)
+        sent += wrk(url, script, 16, 5, pid, "")["requests"]
+    return sent
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -372,15 +387,7 @@ def main() -> None:
         if args.rss_requests:
             rss_before = rss_mib(gateway_pid)
             name = "limited" if args.redis else "gateway"
-            url, auth, model = targets[name]
-            sent, turn = 0, 0
-            # wrk cannot stop after N requests (its main thread sleeps the whole duration),
-            # so it runs 5 s at a time, the modes taking turns, until N are answered.
-            while sent < args.rss_requests:
-                mode, turn = args.modes[turn % len(args.modes)], turn + 1
-                body = {**BODY, "model": model, **MODES[mode]}
-                script = lua(work / f"rss-{mode}.lua", body, auth)
-                sent += wrk(url, script, 16, 5, gateway_pid, "")["requests"]
+            sent = send_many(targets[name], args.modes, args.rss_requests, work, gateway_pid)
             print(
                 f"gateway RSS: {rss_at_start:.1f} MiB at start, {rss_before:.1f} MiB after the "
                 f"measured runs, {rss_mib(gateway_pid):.1f} MiB after {sent} more requests "
