@@ -4,7 +4,10 @@ Starts the fake upstream and the gateway (one worker) on loopback with a
 throw-away embedded database (or PostgreSQL/Redis when DATABASE_URL/REDIS_URL
 are set), seeds a model, a link with limits and a key, then runs wrk for JSON
 and SSE (20 chunks) at concurrency 1, 16 and 64, direct and through the
-gateway, and prints requests/s with p50/p99 latency.
+gateway, and prints requests/s with p50/p99 latency. Issue 20: a minimal relay
+(`relay.py`, no framework) runs in the same rounds, and the gateway's numbers are
+printed as a share of its; `--rss-requests N` prints the gateway's RSS before and
+after N more requests.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ print(apikey_create(user=user, name="bench")[1])
 """
 
 
+RELAY_KEY = "sk-bench-relay"
+
+
 def lua(path: Path, body: dict, key: str | None) -> Path:
     headers = {"Content-Type": "application/json"}
     if key:
@@ -57,6 +63,14 @@ def lua(path: Path, body: dict, key: str | None) -> Path:
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident set size now, in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -75,11 +89,12 @@ def redis_cpu_seconds(url: str) -> float:
 
 
 def wrk(
-    url: str, script: Path, concurrency: int, seconds: int, gateway_pid: int, redis_url: str
+    url: str, script: Path, concurrency: int, seconds: int, server_pid: int, redis_url: str
 ) -> dict:
-    """One wrk run; also the CPU the gateway (and Redis) spent per request meanwhile."""
+    """One wrk run; also the CPU the server measured (the gateway or the relay) and Redis
+    spent per request meanwhile."""
     threads = 1 if concurrency == 1 else 2
-    cpu, redis_cpu = cpu_seconds(gateway_pid), redis_cpu_seconds(redis_url)
+    cpu, redis_cpu = cpu_seconds(server_pid), redis_cpu_seconds(redis_url)
     out = subprocess.run(
         [
             "wrk",
@@ -96,11 +111,12 @@ def wrk(
         check=True,
         preexec_fn=lambda: os.sched_setaffinity(0, OTHER_CORES),
     ).stdout
-    cpu, redis_cpu = cpu_seconds(gateway_pid) - cpu, redis_cpu_seconds(redis_url) - redis_cpu
+    cpu, redis_cpu = cpu_seconds(server_pid) - cpu, redis_cpu_seconds(redis_url) - redis_cpu
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "requests": requests,
         "rps": rps,
         "p50": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
         "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
@@ -134,17 +150,128 @@ def start(args: list[str], env: dict, log: Path, cores: set[int]) -> subprocess.
     )
 
 
-def main() -> None:
+MODES = {"json": {}, "sse": {"stream": True}}
+
+
+def summarise(direct: dict, runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Print one cell's medians (and limited against gateway, round by round); return them."""
+    med = {name: {k: median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    g, lim, relay = med["gateway"], med["limited"], med["relay"]
+    changes = [
+        100 * (b["rps"] / a["rps"] - 1)
+        for a, b in zip(runs["gateway"], runs["limited"], strict=True)
+    ]
+    pad = f"{'':5} {'':>3}"
+    print(
+        f"{pad} {'median':8} gateway {g['rps']:.0f} req/s, p50 {g['p50']:.2f} ms "
+        f"(added {g['p50'] - direct['p50']:.2f} ms), {g['cpu_us']:.0f} us cpu/req"
+    )
+    print(
+        f"{pad} {'median':8} limited {lim['rps']:.0f} req/s, p50 "
+        f"{lim['p50']:.2f} ms, {lim['cpu_us']:.0f} us cpu/req (+{lim['redis_us']:.0f} Redis)"
+    )
+    print(
+        f"{pad} {'median':8} relay {relay['rps']:.0f} req/s, p50 {relay['p50']:.2f} ms "
+        f"(added {relay['p50'] - direct['p50']:.2f} ms), {relay['cpu_us']:.0f} us cpu/req"
+    )
+    print(
+        f"{pad} {'limits':8} {100 * (lim['rps'] / g['rps'] - 1):+.1f}% req/s "
+        f"(rounds: {', '.join(f'{c:+.0f}%' for c in changes)}), "
+        f"{lim['cpu_us'] - g['cpu_us']:+.0f} us cpu/req",
+        flush=True,
+    )
+    return med
+
+
+def print_against_relay(cells: list[tuple[str, int, dict]], with_limited: bool) -> None:
+    """Issue 20's table: the gateway (and, with Redis, limited) as a share of the relay."""
+    print("\nagainst the relay (medians; issue 20's goal: gateway/relay >= 0.5 at c=64 with")
+    print("every feature on, added p50 at c=1 <= 0.4 ms, gateway cpu <= 350 us/req)")
+    columns = ["mode", "c", "gateway/relay"]
+    columns += ["limited/relay"] if with_limited else []
+    columns += ["p50 over relay ms", "gateway cpu us/req"]
+    columns += ["limited cpu us/req"] if with_limited else []
+    columns += ["relay cpu us/req"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + " --- |" * len(columns))
+    for mode, concurrency, med in cells:
+        g, lim, relay = med["gateway"], med["limited"], med["relay"]
+        row = [mode.upper(), str(concurrency), f"{g['rps'] / relay['rps']:.3f}"]
+        row += [f"{lim['rps'] / relay['rps']:.3f}"] if with_limited else []
+        # The added latency is issue 20's measure at c=1 only; above it, queueing dominates.
+        row += [f"{g['p50'] - relay['p50']:.2f}" if concurrency == 1 else ""]
+        row += [f"{g['cpu_us']:.0f}"]
+        row += [f"{lim['cpu_us']:.0f}"] if with_limited else []
+        row += [f"{relay['cpu_us']:.0f}"]
+        print("| " + " | ".join(row) + " |", flush=True)
+
+
+def send_many(target: tuple, modes: list[str], count: int, work: Path, pid: int) -> int:
+    """Send at least ``count`` requests to ``target`` at c=16; return how many were answered.
+
+    wrk cannot stop after N requests (its main thread sleeps the whole duration), so it
+    runs 5 s at a time, the modes taking turns, until ``count`` are answered.
+    """
+    url, auth, model = target
+    sent, turn = 0, 0
+    while sent < count:
+        mode, turn = modes[turn % len(modes)], turn + 1
+        script = lua(work / f"rss-{mode}.lua", {**BODY, "model": model, **MODES[mode]}, auth)
+        sent += wrk(url, script, 16, 5, pid, "")["requests"]
+    return sent
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
+def _at_least_zero(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is below 0")
+    return number
+
+
+def _concurrencies(value: str) -> list[int]:
+    try:
+        return [_positive(c) for c in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a list of numbers") from None
+
+
+def _modes(value: str) -> list[str]:
+    modes = value.split(",")
+    if not set(modes) <= {"json", "sse"}:
+        raise argparse.ArgumentTypeError(f"{value!r}: modes are json and sse")
+    return modes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5, help="gateway/limited alternations")
+    parser.add_argument("--seconds", type=_positive, default=2)
+    parser.add_argument(
+        "--rounds", type=_positive, default=5, help="gateway/limited/relay alternations"
+    )
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
-    parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--modes", default="json,sse")
+    parser.add_argument("--concurrency", type=_concurrencies, default=[1, 16, 64])
+    parser.add_argument("--modes", type=_modes, default=["json", "sse"])
     parser.add_argument(
         "--redis", default=os.environ.get("REDIS_URL", ""), help="keep limits in this Redis"
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--rss-requests",
+        type=_at_least_zero,
+        default=0,
+        help="print the gateway's RSS before and after this many more requests (0: skip)",
+    )
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk); `make bench` installs it.")
     work = Path(tempfile.mkdtemp(prefix="sb-bench-"))
@@ -198,37 +325,47 @@ def main() -> None:
             "daphne": [py, "-m", "daphne", "-p", str(gw_port), "panel.asgi:application"],
         }[args.server]
         procs.append(start(server, env, work / "gateway.log", GATEWAY_CORES))
+        relay_port = free_port()
+        relay = [py, "tests/bench/relay.py", "--port", str(relay_port)]
+        relay += ["--upstream", f"http://127.0.0.1:{fake_port}/v1", "--key", RELAY_KEY]
+        procs.append(start(relay, env, work / "relay.log", GATEWAY_CORES))
         wait_until_serving(f"http://127.0.0.1:{fake_port}/_fake/health")
         wait_until_serving(f"http://127.0.0.1:{gw_port}/v1/models")
+        wait_until_serving(f"http://127.0.0.1:{relay_port}/v1/chat/completions")
+        fake_pid, gateway_pid, relay_pid = (proc.pid for proc in procs)
+        rss_at_start = rss_mib(gateway_pid)
         gateway = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         targets = {
             "direct": (f"http://127.0.0.1:{fake_port}/v1/chat/completions", None, "fake-chat"),
             "gateway": (gateway, key, "bench-chat"),
             "limited": (gateway, key, "bench-limited"),
+            "relay": (f"http://127.0.0.1:{relay_port}/v1/chat/completions", RELAY_KEY, "fake-chat"),
         }
+        pids = {"direct": fake_pid, "gateway": gateway_pid, "limited": gateway_pid}
+        pids["relay"] = relay_pid
         kept_in = f"Redis ({args.redis})" if args.redis else "the database (no Redis)"
         print(
-            f"server: {args.server} (1 worker) on core(s) {sorted(GATEWAY_CORES)}, wrk and the "
-            f"fake upstream on {sorted(OTHER_CORES)}; wrk {args.seconds}s a run"
+            f"server: {args.server} (1 worker) and the relay on core(s) {sorted(GATEWAY_CORES)}, "
+            f"wrk and the fake upstream on {sorted(OTHER_CORES)}; wrk {args.seconds}s a run"
         )
         print(f"gateway: a link without limits; limited: every limit and a wallet, in {kept_in}")
+        print("relay: tests/bench/relay.py, aiohttp.web on uvloop, no framework (issue 20)")
         print(
-            f"gateway and limited alternate for {args.rounds} rounds; summaries are medians. "
-            "cpu us/req: the gateway process's CPU per request (redis: Redis server's)"
+            f"gateway, limited and relay alternate for {args.rounds} rounds; summaries are "
+            "medians. cpu us/req: the serving process's CPU per request (direct: the fake "
+            "upstream's; redis: Redis server's)"
         )
         print(
             f"{'mode':5} {'c':>3} {'target':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'non-2xx':>8} {'cpu us/req':>11} {'redis':>6}"
         )
-        modes = {"json": {}, "sse": {"stream": True}}
-        gateway_pid = procs[1].pid
 
         def run(name: str, mode: str, concurrency: int, warm: bool) -> dict:
             url, auth, model = targets[name]
-            script = lua(work / f"{name}-{mode}.lua", {**BODY, "model": model, **modes[mode]}, auth)
+            script = lua(work / f"{name}-{mode}.lua", {**BODY, "model": model, **MODES[mode]}, auth)
             if warm:
-                wrk(url, script, concurrency, 1, gateway_pid, "")  # warm up pools and caches
-            r = wrk(url, script, concurrency, args.seconds, gateway_pid, args.redis)
+                wrk(url, script, concurrency, 1, pids[name], "")  # warm up pools and caches
+            r = wrk(url, script, concurrency, args.seconds, pids[name], args.redis)
             print(
                 f"{mode:5} {concurrency:>3} {name:8} {r['rps']:>9.0f} {r['p50']:>8.2f} "
                 f"{r['p99']:>8.2f} {r['errors']:>8} {r['cpu_us']:>11.0f} {r['redis_us']:>6.0f}",
@@ -236,33 +373,27 @@ def main() -> None:
             )
             return r
 
-        for mode in args.modes.split(","):
-            for concurrency in [int(c) for c in args.concurrency.split(",")]:
+        cells = []
+        for mode in args.modes:
+            for concurrency in args.concurrency:
                 direct = run("direct", mode, concurrency, warm=True)
-                runs = {"gateway": [], "limited": []}
+                runs = {"gateway": [], "limited": [], "relay": []}
                 for round_ in range(args.rounds):
                     for name in runs:
                         runs[name].append(run(name, mode, concurrency, warm=round_ == 0))
-                g, lim = (
-                    {k: median(r[k] for r in runs[name]) for k in runs[name][0]} for name in runs
-                )
-                changes = [
-                    100 * (b["rps"] / a["rps"] - 1) for a, b in zip(*runs.values(), strict=True)
-                ]
-                print(
-                    f"{'':5} {'':>3} {'median':8} gateway {g['rps']:.0f} req/s, p50 {g['p50']:.2f} ms "
-                    f"(added {g['p50'] - direct['p50']:.2f} ms), {g['cpu_us']:.0f} us cpu/req"
-                )
-                print(
-                    f"{'':5} {'':>3} {'median':8} limited {lim['rps']:.0f} req/s, p50 "
-                    f"{lim['p50']:.2f} ms, {lim['cpu_us']:.0f} us cpu/req (+{lim['redis_us']:.0f} Redis)"
-                )
-                print(
-                    f"{'':5} {'':>3} {'limits':8} {100 * (lim['rps'] / g['rps'] - 1):+.1f}% req/s "
-                    f"(rounds: {', '.join(f'{c:+.0f}%' for c in changes)}), "
-                    f"{lim['cpu_us'] - g['cpu_us']:+.0f} us cpu/req",
-                    flush=True,
-                )
+                summary = summarise(direct, runs)
+                cells.append((mode, concurrency, summary))
+        print_against_relay(cells, with_limited=bool(args.redis))
+        if args.rss_requests:
+            rss_before = rss_mib(gateway_pid)
+            name = "limited" if args.redis else "gateway"
+            sent = send_many(targets[name], args.modes, args.rss_requests, work, gateway_pid)
+            print(
+                f"gateway RSS: {rss_at_start:.1f} MiB at start, {rss_before:.1f} MiB after the "
+                f"measured runs, {rss_mib(gateway_pid):.1f} MiB after {sent} more requests "
+                f"to {name} ({', '.join(args.modes)} in turns of 5 s, c=16)",
+                flush=True,
+            )
     finally:
         for proc in procs:
             proc.terminate()
