@@ -6,10 +6,16 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: install run run-prod test lint format bench bench-scheduling bench-instructions soak clean browser deploy-tools
 
+# llama-cpp-python (the instance tests' real model server) builds from source. Built for the
+# build machine's own CPU (GGML_NATIVE), it used AMX instructions that this VM kind
+# advertises but faults on (a general protection fault in libggml-cpu at the first
+# completion): build it for x86-64 with AVX2 instead, which every machine here runs.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
