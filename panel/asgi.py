@@ -25,10 +25,15 @@ if settings.SERVE_STATIC:
     django_http_app = ASGIStaticFilesHandler(django_asgi_app)
 
 
+# Django and the static files get the HTTPS redirect and the security headers from this
+# wrapper; the fast path does both itself (panel.security), one layer fewer per request.
+secured_http_app = SecurityHeadersMiddleware(django_http_app)
+
+
 async def http_app(scope, receive, send):
     if is_fast_path(scope["path"]):
         return await fast_app(scope, receive, send)
-    return await django_http_app(scope, receive, send)
+    return await secured_http_app(scope, receive, send)
 
 
 async def lifespan_app(scope, receive, send):
@@ -55,8 +60,7 @@ async def lifespan_app(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "lifespan": lifespan_app,
-        # In front of the fast path, static files and Django alike.
-        "http": SecurityHeadersMiddleware(http_app),
+        "http": http_app,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

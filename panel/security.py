@@ -2,10 +2,12 @@
 
 Django's SecurityMiddleware and XFrameOptionsMiddleware cover only what goes
 through Django's middleware; the gateway's fast path (ai.api.fastpath) and the
-static files handler skip it. This wrapper sits in front of all three and
-adds, from a list built once per settings change, each header a response does
-not already carry: nosniff, X-Frame-Options, CSP frame-ancestors,
-Referrer-Policy, Cross-Origin-Opener-Policy and, on HTTPS, HSTS.
+static files handler skip it. This wrapper sits in front of Django and the
+static files and adds, from a list built once per settings change, each header
+a response does not already carry: nosniff, X-Frame-Options, CSP
+frame-ancestors, Referrer-Policy, Cross-Origin-Opener-Policy and, on HTTPS,
+HSTS. The fast path does the same itself (``redirect_target``,
+``missing_headers``), without a wrapper around each ``send``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,13 @@ def is_secure(scope) -> bool:
     return scope.get("scheme") == "https"
 
 
-def _redirect_target(scope) -> str | None:
+def missing_headers(headers, *, secure: bool) -> list[tuple[bytes, bytes]]:
+    """The security headers that a response's (name, value) byte pairs do not set."""
+    present = {name.lower() for name, _ in headers}
+    return [header for header in security_headers(secure=secure) if header[0] not in present]
+
+
+def redirect_target(scope) -> str | None:
     """The https:// URL to send a plain-HTTP request to, as SecurityMiddleware would."""
     path = scope["path"]
     if any(re.search(pattern, path.lstrip("/")) for pattern in settings.SECURE_REDIRECT_EXEMPT):
@@ -94,23 +102,22 @@ class SecurityHeadersMiddleware:
     async def __call__(self, scope, receive, send):
         secure = is_secure(scope)
         if settings.SECURE_SSL_REDIRECT and not secure:
-            target = _redirect_target(scope)
+            target = redirect_target(scope)
             if target is not None:
-                return await _send_redirect(send, target)
-        headers = security_headers(secure=secure)
+                return await send_redirect(send, target)
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", ())}
-                missing = [header for header in headers if header[0] not in present]
+                headers = message.get("headers", ())
+                missing = missing_headers(headers, secure=secure)
                 if missing:
-                    message = {**message, "headers": [*message.get("headers", ()), *missing]}
+                    message = {**message, "headers": [*headers, *missing]}
             await send(message)
 
         return await self.app(scope, receive, send_with_headers)
 
 
-async def _send_redirect(send, target: str) -> None:
+async def send_redirect(send, target: str) -> None:
     await send(
         {
             "type": "http.response.start",

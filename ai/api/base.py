@@ -140,6 +140,9 @@ def render(result: Reply | Stream) -> HttpResponse:
         response = StreamingHttpResponse(result.wire(), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
+        # The fast path (ai.api.fastpath) writes the batches itself, one write a batch;
+        # Django's handlers (the test client's) read ``wire()``. Either reads them once.
+        response.relay_batches = result.batches
     else:
         body = json.dumps(result.payload).encode() if result.payload is not None else result.raw
         response = HttpResponse(body, status=result.status, content_type="application/json")

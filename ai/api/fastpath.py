@@ -13,18 +13,31 @@ database only on cache misses. So views marked ``fast_path = True`` (see
 ``ai.api.base.ai_route``) are served by this handler: no middleware, no
 request signals, no thread-sensitive context. Everything else goes through
 Django's normal handler.
+
+Issue 20 (profiled with py-spy at c=64, tests/bench/README.md) trimmed what was left of
+Django's per-request machinery here: the request's headers are a plain dict read once
+from the scope (``request.headers`` raised and caught a KeyError for every absent header
+it was asked for); a small body is read into memory rather than a temporary file; one
+task watches for the client leaving, not two plus ``asyncio.wait``; and responses go out
+as ASGI messages directly, a stream's batches without Django's iterator layers, the
+security headers (``panel.security``) added here instead of in a wrapper around ``send``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import io
+import tempfile
+from contextlib import aclosing
 from functools import lru_cache
 
+from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import Resolver404, get_resolver, set_script_prefix
+
+from panel import security
 
 
 @lru_cache(maxsize=4096)
@@ -39,6 +52,38 @@ def _fast_match(path: str):
 
 def is_fast_path(path: str) -> bool:
     return _fast_match(path) is not None
+
+
+class Headers(dict):
+    """A request's headers by lower-case name, what ``request.headers`` gives the views.
+
+    As Django's ``HttpHeaders``: names are case-insensitive, repeated headers are joined
+    with ",", and names with an underscore are left out (they could pose as a dashed
+    one). Unlike it, an absent header costs a dict lookup, not a KeyError.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def from_scope(cls, scope) -> Headers:
+        headers = cls()
+        for raw_name, raw_value in scope.get("headers", ()):
+            name = raw_name.decode("latin-1").lower()
+            if "_" in name:
+                continue
+            value = raw_value.decode("latin-1")
+            seen = dict.get(headers, name)
+            dict.__setitem__(headers, name, value if seen is None else f"{seen},{value}")
+        return headers
+
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and dict.__contains__(self, name.lower())
+
+    def get(self, name: str, default=None):
+        return dict.get(self, name.lower(), default)
 
 
 class FastPathHandler(ASGIHandler):
@@ -60,41 +105,125 @@ class FastPathHandler(ASGIHandler):
         request.resolver_match = match
         return match
 
+    async def read_body(self, receive):
+        """The body in memory up to FILE_UPLOAD_MAX_MEMORY_SIZE, past it in a temporary
+        file (as Django's, which always starts one: ~5 us a request)."""
+        limit = settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+        parts: list[bytes] = []
+        size = 0
+        spooled = None
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if spooled is not None:
+                    spooled.close()
+                raise RequestAborted()
+            chunk = message.get("body", b"")
+            if spooled is not None:
+                spooled.write(chunk)
+            elif chunk:
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    spooled = tempfile.SpooledTemporaryFile(max_size=limit, mode="w+b")  # noqa: SIM115 (closed by handle)
+                    spooled.writelines(parts)
+                    parts = []
+            if not message.get("more_body", False):
+                break
+        if spooled is None:
+            return io.BytesIO(parts[0] if len(parts) == 1 else b"".join(parts))
+        spooled.seek(0)
+        return spooled
+
     async def handle(self, scope, receive, send):
+        secure = security.is_secure(scope)
+        if not secure and settings.SECURE_SSL_REDIRECT:
+            target = security.redirect_target(scope)
+            if target is not None:
+                return await security.send_redirect(send, target)
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        set_script_prefix(get_script_prefix(scope))
+        prefix = get_script_prefix(scope)
+        if prefix:  # else Django's default, "/", which no request task has changed
+            set_script_prefix(prefix)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
-            await self.send_response(error_response, send)
+            await self.send_response(error_response, send, secure=secure)
             return
-        # As in Django: watch for the client leaving while the view runs, and
-        # cancel the view (so a relayed stream stops its upstream call).
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(self._respond(request, send)),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                with contextlib.suppress(RequestAborted):
-                    task.result()
-            else:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        body_file.close()
+        request.__dict__["headers"] = Headers.from_scope(scope)
+        # As in Django: watch for the client leaving while the view runs, and cancel the
+        # view (so a relayed stream stops its upstream call). The view runs in this task;
+        # one more task waits for the disconnect.
+        this = asyncio.current_task()
+        left = asyncio.Event()
+        watcher = asyncio.create_task(self._cancel_on_disconnect(receive, this, left))
+        try:
+            await self._respond(request, send, secure)
+        except asyncio.CancelledError:
+            if not left.is_set():
+                raise  # cancelled from outside (the server stopping): not ours to swallow
+            this.uncancel()
+        finally:
+            watcher.cancel()
+            body_file.close()
 
-    async def _respond(self, request, send):
+    async def _cancel_on_disconnect(self, receive, task: asyncio.Task, left: asyncio.Event):
+        try:
+            await self.listen_for_disconnect(receive)
+        except RequestAborted:
+            left.set()
+            task.cancel()
+
+    async def _respond(self, request, send, secure: bool):
         response = await self._middleware_chain(request)
         try:
-            await self.send_response(response, send)
-        except asyncio.CancelledError:
-            pass
+            await self.send_response(response, send, secure=secure)
         finally:
             # Our responses hold no resources that need a thread to close.
             response._resource_closers.clear()
             response.closed = True
+
+    async def send_response(self, response, send, *, secure: bool = False):
+        """The response as ASGI messages, with the security headers it does not set itself.
+
+        A gateway stream (``relay_batches``, set by ``ai.api.base.render``) goes out one
+        write a batch of events, straight from the relay; other streams as Django sends
+        them (one write a chunk).
+        """
+        headers = [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()
+        ]
+        for cookie in response.cookies.values():
+            headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+        headers += security.missing_headers(headers, secure=secure)
+        if not response.streaming:
+            content = response.content
+            if not response.has_header("Content-Length"):  # else uvicorn sends it chunked
+                headers.append((b"content-length", str(len(content)).encode()))
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": content})
+            return
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        batches = getattr(response, "relay_batches", None)
+        if batches is None:
+            async with aclosing(aiter(response)) as content:
+                async for part in content:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+        else:
+            try:
+                async for batch in batches:
+                    await send(
+                        {"type": "http.response.body", "body": b"".join(batch), "more_body": True}
+                    )
+            finally:
+                # Closed here, the relay's own ``finally`` (the usage event) runs now, also
+                # when the client left mid-stream, not when the generator is collected.
+                await batches.aclose()
+        await send({"type": "http.response.body"})

@@ -88,11 +88,13 @@ def request_ended(span, response) -> None:
         span.set_status(StatusCode.ERROR)
     if response.streaming:
         response.streaming_content = _ending(response.streaming_content, span)
+        if getattr(response, "relay_batches", None) is not None:  # what the fast path sends
+            response.relay_batches = _ending(response.relay_batches, span)
     else:
         span.end()
 
 
-async def _ending(content: AsyncIterator[bytes], span) -> AsyncIterator[bytes]:
+async def _ending(content: AsyncIterator, span) -> AsyncIterator:
     try:
         async for chunk in content:
             yield chunk
