@@ -9,10 +9,10 @@ anything past ``MAX_JSON_DEPTH`` is refused as unparsable.
 
 from __future__ import annotations
 
-import json
-
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
+
+from . import fastjson
 
 MAX_JSON_DEPTH = 64
 TOO_DEEP = f"The JSON body is nested more than {MAX_JSON_DEPTH} levels deep."
@@ -23,9 +23,10 @@ class JSONTooDeep(ValueError):
 
 
 def json_loads(raw: bytes | str):
-    """``json.loads`` that raises ``JSONTooDeep`` (a ValueError) for over-nested input."""
+    """``json.loads`` that raises ``JSONTooDeep`` (a ValueError) for over-nested input
+    (orjson first: ``panel.fastjson``)."""
     try:
-        value = json.loads(raw)
+        value = fastjson.loads(raw)
     except RecursionError as exc:
         raise JSONTooDeep(TOO_DEEP) from exc
     if _may_be_deep(raw) and is_too_deep(value):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.authentication import authenticate
-from panel import logs, outage
+from panel import fastjson, logs, outage
 from panel.errors import (
     ApiError,
     DependencyUnavailable,
@@ -144,7 +143,7 @@ def render(result: Reply | Stream) -> HttpResponse:
         # Django's handlers (the test client's) read ``wire()``. Either reads them once.
         response.relay_batches = result.batches
     else:
-        body = json.dumps(result.payload).encode() if result.payload is not None else result.raw
+        body = fastjson.dumps(result.payload) if result.payload is not None else result.raw
         response = HttpResponse(body, status=result.status, content_type="application/json")
     for name, value in result.headers.items():
         response[name] = value

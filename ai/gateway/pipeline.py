@@ -25,6 +25,7 @@ from typing import Protocol
 import aiohttp
 
 from accounts.authentication import Identity
+from panel import fastjson
 from panel.errors import (
     AgentUnavailable,
     ApiError,
@@ -455,8 +456,8 @@ def _json_reply(call: Call, upstream: UpstreamInfo, data: bytes, upstream_ms: in
 
 def _object(data: bytes) -> dict | None:
     try:
-        payload = json.loads(data)
-    except ValueError:
+        payload = fastjson.loads(data)
+    except (ValueError, RecursionError):
         return None
     return payload if isinstance(payload, dict) else None
 
@@ -688,7 +689,7 @@ def _upstream_body(call: Call, upstream_model_id: str) -> bytes:
         call.client_wants_usage = bool(options.get("include_usage"))
         options["include_usage"] = True
         body["stream_options"] = options
-    return json.dumps(body).encode()
+    return fastjson.dumps(body)
 
 
 def _messages_body(call: Call, upstream: UpstreamInfo) -> bytes:

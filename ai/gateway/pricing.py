@@ -270,8 +270,12 @@ def _output_bound(model: ModelInfo, body: dict) -> int:
 
 
 def bound_tokens(text: str) -> int:
-    """At most as many tokens as UTF-8 bytes (``isascii`` is O(1) in CPython)."""
-    return len(text) if text.isascii() else len(text.encode())
+    """At most as many tokens as UTF-8 bytes (``isascii`` is O(1) in CPython).
+
+    A lone surrogate (JSON's ``"\\ud800"``, which the json module parses) counts its
+    three bytes rather than failing the request.
+    """
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def prompt_bound(body: dict) -> int:

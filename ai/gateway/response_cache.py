@@ -84,7 +84,7 @@ def cache_key(*, tenant: str, model_id: int, path: str, body: dict) -> str:
         ensure_ascii=False,
         default=str,
     )
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 async def lookup(key: str) -> dict | None:

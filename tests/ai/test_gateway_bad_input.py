@@ -26,8 +26,12 @@ POST_ROUTES = [
 ]
 
 
-def _post(world, path="/v1/chat/completions", **kwargs):
-    headers = {"Authorization": f"Bearer {world.alice_key}", "Content-Type": "application/json"}
+def _post(world, path="/v1/chat/completions", headers=None, **kwargs):
+    headers = {
+        "Authorization": f"Bearer {world.alice_key}",
+        "Content-Type": "application/json",
+        **(headers or {}),
+    }
     return httpx.post(f"{world.url}{path}", headers=headers, timeout=10, **kwargs)
 
 
@@ -180,3 +184,51 @@ def test_it_serves_a_model_whose_upstream_name_is_not_latin_1(world, acme, fake_
     response = _post(world, json={"model": "intl", "messages": HI})
     assert response.status_code == 200
     assert response.json()["x_switchboard"]["deployment_id"] == "Zürich – 東京"
+
+
+def test_a_host_outside_allowed_hosts_is_refused_every_time(world):
+    # The gateway remembers hosts it found allowed (issue 20); a refused one is never
+    # remembered, before or after an allowed one was.
+    body = {"model": "acme-chat", "messages": HI}
+    for host in ("evil.example", "127.0.0.1", "evil.example", "evil.example"):
+        response = _post(world, json=body, headers={"Host": host})
+        if host == "evil.example":
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "bad_host"
+        else:
+            assert response.status_code == 200, response.text
+    assert UsageEvent.objects.count() == 1
+
+
+def test_a_host_allowed_once_is_refused_when_the_setting_drops_it(world, settings):
+    body = {"model": "acme-chat", "messages": HI}
+    assert _post(world, json=body).status_code == 200
+    settings.ALLOWED_HOSTS = ["only.example"]
+    response = _post(world, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_host"
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent"),
+    [
+        # What orjson refuses falls back to the json module (panel.fastjson): served as before.
+        (b'{"n": 123456789012345678901234567890}', {"n": 123456789012345678901234567890}),
+        (b'{"n": -18446744073709551617}', {"n": -18446744073709551617}),
+        (b'{"s": "caf\\u00e9 \\ud83d\\ude00"}', {"s": "café 😀"}),
+    ],
+)
+def test_bodies_orjson_refuses_are_served_as_before(world, fake_upstream, raw, sent):
+    fake_upstream.clear()
+    body = b'{"model": "acme-chat", "messages": [{"role": "user", "content": "Hi"}], "metadata": '
+    response = _post(world, content=body + raw + b"}")
+    assert response.status_code == 200, response.text
+    [request] = fake_upstream.requests()
+    assert request["json"]["metadata"] == sent
+
+
+def test_a_lone_surrogate_is_refused_or_served_never_a_500(world):
+    body = b'{"model": "acme-chat", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    response = _post(world, content=body)
+    assert response.status_code in (200, 400), response.text
+    assert response.headers["content-type"].startswith("application/json")
