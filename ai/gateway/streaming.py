@@ -21,6 +21,8 @@ from .pricing import Usage, usage_from_block
 MODEL_RE = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 CONTENT_RE = re.compile(rb'"(?:content|text)"\s*:\s*"(?:[^"\\]|\\.)')
 DONE = b"data: [DONE]"
+# OpenAI sends "usage": null in every chunk of a stream that asked for usage: no block.
+USAGE_NULL_RE = re.compile(rb'"usage"\s*:\s*null')
 
 
 async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
@@ -66,6 +68,19 @@ def event_text(event: bytes) -> str:
     return "".join(pieces)
 
 
+def _counts(event: bytes) -> bool:
+    """Whether an event may carry usage: a usage block, or llama.cpp's timings.
+
+    OpenAI's ``"usage": null`` in every chunk is none: parsing each of those chunks (as
+    before issue 20) cost a JSON parse an event and found nothing.
+    """
+    if b'"timings"' in event:
+        return True
+    if b'"usage"' not in event:
+        return False
+    return event.count(b'"usage"') > 1 or USAGE_NULL_RE.search(event) is None
+
+
 class EventRelay:
     """Per-stream state: rewrites events and tallies what was delivered."""
 
@@ -102,8 +117,7 @@ class EventRelay:
         if event.startswith(DONE):
             self.saw_done = True
             return event
-        counts = b'"usage"' in event or b'"timings"' in event
-        if counts and self._read_usage(event) and not self.include_usage:
+        if _counts(event) and self._read_usage(event) and not self.include_usage:
             return None
         if CONTENT_RE.search(event):
             self.content_events += 1
