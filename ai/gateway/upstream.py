@@ -8,6 +8,7 @@ for off-path calls such as health probes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 
 import aiohttp
@@ -50,8 +51,14 @@ def session() -> aiohttp.ClientSession:
     client = _sessions.get(loop)
     if client is None or client.closed:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+        # No cookie jar: the session is shared by every tenant's requests, so a cookie an
+        # upstream set must not ride along on the next caller's request (and filtering
+        # the jar cost every request a few microseconds, issue 20).
         client = aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         _sessions[loop] = client
     return client
@@ -88,10 +95,10 @@ async def send(
         "X-Request-Id": upstream_request_id(request_id),
         **auth_headers(upstream.api_style, upstream.api_key),
     }
-    timeout = aiohttp.ClientTimeout(
-        total=upstream.total_timeout,
-        sock_connect=upstream.connect_timeout,
-        sock_read=None if stream else upstream.first_byte_timeout,
+    timeout = _timeout(
+        upstream.total_timeout,
+        upstream.connect_timeout,
+        None if stream else upstream.first_byte_timeout,
     )
     url = f"{upstream.base_url}/{path}"
     if tracing.tracer is None:
@@ -104,6 +111,12 @@ async def send(
         raise
     tracing.upstream_ended(span, status=response.status)
     return response
+
+
+@functools.lru_cache(maxsize=256)
+def _timeout(total: float, connect: float, read: float | None) -> aiohttp.ClientTimeout:
+    """The (immutable) ClientTimeout of these values, made once rather than a request."""
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
 
 
 async def close_session() -> None:
