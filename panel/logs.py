@@ -9,12 +9,27 @@ become the line's own fields (the gateway's access line, ``ai.gateway.observabil
 from __future__ import annotations
 
 import logging
+import os
 from contextvars import Context, ContextVar, copy_context
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def new_request_id() -> str:
+    """A new request id: ``req_`` and a random version-4 UUID's 32 hex digits.
+
+    As ``uuid.uuid4().hex`` (upstreams such as llama-cpp-python's server take only a
+    UUID as X-Request-Id), without building a UUID object: a third of its cost, on
+    every request (issue 20).
+    """
+    n = int.from_bytes(os.urandom(16), "big")
+    n = (n & ~(0xF000 << 64)) | (0x4000 << 64)  # the version: 4
+    n = (n & ~(0xC000 << 48)) | (0x8000 << 48)  # the variant: RFC 4122
+    return f"req_{n:032x}"
+
 
 FORMATS = ("json", "text")
 _OWN_HANDLERS = ("django", "django.server", "uvicorn", "uvicorn.error", "uvicorn.access")

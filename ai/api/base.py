@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from functools import wraps
 
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -54,7 +55,7 @@ def ai_route(*, methods: dict[str, str], errors: ErrorRenderer = openai_error):
         @csrf_exempt
         @wraps(view)
         async def wrapper(request, *args, **kwargs):
-            request_id = f"req_{uuid.uuid4().hex}"
+            request_id = logs.new_request_id()
             # Every log line of this request carries its id (the request's task has its
             # own context: nothing leaks to the next request).
             logs.request_id.set(request_id)
@@ -87,10 +88,34 @@ async def _caller(request, methods: dict[str, str]):
     permission = methods.get(request.method)
     if permission is None:
         raise MethodNotAllowed(f"{request.method} is not allowed here.")
-    request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware would check it
+    _check_host(request)
     if not await ai_enabled_get():
         raise FeatureDisabled()
     return await authenticate(request, permission=permission)
+
+
+# The Host headers (and what Django reads beside them) already found allowed: Django's
+# check reads five settings and matches every ALLOWED_HOSTS pattern on each request.
+# Emptied when a setting changes, and when a client sends too many different hosts.
+_allowed_hosts: set[tuple] = set()
+_HOST_META = ("HTTP_X_FORWARDED_HOST", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT")
+
+
+def _check_host(request) -> None:
+    """ALLOWED_HOSTS, as CommonMiddleware would check it (raises DisallowedHost)."""
+    meta = request.META
+    seen = tuple(meta.get(name) for name in _HOST_META)
+    if seen in _allowed_hosts:
+        return
+    request.get_host()
+    if len(_allowed_hosts) >= 256:
+        _allowed_hosts.clear()
+    _allowed_hosts.add(seen)
+
+
+@receiver(setting_changed)
+def _forget_hosts(**kwargs) -> None:
+    _allowed_hosts.clear()
 
 
 async def visible_models(identity) -> list[ModelInfo]:

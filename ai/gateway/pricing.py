@@ -158,14 +158,16 @@ def _cache_prices(model: ModelInfo) -> tuple[Decimal, Decimal]:
 
 def cost_micro(model: ModelInfo, usage: Usage) -> int:
     """What ``usage`` costs on ``model``, in micro-credits (prices are per million tokens)."""
-    read_price, write_price = _cache_prices(model)
     micro = (
         usage.uncached_tokens * model.input_price_per_million
-        + usage.cache_read_tokens * read_price
-        + usage.cache_write_tokens * write_price
         + usage.completion_tokens * model.output_price_per_million
-        + usage.images * model.price_per_image * MICRO_PER_CREDIT
     )
+    # Most replies have no cache parts and no images: their Decimal products are skipped.
+    if usage.cache_read_tokens or usage.cache_write_tokens:
+        read_price, write_price = _cache_prices(model)
+        micro += usage.cache_read_tokens * read_price + usage.cache_write_tokens * write_price
+    if usage.images:
+        micro += usage.images * model.price_per_image * MICRO_PER_CREDIT
     return int(micro.to_integral_value())
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from django.db import transaction
 from django.db.models import Q
 
 from accounts.authentication import Identity
+from panel import logs
 from panel.errors import ErrorCode, NotFound, UpstreamError
 
 from ..gateway import pipeline
@@ -151,7 +151,7 @@ async def chat_stream(
         identity=Identity(user_id=user_id, key=None),
         route=pipeline.CHAT_ROUTE,
         body=body,
-        request_id=f"req_{uuid.uuid4().hex}",
+        request_id=logs.new_request_id(),
     )
     call.on_starting = on_starting
     result: Stream | Reply = await pipeline.open_stream(call)
