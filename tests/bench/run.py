@@ -26,6 +26,7 @@ from statistics import median
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from panel.http import uvicorn_args  # noqa: E402
 from tests.servers import free_port, wait_until_serving  # noqa: E402
 
 BODY = {"model": "bench-chat", "messages": [{"role": "user", "content": "Say something nice"}]}
@@ -309,18 +310,15 @@ def main() -> None:
             )
         )
         server = {
+            # As production runs it (docker/Dockerfile, `make run`): panel.http's protocol
+            # with the read timeouts, lifespan on, no access log.
             "uvicorn": [
                 py,
                 "-m",
                 "uvicorn",
-                "panel.asgi:application",
-                "--port",
-                str(gw_port),
-                "--no-access-log",
+                *uvicorn_args(host="127.0.0.1", port=gw_port),
                 "--log-level",
                 "warning",
-                "--lifespan",
-                "off",
             ],
             "daphne": [py, "-m", "daphne", "-p", str(gw_port), "panel.asgi:application"],
         }[args.server]
