@@ -71,21 +71,48 @@ class TimeoutHttpToolsProtocol(HttpToolsProtocol):
         self.header_timeout = settings.HTTP_HEADER_TIMEOUT
         self.body_timeout = settings.HTTP_BODY_TIMEOUT
         self.read_timer: TimerHandle | None = None
+        self.deadline: float | None = None  # when the read now under way times out
         self.is_reading_headers = False  # some of a request, not all of its headers
         self.is_reading_body = False
 
+    # One timer a connection, and a deadline that each read moves: re-arming is an
+    # attribute write, not a timer cancelled and another scheduled (three of each a
+    # request before issue 20). A timer that fires before the deadline waits on for the
+    # rest; one that finds no deadline stops.
+
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        if seconds > 0:
-            self.read_timer = self.loop.call_later(seconds, self._read_timed_out)
+        if seconds <= 0:
+            self.deadline = None
+            return
+        deadline = self.loop.time() + seconds
+        self.deadline = deadline
+        timer = self.read_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.read_timer = self.loop.call_at(deadline, self._timer_fired)
 
     def _disarm(self) -> None:
+        self.deadline = None
+
+    def _stop_timer(self) -> None:
+        self.deadline = None
         if self.read_timer is not None:
             self.read_timer.cancel()
             self.read_timer = None
 
-    def _read_timed_out(self) -> None:
+    def _timer_fired(self) -> None:
         self.read_timer = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:
+            self.read_timer = self.loop.call_at(deadline, self._timer_fired)
+            return
+        self.deadline = None
+        self._read_timed_out()
+
+    def _read_timed_out(self) -> None:
         if self.transport.is_closing():
             return
         if self.is_reading_body:
@@ -104,17 +131,17 @@ class TimeoutHttpToolsProtocol(HttpToolsProtocol):
         self._arm(self.header_timeout)
 
     def connection_lost(self, exc) -> None:
-        self._disarm()
+        self._stop_timer()
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
-        self._disarm()  # the WebSocket protocol takes the connection over
+        self._stop_timer()  # the WebSocket protocol takes the connection over
         super().handle_websocket_upgrade()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.is_reading_headers = True
-        if self.read_timer is None:
+        if self.deadline is None:
             self._arm(self.header_timeout)
 
     def on_headers_complete(self) -> None:
@@ -136,5 +163,5 @@ class TimeoutHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         # uvicorn armed its keep-alive timer (nothing pipelined): the next request's
         # headers must arrive in time too, however slowly their bytes trickle in.
-        if self.timeout_keep_alive_task is not None and self.read_timer is None:
+        if self.timeout_keep_alive_task is not None and self.deadline is None:
             self._arm(self.header_timeout)

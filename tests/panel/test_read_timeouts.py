@@ -2,8 +2,10 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -85,3 +87,23 @@ def test_it_serves_whole_requests_and_times_the_next_one_on_a_kept_alive_connect
     first, _, rest = answer.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200 ")
     assert b"HTTP/1.1 408 " in rest
+
+
+def test_a_body_that_keeps_arriving_is_never_cut_whatever_its_total_time(production_server):
+    # The body timeout bounds each wait between two reads, not the whole body: pieces
+    # 0.3 s apart for 2.4 s (the timeout is 1 s) are read to the end. The deadline moves
+    # with each read; the connection's one timer waits on when it fires early.
+    body = b'{"model": "m", "messages": [], "pad": "' + b"x" * 7 + b'"}'
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with socket.create_connection(("127.0.0.1", production_server), timeout=10) as sock:
+        sock.sendall(head)
+        for start in range(0, len(body), 6):
+            time.sleep(0.3)
+            sock.sendall(body[start : start + 6])
+        answer = sock.recv(65536)
+    # Whole, the request reaches the app (this server has no database: it answers 503
+    # before it would check a key), not a closed connection.
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
