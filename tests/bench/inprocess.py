@@ -34,11 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.run import BODY, SEED  # noqa: E402
+from tests.bench.run import BODY, MODES, TARGETS, environment, migrate_and_seed  # noqa: E402
 from tests.servers import free_port, wait_until_serving  # noqa: E402
-
-MODES = {"json": {}, "sse": {"stream": True}}
-TARGETS = {"gateway": "bench-chat", "limited": "bench-limited"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,21 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sort", default="tottime", choices=["tottime", "cumulative"])
     parser.add_argument("--top", type=int, default=35)
     return parser.parse_args(argv)
-
-
-def environment(work: Path, redis_url: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATA_DIR": str(work),
-        "DEBUG": "false",
-        "SECRET_KEY": "bench",
-        "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-        "DJANGO_SETTINGS_MODULE": "panel.settings",
-        "REDIS_URL": redis_url,
-        "CACHE_KEY_PREFIX": "sb-bench",
-    }
 
 
 def scope(path: str, key: str, body: bytes) -> dict:
@@ -178,15 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             import redis
 
             redis.Redis.from_url(args.redis).flushdb()
-        subprocess.run([py, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-        key = subprocess.run(
-            [py, "-c", SEED, f"http://127.0.0.1:{fake_port}/v1"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = migrate_and_seed(env, fake_port)
         fake = subprocess.Popen(
             [py, "-m", "fakeupstream", "--port", str(fake_port)],
             cwd=ROOT,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -38,11 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.run import BODY, SEED  # noqa: E402
+from tests.bench.run import BODY, MODES, TARGETS, migrate_and_seed  # noqa: E402
+from tests.bench.run import environment as bench_environment  # noqa: E402
 from tests.servers import free_port  # noqa: E402
-
-MODES = {"json": {}, "sse": {"stream": True}}
-TARGETS = {"gateway": "bench-chat", "limited": "bench-limited"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -182,19 +179,8 @@ class Callgrind:
 
 
 def environment(work: Path, redis_url: str, log_level: str = "WARNING") -> dict:
-    return {
-        **os.environ,
-        "DATA_DIR": str(work),
-        "DEBUG": "false",
-        "SECRET_KEY": "bench",
-        "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_LEVEL": log_level,
-        "DJANGO_SETTINGS_MODULE": "panel.settings",
-        "REDIS_URL": redis_url,
-        "CACHE_KEY_PREFIX": "sb-bench",
-        "PYTHONHASHSEED": "0",
-    }
+    """run.py's environment, with str hashing fixed (the same instructions run to run)."""
+    return {**bench_environment(work, redis_url, log_level), "PYTHONHASHSEED": "0"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,15 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     fake_port, gw_port = free_port(), free_port()
     procs: list[subprocess.Popen] = []
     try:
-        subprocess.run([py, "manage.py", "migrate", "-v0"], cwd=tree, env=env, check=True)
-        key = subprocess.run(
-            [py, "-c", SEED, f"http://127.0.0.1:{fake_port}/v1"],
-            cwd=tree,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = migrate_and_seed(env, fake_port, tree)
         fake = [py, "-m", fake_upstream_module(tree), "--port", str(fake_port)]
         procs.append(
             subprocess.Popen(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.bench.run import environment  # noqa: E402
 from tests.servers import free_port, wait_until_serving  # noqa: E402
 
 SEED = """
@@ -92,16 +92,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sb-bench-on-demand-"))
     agent_port, gw_port = free_port(), free_port()
     env = {
-        **os.environ,
-        "DATA_DIR": str(work),
+        **environment(work, ""),
         "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
-        "REDIS_URL": "",
-        "DEBUG": "false",
-        "SECRET_KEY": "bench",
-        "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-        "DJANGO_SETTINGS_MODULE": "panel.settings",
         "INSTANCE_AGENT_URL": f"http://127.0.0.1:{agent_port}",
         "INSTANCE_AGENT_KEY": "bench-agent-key",
         "INSTANCE_POLL_INTERVAL": "0.1",

@@ -56,6 +56,36 @@ print(apikey_create(user=user, name="bench")[1])
 RELAY_KEY = "sk-bench-relay"
 
 
+def environment(work: Path, redis_url: str, log_level: str = "WARNING") -> dict[str, str]:
+    """The gateway's environment in a bench: a throw-away embedded database in ``work``."""
+    return {
+        **os.environ,
+        "DATA_DIR": str(work),
+        "DEBUG": "false",
+        "SECRET_KEY": "bench",
+        "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "LOG_LEVEL": log_level,
+        "DJANGO_SETTINGS_MODULE": "panel.settings",
+        "REDIS_URL": redis_url,
+        "CACHE_KEY_PREFIX": "sb-bench",
+    }
+
+
+def migrate_and_seed(env: dict[str, str], fake_port: int, tree: Path = ROOT) -> str:
+    """Migrate the bench's database and seed it (SEED) with ``tree``'s code; the bench key."""
+    py = sys.executable
+    subprocess.run([py, "manage.py", "migrate", "-v0"], cwd=tree, env=env, check=True)
+    return subprocess.run(
+        [py, "-c", SEED, f"http://127.0.0.1:{fake_port}/v1"],
+        cwd=tree,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def lua(path: Path, body: dict, key: str | None) -> Path:
     headers = {"Content-Type": "application/json"}
     if key:
@@ -152,6 +182,8 @@ def start(args: list[str], env: dict, log: Path, cores: set[int]) -> subprocess.
 
 
 MODES = {"json": {}, "sse": {"stream": True}}
+# The seeded models: a link without limits, and one with every limit and a wallet.
+TARGETS = {"gateway": "bench-chat", "limited": "bench-limited"}
 
 
 def summarise(direct: dict, runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -276,31 +308,12 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk); `make bench` installs it.")
     work = Path(tempfile.mkdtemp(prefix="sb-bench-"))
-    env = {
-        **os.environ,
-        "DATA_DIR": str(work),
-        "DEBUG": "false",
-        "SECRET_KEY": "bench",
-        "FIELD_ENCRYPTION_KEY": "2yy8YpVhS1u0c8yJqmPZ7Yw0RqUq7Vq3Ck4o8mP3m8k=",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-        "DJANGO_SETTINGS_MODULE": "panel.settings",
-        "REDIS_URL": args.redis,
-        "CACHE_KEY_PREFIX": "sb-bench",
-    }
+    env = environment(work, args.redis)
     py = sys.executable
     fake_port, gw_port = free_port(), free_port()
     procs = []
     try:
-        subprocess.run([py, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-        key = subprocess.run(
-            [py, "-c", SEED, f"http://127.0.0.1:{fake_port}/v1"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = migrate_and_seed(env, fake_port)
         procs.append(
             start(
                 [py, "-m", "fakeupstream", "--port", str(fake_port)],
