@@ -1,6 +1,7 @@
 """Shared fixtures: the personas alice (org owner), bob (member) and charlie (outsider)."""
 
 import contextlib
+import faulthandler
 
 import pytest
 from django.conf import settings as django_settings
@@ -9,6 +10,19 @@ from django.utils.translation import trans_real
 
 from orgs.models import Role
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """A native crash (SIGSEGV, SIGABRT) prints the stack of the thread it happened in, alone.
+
+    pytest's faulthandler prints every thread's, the crashing one somewhere among them, and a
+    crash log cut short in the middle (CI keeps its head and tail) loses it. This writes to
+    the copy of stderr pytest's plugin made before capturing began."""
+    from _pytest.faulthandler import fault_handler_stderr_fd_key
+
+    if fault_handler_stderr_fd_key in config.stash:
+        faulthandler.enable(file=config.stash[fault_handler_stderr_fd_key], all_threads=False)
 
 
 @pytest.fixture(autouse=True)
