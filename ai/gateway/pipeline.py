@@ -534,19 +534,22 @@ async def _relay(
                 kept.extend(batch)
             out = relay.relay_batch(batch)
             _mark_first_token(record, relay)
-            if out:
-                yield out
             if relay.saw_done:
+                # Stored before the client reads [DONE]: a client that asks again as soon
+                # as its stream ends (the SDKs stop reading at [DONE]) finds the reply.
+                if kept is not None:
+                    chat = call.route.path == CHAT_ROUTE.path
+                    _cache_save(call, response_cache.assemble(kept, chat=chat))
+                if out:
+                    yield out
                 await _read_to_end(response)
                 break
+            if out:
+                yield out
             async with asyncio.timeout(idle_timeout):
                 batch = await anext(batches, None)
         else:
             raise aiohttp.ClientPayloadError("the upstream ended the stream early")
-        if kept is not None:
-            _cache_save(
-                call, response_cache.assemble(kept, chat=call.route.path == CHAT_ROUTE.path)
-            )
     except RETRYABLE_ERRORS as exc:
         record.status = UsageStatus.UPSTREAM_ERROR
         idle = type(exc) is TimeoutError  # asyncio.timeout's, not one of aiohttp's

@@ -91,6 +91,16 @@ def test_a_stream_is_served_from_a_stored_reply_and_a_stream_is_stored(cached, f
     assert [e.completion_tokens for e in events] == [20, 20, 20]
 
 
+def test_a_stream_is_stored_before_its_upstream_hangs_up(cached, fake_upstream):
+    """The SDKs stop reading at [DONE]: a client asking again at once finds the reply, also
+    when the upstream keeps the stream open a while after it (llama.cpp's server does)."""
+    lingers = {"fake_upstream": {"linger_ms": 2000}}
+    expected = "".join(f"tok{i} " for i in range(20))
+    assert _stream_text(cached, extra_body=lingers) == (expected, "miss")
+    assert _stream_text(cached, extra_body=lingers) == (expected, "hit")
+    assert len(fake_upstream.requests()) == 1
+
+
 def test_a_reply_never_crosses_tenants(cached, fake_upstream, charlie):
     globex = OrganisationFactory(name="Globex", slug="globex")
     MembershipFactory(user=charlie, organisation=globex)
