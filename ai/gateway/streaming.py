@@ -92,11 +92,17 @@ class EventRelay:
         "saw_done",
         "_block",
         "_timings",
+        "_model_plain",
+        "_upstream_model",
     )
 
     def __init__(self, *, public_model: str, include_usage: bool) -> None:
+        self._model_plain = b'"model":' + json.dumps(public_model).encode()
         # Escaped once here, since re.sub reads backslashes in a replacement.
-        self.model_bytes = (b'"model":' + json.dumps(public_model).encode()).replace(b"\\", b"\\\\")
+        self.model_bytes = self._model_plain.replace(b"\\", b"\\\\")
+        # The upstream's ``"model":"..."`` as it wrote it in an event: its next events
+        # carry the same bytes, found with bytes.find instead of the regex (issue 20).
+        self._upstream_model: bytes | None = None
         self.include_usage = include_usage
         self.usage: Usage | None = None
         self.content_events = 0
@@ -121,7 +127,25 @@ class EventRelay:
             return None
         if CONTENT_RE.search(event):
             self.content_events += 1
-        return MODEL_RE.sub(self.model_bytes, event, count=1)
+        return self._renamed(event)
+
+    def _renamed(self, event: bytes) -> bytes:
+        """The event with its first ``"model": "..."`` value the public model's name.
+
+        As ``MODEL_RE.sub(..., count=1)``: when the event's first ``"model"`` is followed by
+        the very bytes the upstream wrote last time, that is the regex's first match (its
+        string ends at the first unescaped quote), and it is replaced by slicing.
+        """
+        seen = self._upstream_model
+        if seen is not None:
+            at = event.find(b'"model"')
+            if at >= 0 and event.startswith(seen, at):
+                return event[:at] + self._model_plain + event[at + len(seen) :]
+        match = MODEL_RE.search(event)
+        if match is None:
+            return event
+        self._upstream_model = match.group()
+        return event[: match.start()] + self._model_plain + event[match.end() :]
 
     def _read_usage(self, event: bytes) -> bool:
         """Record a usage block (and timings); True when the event is a usage-only chunk."""

@@ -1,10 +1,13 @@
-"""The stream relay skips OpenAI's per-chunk ``"usage": null`` (issue 20).
+"""The stream relay skips OpenAI's per-chunk ``"usage": null``, and renames the model
+without the regex when the upstream writes it as before (issue 20).
 
 Before, every event that mentioned "usage" was parsed as JSON, to look for a usage block;
 OpenAI streams that asked for usage carry ``"usage": null`` in every chunk, so every chunk
 was parsed. ``streaming._counts`` now passes those over. Whatever the events and however
 the reads split them, the relay must send the same events and tally the same usage as
-with the old rule.
+with the old rule. The model's name, once the upstream's ``"model":"..."`` bytes are
+known, is found with ``bytes.find``: whatever the events, the result must be the regex's
+(``MODEL_RE.sub(..., count=1)``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ EVENTS = [
     b'data: {"id":"c1","model":"up-model","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\n',
     b'data: {"id":"c1","model":"up-model","choices":[{"delta":{}}],"timings":{"prompt_n":2,"predicted_n":4}}\n\n',
     b'data: {"model":"first","nested":{"model":"second"},"choices":[{"delta":{"content":"x"}}]}\n\n',
+    chunk("up-model", model="up-model-2"),  # another model mid-stream; the old one a prefix
+    chunk("model"),  # "model" as a value, not a key, after the key
+    b'data: {"choices":[{"delta":{"content":"model"}}],"model":"up-model"}\n\n',  # before it
+    b'data: {"object":"model","model":"up-model","choices":[]}\n\n',
+    b'data: {"model":"up\\"model","choices":[{"delta":{"content":"escaped"}}]}\n\n',
+    b'data: {"id":"no model here","choices":[{"delta":{"content":"y"}}]}\n\n',
     b": keep-alive\n\n",
     b"\n\n",  # a blank line too many: an empty event
     b"data: not json\n\n",
@@ -60,6 +69,10 @@ def old_rule(event: bytes) -> bool:
     return b'"usage"' in event or b'"timings"' in event
 
 
+def regex_renamed(self: EventRelay, event: bytes) -> bytes:
+    return streaming.MODEL_RE.sub(self.model_bytes, event, count=1)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     events=st.lists(st.sampled_from(EVENTS), min_size=1, max_size=25),
@@ -67,16 +80,18 @@ def old_rule(event: bytes) -> bool:
     include_usage=st.booleans(),
     model=st.sampled_from(["bench-chat", 'we"ird\\name', "ünï"]),
 )
-def test_the_relay_sends_and_counts_as_with_the_old_rule(events, cuts, include_usage, model):
+def test_the_relay_sends_and_counts_as_with_the_old_rules(events, cuts, include_usage, model):
     batches = split(events, cuts)
     new = EventRelay(public_model=model, include_usage=include_usage)
     new_out = relayed(new, batches)
     old = EventRelay(public_model=model, include_usage=include_usage)
     counts, streaming._counts = streaming._counts, old_rule
+    renamed, EventRelay._renamed = EventRelay._renamed, regex_renamed
     try:
         old_out = relayed(old, batches)
     finally:
         streaming._counts = counts
+        EventRelay._renamed = renamed
     assert new_out == old_out
     assert (new.content_events, new.usage, new.saw_done) == (
         old.content_events,
@@ -103,3 +118,21 @@ def test_null_usage_chunks_are_not_parsed_and_the_real_block_is(monkeypatch):
     assert all(b'"model":"public"' in event for event in out[:5])
     assert relay.usage.prompt_tokens == 3 and relay.usage.completion_tokens == 5
     assert relay.content_events == 5 and relay.saw_done
+
+
+def test_the_model_is_renamed_with_the_regex_once_and_then_by_find(monkeypatch):
+    searched = []
+    pattern = streaming.MODEL_RE
+
+    class Spy:
+        def search(self, event):
+            searched.append(event)
+            return pattern.search(event)
+
+    monkeypatch.setattr(streaming, "MODEL_RE", Spy())
+    relay = EventRelay(public_model="public", include_usage=False)
+    events = [chunk(f"t{i}") for i in range(5)]
+    out = relay.relay_batch([*events, chunk("t5", model="other"), chunk("t6")])
+    assert searched == [events[0], chunk("t5", model="other"), chunk("t6")]
+    assert all(b'"model":"public"' in event for event in out)
+    assert not any(b"up-model" in event or b'"other"' in event for event in out)
