@@ -85,7 +85,6 @@ class EventRelay:
     """Per-stream state: rewrites events and tallies what was delivered."""
 
     __slots__ = (
-        "model_bytes",
         "include_usage",
         "usage",
         "content_events",
@@ -98,8 +97,6 @@ class EventRelay:
 
     def __init__(self, *, public_model: str, include_usage: bool) -> None:
         self._model_plain = b'"model":' + json.dumps(public_model).encode()
-        # Escaped once here, since re.sub reads backslashes in a replacement.
-        self.model_bytes = self._model_plain.replace(b"\\", b"\\\\")
         # The upstream's ``"model":"..."`` as it wrote it in an event: its next events
         # carry the same bytes, found with bytes.find instead of the regex (issue 20).
         self._upstream_model: bytes | None = None
