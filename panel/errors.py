@@ -166,7 +166,8 @@ class ModelNotFound(NotFound, code=ErrorCode.MODEL_NOT_FOUND):
 
 
 class PayloadTooLarge(ApiError, status=413, code=ErrorCode.REQUEST_TOO_LARGE):
-    """An upload over its size limit (a training dataset over TRAINING_DATASET_MAX_BYTES)."""
+    """A request body over DATA_UPLOAD_MAX_MEMORY_SIZE, or an upload over its own limit (a
+    training dataset over TRAINING_DATASET_MAX_BYTES)."""
 
     default_message = "The upload is too large."
 

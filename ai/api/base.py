@@ -22,6 +22,7 @@ from panel.errors import (
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
+    PayloadTooLarge,
     error_response,
 )
 from panel.localcache import DATABASE_ERRORS
@@ -144,9 +145,7 @@ def json_body(request) -> dict:
     try:
         body = json_loads(request.body or b"null")
     except RequestDataTooBig as exc:
-        raise InvalidRequest(
-            "The request body is too large.", code=ErrorCode.REQUEST_TOO_LARGE
-        ) from exc
+        raise PayloadTooLarge("The request body is too large.") from exc
     except JSONTooDeep as exc:
         raise InvalidRequest(str(exc), code=ErrorCode.INVALID_JSON) from exc
     except (ValueError, UnicodeDecodeError) as exc:

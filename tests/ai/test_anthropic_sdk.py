@@ -415,6 +415,18 @@ def test_it_refuses_a_body_that_is_no_json_object_in_anthropics_shape(world, bod
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_it_refuses_a_body_over_the_limit_with_anthropics_413(world, settings, fake_upstream):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    fake_upstream.clear()
+    pad = "a" * 2048
+    body = {"model": "acme-chat", "max_tokens": 10, "messages": [{"role": "user", "content": pad}]}
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        _client(world).messages.create(**body)
+    assert caught.value.status_code == 413
+    assert caught.value.body["error"]["type"] == "request_too_large"
+    assert not fake_upstream.requests()
+
+
 def test_it_answers_a_get_with_a_405_in_anthropics_shape(world):
     response = httpx.get(f"{world.url}/v1/messages", headers={"x-api-key": world.alice_key})
     assert response.status_code == 405

@@ -69,10 +69,10 @@ CASES = {
     "404 model": (None, {"body": {"model": "no-such", "messages": HI}}, 404, "model_not_found"),
     "429 limit": (_one_request_a_minute, {}, 429, "rate_limit_exceeded"),
     "400 json": (None, {"content": b"{not json"}, 400, "invalid_json"),
-    "400 too large": (
+    "413 too large": (
         None,
         {"content": b'{"x": "' + b"a" * 2048 + b'"}'},
-        400,
+        413,
         "request_too_large",
     ),
 }

@@ -479,7 +479,7 @@ def test_it_refuses_a_proxied_body_over_the_upload_limit(staff_api, settings):
     response = staff_api.post(
         "/api/v1/instances/x/proxy/v1/chat/completions", {"pad": "x" * 200}, format="json"
     )
-    assert response.status_code == 400
+    assert response.status_code == 413
     assert error_of(response)["code"] == "request_too_large"
 
 

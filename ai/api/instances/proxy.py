@@ -20,9 +20,8 @@ from yarl import URL
 from accounts.authentication import Identity
 from accounts.models import Permission, User
 from panel.errors import (
-    ErrorCode,
     InstanceNotRunning,
-    InvalidRequest,
+    PayloadTooLarge,
     PermissionDenied,
     UpstreamError,
 )
@@ -71,9 +70,7 @@ def request_body(request) -> bytes | None:
     try:
         return request.body
     except RequestDataTooBig as exc:
-        raise InvalidRequest(
-            "The request body is too large.", code=ErrorCode.REQUEST_TOO_LARGE
-        ) from exc
+        raise PayloadTooLarge("The request body is too large.") from exc
 
 
 async def _relay(reply: aiohttp.ClientResponse, on_chunk, on_end):
