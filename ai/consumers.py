@@ -101,6 +101,11 @@ def scope_language(scope) -> str:
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
+    # A chat socket talks only to its own page: it joins no group and gets nothing
+    # through the channel layer. With one, every socket would also sit on a Redis
+    # BZPOPMIN in production, and die when Redis is away for a moment.
+    channel_layer_alias = None
+
     async def connect(self):
         # Every message this consumer words (refusals, "starting") in the page's language.
         self.language = scope_language(self.scope)

@@ -10,6 +10,7 @@ from django.test import Client
 from ai.models import Conversation, Message, ModelLink, UsageEvent
 from panel.asgi import application
 from tests.ai.conftest import make_model
+from tests.servers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,6 +110,26 @@ async def test_it_streams_a_reply_and_keeps_the_conversation(world, alice):
     await communicator.disconnect()
     await asyncio.sleep(0.1)
     assert await UsageEvent.objects.filter(user=alice, status="ok").acount() == 1
+
+
+async def test_it_streams_a_reply_while_the_channel_layers_redis_is_down(world, alice, settings):
+    # Production's channel layer is Redis. The chat socket uses no layer: a Redis
+    # that is away must not close it (it did: the layer's receive failed to connect).
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
+        }
+    }
+    communicator, connected, _ = await _connect(alice)
+    assert connected
+    await communicator.send_json_to({"type": "send", "model_id": world.chat.id, "content": "Hi"})
+    done, _ = await _until(communicator, "done")
+    assert done["status"] == "complete"
+    await communicator.send_json_to({"type": "list"})
+    conversations, _ = await _until(communicator, "conversations")
+    assert [c["id"] for c in conversations["conversations"]] == [done["conversation"]]
+    await communicator.disconnect()
 
 
 async def test_stop_cancels_the_reply_and_keeps_the_partial_text(slow, alice):
