@@ -5,7 +5,9 @@
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
-  const state = { conversation: null, socket: null, replyEl: null, replyText: "", busy: false };
+  const state = { conversation: null, socket: null, replyEl: null, replyText: "", busy: false, outbox: [] };
+  // The requests that start a reply (and make the page busy until it is done).
+  const ASKS = new Set(["send", "regenerate", "edit"]);
   const MEDIA_ATTRS = ["src", "srcset", "poster", "background"];
 
   function sameOrigin(url) {
@@ -102,7 +104,40 @@
     document.body.classList.toggle("busy", busy);
   }
 
-  function send(msg) { if (state.socket && state.socket.readyState === 1) state.socket.send(JSON.stringify(msg)); }
+  function connected() { return state.socket !== null && state.socket.readyState === WebSocket.OPEN; }
+
+  // What the user asks while the socket is (re)connecting waits in the outbox and goes
+  // when it opens; `bubble` is the question shown on the page for a send.
+  function send(msg, bubble) {
+    if (connected()) state.socket.send(JSON.stringify(msg));
+    else state.outbox.push({ msg, bubble });
+  }
+
+  function asking() { return state.outbox.some((q) => ASKS.has(q.msg.type)); }
+
+  function stop() {
+    if (connected()) { send({ type: "stop" }); return; }
+    // Nothing runs on the server for this page: take back what has not gone yet,
+    // and put an unsent question back in the input.
+    for (const q of state.outbox.filter((q) => ASKS.has(q.msg.type))) {
+      if (q.bubble) { q.bubble.remove(); $("input").value = q.msg.content; }
+    }
+    state.outbox = state.outbox.filter((q) => !ASKS.has(q.msg.type));
+    interrupted();
+  }
+
+  // The socket went away: the server stops a reply whose socket closed and keeps
+  // what it had, so the page says so and takes questions again.
+  function interrupted() {
+    if (state.replyEl) {
+      delete state.replyEl.dataset.streaming;
+      state.replyEl.classList.remove("waiting");
+      badge(state.replyEl, gettext("stopped"));
+      state.replyEl = null;
+      markLastReply();
+    }
+    if (!asking()) setBusy(false);
+  }
 
   // Everything after a message goes, on the page as on the server.
   function dropAfter(el) {
@@ -279,9 +314,20 @@
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(scheme + "://" + location.host + "/ws/chat/");
     socket.onmessage = onMessage;
-    socket.onopen = () => { send({ type: "list" }); if (state.conversation) send({ type: "open", conversation: state.conversation }); };
+    socket.onopen = () => {
+      const queued = state.outbox;
+      state.outbox = [];
+      send({ type: "list" });
+      // Reopening shows a reply cut off by a drop as the server kept it; not when a
+      // question waits to go, since the reopened page would no longer show it.
+      if (state.conversation && !queued.some((q) => ASKS.has(q.msg.type))) {
+        send({ type: "open", conversation: state.conversation });
+      }
+      for (const q of queued) send(q.msg);
+    };
     socket.onclose = (e) => {
       if (e.code === 4401) { location.href = "/accounts/login/?next=/chat/"; return; }
+      interrupted();
       setTimeout(connect, 1000);
     };
     state.socket = socket;
@@ -290,10 +336,10 @@
   function submit() {
     const text = $("input").value.trim();
     if (!text || state.busy) return;
-    addMessage("user", text);
+    const bubble = addMessage("user", text);
     $("input").value = "";
     setBusy(true);
-    send({ type: "send", conversation: state.conversation, model_id: $("model").value, content: text, system_prompt: $("system-prompt").value });
+    send({ type: "send", conversation: state.conversation, model_id: $("model").value, content: text, system_prompt: $("system-prompt").value }, bubble);
   }
 
   function typing(target) {
@@ -305,7 +351,7 @@
     if (mod && e.shiftKey && (e.key === "O" || e.key === "o")) { e.preventDefault(); newChat(); return; }
     if (e.key === "Escape") {
       if ($("shortcuts").open) return; // the dialog closes itself
-      if (state.busy) { send({ type: "stop" }); return; }
+      if (state.busy) { stop(); return; }
       if (document.body.classList.contains("show-sidebar")) closeSidebar();
       return;
     }
@@ -317,7 +363,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     $("composer").addEventListener("submit", (e) => { e.preventDefault(); submit(); });
     $("input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); submit(); } });
-    $("stop").addEventListener("click", () => send({ type: "stop" }));
+    $("stop").addEventListener("click", stop);
     $("new-chat").addEventListener("click", newChat);
     $("toggle-sidebar").addEventListener("click", () => (document.body.classList.contains("show-sidebar") ? closeSidebar() : openSidebar()));
     $("scrim").addEventListener("click", closeSidebar);

@@ -1,7 +1,12 @@
 """The chat page in a real browser: log in, stream, stop, reload, and no model-made script runs."""
 
+import asyncio
+import threading
+
 import pytest
 
+from ai.consumers import ChatConsumer
+from ai.models import Message
 from tests.ai.conftest import make_model, world  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -347,3 +352,86 @@ def test_dark_mode_and_keyboard_shortcuts(asgi_server, models, page, tmp_path):
 
     page.emulate_media(color_scheme="light")
     assert page.evaluate(background) == "rgb(246, 247, 249)"
+
+
+def test_a_question_asked_while_the_socket_opens_is_sent_when_it_opens(
+    asgi_server, models, page, browser_errors, monkeypatch
+):
+    # A slow network, or a server busy at the time: the page is up before its socket.
+    # The question used to be dropped, and the page stayed busy with no reply.
+    accept = ChatConsumer.connect
+
+    async def slow_connect(self):
+        await asyncio.sleep(1.5)
+        await accept(self)
+
+    monkeypatch.setattr(ChatConsumer, "connect", slow_connect)
+    _log_in(page, asgi_server.url)
+    _send(page, models["echo"], "Are you there?")
+    _wait_for_reply(page)
+    assert "Are you there?" in _reply(page).inner_text()
+    assert page.locator(".msg.user .body").all_inner_texts() == ["Are you there?"]
+    assert browser_errors == []
+
+
+def test_stop_before_the_socket_opens_takes_the_question_back(
+    asgi_server, models, page, browser_errors, monkeypatch
+):
+    opened = threading.Event()
+    accept = ChatConsumer.connect
+
+    async def slow_connect(self):
+        await asyncio.sleep(1.5)
+        await accept(self)
+        opened.set()
+
+    monkeypatch.setattr(ChatConsumer, "connect", slow_connect)
+    _log_in(page, asgi_server.url)
+    _send(page, models["echo"], "Never mind")
+    page.click("#stop")
+    assert page.locator("#input").input_value() == "Never mind"
+    assert page.locator(".msg").count() == 0
+    assert not page.locator("#stop").is_visible()
+    assert opened.wait(10)
+    page.wait_for_timeout(500)  # what the socket would carry once open
+    assert page.locator(".msg").count() == 0
+    assert Message.objects.count() == 0
+    assert browser_errors == []
+
+
+def test_a_dropped_socket_stops_the_reply_and_the_page_takes_questions_again(
+    asgi_server, models, page, browser_errors
+):
+    routes = []
+
+    def through_to_the_server(route):  # runs in Playwright's thread
+        route.connect_to_server()
+        routes.append(route)
+
+    page.route_web_socket("**/ws/chat/", through_to_the_server)
+    _log_in(page, asgi_server.url)
+    _send(page, models["slower"], "A long story please")
+    page.wait_for_function(
+        "(() => { const body = document.querySelector('.msg.assistant:last-child .body');"
+        " return body !== null && body.innerText.length > 10; })()"
+    )
+    page._thread.call(routes[-1].close)  # the network drops the socket mid-reply
+
+    _reply(page).locator(".badge", has_text="stopped").wait_for()
+    page.wait_for_function("!document.body.classList.contains('busy')")
+    assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+    _send(page, models["echo"], "Still there?")
+    page.wait_for_function(
+        "(() => { const last = document.querySelector('.msg.assistant:last-child');"
+        " return last && !last.dataset.streaming && last.innerText.includes('Still there?'); })()"
+    )
+    assert len(routes) == 2  # the page opened a new socket
+    # The server kept the cut reply, stopped, in the same conversation.
+    page.reload()
+    page.locator("#conversations li .title", has_text="A long story").click()
+    page.locator(".msg.assistant .badge", has_text="stopped").wait_for()
+    assert page.locator(".msg.user .body").all_inner_texts() == [
+        "A long story please",
+        "Still there?",
+    ]
+    assert browser_errors == []
