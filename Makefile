@@ -70,6 +70,7 @@ bench: install
 	$(PY) tests/bench/scheduling.py $(BENCH_SCHEDULING_ARGS)
 	$(PY) tests/bench/on_demand.py
 	$(PY) tests/bench/usage_writer.py $(BENCH_USAGE_ARGS)
+	$(PY) tests/bench/upstream_client.py
 
 # Instance scheduling alone: three models on a node allowed two, without and with anti-thrash.
 bench-scheduling: install

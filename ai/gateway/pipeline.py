@@ -40,6 +40,7 @@ from ..models import ApiStyle, UsageStatus
 from ..selectors import UpstreamInfo
 from . import (
     anthropic,
+    http1,
     ledger,
     observability,
     response_cache,
@@ -468,7 +469,7 @@ def _object(data: bytes) -> dict | None:
 async def _stream_attempt(call: Call, upstream: UpstreamInfo) -> Stream | Reply:
     """The upstream's first event within its ``first_byte_timeout``, else the next upstream."""
     started = time.monotonic()
-    response: aiohttp.ClientResponse | None = None
+    response: http1.Response | None = None
     deadline = asyncio.timeout(upstream.first_byte_timeout)
     try:
         async with deadline:
@@ -509,7 +510,7 @@ async def _relay(
     call: Call,
     stream: Stream,
     relay: StreamRelay,
-    response: aiohttp.ClientResponse,
+    response: http1.Response,
     first: list[bytes],
     batches: AsyncIterator[list[bytes]],
     idle_timeout: float,
@@ -572,14 +573,13 @@ async def _relay(
 
 
 # After [DONE] most upstreams end the body in the next read. Read to that end, the
-# connection goes back to aiohttp's pool; closed before it, the connection is closed and
-# the next stream connects again (a getaddrinfo in a thread, a TCP connect and aiohttp's
-# set-up per stream). An upstream that keeps the connection open after [DONE]
+# connection goes back to the pool; closed before it, the connection is closed and the
+# next stream connects again (a getaddrinfo in a thread and a TCP connect per stream). An upstream that keeps the connection open after [DONE]
 # (llama-cpp-python's server) is waited for no longer than this.
 END_OF_BODY_GRACE = 0.1
 
 
-async def _read_to_end(response: aiohttp.ClientResponse) -> None:
+async def _read_to_end(response: http1.Response) -> None:
     content = response.content
     try:
         async with asyncio.timeout(END_OF_BODY_GRACE):
@@ -664,7 +664,7 @@ async def _replayed(call: Call, events: list[bytes]) -> AsyncIterator[list[bytes
 # --- Shared ---------------------------------------------------------------------------
 
 
-async def _send(call: Call, upstream: UpstreamInfo) -> aiohttp.ClientResponse:
+async def _send(call: Call, upstream: UpstreamInfo) -> http1.Response:
     native, request_id = call.native, call.record.request_id
     if native is not None and native.speaks(upstream):
         body = json.dumps({**native.body, "model": upstream.upstream_model_id}).encode()

@@ -12,10 +12,9 @@ import json
 import re
 from collections.abc import AsyncIterator
 
-import aiohttp
-
 from panel.errors import ApiError
 
+from . import http1
 from .pricing import Usage, usage_from_block
 
 MODEL_RE = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
@@ -25,7 +24,7 @@ DONE = b"data: [DONE]"
 USAGE_NULL_RE = re.compile(rb'"usage"\s*:\s*null')
 
 
-async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+async def sse_batches(response: http1.Response) -> AsyncIterator[list[bytes]]:
     """The complete SSE events (each ending in a blank line) of each read, as they arrive.
 
     Events that arrive together are passed on together, in one write to the client.

@@ -1,23 +1,25 @@
-"""Step 5: the one pooled upstream client per process (aiohttp) and a single attempt.
+"""Step 5: the pooled upstream client of each event loop, and a single attempt.
 
 Measured (issue 3): httpx's own pool collapses near 64 concurrent requests,
-aiohttp's holds 2.5-3x more, so the request path uses aiohttp; httpx stays
-for off-path calls such as health probes.
+aiohttp's holds 2.5-3x more; measured again (issue 20), aiohttp's client costs about
+90 us of CPU a call more than a protocol on httptools' parser. So the request path's
+POSTs go through ``http1``; aiohttp's session stays for the instance proxy (any
+method, any body), and httpx for off-path calls such as health probes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import weakref
 
 import aiohttp
 
 from ..models import ApiStyle
 from ..selectors import UpstreamInfo
-from . import tracing
+from . import http1, tracing
 
 _sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 # Failures after which the next upstream is tried (if no byte reached the client).
 RETRYABLE_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
@@ -81,7 +83,7 @@ async def send(
     request_id: str,
     stream: bool = False,
     more: dict[str, str] | None = None,
-) -> aiohttp.ClientResponse:
+) -> http1.Response:
     """POST ``body`` to the upstream (with ``more`` headers); returns the response with its
     body still unread.
 
@@ -95,17 +97,17 @@ async def send(
         "X-Request-Id": upstream_request_id(request_id),
         **auth_headers(upstream.api_style, upstream.api_key),
     }
-    timeout = _timeout(
-        upstream.total_timeout,
-        upstream.connect_timeout,
-        None if stream else upstream.first_byte_timeout,
-    )
+    timeouts = {
+        "total": upstream.total_timeout,
+        "connect": upstream.connect_timeout,
+        "read": None if stream else upstream.first_byte_timeout,
+    }
     url = f"{upstream.base_url}/{path}"
     if tracing.tracer is None:
-        return await session().post(url, data=body, headers=headers, timeout=timeout)
+        return await http1.post(pool(), url, body, headers, **timeouts)
     span = tracing.upstream_started(upstream, url, headers)
     try:
-        response = await session().post(url, data=body, headers=headers, timeout=timeout)
+        response = await http1.post(pool(), url, body, headers, **timeouts)
     except BaseException as exc:
         tracing.upstream_ended(span, status=None, error=exc)
         raise
@@ -113,14 +115,21 @@ async def send(
     return response
 
 
-@functools.lru_cache(maxsize=256)
-def _timeout(total: float, connect: float, read: float | None) -> aiohttp.ClientTimeout:
-    """The (immutable) ClientTimeout of these values, made once rather than a request."""
-    return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
+def pool() -> http1.Pool:
+    """The running event loop's pool of upstream connections (the request path's client)."""
+    loop = asyncio.get_running_loop()
+    found = _pools.get(loop)
+    if found is None or found.closed:
+        found = _pools[loop] = http1.Pool()
+    return found
 
 
 async def close_session() -> None:
-    """Close the running loop's client session (at server shutdown)."""
-    client = _sessions.pop(asyncio.get_running_loop(), None)
+    """Close the running loop's client session and pool (at server shutdown)."""
+    loop = asyncio.get_running_loop()
+    found = _pools.pop(loop, None)
+    if found is not None:
+        found.close()
+    client = _sessions.pop(loop, None)
     if client is not None:
         await client.close()
