@@ -7,7 +7,7 @@ Fault options (per upstream via the path, per request via ``X-Fake-<Option>`` he
 ``ttft_ms``         SSE: delay after the headers, before the first chunk
 ``chunk_delay_ms``  SSE: delay between consecutive chunks
 ``status``          answer with this HTTP status and an OpenAI error envelope (Anthropic's
-                    error on ``/v1/messages``)
+                    error on ``/v1/messages``); a 3xx is a redirect to ``REDIRECT_TO``
 ``drop_after``      SSE: close the connection after this many content chunks (no ``[DONE]``);
                     JSON: close the connection without any response
 ``no_usage``        never send a ``usage`` block
@@ -75,6 +75,8 @@ OPTION_TYPES: dict[str, type] = {
 }
 OPTION_NAMES = tuple(OPTION_TYPES)
 _HEADER_TO_OPTION = {"x-fake-" + name.replace("_", "-"): name for name in OPTION_NAMES}
+# Where a 3xx ``status`` sends the client: a name that never resolves (RFC 2606).
+REDIRECT_TO = "https://moved.invalid/v1/chat/completions"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -216,6 +218,8 @@ def _injected_failure(
     if fail_first is None:
         if status is not None and status >= 400:
             return errors(status, f"fake upstream: injected error (status {status})")
+        if status is not None and 300 <= status < 400:
+            return web.Response(status=status, headers={"Location": REDIRECT_TO})
         return None
     counts = app[_FAIL_COUNTS]
     key = tuple(sorted(opts.items()))

@@ -43,8 +43,12 @@ def auth_headers(api_style: str, api_key: str) -> dict[str, str]:
 
 
 def is_retryable_status(status: int) -> bool:
-    """A status after which the next upstream is tried, counted by the circuit breaker."""
-    return status >= 500 or status == 429 or status in UPSTREAM_AUTH_FAILURES
+    """A status after which the next upstream is tried, counted by the circuit breaker.
+
+    A redirect is one: redirects are not followed (``http1``), so a 3xx means the
+    upstream's base URL is not where it serves (http:// for https://, say).
+    """
+    return status >= 500 or status == 429 or status in UPSTREAM_AUTH_FAILURES or 300 <= status < 400
 
 
 def session() -> aiohttp.ClientSession:

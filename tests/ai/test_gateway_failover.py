@@ -26,8 +26,10 @@ def _chat(world, model, **kwargs):
         lambda fake: fake.base_url(status=500),
         lambda fake: fake.base_url(status=429),
         lambda fake: fake.base_url(latency_ms=3000),
+        lambda fake: fake.base_url(status=301),  # a redirect is not followed
+        lambda fake: fake.base_url(status=308),
     ],
-    ids=["refused", "http-500", "http-429", "timeout"],
+    ids=["refused", "http-500", "http-429", "timeout", "http-301", "http-308"],
 )
 def test_it_fails_over_to_the_secondary_without_the_client_noticing(
     world, acme, fake_upstream, primary
