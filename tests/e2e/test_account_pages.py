@@ -82,7 +82,7 @@ def _walk_and_use(page, base_url, width, user, shots):
 
     # The usage chart draws on a canvas of its own size, inside the page.
     _bar_link(page, "Usage").click()
-    page.wait_for_function('document.body.dataset.chartsReady === "yes"', timeout=10_000)
+    page.wait_for_function('document.body?.dataset.chartsReady === "yes"', timeout=10_000)
     box = page.locator("#chart-requests").bounding_box()
     assert box is not None and box["width"] > 0 and box["height"] > 0
     assert box["x"] + box["width"] <= width + 1

@@ -274,7 +274,7 @@ def test_regenerate_and_edit_and_resend(asgi_server, models, page, browser_error
 def _wait_for_reply(page):
     page.wait_for_function(
         "document.querySelector('.msg.assistant') && !document.querySelector('[data-streaming]')"
-        " && !document.body.classList.contains('busy')"
+        " && document.body && !document.body.classList.contains('busy')"
     )
 
 
@@ -418,7 +418,7 @@ def test_a_dropped_socket_stops_the_reply_and_the_page_takes_questions_again(
     page._thread.call(routes[-1].close)  # the network drops the socket mid-reply
 
     _reply(page).locator(".badge", has_text="stopped").wait_for()
-    page.wait_for_function("!document.body.classList.contains('busy')")
+    page.wait_for_function("document.body && !document.body.classList.contains('busy')")
     assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
     _send(page, models["echo"], "Still there?")
     page.wait_for_function(

@@ -62,7 +62,7 @@ def _open_dashboard(page, base_url: str) -> None:
         page.get_by_role("link", name="Usage dashboard").click()
     assert chart_js.value.status == 200
     page.wait_for_url(f"{base_url}/admin/usage/")
-    page.wait_for_function('document.body.dataset.chartsReady === "yes"', timeout=10_000)
+    page.wait_for_function('document.body?.dataset.chartsReady === "yes"', timeout=10_000)
 
 
 def test_the_usage_dashboard_draws_charts_from_real_rollups_in_a_browser(
@@ -81,7 +81,7 @@ def test_the_usage_dashboard_draws_charts_from_real_rollups_in_a_browser(
     # A filter: alice among the top users narrows every chart and total to her requests.
     page.locator(".sb-card", has_text="Top users").get_by_role("link", name="alice").click()
     page.wait_for_url("**/admin/usage/?user=*")
-    page.wait_for_function('document.body.dataset.chartsReady === "yes"', timeout=10_000)
+    page.wait_for_function('document.body?.dataset.chartsReady === "yes"', timeout=10_000)
     totals = page.locator("#totals").inner_text()
     assert "Requests: 3" in totals and "Tokens: 45" in totals and "Errors: 0" in totals
     assert "Latency p50/p95: 2000.0 / 3800.0 ms" in totals  # of 500, 2000, 4000 ms
@@ -91,7 +91,7 @@ def test_the_usage_dashboard_draws_charts_from_real_rollups_in_a_browser(
     page.select_option("#id_view", "hour")
     page.get_by_role("button", name="Apply").click()
     page.wait_for_url("**period=24h**")
-    page.wait_for_function('document.body.dataset.chartsReady === "yes"', timeout=10_000)
+    page.wait_for_function('document.body?.dataset.chartsReady === "yes"', timeout=10_000)
     labels = page.evaluate('JSON.parse(document.getElementById("usage-data").textContent).labels')
     assert len(labels) == 24
     assert "Requests: 3" in page.locator("#totals").inner_text()
