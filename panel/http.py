@@ -12,13 +12,16 @@ arrived ``HTTP_HEADER_TIMEOUT`` seconds after it opened (or after its previous
 response), answering 408 when some of them had; and one whose body stalls for
 ``HTTP_BODY_TIMEOUT`` seconds between two reads. Production's uvicorn command
 (docker/Dockerfile) and `make run` both select it with ``--http``.
+
+It also joins the writes of one event-loop iteration (``JoinedWrites``): a reply's head
+and body, a stream that arrived at once, leave in one system call (issue 20).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
-from asyncio import TimerHandle
+from asyncio import AbstractEventLoop, TimerHandle, Transport
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -59,6 +62,53 @@ def _send_without_delay(transport) -> None:
     # A real Unix socket (--uds, --fd of one) refuses it: it has no Nagle to turn off.
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class JoinedWrites:
+    """A connection's transport whose writes within one event-loop iteration leave as one.
+
+    uvicorn writes a response's status line and headers, then each body message, then (for a
+    chunked body) its terminator, each its own ``send`` call: three system calls and three
+    wake-ups of the client for a stream that arrives at once, two for a JSON reply (issue 20,
+    tests/bench/README.md). Here the first write of an iteration is held and the next ones
+    join it; the whole leaves at the end of the iteration (``call_soon``), before anything
+    waits for the network. Closing first sends what is held. Everything else is the
+    transport's own.
+    """
+
+    __slots__ = ("_transport", "_loop", "_held")
+
+    def __init__(self, transport: Transport, loop: AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        held = self._held
+        if not held:
+            self._loop.call_soon(self.flush)
+        held.append(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if not held:
+            return
+        self._held = []
+        if self._transport.is_closing():
+            return
+        self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
 
 
 class TimeoutHttpToolsProtocol(HttpToolsProtocol):
@@ -128,6 +178,7 @@ class TimeoutHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         _send_without_delay(transport)
+        self.transport = JoinedWrites(transport, self.loop)
         self._arm(self.header_timeout)
 
     def connection_lost(self, exc) -> None:
@@ -136,6 +187,9 @@ class TimeoutHttpToolsProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._stop_timer()  # the WebSocket protocol takes the connection over
+        if isinstance(self.transport, JoinedWrites):  # with the transport itself
+            self.transport.flush()
+            self.transport = self.transport._transport
         super().handle_websocket_upgrade()
 
     def on_message_begin(self) -> None:

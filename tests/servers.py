@@ -14,8 +14,18 @@ class UvicornThread:
     """Serves panel.asgi on 127.0.0.1 at a free port until stopped."""
 
     def __init__(self, app: str = "panel.asgi:application") -> None:
+        from panel.http import PROTOCOL
+
+        # Production's HTTP protocol (panel.http), so the tests that go through a real
+        # server (the browser's pages, the chat's socket) run on the one deployments run.
         self.config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            http=PROTOCOL,
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True)

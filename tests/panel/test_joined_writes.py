@@ -1,0 +1,188 @@
+"""Production's HTTP protocol sends what one loop iteration writes as one write (issue 20).
+
+uvicorn writes a response's head, each body message and a chunked body's end separately;
+``panel.http.JoinedWrites`` joins the writes of one event-loop iteration. These drive
+uvicorn's real protocol (``TimeoutHttpToolsProtocol``) in-process over a transport that
+records what the socket would have been given.
+"""
+
+import asyncio
+
+import uvicorn
+from uvicorn.server import ServerState
+
+from panel.http import PROTOCOL, JoinedWrites
+
+
+class RecordingTransport(asyncio.Transport):
+    """A connection's transport that keeps what is written and the order of calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, bytes]] = []
+        self.closing = False
+        self.protocol = None
+
+    def write(self, data) -> None:
+        assert not self.closing, "written after close"
+        self.calls.append(("write", bytes(data)))
+
+    def close(self) -> None:
+        self.calls.append(("close", b""))
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+
+    @property
+    def writes(self) -> list[bytes]:
+        return [data for call, data in self.calls if call == "write"]
+
+
+def json_app(body=b'{"ok":true}'):
+    async def app(scope, receive, send):
+        await receive()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def stream_app(*, pause_between: bool):
+    """An SSE-like stream of two events, then its end; with or without a wait between."""
+
+    async def app(scope, receive, send):
+        await receive()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        for event in (b"data: 1\n\n", b"data: 2\n\n"):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            if pause_between:
+                await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+async def serve_one(app, request: bytes) -> RecordingTransport:
+    """``request`` through the production protocol on one connection; the transport after."""
+    config = uvicorn.Config(app, http=PROTOCOL, lifespan="off", access_log=False)
+    config.load()
+    protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    for _ in range(50):
+        await asyncio.sleep(0.005)
+        if protocol.cycle is not None and protocol.cycle.response_complete:
+            break
+    await asyncio.sleep(0.01)  # what the loop would do after the app returns
+    protocol.connection_lost(None)
+    return transport
+
+
+GET = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+
+
+async def test_it_sends_a_whole_json_reply_in_one_write():
+    transport = await serve_one(json_app(), GET)
+
+    assert len(transport.writes) == 1
+    (reply,) = transport.writes
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert reply.endswith(b'\r\n\r\n{"ok":true}')
+
+
+async def test_it_sends_a_stream_that_is_all_there_in_one_write():
+    transport = await serve_one(stream_app(pause_between=False), GET)
+
+    (reply,) = transport.writes
+    assert b"transfer-encoding: chunked\r\n" in reply
+    assert reply.endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n")
+
+
+async def test_it_does_not_hold_an_event_back_until_the_next_one():
+    transport = await serve_one(stream_app(pause_between=True), GET)
+
+    # The head goes with the first event (same iteration); each later write is its own,
+    # so an event leaves as soon as the app gave it.
+    assert len(transport.writes) == 3
+    assert transport.writes[0].endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n")
+    assert transport.writes[1] == b"9\r\ndata: 2\n\n\r\n"
+    assert transport.writes[2] == b"0\r\n\r\n"
+
+
+async def test_it_writes_what_it_holds_before_it_closes():
+    request = b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+    transport = await serve_one(json_app(), request)
+
+    # One write, then the close (uvicorn may close again; nothing is written after).
+    assert [call for call, _ in transport.calls[:2]] == ["write", "close"]
+    assert transport.writes == [transport.calls[0][1]]
+    assert transport.writes[0].endswith(b'{"ok":true}')
+
+
+async def test_it_drops_what_it_holds_once_the_client_is_gone():
+    loop = asyncio.get_running_loop()
+    transport = RecordingTransport()
+    joined = JoinedWrites(transport, loop)
+    joined.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.closing = True  # the client left before the iteration ended
+
+    await asyncio.sleep(0)
+
+    assert transport.calls == []
+
+
+async def test_it_ignores_empty_writes_and_passes_the_rest_through():
+    loop = asyncio.get_running_loop()
+    transport = RecordingTransport()
+    joined = JoinedWrites(transport, loop)
+
+    joined.write(b"")
+    await asyncio.sleep(0)
+
+    assert transport.calls == []
+    assert joined.get_extra_info("peername") == ("127.0.0.1", 50000)
+
+
+async def test_a_websocket_upgrade_gets_the_connection_itself():
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    transport = await serve_one(
+        app,
+        b"GET /ws HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+
+    assert transport.protocol is not None  # uvicorn's WebSocket protocol took over
+    assert transport.protocol.transport is transport
+    assert transport.writes[0].startswith(b"HTTP/1.1 101 ")
