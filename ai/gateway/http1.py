@@ -31,6 +31,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 KEEPALIVE_SECONDS = 30.0
 # Content-Encodings read (none is asked for: an upstream that sends one anyway is read).
 ENCODED = (b"gzip", b"x-gzip", b"deflate")
+# The most an answer's status line and headers may take. httptools keeps a header line in
+# memory until it ends, so without a bound an upstream that never ends one would grow the
+# gateway's memory until the total timeout. APIs send 1-3 KiB; aiohttp allowed 8190 bytes
+# a line and ~32 KiB of lines.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class Origin(NamedTuple):
@@ -259,6 +264,7 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
         self.head: asyncio.Future | None = None
+        self.head_bytes = 0  # of the answer under way, while its head is incomplete
         self.got_bytes = False
         self.lost = False
         self.idle_since = 0.0
@@ -277,8 +283,19 @@ class Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._error(aiohttp.ClientPayloadError("the upstream switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             self._error(aiohttp.ClientPayloadError(f"malformed response: {exc}"))
+            return
+        head = self.head
+        if head is not None and not head.done():
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._error(
+                    aiohttp.ClientPayloadError(
+                        f"the answer's headers exceed {MAX_HEAD_BYTES // 1024} KiB"
+                    )
+                )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -340,6 +357,7 @@ class Connection(asyncio.Protocol):
 
     def send(self, head: bytes, body: bytes, response: Response) -> asyncio.Future:
         self.response = response
+        self.head_bytes = 0
         self.head = asyncio.get_running_loop().create_future()
         self.transport.write(head + body if len(body) < 16384 else head)
         if len(body) >= 16384:

@@ -216,6 +216,35 @@ def test_garbage_instead_of_http_is_a_payload_error():
     assert isinstance(_run(scenario), RETRYABLE_ERRORS)
 
 
+def test_headers_that_never_end_are_cut_off_at_the_limit():
+    # A header line that goes on for ever: without a bound it would fill memory until the
+    # total timeout (here far off); the answer fails once the head passes the limit.
+    async def endless(reader, writer, request):
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+        while not writer.is_closing():
+            writer.write(b"a" * 8192)
+            await writer.drain()
+
+    async def scenario():
+        async with Upstream(endless) as upstream:
+            pool = http1.Pool()
+            async with asyncio.timeout(5):  # a failure, not a test that runs to the total
+                with pytest.raises(aiohttp.ClientPayloadError, match="headers exceed 64 KiB"):
+                    await _post(pool, upstream.url, total=60.0, read=30.0)
+            idle = sum(len(c) for c in pool.idle.values())
+            pool.close()
+        return idle
+
+    assert _run(scenario) == 0  # that connection is not kept
+
+
+def test_a_large_head_within_the_limit_is_read():
+    cookie = b"Set-Cookie: c=" + b"x" * 4000 + b"\r\n"
+    answer = b"HTTP/1.1 200 OK\r\n" + cookie * 10 + b"Content-Length: 2\r\n\r\n{}"
+
+    assert _read_once(_answer_with(answer)) == b"{}"
+
+
 def test_an_upstream_that_never_answers_times_out_on_the_read_timeout():
     async def silent(reader, writer, request):
         await asyncio.sleep(30)
