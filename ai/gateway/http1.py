@@ -165,7 +165,13 @@ class Response:
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers: CIMultiDictProxy | None = None
         self._decompress = None
+        # One timer for the exchange: at the head's read deadline (if sooner), then at the
+        # total's (issue 20: two asyncio.timeout blocks and a timer were ~10 us a request).
         self._deadline: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._total = 0.0
+        self._expires = 0.0
+        self._timing_head = False  # the timer is the head's read deadline, not the total
         self._complete = False
         self._until_close = False
         self.status = 0
@@ -253,6 +259,32 @@ class Response:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, total: float, expires: float) -> None:
+        """Time the exchange: the head within the read timeout, the whole within ``total``."""
+        self._loop, self._total, self._expires = loop, total, expires
+        read = self._read_timeout
+        at = expires
+        if read is not None and loop.time() + read < expires:
+            at, self._timing_head = loop.time() + read, True
+        self._deadline = loop.call_at(at, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        connection = self._connection
+        if connection is None:  # done, closed or failed meanwhile
+            return
+        timing_head, self._timing_head = self._timing_head, False
+        if connection.head is not None and not connection.head.done():
+            if timing_head:
+                error = aiohttp.ServerTimeoutError(f"no answer for {self._read_timeout}s")
+            else:
+                error = aiohttp.ServerTimeoutError(f"no answer within {self._total}s")
+            connection._error(error)
+        elif timing_head:  # the head came in time: the total's turn
+            self._deadline = self._loop.call_at(self._expires, self._deadline_passed)
+        else:
+            self._fail(aiohttp.ServerTimeoutError(f"not done within {self._total}s"))
 
 
 class Connection(asyncio.Protocol):
@@ -373,18 +405,21 @@ class Pool:
         self.busy: set[Connection] = set()
         self.closed = False
 
-    async def connection(self, origin: Origin, connect_timeout: float) -> tuple[Connection, bool]:
-        """An idle connection to ``origin`` (True), or a new one (False)."""
+    def idle_connection(self, origin: Origin, now: float) -> Connection | None:
+        """A kept-alive connection to ``origin``, if one is idle."""
         idle = self.idle.get(origin)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         while idle:
             connection = idle.pop()
             if connection.lost or now - connection.idle_since > KEEPALIVE_SECONDS:
                 connection.abort()
                 continue
             self.busy.add(connection)
-            return connection, True
+            return connection
+        return None
+
+    async def connect(self, origin: Origin, connect_timeout: float) -> Connection:
+        """A new connection to ``origin``."""
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
                 _, connection = await loop.create_connection(
@@ -407,7 +442,7 @@ class Pool:
                 f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}"
             ) from None
         self.busy.add(connection)
-        return connection, False
+        return connection
 
     def give_back(self, connection: Connection) -> None:
         self.busy.discard(connection)
@@ -467,37 +502,28 @@ async def post(
     loop = asyncio.get_running_loop()
     expires = loop.time() + total
     for _ in range(2):
-        try:
-            async with asyncio.timeout_at(expires):
-                connection, reused = await pool.connection(where.origin, connect)
-                response = Response(connection, read)
-                try:
-                    await _head(connection.send(head, body, response), read)
-                except BaseException:
-                    response.close()
+        connection = pool.idle_connection(where.origin, loop.time())
+        reused = connection is not None
+        if connection is None:
+            try:
+                async with asyncio.timeout_at(expires):
+                    connection = await pool.connect(where.origin, connect)
+            except TimeoutError as exc:
+                if isinstance(exc, aiohttp.ServerTimeoutError):
                     raise
-        except TimeoutError as exc:
-            if isinstance(exc, aiohttp.ServerTimeoutError):
-                raise
-            raise aiohttp.ServerTimeoutError(f"no answer within {total}s") from None
+                raise aiohttp.ServerTimeoutError(f"no answer within {total}s") from None
+        response = Response(connection, read)
+        answered = connection.send(head, body, response)
+        response._arm(loop, total, expires)
+        try:
+            await answered
         except aiohttp.ServerDisconnectedError:
+            response.close()
             if reused and not connection.got_bytes:
                 continue  # the upstream had closed it while it was idle
             raise
-        if response._connection is not None:
-            response._deadline = loop.call_at(
-                expires, response._fail, aiohttp.ServerTimeoutError(f"not done within {total}s")
-            )
+        except BaseException:
+            response.close()
+            raise
         return response
     raise aiohttp.ServerDisconnectedError()
-
-
-async def _head(head: asyncio.Future, read: float | None) -> None:
-    if read is None:
-        await head
-        return
-    try:
-        async with asyncio.timeout(read):
-            await head
-    except TimeoutError:
-        raise aiohttp.ServerTimeoutError(f"no answer for {read}s") from None

@@ -252,11 +252,34 @@ def test_an_upstream_that_never_answers_times_out_on_the_read_timeout():
     async def scenario():
         async with Upstream(silent) as upstream:
             pool = http1.Pool()
-            with pytest.raises(aiohttp.ServerTimeoutError):
+            with pytest.raises(aiohttp.ServerTimeoutError, match="no answer for 0.2s"):
                 await _post(pool, upstream.url, read=0.2)
             pool.close()
 
     _run(scenario)
+
+
+def test_the_total_timeout_bounds_the_wait_for_the_answer_when_it_is_the_sooner():
+    async def silent(reader, writer, request):
+        await asyncio.sleep(30)
+
+    async def scenario():
+        async with Upstream(silent) as upstream:
+            pool = http1.Pool()
+            with pytest.raises(aiohttp.ServerTimeoutError, match="no answer within 0.3s"):
+                await _post(pool, upstream.url, total=0.3, read=2.0)
+            pool.close()
+
+    _run(scenario)
+
+
+def test_the_read_timeout_for_the_answer_does_not_cut_a_longer_body():
+    # Headers at once, then the body over 0.8 s in steps of 0.1 s: longer than the 0.3 s
+    # allowed for the headers, each wait within it, the whole within the total.
+    parts = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
+    parts += [b"1\r\nx\r\n"] * 8 + [b"0\r\n\r\n"]
+
+    assert _read_once(_answer_with(*parts, pause=0.1), total=5.0, read=0.3) == b"x" * 8
 
 
 def test_the_total_timeout_bounds_the_body_too():
@@ -275,7 +298,7 @@ def test_the_total_timeout_bounds_the_body_too():
             started = loop.time()
             response = await _post(pool, upstream.url, total=0.6, read=None)
             async with asyncio.timeout(5):  # a failure, not a test that hangs
-                with pytest.raises(aiohttp.ServerTimeoutError):
+                with pytest.raises(aiohttp.ServerTimeoutError, match="not done within 0.6s"):
                     await response.read()
             waited = loop.time() - started
             pool.close()
