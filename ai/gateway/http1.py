@@ -38,6 +38,10 @@ ENCODED = (b"gzip", b"x-gzip", b"deflate")
 MAX_HEAD_BYTES = 64 * 1024
 
 
+class IdleTimeout(aiohttp.ServerTimeoutError):
+    """Nothing (more) of the body by the reader's ``read_deadline``."""
+
+
 class Origin(NamedTuple):
     tls: bool
     host: str
@@ -142,7 +146,16 @@ class Body:
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         try:
-            read = self._response._read_timeout
+            response = self._response
+            if response.read_deadline is not None:
+                try:
+                    async with asyncio.timeout_at(response.read_deadline):
+                        await self._waiter
+                except TimeoutError:
+                    response.close()
+                    raise IdleTimeout("nothing more by the read deadline") from None
+                return
+            read = response._read_timeout
             if read is None:
                 await self._waiter
             else:
@@ -176,6 +189,10 @@ class Response:
         self._until_close = False
         self.status = 0
         self.content = Body(self)
+        # Set by a reader (the loop's clock): the reads from now until it moves wait no
+        # later than this, then fail with IdleTimeout. Only a read that has to wait arms a
+        # timer; one that finds data costs nothing (a stream's relay, issue 20).
+        self.read_deadline: float | None = None
 
     @property
     def headers(self) -> CIMultiDictProxy:

@@ -526,6 +526,7 @@ async def _relay(
     is_chat_events = isinstance(relay, streaming.EventRelay)
     keep = call.cache_key and call.cache_mode != "no-store" and is_chat_events
     kept: list[bytes] | None = [] if keep else None
+    loop = asyncio.get_running_loop()
     try:
         batch: list[bytes] | None = first
         # Up to its last event ([DONE]): once it is relayed the reply is whole, whenever
@@ -547,13 +548,15 @@ async def _relay(
                 break
             if out:
                 yield out
-            async with asyncio.timeout(idle_timeout):
-                batch = await anext(batches, None)
+            # The next batch within idle_timeout: a deadline the body's reads keep to
+            # (an asyncio.timeout here cost a timer a batch, waiting or not).
+            response.read_deadline = loop.time() + idle_timeout
+            batch = await anext(batches, None)
         else:
             raise aiohttp.ClientPayloadError("the upstream ended the stream early")
     except RETRYABLE_ERRORS as exc:
         record.status = UsageStatus.UPSTREAM_ERROR
-        idle = type(exc) is TimeoutError  # asyncio.timeout's, not one of aiohttp's
+        idle = isinstance(exc, http1.IdleTimeout)
         record.error = f"mid-stream: {'idle timeout' if idle else type(exc).__name__}"
         stream.failure = (
             f"The upstream sent nothing for {idle_timeout}s; the reply is incomplete."
@@ -581,11 +584,11 @@ END_OF_BODY_GRACE = 0.1
 
 async def _read_to_end(response: http1.Response) -> None:
     content = response.content
+    response.read_deadline = asyncio.get_running_loop().time() + END_OF_BODY_GRACE
     try:
-        async with asyncio.timeout(END_OF_BODY_GRACE):
-            while not content.at_eof():
-                await content.readany()
-    except (TimeoutError, aiohttp.ClientError):
+        while not content.at_eof():
+            await content.readany()
+    except aiohttp.ClientError:  # IdleTimeout among them
         pass  # the connection is closed below, as without the grace
 
 

@@ -307,6 +307,36 @@ def test_the_total_timeout_bounds_the_body_too():
     assert _run(scenario) < 5
 
 
+def test_a_read_deadline_holds_however_the_bytes_trickle_in():
+    # A byte every 0.1 s: no single wait is long, but what the reader asked for (the
+    # stream's next event, say) is not whole by the deadline it set.
+    async def drip(reader, writer, request):
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while True:
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    async def scenario():
+        async with Upstream(drip) as upstream:
+            pool = http1.Pool()
+            loop = asyncio.get_running_loop()
+            response = await _post(pool, upstream.url, total=60.0, read=None)
+            response.read_deadline = loop.time() + 0.35
+            got = b""
+            async with asyncio.timeout(5):  # a failure, not a test that hangs
+                with pytest.raises(http1.IdleTimeout):
+                    while True:
+                        got += await response.content.readany()
+            idle = sum(len(c) for c in pool.idle.values())
+            pool.close()
+        return got, idle
+
+    got, idle = _run(scenario)
+    assert 2 <= len(got) <= 5  # what came before the deadline was read
+    assert idle == 0  # the connection, its answer unfinished, is not kept
+
+
 def test_a_refused_connection_is_an_error_the_gateway_retries():
     async def scenario():
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
