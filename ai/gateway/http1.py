@@ -5,8 +5,9 @@ httptools' parser (the one uvicorn serves with) about 35 us (issue 20, tests/ben
 the gateway spends ~500 us a request in all. The request path needs little of what aiohttp
 offers: one POST with a known body, the status, the body read whole or as it arrives. What it
 needs is kept: a pool per origin, TLS with the system's trust store, the total, connect and
-read timeouts, gzip and deflate bodies, and aiohttp's exceptions (``RETRYABLE_ERRORS`` and
-the messages the pipeline records name them), so failover reads the same.
+read timeouts, gzip and deflate bodies, host names looked up once in ``DNS_SECONDS`` (each
+address tried in turn), and aiohttp's exceptions (``RETRYABLE_ERRORS`` and the messages the
+pipeline records name them), so failover reads the same.
 
 Not done here, as aiohttp did not do it for us either: proxies (the session never trusted
 the environment's). Redirects are not followed: a 3xx is the upstream's answer (aiohttp
@@ -16,6 +17,8 @@ followed them, re-sending the API key wherever a Location pointed).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import ssl
 import zlib
 from collections import deque
@@ -36,6 +39,9 @@ ENCODED = (b"gzip", b"x-gzip", b"deflate")
 # gateway's memory until the total timeout. APIs send 1-3 KiB; aiohttp allowed 8190 bytes
 # a line and ~32 KiB of lines.
 MAX_HEAD_BYTES = 64 * 1024
+# A host name's addresses are looked up once in this many seconds (aiohttp's default
+# ttl_dns_cache): each lookup is getaddrinfo in the loop's thread pool.
+DNS_SECONDS = 10.0
 
 
 class IdleTimeout(aiohttp.ServerTimeoutError):
@@ -421,6 +427,10 @@ class Pool:
         self.idle: dict[Origin, list[Connection]] = {}
         self.busy: set[Connection] = set()
         self.closed = False
+        # (host, port) -> (good until, addresses), and the lookups under way (one a name,
+        # however many connections wait for it).
+        self.addresses: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self.lookups: dict[tuple[str, int], asyncio.Future] = {}
 
     def idle_connection(self, origin: Origin, now: float) -> Connection | None:
         """A kept-alive connection to ``origin``, if one is idle."""
@@ -439,13 +449,22 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
-                _, connection = await loop.create_connection(
-                    lambda: Connection(self, origin),
-                    origin.host,
-                    origin.port,
-                    ssl=ssl_context() if origin.tls else None,
-                    server_hostname=origin.host if origin.tls else None,
-                )
+                hosts = await self._addresses(origin)
+                for index, host in enumerate(hosts):
+                    try:
+                        _, connection = await loop.create_connection(
+                            lambda: Connection(self, origin),
+                            host,
+                            origin.port,
+                            ssl=ssl_context() if origin.tls else None,
+                            server_hostname=origin.host if origin.tls else None,
+                        )
+                        break
+                    except ssl.SSLError:
+                        raise
+                    except OSError:
+                        if index == len(hosts) - 1:
+                            raise  # each address tried: the last one's error
         except TimeoutError:
             raise aiohttp.ConnectionTimeoutError(
                 f"no connection to {origin.host}:{origin.port} within {connect_timeout}s"
@@ -460,6 +479,39 @@ class Pool:
             ) from None
         self.busy.add(connection)
         return connection
+
+    async def _addresses(self, origin: Origin) -> list[str]:
+        """The addresses to try for ``origin``'s host, in order (an address: itself)."""
+        if _is_address(origin.host):
+            return [origin.host]
+        key = (origin.host, origin.port)
+        loop = asyncio.get_running_loop()
+        known = self.addresses.get(key)
+        if known is not None and known[0] > loop.time():
+            return known[1]
+        lookup = self.lookups.get(key)
+        if lookup is None:
+            lookup = self.lookups[key] = loop.create_task(self._lookup(key))
+            lookup.add_done_callback(lambda done: self._looked_up(key, done))
+        # Shielded: a connection that gives up waiting leaves the lookup to the others.
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, key: tuple[str, int]) -> list[str]:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(*key, type=socket.SOCK_STREAM)
+        hosts = list(dict.fromkeys(sockaddr[0] for *_, sockaddr in infos))
+        if not hosts:
+            raise OSError(f"no address for {key[0]}")
+        self.addresses[key] = (loop.time() + DNS_SECONDS, hosts)
+        if len(self.addresses) > 1024:
+            self.addresses.clear()
+        return hosts
+
+    def _looked_up(self, key: tuple[str, int], lookup: asyncio.Future) -> None:
+        if self.lookups.get(key) is lookup:
+            del self.lookups[key]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: each waiter got it (or none waited)
 
     def give_back(self, connection: Connection) -> None:
         self.busy.discard(connection)
@@ -481,6 +533,24 @@ class Pool:
             connection.abort()
         self.idle.clear()
         self.busy.clear()
+
+
+_address_hosts: dict[str, bool] = {}
+
+
+def _is_address(host: str) -> bool:
+    """Whether ``host`` is an IP address rather than a name (remembered)."""
+    found = _address_hosts.get(host)
+    if found is None:
+        try:
+            ipaddress.ip_address(host)
+            found = True
+        except ValueError:
+            found = False
+        if len(_address_hosts) > 1024:
+            _address_hosts.clear()
+        _address_hosts[host] = found
+    return found
 
 
 async def post(

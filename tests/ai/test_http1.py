@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -421,3 +422,91 @@ def test_an_interim_100_continue_is_skipped_for_the_answer_after_it():
         return result, upstream.connections
 
     assert _run(scenario) == ((200, b'{"ok":true}', b'{"ok":true}'), 1)
+
+
+def _counting_lookups(loop, answer=None):
+    """Count the loop's getaddrinfo calls; ``answer`` replaces what they return."""
+    calls = []
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(host, port, **kwargs):
+        calls.append(host)
+        if answer is not None:
+            return answer(host, port)
+        return await real(host, port, **kwargs)
+
+    loop.getaddrinfo = getaddrinfo
+    return calls
+
+
+def test_a_host_name_is_looked_up_once_for_many_connections():
+    async def scenario():
+        async with Upstream(_answer_with(OK, pause=0.2)) as upstream:
+            calls = _counting_lookups(asyncio.get_running_loop())
+            pool = http1.Pool()
+            url = upstream.url.replace("127.0.0.1", "localhost")
+            # Three at once (three connections, one lookup), then one more later.
+            answers = await asyncio.gather(*(_post(pool, url) for _ in range(3)))
+            bodies = [await answer.read() for answer in answers]
+            pool.close()
+            pool = http1.Pool()
+            pool.addresses = {}
+            await (await _post(pool, url)).read()
+            pool.close()
+        return calls, bodies, upstream.connections
+
+    calls, bodies, connections = _run(scenario)
+    assert bodies == [b'{"ok":true}'] * 3
+    assert connections == 4
+    assert calls == ["localhost", "localhost"]  # one for each pool's first connections
+
+
+def test_a_name_is_looked_up_again_once_its_addresses_are_old(monkeypatch):
+    monkeypatch.setattr(http1, "DNS_SECONDS", 0.0)
+
+    async def scenario():
+        async with Upstream(_answer_with(OK, close=True)) as upstream:
+            calls = _counting_lookups(asyncio.get_running_loop())
+            pool = http1.Pool()
+            url = upstream.url.replace("127.0.0.1", "localhost")
+            for _ in range(2):  # the upstream closes each: two new connections
+                await (await _post(pool, url)).read()
+            pool.close()
+        return calls
+
+    assert _run(scenario) == ["localhost", "localhost"]
+
+
+def test_an_address_that_refuses_is_passed_over_for_the_next():
+    def two_addresses(host, port):
+        # 127.0.0.2 is loopback too, but nothing listens there on this port.
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+
+    async def scenario():
+        async with Upstream(_answer_with(OK)) as upstream:
+            _counting_lookups(asyncio.get_running_loop(), two_addresses)
+            pool = http1.Pool()
+            url = upstream.url.replace("127.0.0.1", "api.example.test")
+            data = await (await _post(pool, url)).read()
+            pool.close()
+        return data
+
+    assert _run(scenario) == b'{"ok":true}'
+
+
+def test_a_name_that_does_not_resolve_is_a_connection_error_the_gateway_retries():
+    def nothing(host, port):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    async def scenario():
+        _counting_lookups(asyncio.get_running_loop(), nothing)
+        pool = http1.Pool()
+        with pytest.raises(aiohttp.ClientConnectionError, match="Name or service") as caught:
+            await _post(pool, "http://api.example.test/v1/chat/completions")
+        pool.close()
+        return caught.value
+
+    assert isinstance(_run(scenario), RETRYABLE_ERRORS)
