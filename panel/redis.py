@@ -161,7 +161,9 @@ class PipelinedConnection:
         self.endpoint = Endpoint.from_url(url)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.waiting: deque[asyncio.Future] = deque()
+        # A future for each command whose reply someone awaits; None for a fired one (its
+        # reply is read and dropped: no future, no callback, issue 20).
+        self.waiting: deque[asyncio.Future | None] = deque()
         self.unsent: list[bytes] = []  # commands of this loop iteration, written together
         self.connecting: asyncio.Lock = asyncio.Lock()
         self.listener: asyncio.Task | None = None
@@ -212,7 +214,7 @@ class PipelinedConnection:
                 self.progress_at = loop.time()
                 while (reply := parser.gets()) is not False:
                     future = self.waiting.popleft()
-                    if not future.done():
+                    if future is not None and not future.done():
                         future.set_result(reply)
         except Exception as exc:
             self._fail(exc)
@@ -228,7 +230,7 @@ class PipelinedConnection:
             self.watchdog = None
         while self.waiting:
             future = self.waiting.popleft()
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(RedisUnavailable(f"Redis connection lost: {exc!r}"))
 
     def _start_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -269,8 +271,9 @@ class PipelinedConnection:
             loop.call_soon(self._write_unsent)
         return future
 
-    def fire(self, command: bytes) -> bool:
-        """Write one packed command without waiting for its reply.
+    def fire(self, command: bytes, count: int = 1) -> bool:
+        """Write packed commands (``count`` of them in ``command``) without waiting for
+        their replies, which are read and dropped.
 
         Returns False when there is no connection yet (one is opened in the
         background for the next call): the caller decides what that costs.
@@ -281,7 +284,12 @@ class PipelinedConnection:
                 task = loop.create_task(self._connect())
                 task.add_done_callback(_ignore_reply)
             return False
-        self._queue(loop, command).add_done_callback(_ignore_reply)
+        if not self.waiting:
+            self._start_waiting(loop)
+        self.waiting.extend((None,) * count)
+        self.unsent.append(command)
+        if len(self.unsent) == 1:
+            loop.call_soon(self._write_unsent)
         return True
 
     async def execute(self, *args):

@@ -130,10 +130,13 @@ def redis_lease_take(lease: str | None, admission) -> None:
         return
     from panel.redis import connection, pack_command
 
-    conn = connection()
     key = inflight_key(process_name())
-    for part, amount in zip(LEASE_TOTALS, (1, admission.tokens, admission.cost), strict=True):
-        conn.fire(pack_command("HINCRBY", key, lease + part, -amount))
+    amounts = (1, admission.tokens, admission.cost)
+    commands = b"".join(
+        pack_command("HINCRBY", key, lease + part, -amount)
+        for part, amount in zip(LEASE_TOTALS, amounts, strict=True)
+    )
+    connection().fire(commands, count=len(LEASE_TOTALS))
 
 
 def _ensure_heartbeat(conn) -> None:

@@ -33,6 +33,24 @@ async def test_replies_match_their_commands_when_many_are_in_flight(redis_url):
     await conn.execute("DEL", *keys)
 
 
+async def test_fired_commands_replies_are_dropped_in_order_between_awaited_ones(redis_url):
+    conn = sb_redis.connection()
+    await conn.execute("DEL", "sb:test:fired")
+    first = asyncio.ensure_future(conn.execute("INCRBY", "sb:test:fired", 1))
+    await asyncio.sleep(0)  # queued first
+    assert conn.fire(sb_redis.pack_command("INCRBY", "sb:test:fired", 10))
+    two = sb_redis.pack_command("INCRBY", "sb:test:fired", 100) + sb_redis.pack_command(
+        "NOT-A-COMMAND"  # an error reply, dropped like any other
+    )
+    assert conn.fire(two, count=2)
+    last = conn.execute("INCRBY", "sb:test:fired", 1000)
+
+    # Each awaited command gets its own reply, however many fired ones came between.
+    assert await asyncio.gather(first, last) == [1, 1111]
+    assert not conn.waiting
+    await conn.execute("DEL", "sb:test:fired")
+
+
 async def test_a_script_unknown_to_redis_is_sent_whole_once(redis_url):
     redis.Redis.from_url(redis_url).script_flush()
     script = sb_redis.Script("return tonumber(ARGV[1]) + #KEYS")
