@@ -68,6 +68,20 @@ def json_app(body=b'{"ok":true}'):
     return app
 
 
+def json_app_with_work_after(seen: list):
+    """A JSON reply, then work of the app's own (accounting, say) before it returns."""
+
+    async def app(scope, receive, send):
+        await json_app()(scope, receive, send)
+        seen.append(len(transport_of[0].writes))
+
+    return app
+
+
+# The transport of the connection ``serve_one`` is serving (for an app to look at).
+transport_of: list = []
+
+
 def stream_app(*, pause_between: bool):
     """An SSE-like stream of two events, then its end; with or without a wait between."""
 
@@ -95,6 +109,7 @@ async def serve_one(app, request: bytes) -> RecordingTransport:
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
     transport = RecordingTransport()
+    transport_of[:] = [transport]
     protocol.connection_made(transport)
     protocol.data_received(request)
     for _ in range(50):
@@ -116,6 +131,14 @@ async def test_it_sends_a_whole_json_reply_in_one_write():
     (reply,) = transport.writes
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
     assert reply.endswith(b'\r\n\r\n{"ok":true}')
+
+
+async def test_a_complete_reply_leaves_before_the_apps_work_after_it():
+    seen = []
+    transport = await serve_one(json_app_with_work_after(seen), GET)
+
+    assert seen == [1]  # written as the last message was sent, not after the app's return
+    assert len(transport.writes) == 1
 
 
 async def test_it_sends_a_stream_that_is_all_there_in_one_write():
