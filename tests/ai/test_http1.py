@@ -246,29 +246,25 @@ def test_a_large_head_within_the_limit_is_read():
     assert _read_once(_answer_with(answer)) == b"{}"
 
 
-def test_an_upstream_that_never_answers_times_out_on_the_read_timeout():
-    async def silent(reader, writer, request):
-        await asyncio.sleep(30)
+async def _silent(reader, writer, request):
+    await asyncio.sleep(30)
 
+
+@pytest.mark.parametrize(
+    ("timeouts", "message"),
+    [
+        ({"read": 0.2}, "no answer for 0.2s"),
+        # The total, when it is the sooner of the two, bounds the wait for the answer.
+        ({"total": 0.3, "read": 2.0}, "no answer within 0.3s"),
+    ],
+    ids=["read", "total"],
+)
+def test_an_upstream_that_never_answers_times_out(timeouts, message):
     async def scenario():
-        async with Upstream(silent) as upstream:
+        async with Upstream(_silent) as upstream:
             pool = http1.Pool()
-            with pytest.raises(aiohttp.ServerTimeoutError, match="no answer for 0.2s"):
-                await _post(pool, upstream.url, read=0.2)
-            pool.close()
-
-    _run(scenario)
-
-
-def test_the_total_timeout_bounds_the_wait_for_the_answer_when_it_is_the_sooner():
-    async def silent(reader, writer, request):
-        await asyncio.sleep(30)
-
-    async def scenario():
-        async with Upstream(silent) as upstream:
-            pool = http1.Pool()
-            with pytest.raises(aiohttp.ServerTimeoutError, match="no answer within 0.3s"):
-                await _post(pool, upstream.url, total=0.3, read=2.0)
+            with pytest.raises(aiohttp.ServerTimeoutError, match=message):
+                await _post(pool, upstream.url, **timeouts)
             pool.close()
 
     _run(scenario)
@@ -283,17 +279,19 @@ def test_the_read_timeout_for_the_answer_does_not_cut_a_longer_body():
     assert _read_once(_answer_with(*parts, pause=0.1), total=5.0, read=0.3) == b"x" * 8
 
 
-def test_the_total_timeout_bounds_the_body_too():
-    # Headers at once, then a byte every 0.1 s for ever: no read waits long, the whole does.
-    async def drip(reader, writer, request):
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        while True:
-            writer.write(b"1\r\nx\r\n")
-            await writer.drain()
-            await asyncio.sleep(0.1)
+async def _drip(reader, writer, request):
+    """Headers at once, then a body byte every 0.1 s for ever."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while True:
+        writer.write(b"1\r\nx\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
 
+
+def test_the_total_timeout_bounds_the_body_too():
+    # No read waits long, the whole does.
     async def scenario():
-        async with Upstream(drip) as upstream:
+        async with Upstream(_drip) as upstream:
             pool = http1.Pool()
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -311,15 +309,8 @@ def test_the_total_timeout_bounds_the_body_too():
 def test_a_read_deadline_holds_however_the_bytes_trickle_in():
     # A byte every 0.1 s: no single wait is long, but what the reader asked for (the
     # stream's next event, say) is not whole by the deadline it set.
-    async def drip(reader, writer, request):
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        while True:
-            writer.write(b"1\r\nx\r\n")
-            await writer.drain()
-            await asyncio.sleep(0.1)
-
     async def scenario():
-        async with Upstream(drip) as upstream:
+        async with Upstream(_drip) as upstream:
             pool = http1.Pool()
             loop = asyncio.get_running_loop()
             response = await _post(pool, upstream.url, total=60.0, read=None)
