@@ -260,16 +260,15 @@ class PipelinedConnection:
             self.writer.write(b"".join(self.unsent))
         self.unsent.clear()
 
-    def _queue(self, loop: asyncio.AbstractEventLoop, command: bytes) -> asyncio.Future:
-        future = loop.create_future()
+    def _queue(self, loop: asyncio.AbstractEventLoop, command: bytes, waiters: tuple) -> None:
+        """``command`` (packed, one or more) to write; ``waiters``, one a reply, get them."""
         if not self.waiting:
             self._start_waiting(loop)
-        self.waiting.append(future)
+        self.waiting.extend(waiters)
         self.unsent.append(command)
         if len(self.unsent) == 1:
             # One socket write for every command sent in this iteration of the loop.
             loop.call_soon(self._write_unsent)
-        return future
 
     def fire(self, command: bytes, count: int = 1) -> bool:
         """Write packed commands (``count`` of them in ``command``) without waiting for
@@ -284,12 +283,7 @@ class PipelinedConnection:
                 task = loop.create_task(self._connect())
                 task.add_done_callback(_ignore_reply)
             return False
-        if not self.waiting:
-            self._start_waiting(loop)
-        self.waiting.extend((None,) * count)
-        self.unsent.append(command)
-        if len(self.unsent) == 1:
-            loop.call_soon(self._write_unsent)
+        self._queue(loop, command, (None,) * count)
         return True
 
     async def execute(self, *args):
@@ -299,7 +293,10 @@ class PipelinedConnection:
         """Write one packed command and wait for its reply."""
         if self.writer is None:
             await self._connect()
-        reply = await self._queue(asyncio.get_running_loop(), command)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue(loop, command, (future,))
+        reply = await future
         if isinstance(reply, hiredis.ReplyError):
             raise RedisError(str(reply))
         return reply
