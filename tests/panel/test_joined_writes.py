@@ -68,20 +68,6 @@ def json_app(body=b'{"ok":true}'):
     return app
 
 
-def json_app_with_work_after(seen: list):
-    """A JSON reply, then work of the app's own (accounting, say) before it returns."""
-
-    async def app(scope, receive, send):
-        await json_app()(scope, receive, send)
-        seen.append(len(transport_of[0].writes))
-
-    return app
-
-
-# The transport of the connection ``serve_one`` is serving (for an app to look at).
-transport_of: list = []
-
-
 def stream_app(*, pause_between: bool):
     """An SSE-like stream of two events, then its end; with or without a wait between."""
 
@@ -103,13 +89,14 @@ def stream_app(*, pause_between: bool):
     return app
 
 
-async def serve_one(app, request: bytes) -> RecordingTransport:
+async def serve_one(
+    app, request: bytes, transport: RecordingTransport | None = None
+) -> RecordingTransport:
     """``request`` through the production protocol on one connection; the transport after."""
     config = uvicorn.Config(app, http=PROTOCOL, lifespan="off", access_log=False)
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
-    transport = RecordingTransport()
-    transport_of[:] = [transport]
+    transport = transport or RecordingTransport()
     protocol.connection_made(transport)
     protocol.data_received(request)
     for _ in range(50):
@@ -134,8 +121,13 @@ async def test_it_sends_a_whole_json_reply_in_one_write():
 
 
 async def test_a_complete_reply_leaves_before_the_apps_work_after_it():
-    seen = []
-    transport = await serve_one(json_app_with_work_after(seen), GET)
+    transport, seen = RecordingTransport(), []
+
+    async def app(scope, receive, send):
+        await json_app()(scope, receive, send)
+        seen.append(len(transport.writes))  # then its own work (accounting, say)
+
+    await serve_one(app, GET, transport)
 
     assert seen == [1]  # written as the last message was sent, not after the app's return
     assert len(transport.writes) == 1
