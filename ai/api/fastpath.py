@@ -37,7 +37,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
-from panel import security
+from panel import http, security
 
 
 @lru_cache(maxsize=4096)
@@ -154,12 +154,21 @@ class FastPathHandler(ASGIHandler):
             await self.send_response(error_response, send, secure=secure)
             return
         request.__dict__["headers"] = Headers.from_scope(scope)
-        # As in Django: watch for the client leaving while the view runs, and cancel the
-        # view (so a relayed stream stops its upstream call). The view runs in this task;
-        # one more task waits for the disconnect.
+        # As in Django: when the client leaves while the view runs, cancel the view (so a
+        # relayed stream stops its upstream call). The view runs in this task. Our server
+        # protocol (panel.http) calls back when the connection is lost; under another
+        # server one more task waits for the disconnect.
         this = asyncio.current_task()
-        left = asyncio.Event()
-        watcher = asyncio.create_task(self._cancel_on_disconnect(receive, this, left))
+        hook = scope.get(http.DISCONNECT)
+        if hook is not None:
+            if hook.is_set():  # it left while the body was read: nobody to answer
+                body_file.close()
+                return
+            left = hook
+            hook.callback = this.cancel
+        else:
+            left = asyncio.Event()
+            watcher = asyncio.create_task(self._cancel_on_disconnect(receive, this, left))
         try:
             await self._respond(request, send, secure)
         except asyncio.CancelledError:
@@ -167,7 +176,10 @@ class FastPathHandler(ASGIHandler):
                 raise  # cancelled from outside (the server stopping): not ours to swallow
             this.uncancel()
         finally:
-            watcher.cancel()
+            if hook is not None:
+                hook.callback = None
+            else:
+                watcher.cancel()
             body_file.close()
 
     async def _cancel_on_disconnect(self, receive, task: asyncio.Task, left: asyncio.Event):

@@ -1,13 +1,16 @@
 """The gateway's own ASGI handling (ai.api.fastpath, trimmed in issue 20): the request's
 body and headers as the views read them, and the client leaving."""
 
+import asyncio
 import json
 import time
 
 import httpx
 import pytest
 
+from ai.gateway import ledger
 from ai.models import UsageEvent, UsageStatus
+from panel.http import DISCONNECT, ClientLeft
 from tests.ai.conftest import make_model, wait_for_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -84,3 +87,93 @@ def test_a_client_that_leaves_mid_stream_is_recorded_at_once(world, acme, fake_u
     assert event.status == UsageStatus.CLIENT_CANCELLED
     assert time.monotonic() - left < 2  # the 20 chunks would take 4 s
     assert UsageEvent.objects.count() == 1
+
+
+def _scope(world, body: bytes, left: ClientLeft | None) -> dict:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Bearer {world.alice_key}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    if left is not None:
+        scope[DISCONNECT] = left
+    return scope
+
+
+@pytest.mark.parametrize("server", ["ours", "another"])
+def test_the_view_is_cancelled_when_the_client_leaves_under_either_server(
+    world, acme, fake_upstream, server
+):
+    # Our protocol (panel.http) puts a ClientLeft in the scope and calls back when the
+    # connection is lost; under another server (daphne) a task waits on receive instead.
+    # Either way the stream stops at once and is recorded as the client's cancel.
+    from panel.asgi import fast_app
+
+    make_model("slow", owner=acme, base_urls=[fake_upstream.base_url(chunk_delay_ms=200)])
+    body = json.dumps(
+        {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    ).encode()
+    left = ClientLeft() if server == "ours" else None
+    sent = []
+
+    async def run():
+        gone = asyncio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if message.get("more_body"):  # the first events: the client leaves
+                if left is None:
+                    gone.set()
+                else:  # only the protocol's call: receive would wait on
+                    asyncio.get_running_loop().call_soon(left.fire)
+
+        await asyncio.wait_for(fast_app(_scope(world, body, left), receive, send), 5)
+        await ledger.flush()  # the usage event, before this loop closes
+
+    started = time.monotonic()
+    asyncio.run(run())
+
+    assert time.monotonic() - started < 2  # the 20 chunks would take 4 s
+    assert sent[0]["status"] == 200
+    [event] = wait_for_usage(1)
+    assert event.status == UsageStatus.CLIENT_CANCELLED
+
+
+def test_a_client_gone_before_the_view_starts_gets_nothing(world, fake_upstream):
+    from panel.asgi import fast_app
+
+    body = json.dumps({"model": "acme-chat", "messages": [{"role": "user", "content": "Hi"}]})
+    left, sent = ClientLeft(), []
+    left.fire()  # lost while its body was read
+
+    async def receive():
+        return {"type": "http.request", "body": body.encode(), "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(fast_app(_scope(world, body.encode(), left), receive, send))
+
+    assert sent == []
+    assert fake_upstream.requests() == []

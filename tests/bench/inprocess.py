@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from panel.http import DISCONNECT, ClientLeft  # noqa: E402
 from tests.bench.run import BODY, MODES, TARGETS, environment, migrate_and_seed  # noqa: E402
 from tests.servers import free_port, wait_until_serving  # noqa: E402
 
@@ -48,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="cProfile the measured requests")
     parser.add_argument("--sort", default="tottime", choices=["tottime", "cumulative"])
     parser.add_argument("--top", type=int, default=35)
+    parser.add_argument("--dump", help="also write cProfile's stats to this file (pstats)")
     return parser.parse_args(argv)
 
 
@@ -70,6 +72,8 @@ def scope(path: str, key: str, body: bytes) -> dict:
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
+        # What production's protocol (panel.http) puts in each request's scope.
+        DISCONNECT: ClientLeft(),
     }
 
 
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run())
         if profiler is not None:
             pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+            if args.dump:
+                profiler.dump_stats(args.dump)
     finally:
         if fake is not None:
             fake.terminate()

@@ -11,7 +11,7 @@ import asyncio
 import uvicorn
 from uvicorn.server import ServerState
 
-from panel.http import PROTOCOL, JoinedWrites
+from panel.http import DISCONNECT, PROTOCOL, JoinedWrites
 
 
 class RecordingTransport(asyncio.Transport):
@@ -201,3 +201,68 @@ async def test_a_websocket_upgrade_gets_the_connection_itself():
     assert transport.protocol is not None  # uvicorn's WebSocket protocol took over
     assert transport.protocol.transport is transport
     assert transport.writes[0].startswith(b"HTTP/1.1 101 ")
+
+
+# --- The client leaving (panel.http.ClientLeft) -----------------------------------------
+
+
+async def _started(app) -> tuple:
+    """A protocol that has taken ``GET`` and started ``app`` on it (no response yet)."""
+    config = uvicorn.Config(app, http=PROTOCOL, lifespan="off", access_log=False)
+    config.load()
+    protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+    protocol.connection_made(RecordingTransport())
+    protocol.data_received(GET)
+    await asyncio.sleep(0.01)
+    return protocol
+
+
+async def test_a_client_that_leaves_mid_response_is_told_to_the_app_at_once():
+    seen = []
+
+    async def app(scope, receive, send):
+        left = scope[DISCONNECT]
+        left.callback = lambda: seen.append("left")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen.append(left.is_set())
+        await asyncio.sleep(10)  # a long stream
+
+    protocol = await _started(app)
+    protocol.connection_lost(None)
+
+    assert seen == [False, "left"]
+    assert protocol.cycle.scope[DISCONNECT].is_set()
+    for task in protocol.tasks:
+        task.cancel()
+
+
+async def test_a_connection_closed_after_a_complete_response_is_no_leaving():
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        scope[DISCONNECT].callback = lambda: scopes.append("called")
+        await json_app()(scope, receive, send)
+
+    protocol = await _started(app)
+    protocol.connection_lost(None)
+
+    assert scopes[1:] == []  # no callback
+    assert not scopes[0][DISCONNECT].is_set()
+
+
+async def test_each_request_of_a_connection_has_its_own():
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        await json_app()(scope, receive, send)
+
+    protocol = await _started(app)
+    protocol.data_received(GET)
+    await asyncio.sleep(0.01)
+    protocol.connection_lost(None)
+
+    first, second = (scope[DISCONNECT] for scope in scopes)
+    assert first is not second
+    assert not first.is_set() and not second.is_set()
