@@ -11,6 +11,7 @@ from datetime import datetime
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from panel import conf
 from panel.localcache import registry_cache
 from panel.snapshot import snapshot_of
 
@@ -122,7 +123,7 @@ async def key_info_verify(*, plain: str) -> KeyInfo | None:
     if key_hash is None:
         return None
     key = await key_info_get(key_hash)
-    return key if key is not None and key.is_usable(timezone.now()) else None
+    return key if key is not None and key.is_usable(conf.now()) else None
 
 
 def apikeys_for_user(user: User, *, include_revoked: bool = False) -> QuerySet[APIKey]:

@@ -38,6 +38,7 @@ from django.conf import settings
 from redis.connection import parse_url
 
 from panel import logs, outage
+from panel.conf import hot
 
 
 class RedisError(Exception):
@@ -53,7 +54,7 @@ UNREACHABLE = (RedisUnavailable, redis.ConnectionError, redis.TimeoutError)
 
 
 def is_configured() -> bool:
-    return bool(settings.REDIS_URL)
+    return bool(hot.REDIS_URL)
 
 
 # --- redis-py ------------------------------------------------------------------------
@@ -330,8 +331,8 @@ def connection() -> PipelinedConnection:
     """The pipelined connection of the running loop (made on first use, and per REDIS_URL)."""
     loop = asyncio.get_running_loop()
     conn = _connections.get(loop)
-    if conn is None or conn.endpoint.url != settings.REDIS_URL:
-        conn = _connections[loop] = PipelinedConnection(settings.REDIS_URL)
+    if conn is None or conn.endpoint.url != hot.REDIS_URL:
+        conn = _connections[loop] = PipelinedConnection(hot.REDIS_URL)
     return conn
 
 

@@ -19,6 +19,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
 
+from panel.conf import hot
+
 _headers: dict[bool, list[tuple[bytes, bytes]]] = {}
 
 
@@ -62,7 +64,7 @@ def _header(scope, name: bytes) -> str | None:
 
 def is_secure(scope) -> bool:
     """As Django's ``request.is_secure()``: the proxy's header when configured, else the scheme."""
-    proxy = settings.SECURE_PROXY_SSL_HEADER
+    proxy = hot.SECURE_PROXY_SSL_HEADER
     if proxy:
         name, secure_value = proxy
         name = name.removeprefix("HTTP_").lower().replace("_", "-").encode()

@@ -31,13 +31,13 @@ import tempfile
 from contextlib import aclosing
 from functools import lru_cache
 
-from django.conf import settings
 from django.core.exceptions import RequestAborted
-from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
 from panel import http, security
+from panel.conf import hot
 
 
 @lru_cache(maxsize=4096)
@@ -86,6 +86,23 @@ class Headers(dict):
         return dict.get(self, name.lower(), default)
 
 
+def _keep_body(request, body_file) -> None:
+    """Give the request its body, when in memory and within DATA_UPLOAD_MAX_MEMORY_SIZE.
+
+    ``request.body`` would read it from the stream again and check its size against the
+    setting four times (six settings reads). A body past the limit, or of a request whose
+    Content-Length does not say its size (chunked), is left to Django, which refuses it.
+    """
+    if not isinstance(body_file, io.BytesIO):
+        return
+    body = body_file.getvalue()
+    limit = hot.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if (limit is None or len(body) <= limit) and request.META.get("CONTENT_LENGTH") == str(
+        len(body)
+    ):
+        request._body = body
+
+
 class FastPathHandler(ASGIHandler):
     """Django's ASGIHandler minus middleware, request signals and per-request threads."""
 
@@ -108,7 +125,7 @@ class FastPathHandler(ASGIHandler):
     async def read_body(self, receive):
         """The body in memory up to FILE_UPLOAD_MAX_MEMORY_SIZE, past it in a temporary
         file (as Django's, which always starts one: ~5 us a request)."""
-        limit = settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+        limit = hot.FILE_UPLOAD_MAX_MEMORY_SIZE
         parts: list[bytes] = []
         size = 0
         spooled = None
@@ -137,7 +154,7 @@ class FastPathHandler(ASGIHandler):
 
     async def handle(self, scope, receive, send):
         secure = security.is_secure(scope)
-        if not secure and settings.SECURE_SSL_REDIRECT:
+        if not secure and hot.SECURE_SSL_REDIRECT:
             target = security.redirect_target(scope)
             if target is not None:
                 return await security.send_redirect(send, target)
@@ -145,7 +162,7 @@ class FastPathHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        prefix = get_script_prefix(scope)
+        prefix = hot.FORCE_SCRIPT_NAME or scope.get("root_path", "")  # get_script_prefix
         if prefix:  # else Django's default, "/", which no request task has changed
             set_script_prefix(prefix)
         request, error_response = self.create_request(scope, body_file)
@@ -154,6 +171,7 @@ class FastPathHandler(ASGIHandler):
             await self.send_response(error_response, send, secure=secure)
             return
         request.__dict__["headers"] = Headers.from_scope(scope)
+        _keep_body(request, body_file)
         # As in Django: when the client leaves while the view runs, cancel the view (so a
         # relayed stream stops its upstream call). The view runs in this task. Our server
         # protocol (panel.http) calls back when the connection is lost; under another

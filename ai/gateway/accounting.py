@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.utils import timezone
-
 from orgs.services import credits
+from panel import conf
 
 from ..models import UsageStatus
 from ..selectors import ModelInfo
@@ -82,7 +81,7 @@ def usage_record(record: Record) -> None:
 def _row(record: Record, cost: int) -> UsageRow:
     usage = record.usage
     return UsageRow(
-        timezone.now(),
+        conf.now(),
         record.request_id,
         record.user_id,
         record.organisation_id,

@@ -12,11 +12,11 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db.models import Prefetch
-from django.utils import timezone
 
 from accounts.models import TIER_RANK, User
 from accounts.selectors import KeyInfo
 from orgs.models import Wallet
+from panel import conf
 from panel.localcache import registry_cache
 from panel.models import SiteSettings
 from panel.snapshot import snapshot_of
@@ -272,7 +272,7 @@ async def ai_enabled_get() -> bool:
 
 def usable_links(user: UserInfo, key: KeyInfo | None) -> list[LinkInfo]:
     """The caller's links that may be used now: enabled, unexpired, within the key's org."""
-    now = timezone.now()
+    now = conf.now()  # on every request: USE_TZ as a hot setting
     org_id = key.organisation_id if key else None
     return [
         link

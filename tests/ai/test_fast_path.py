@@ -177,3 +177,22 @@ def test_a_client_gone_before_the_view_starts_gets_nothing(world, fake_upstream)
 
     assert sent == []
     assert fake_upstream.requests() == []
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_past_the_upload_limit_is_refused_however_it_is_sent(
+    world, fake_upstream, settings, chunked
+):
+    # The fast path hands the view the body it read when its Content-Length says its size
+    # and it is within DATA_UPLOAD_MAX_MEMORY_SIZE; else Django reads it and refuses it.
+    body = json.dumps({"model": "acme-chat", "messages": [{"role": "user", "content": "Hi"}]})
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = len(body)
+    url, headers = f"{world.url}/v1/chat/completions", {"Authorization": f"Bearer {world.alice_key}"}
+    for padding, status in ((0, 200), (1, 413)):
+        data = (body + " " * padding).encode()
+        content = _chunks(data, 16) if chunked else data
+        response = httpx.post(url, headers=headers, content=content, timeout=10)
+        assert response.status_code == status, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert len(fake_upstream.requests()) == 1
+
