@@ -73,7 +73,7 @@ def ai_route(*, methods: dict[str, str], errors: ErrorRenderer = openai_error):
                 if span is not None:
                     span.end()
                 raise
-            response["x-request-id"] = request_id
+            set_headers(response, {"x-request-id": request_id})
             if span is not None:
                 tracing.request_ended(span, response)
             return response
@@ -169,9 +169,24 @@ def render(result: Reply | Stream) -> HttpResponse:
     else:
         body = fastjson.dumps(result.payload) if result.payload is not None else result.raw
         response = HttpResponse(body, status=result.status, content_type="application/json")
-    for name, value in result.headers.items():
-        response[name] = value
+    set_headers(response, result.headers)
     return response
+
+
+def set_headers(response: HttpResponse, headers: dict[str, str]) -> None:
+    """``response[name] = value`` for each header, cheaper for plain values (issue 20).
+
+    Django checks and converts each name and value (~1 us a header here; a limited
+    link's reply has eleven). A value of printable ASCII needs neither: it is stored as
+    Django would store it. Anything else (a non-ASCII upstream name, a line break) goes
+    through Django's own checks.
+    """
+    store = response.headers._store
+    for name, value in headers.items():
+        if value.isascii() and value.isprintable() and name.isascii() and name.isprintable():
+            store[name.lower()] = (name, value)
+        else:
+            response[name] = value
 
 
 def json_response(data, status: int = 200) -> JsonResponse:

@@ -196,3 +196,19 @@ def test_a_body_past_the_upload_limit_is_refused_however_it_is_sent(
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert len(fake_upstream.requests()) == 1
 
+
+def test_reply_headers_are_stored_as_django_would_store_them():
+    from django.http import BadHeaderError, HttpResponse
+
+    from ai.api.base import set_headers
+
+    headers = {"X-Plain": "remaining 12", "x-upstream": "Östra", "x-far": "東京", "x-empty": ""}
+    ours, django_s = HttpResponse(), HttpResponse()
+    set_headers(ours, headers)
+    for name, value in headers.items():
+        django_s[name] = value
+    assert list(ours.items()) == list(django_s.items())
+    assert ours["x-far"].startswith("=?utf-8?")  # MIME-encoded, as Django does
+
+    with pytest.raises(BadHeaderError):
+        set_headers(HttpResponse(), {"x-upstream": "a\r\nSet-Cookie: b=c"})
