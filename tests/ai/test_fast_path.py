@@ -212,3 +212,34 @@ def test_reply_headers_are_stored_as_django_would_store_them():
 
     with pytest.raises(BadHeaderError):
         set_headers(HttpResponse(), {"x-upstream": "a\r\nSet-Cookie: b=c"})
+
+
+def test_an_exception_that_escapes_a_view_is_answered_as_django_answers_it(
+    world, monkeypatch
+):
+    # The views render their own errors (ai_route); should one escape, the fast path
+    # answers with Django's response for it (the project's 500 handler), not a dropped
+    # connection.
+    from types import SimpleNamespace
+
+    from ai.api import fastpath
+    from panel.asgi import fast_app
+
+    async def broken(request):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(
+        fastpath, "_fast_match", lambda path: SimpleNamespace(func=broken, args=(), kwargs={})
+    )
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(fast_app(_scope(world, b"{}", ClientLeft()), receive, send))
+
+    assert sent[0]["status"] == 500
+    assert b"a bug" not in b"".join(message.get("body", b"") for message in sent)
