@@ -196,23 +196,26 @@ async def _cancelled_while_redis_admits(make_call) -> None:
     held up in a stalled proxy to Redis, then let the script through and flush what the
     cancellation left."""
     from django.conf import settings
+    from django.test import override_settings
 
     from tests.servers import TcpProxy
 
     direct = urlsplit(settings.REDIS_URL)
     proxy = TcpProxy(direct.hostname, direct.port or 6379).start()
     call = await make_call()
-    settings.REDIS_URL = direct._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    # override_settings, not an assignment: it tells the request path's settings cache
+    # (panel.conf.hot) that REDIS_URL changed.
+    proxied = direct._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
     try:
-        proxy.stall()
-        task = asyncio.ensure_future(call)
-        await asyncio.sleep(0.05)
-        task.cancel()
-        proxy.resume()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0.05)
-        await ledger.flush()
+        with override_settings(REDIS_URL=proxied):
+            proxy.stall()
+            task = asyncio.ensure_future(call)
+            await asyncio.sleep(0.05)
+            task.cancel()
+            proxy.resume()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.05)
+            await ledger.flush()
     finally:
-        settings.REDIS_URL = direct.geturl()
         proxy.stop()
