@@ -30,6 +30,7 @@ import ssl
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 
 import hiredis
 import redis
@@ -92,18 +93,31 @@ def sync_client() -> redis.Redis:
 # --- The pipelined connection --------------------------------------------------------
 
 
+def bulk(arg) -> bytes:
+    """One argument as a RESP bulk string."""
+    data = arg if isinstance(arg, bytes) else str(arg).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def pack_items(args) -> bytes:
     """Arguments as RESP bulk strings, without the array header (see ``Script.run``)."""
-    parts = []
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    return b"".join([bulk(arg) for arg in args])
 
 
 def pack_command(*args) -> bytes:
     """One command as a RESP array."""
     return b"*%d\r\n" % len(args) + pack_items(args)
+
+
+@lru_cache(maxsize=1024)
+def command_head(count: int, *args) -> bytes:
+    """The start of a command of ``count`` arguments: its array header and ``args``.
+
+    For the request path's commands, whose name and key (and a lease's field) repeat:
+    packed once, the rest appended with ``bulk`` (a lease take's three HINCRBYs packed
+    whole cost ~16 us here, ~4.5 us so; issue 20).
+    """
+    return b"*%d\r\n" % count + pack_items(args)
 
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}

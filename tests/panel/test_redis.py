@@ -230,3 +230,18 @@ async def test_a_journal_write_fired_into_a_stalled_redis_fails_the_connection(
             break
         await asyncio.sleep(0.05)
     assert conn.writer is None and outage.redis.is_down and not conn.waiting
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("HSET", "sb:gw:inflight:host-1", "req_1", b'{"a":1}'),
+        ("HINCRBY", "sb:gw:inflight:host-1", "lease-7:c", -123456),
+        ("HSET", "sb:clé", "ünïcode", "値"),
+    ],
+)
+def test_a_command_from_its_cached_head_is_the_command_packed_whole(args):
+    head = sb_redis.command_head(len(args), *args[:-1])
+
+    assert head + sb_redis.bulk(args[-1]) == sb_redis.pack_command(*args)
+    assert sb_redis.command_head(len(args), *args[:-1]) is head  # packed once
