@@ -187,7 +187,10 @@ def test_a_body_past_the_upload_limit_is_refused_however_it_is_sent(
     # and it is within DATA_UPLOAD_MAX_MEMORY_SIZE; else Django reads it and refuses it.
     body = json.dumps({"model": "acme-chat", "messages": [{"role": "user", "content": "Hi"}]})
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = len(body)
-    url, headers = f"{world.url}/v1/chat/completions", {"Authorization": f"Bearer {world.alice_key}"}
+    url, headers = (
+        f"{world.url}/v1/chat/completions",
+        {"Authorization": f"Bearer {world.alice_key}"},
+    )
     for padding, status in ((0, 200), (1, 413)):
         data = (body + " " * padding).encode()
         content = _chunks(data, 16) if chunked else data
@@ -214,9 +217,7 @@ def test_reply_headers_are_stored_as_django_would_store_them():
         set_headers(HttpResponse(), {"x-upstream": "a\r\nSet-Cookie: b=c"})
 
 
-def test_an_exception_that_escapes_a_view_is_answered_as_django_answers_it(
-    world, monkeypatch
-):
+def test_an_exception_that_escapes_a_view_is_answered_as_django_answers_it(world, monkeypatch):
     # The views render their own errors (ai_route); should one escape, the fast path
     # answers with Django's response for it (the project's 500 handler), not a dropped
     # connection.
