@@ -1,7 +1,7 @@
 """Running ORM work from async code outside a request, and fast batch inserts."""
 
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, models
 
 # The largest id a BigAutoField holds. A larger integer names no row, and SQLite
 # cannot even bind it (OverflowError), so inputs that become ids are bounded by it.
@@ -54,7 +54,40 @@ def insert_many(model, fields: list[str], rows: list[tuple], using: str = "defau
         )
 
 
-def _prepare_column(field, values: tuple, connection) -> list:
+# Fields whose get_db_prep_save gives back a value of these exact types unchanged (int,
+# str and bool, None for NULL) on every backend: such a column is passed as it is. Exact
+# classes, not subclasses: a subclass (an encrypted field, say) may prepare its own way.
+_PLAIN_TYPES = {
+    **dict.fromkeys(
+        (
+            models.IntegerField,
+            models.BigIntegerField,
+            models.SmallIntegerField,
+            models.PositiveIntegerField,
+            models.PositiveBigIntegerField,
+            models.PositiveSmallIntegerField,
+            models.AutoField,
+            models.BigAutoField,
+        ),
+        (int, type(None)),
+    ),
+    models.CharField: (str, type(None)),
+    models.TextField: (str, type(None)),
+    models.BooleanField: (bool, type(None)),
+}
+
+
+def _plain_types(field) -> tuple | None:
+    if type(field) is models.ForeignKey:
+        field = field.target_field
+    return _PLAIN_TYPES.get(type(field))
+
+
+def _prepare_column(field, values: tuple, connection) -> list | tuple:
+    plain = _plain_types(field)
+    # ~6x cheaper a value than the memo below for the usage writer's int and str columns.
+    if plain is not None and all(type(value) in plain for value in values):
+        return values
     prepare = field.get_db_prep_save
     done: dict = {}
     out = []
