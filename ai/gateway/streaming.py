@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 
+from panel import fastjson
 from panel.errors import ApiError
 
 from . import http1
@@ -111,19 +112,41 @@ class EventRelay:
         return error_event(error)
 
     def relay_batch(self, events: list[bytes]) -> list[bytes]:
-        """The events to send on for a batch of events (possibly none)."""
-        return [out for event in events if (out := self.relay(event))]
+        """The events to send on for a batch of events (possibly none).
+
+        ``relay`` for each event, its steps written out in one loop (two calls an event
+        fewer: ~30 % of a 23-event batch, issue 20): the ``[DONE]`` test, usage, the
+        content count and the model's rename.
+        """
+        out = []
+        plain = self._model_plain
+        for event in events:
+            if event.startswith(DONE):
+                self.saw_done = True
+                out.append(event)
+                continue
+            if (
+                (b'"usage"' in event or b'"timings"' in event)
+                and _counts(event)
+                and self._read_usage(event)
+                and not self.include_usage
+            ):
+                continue
+            if CONTENT_RE.search(event) is not None:
+                self.content_events += 1
+            seen = self._upstream_model
+            if seen is not None:
+                at = event.find(b'"model"')
+                if at >= 0 and event.startswith(seen, at):
+                    out.append(event[:at] + plain + event[at + len(seen) :])
+                    continue
+            out.append(self._renamed(event))
+        return out
 
     def relay(self, event: bytes) -> bytes | None:
         """The event to send on, or None to drop it."""
-        if event.startswith(DONE):
-            self.saw_done = True
-            return event
-        if _counts(event) and self._read_usage(event) and not self.include_usage:
-            return None
-        if CONTENT_RE.search(event):
-            self.content_events += 1
-        return self._renamed(event)
+        out = self.relay_batch([event])
+        return out[0] if out else None
 
     def _renamed(self, event: bytes) -> bytes:
         """The event with its first ``"model": "..."`` value the public model's name.
@@ -147,8 +170,8 @@ class EventRelay:
         """Record a usage block (and timings); True when the event is a usage-only chunk."""
         data = event.partition(b"data:")[2].strip()
         try:
-            chunk = json.loads(data)
-        except ValueError:
+            chunk = fastjson.loads(data)
+        except (ValueError, RecursionError):
             return False
         if not isinstance(chunk, dict):
             return False
