@@ -8,10 +8,11 @@ records what the socket would have been given.
 
 import asyncio
 
+import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from panel.http import DISCONNECT, PROTOCOL, JoinedWrites
+from panel.http import DISCONNECT, PROTOCOL, CheckedHeadersCycle, JoinedWrites
 
 
 class RecordingTransport(asyncio.Transport):
@@ -266,3 +267,64 @@ async def test_each_request_of_a_connection_has_its_own():
     first, second = (scope[DISCONNECT] for scope in scopes)
     assert first is not second
     assert not first.is_set() and not second.is_set()
+
+
+# --- The response head (panel.http.CheckedHeadersCycle) ---------------------------------
+
+
+async def _head_and_body(protocol_name: str, request: bytes, status: int, headers) -> bytes:
+    config = uvicorn.Config(
+        json_app(), http=protocol_name, lifespan="off", access_log=False, log_level="critical"
+    )
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if status == 204 else b"hello"})
+
+    config.app = app
+    config.load()
+    protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    for _ in range(50):
+        await asyncio.sleep(0.005)
+        if protocol.cycle is not None and (protocol.cycle.response_complete or transport.closing):
+            break
+    await asyncio.sleep(0.01)
+    protocol.connection_lost(None)
+    return transport.calls
+
+
+HEAD_CASES = {
+    "length": (GET, 200, [(b"content-type", b"application/json"), (b"content-length", b"5")]),
+    "chunked by default": (GET, 200, [(b"x-request-id", b"req_1")]),
+    "chunked asked": (GET, 200, [(b"Transfer-Encoding", b"Chunked")]),
+    "connection close": (GET, 200, [(b"Connection", b"keep-alive, Close"), (b"X-A", b"b\tc")]),
+    "HEAD": (b"HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n", 200, [(b"x-a", b"1")]),
+    "204": (GET, 204, [(b"x-a", b"1")]),
+    "HTTP/1.0": (b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n", 200, [(b"content-length", b"5")]),
+    "bad name": (GET, 200, [(b"x-a", b"1"), (b"x b", b"2")]),
+    "bad value": (GET, 200, [(b"x-a", b"1\r\nset-cookie: a=b")]),
+    "bad value at a join": (GET, 200, [(b"x-a", b"1\x00"), (b"x-b", b"2")]),
+}
+
+
+@pytest.mark.parametrize("case", HEAD_CASES, ids=list(HEAD_CASES))
+async def test_the_head_is_written_and_refused_as_uvicorn_does(case):
+    request, status, headers = HEAD_CASES[case]
+
+    ours = await _head_and_body(PROTOCOL, request, status, headers)
+    theirs = await _head_and_body("httptools", request, status, headers)
+
+    assert b"".join(data for _, data in ours) == b"".join(data for _, data in theirs)
+    assert [call for call, _ in ours if call == "close"] == [
+        call for call, _ in theirs if call == "close"
+    ]
+
+
+async def test_production_protocol_serves_with_the_checked_cycle():
+    protocol = await _started(json_app())
+    assert isinstance(protocol.cycle, CheckedHeadersCycle)
+    protocol.connection_lost(None)
