@@ -88,6 +88,7 @@ def test_the_cached_old_secret_stops_when_its_grace_period_ends_without_invalida
     assert _gateway(old).key.id == _gateway(new).key.id == key.pk  # both cached now
     later = timezone.now() + timedelta(seconds=61)
     monkeypatch.setattr(selectors.timezone, "now", lambda: later)
+    monkeypatch.setattr(selectors.conf, "now", lambda: later)  # the request path's clock
     with django_assert_num_queries(0):
         with pytest.raises(AuthenticationFailed):
             _gateway(old)
