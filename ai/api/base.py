@@ -95,20 +95,26 @@ async def _caller(request, methods: dict[str, str]):
     return await authenticate(request, permission=permission)
 
 
-# The Host headers (and what Django reads beside them) already found allowed: Django's
-# check reads five settings and matches every ALLOWED_HOSTS pattern on each request.
-# Emptied when a setting changes, and when a client sends too many different hosts.
+# The Host headers already found allowed: Django's check reads five settings and matches
+# every ALLOWED_HOSTS pattern on each request. Emptied when a setting changes, and when a
+# client sends too many different hosts.
 _allowed_hosts: set[tuple] = set()
-_HOST_META = ("HTTP_X_FORWARDED_HOST", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT")
 
 
 def _check_host(request) -> None:
-    """ALLOWED_HOSTS, as CommonMiddleware would check it (raises DisallowedHost)."""
-    meta = request.META
-    seen = tuple(meta.get(name) for name in _HOST_META)
+    """ALLOWED_HOSTS, as CommonMiddleware would check it (raises DisallowedHost).
+
+    Django's host is the X-Forwarded-Host header (when trusted) or the Host header; only
+    without a Host header may it be the server's name and port: then checked every time.
+    Read from the headers, so that the fast path's request needs no ``META`` for it.
+    """
+    headers = request.headers
+    seen = (headers.get("x-forwarded-host"), headers.get("host"))
     if seen in _allowed_hosts:
         return
     request.get_host()
+    if seen[1] is None:  # no Host header: the server's name and port were checked
+        return
     if len(_allowed_hosts) >= 256:
         _allowed_hosts.clear()
     _allowed_hosts.add(seen)

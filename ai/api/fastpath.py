@@ -29,11 +29,11 @@ import asyncio
 import io
 import tempfile
 from contextlib import aclosing
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestAborted
-from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.core.handlers.exception import response_for_exception
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
@@ -87,6 +87,58 @@ class Headers(dict):
         return dict.get(self, name.lower(), default)
 
 
+class FastRequest(ASGIRequest):
+    """Django's ASGIRequest with its ``META`` built on first read.
+
+    ``META`` holds every header under its CGI name (and the content type's parameters are
+    read from it): ~10 us a request on the fast path (issue 20, tests/bench/README.md),
+    whose views read the headers from ``Headers`` and the body as given. Here the
+    request starts with what Django sets besides META; the first read of ``META``,
+    ``content_type`` or ``content_params`` builds them as ``ASGIRequest`` does (it is
+    built once, for them). The query string is decoded at once, so a request whose
+    query string is not UTF-8 is still refused before the view (400), as Django refuses it.
+    """
+
+    def __init__(self, scope, body_file, script_name: str = "") -> None:
+        self.scope = scope
+        self._post_parse_error = False
+        self._read_started = False
+        self.resolver_match = None
+        self.path = path = scope["path"]
+        self.script_name = script_name
+        self.path_info = path.removeprefix(script_name) if script_name else path
+        self.method = scope["method"].upper()
+        query_string = scope.get("query_string", "")
+        if isinstance(query_string, bytes):
+            query_string.decode()  # UnicodeDecodeError: a 400 (create_request)
+        self._stream = body_file
+
+    @cached_property
+    def META(self) -> dict:  # noqa: N802 (Django's name)
+        full = ASGIRequest(self.scope, self._stream)
+        self.content_type, self.content_params = full.content_type, full.content_params
+        if full._encoding is not None and self._encoding is None:
+            self._encoding = full._encoding
+        return full.META
+
+    def __getattr__(self, name: str):
+        # Only for attributes not set: the ones ``META`` brings with it.
+        if name in ("content_type", "content_params"):
+            self.META  # noqa: B018 (sets them)
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def encoding(self):
+        if "META" not in self.__dict__:
+            self.META  # noqa: B018 (a charset in the content type sets it)
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, value) -> None:
+        ASGIRequest.encoding.fset(self, value)
+
+
 def _keep_body(request, body_file) -> None:
     """Give the request its body, when in memory and within DATA_UPLOAD_MAX_MEMORY_SIZE.
 
@@ -98,7 +150,7 @@ def _keep_body(request, body_file) -> None:
         return
     body = body_file.getvalue()
     limit = hot.DATA_UPLOAD_MAX_MEMORY_SIZE
-    if (limit is None or len(body) <= limit) and request.META.get("CONTENT_LENGTH") == str(
+    if (limit is None or len(body) <= limit) and request.headers.get("content-length") == str(
         len(body)
     ):
         request._body = body
@@ -106,6 +158,15 @@ def _keep_body(request, body_file) -> None:
 
 class FastPathHandler(ASGIHandler):
     """Django's ASGIHandler minus middleware, request signals and per-request threads."""
+
+    request_class = FastRequest
+
+    def create_request(self, scope, body_file, script_name: str = ""):
+        # As Django's, with the script name already found; its errors as Django's.
+        try:
+            return self.request_class(scope, body_file, script_name), None
+        except UnicodeDecodeError:
+            return super().create_request(scope, body_file)
 
     def load_middleware(self, is_async=False):
         self._view_middleware = []
@@ -176,7 +237,7 @@ class FastPathHandler(ASGIHandler):
         prefix = hot.FORCE_SCRIPT_NAME or scope.get("root_path", "")  # get_script_prefix
         if prefix:  # else Django's default, "/", which no request task has changed
             set_script_prefix(prefix)
-        request, error_response = self.create_request(scope, body_file)
+        request, error_response = self.create_request(scope, body_file, prefix)
         if request is None:
             body_file.close()
             await self.send_response(error_response, send, secure=secure)

@@ -2,6 +2,7 @@
 body and headers as the views read them, and the client leaving."""
 
 import asyncio
+import io
 import json
 import time
 
@@ -244,3 +245,69 @@ def test_an_exception_that_escapes_a_view_is_answered_as_django_answers_it(world
 
     assert sent[0]["status"] == 500
     assert b"a bug" not in b"".join(message.get("body", b"") for message in sent)
+
+
+def test_the_fast_paths_request_builds_meta_only_when_read(world, fake_upstream, monkeypatch):
+    # META (every header by its CGI name) is ~10 us a request; the chat route reads it only
+    # to check a Host header it has not seen.
+    from django.core.handlers.asgi import ASGIRequest
+
+    from ai.api.fastpath import FastRequest
+    from panel.asgi import fast_app
+
+    built = []
+    init = ASGIRequest.__init__
+
+    def counting(self, *args):
+        built.append(type(self))
+        init(self, *args)
+
+    monkeypatch.setattr(ASGIRequest, "__init__", counting)
+    body = json.dumps({"model": "acme-chat", "messages": [{"role": "user", "content": "Hi"}]})
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body.encode(), "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    for _ in range(2):
+        asyncio.run(fast_app(_scope(world, body.encode(), ClientLeft()), receive, send))
+    assert [message["status"] for message in sent if "status" in message] == [200, 200]
+    assert len(built) <= 1  # the first request's host check (once a host), not the second
+
+    # Read, it is Django's: every header, and the content type's parameters with it.
+    scope = _scope(world, b"{}", None)
+    scope["headers"].append((b"content-type", b"application/json; charset=latin-1"))
+    scope["query_string"] = b"limit=2"
+    lazy, django_s = FastRequest(scope, io.BytesIO(b"{}")), ASGIRequest(scope, io.BytesIO(b"{}"))
+    assert lazy.encoding == django_s.encoding == "latin-1"
+    assert (lazy.content_type, lazy.content_params) == (
+        django_s.content_type,
+        django_s.content_params,
+    )
+    assert lazy.META == django_s.META
+    assert lazy.GET["limit"] == "2"
+    assert (lazy.path, lazy.path_info, lazy.method) == (
+        django_s.path,
+        django_s.path_info,
+        django_s.method,
+    )
+
+
+def test_a_query_string_that_is_not_utf8_is_refused_before_the_view(world):
+    from panel.asgi import fast_app
+
+    scope = _scope(world, b"{}", ClientLeft())
+    scope["query_string"] = b"a=\xff"
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(fast_app(scope, receive, send))
+    assert sent[0]["status"] == 400
