@@ -295,8 +295,10 @@ class FastPathHandler(ASGIHandler):
         write a batch of events, straight from the relay; other streams as Django sends
         them (one write a chunk).
         """
+        # The (name, value) pairs Django keeps (``response.items()`` looks each one up again).
         headers = [
-            (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in response.headers._store.values()
         ]
         for cookie in response.cookies.values():
             headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
