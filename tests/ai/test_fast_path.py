@@ -13,6 +13,7 @@ from ai.gateway import ledger
 from ai.models import UsageEvent, UsageStatus
 from panel.http import DISCONNECT, ClientLeft
 from tests.ai.conftest import make_model, wait_for_usage
+from tests.bench.inprocess import scope as bench_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,25 +92,10 @@ def test_a_client_that_leaves_mid_stream_is_recorded_at_once(world, acme, fake_u
 
 
 def _scope(world, body: bytes, left: ClientLeft | None) -> dict:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"authorization", f"Bearer {world.alice_key}".encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    """A chat request's scope as the bench sends it, with ``left`` as our protocol's, or
+    without one as another server's."""
+    scope = bench_scope("/v1/chat/completions", world.alice_key, body)
+    del scope[DISCONNECT]
     if left is not None:
         scope[DISCONNECT] = left
     return scope
