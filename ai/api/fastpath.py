@@ -37,6 +37,7 @@ from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.core.handlers.exception import response_for_exception
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
+from ai.gateway.streaming import wire
 from panel import http, security
 from panel.conf import hot
 
@@ -324,7 +325,7 @@ class FastPathHandler(ASGIHandler):
             try:
                 async for batch in batches:
                     await send(
-                        {"type": "http.response.body", "body": b"".join(batch), "more_body": True}
+                        {"type": "http.response.body", "body": wire(batch), "more_body": True}
                     )
             finally:
                 # Closed here, the relay's own ``finally`` (the usage event) runs now, also

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,10 +80,12 @@ class StreamRelay(Protocol):
     """Per-stream state of a relay: rewrites events and tallies what was delivered."""
 
     usage: Usage | None
-    content_events: int
+    content_events: int  # the content pieces relayed (an estimate of the tokens)
     saw_done: bool  # the stream's last event was relayed: the reply is whole
 
-    def relay_batch(self, events: list[bytes]) -> list[bytes]: ...
+    # A read's events (``streaming.Batch``, iterable): the events to send on, as a list
+    # or (the chat relay) a Batch.
+    def relay_batch(self, events: Iterable[bytes]) -> Iterable[bytes]: ...
 
     def error_event(self, error: ApiError) -> bytes: ...
 
@@ -122,7 +124,7 @@ class Reply:
 class Stream:
     """An answer being streamed: batches of SSE events, as they arrive."""
 
-    batches: AsyncIterator[list[bytes]]
+    batches: AsyncIterator[Iterable[bytes]]  # lists of events, or ``streaming.Batch``es
     headers: dict[str, str]
     failure: str = ""  # set before the error event when the upstream fails mid-stream
     native: bool = False  # in the client's protocol, from an upstream that speaks it
@@ -130,7 +132,7 @@ class Stream:
     async def wire(self) -> AsyncIterator[bytes]:
         """The events as bytes for an HTTP client, one write a batch."""
         async for batch in self.batches:
-            yield b"".join(batch)
+            yield streaming.wire(batch)
 
     async def deltas(self) -> AsyncIterator[str]:
         """The content pieces of the reply; a mid-stream failure raises UpstreamError."""
@@ -511,10 +513,10 @@ async def _relay(
     stream: Stream,
     relay: StreamRelay,
     response: http1.Response,
-    first: list[bytes],
-    batches: AsyncIterator[list[bytes]],
+    first: streaming.Batch,
+    batches: AsyncIterator[streaming.Batch],
     idle_timeout: float,
-) -> AsyncIterator[list[bytes]]:
+) -> AsyncIterator[Iterable[bytes]]:
     """Pass events on as they arrive; always ends by queueing the usage event.
 
     The wait for each read is bounded by ``idle_timeout``: a stream that stalls
@@ -528,7 +530,7 @@ async def _relay(
     kept: list[bytes] | None = [] if keep else None
     loop = asyncio.get_running_loop()
     try:
-        batch: list[bytes] | None = first
+        batch: streaming.Batch | None = first
         # Up to its last event ([DONE]): once it is relayed the reply is whole, whenever
         # the upstream hangs up.
         while batch is not None:

@@ -7,18 +7,25 @@ was parsed. ``streaming._counts`` now passes those over. Whatever the events and
 the reads split them, the relay must send the same events and tally the same usage as
 with the old rule. The model's name, once the upstream's ``"model":"..."`` bytes are
 known, is found with ``bytes.find``: whatever the events, the result must be the regex's
-(``MODEL_RE.sub(..., count=1)``).
+(its first match in an event, and every other copy of those bytes in the event).
+
+A read's events now stay the bytes they came in (``streaming.Batch``): the relay renames
+and counts the plain run between the first event and the last ones (usage, ``[DONE]``)
+as a whole. Whatever the bytes and however the reads cut them, that must send the same
+bytes and tally the same as the relay event by event, and ``sse_batches`` must split
+them into the events the old loop split them into.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ai.gateway import streaming
-from ai.gateway.streaming import EventRelay
+from ai.gateway.streaming import Batch, EventRelay
 
 
 def chunk(content: str, *, model: str = "up-model", usage: str = "", n: int = 1) -> bytes:
@@ -43,6 +50,7 @@ EVENTS = [
     b'data: {"id":"c1","model":"up-model","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\n',
     b'data: {"id":"c1","model":"up-model","choices":[{"delta":{}}],"timings":{"prompt_n":2,"predicted_n":4}}\n\n',
     b'data: {"model":"first","nested":{"model":"second"},"choices":[{"delta":{"content":"x"}}]}\n\n',
+    b'data: {"model":"up-model","choices":[{"delta":{"content":"z"}}],"echo":{"model":"up-model"}}\n\n',
     chunk("up-model", model="up-model-2"),  # another model mid-stream; the old one a prefix
     chunk("model"),  # "model" as a value, not a key, after the key
     b'data: {"choices":[{"delta":{"content":"model"}}],"model":"up-model"}\n\n',  # before it
@@ -70,8 +78,15 @@ def old_rule(event: bytes) -> bool:
 
 
 def regex_renamed(self: EventRelay, event: bytes) -> bytes:
-    # re.sub reads backslashes in a replacement: escaped, as the relay did before.
-    return streaming.MODEL_RE.sub(self._model_plain.replace(b"\\", b"\\\\"), event, count=1)
+    # The regex on every event: its first match, and every copy of the same bytes.
+    match = streaming.MODEL_RE.search(event)
+    return event if match is None else event.replace(match.group(), self._model_plain)
+
+
+def content_pieces(out: list[bytes]) -> int:
+    return sum(
+        len(streaming.CONTENT_RE.findall(e)) for e in out if not e.startswith(b"data: [DONE]")
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -99,6 +114,112 @@ def test_the_relay_sends_and_counts_as_with_the_old_rules(events, cuts, include_
         old.usage,
         old.saw_done,
     )
+    assert new.content_events == content_pieces(new_out)
+
+
+def old_sse_batches(reads: list[bytes]) -> list[list[bytes]]:
+    """``sse_batches`` before issue 20's Batch: each read's events, split one by one."""
+    batches, buffer = [], b""
+    for data in reads:
+        buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
+        events, start = [], 0
+        while (end := buffer.find(b"\n\n", start)) >= 0:
+            events.append(buffer[start : end + 2])
+            start = end + 2
+        buffer = buffer[start:]
+        if events:
+            batches.append(events)
+    if buffer.strip():
+        batches.append([buffer])
+    return batches
+
+
+class Reads:
+    """An upstream response whose body arrives in the given reads (``iter_any``)."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self.content = self
+        self._reads = reads
+
+    async def iter_any(self):
+        for data in self._reads:
+            yield data
+
+
+def batches_of(reads: list[bytes]) -> list[Batch]:
+    async def collect():
+        return [batch async for batch in streaming.sse_batches(Reads(reads))]
+
+    return asyncio.run(collect())
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    points = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+ODD = [b"\n", b"\r\n", b"\r\n\r\n", b'data: {"model":"up-model"}\n\n\n', b"data: tail"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(st.sampled_from(EVENTS + ODD), min_size=1, max_size=25),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=8),
+    include_usage=st.booleans(),
+    model=st.sampled_from(["bench-chat", 'we"ird\\name']),
+)
+def test_a_read_relayed_as_its_bytes_is_the_relay_event_by_event(
+    events, cuts, include_usage, model
+):
+    reads = cut(b"".join(events), cuts)
+    batches = batches_of(reads)
+    old = old_sse_batches(reads)
+    assert [b.events for b in batches] == old
+    assert all(b.data == b"".join(events) for b, events in zip(batches, old, strict=True))
+
+    whole = EventRelay(public_model=model, include_usage=include_usage)
+    whole_out = [whole.relay_batch(b) for b in batches]
+    assert all(type(out) is Batch for out in whole_out)
+    each = EventRelay(public_model=model, include_usage=include_usage)
+    each_out = [each.relay_batch(events) for events in old]
+    assert [out.data for out in whole_out] == [b"".join(out) for out in each_out]
+    assert (whole.content_events, whole.usage, whole.saw_done) == (
+        each.content_events,
+        each.usage,
+        each.saw_done,
+    )
+
+
+def test_the_plain_run_of_a_read_is_relayed_whole_and_its_ends_one_by_one(monkeypatch):
+    looked = []
+    relay_each = EventRelay.relay_batch
+
+    def spy(self, events):
+        if type(events) is not Batch:
+            looked.extend(events)
+        return relay_each(self, events)
+
+    monkeypatch.setattr(EventRelay, "relay_batch", spy)
+    relay = EventRelay(public_model="public", include_usage=False)
+    middle = [chunk(f"t{i}", usage=',"usage":null') for i in range(20)]
+    usage_only = EVENTS[10]
+    done = b"data: [DONE]\n\n"
+    out = relay.relay_batch(Batch(b"".join([chunk("first"), *middle, usage_only, done])))
+    assert looked == [chunk("first"), usage_only, done]
+    assert out.data == b"".join(
+        e.replace(b'"model":"up-model"', b'"model":"public"')
+        for e in [chunk("first"), *middle, done]
+    )
+    assert relay.content_events == 21 and relay.saw_done
+    assert relay.usage.prompt_tokens == 3 and relay.usage.completion_tokens == 5
+
+
+def test_a_nested_copy_of_the_upstreams_model_is_renamed_too():
+    relay = EventRelay(public_model="public", include_usage=False)
+    echo = EVENTS[13]
+    out = relay.relay_batch(Batch(echo + echo)).data + b"".join(relay.relay_batch([echo]))
+    assert b"up-model" not in out
+    assert out.count(b'"model":"public"') == 6
 
 
 def test_null_usage_chunks_are_not_parsed_and_the_real_block_is(monkeypatch):
