@@ -83,6 +83,10 @@ def regex_renamed(self: EventRelay, event: bytes) -> bytes:
     return event if match is None else event.replace(match.group(), self._model_plain)
 
 
+def tally(relay: EventRelay) -> tuple:
+    return relay.content_events, relay.usage, relay.saw_done
+
+
 def content_pieces(out: list[bytes]) -> int:
     return sum(
         len(streaming.CONTENT_RE.findall(e)) for e in out if not e.startswith(b"data: [DONE]")
@@ -109,11 +113,7 @@ def test_the_relay_sends_and_counts_as_with_the_old_rules(events, cuts, include_
         streaming._counts = counts
         EventRelay._renamed = renamed
     assert new_out == old_out
-    assert (new.content_events, new.usage, new.saw_done) == (
-        old.content_events,
-        old.usage,
-        old.saw_done,
-    )
+    assert tally(new) == tally(old)
     assert new.content_events == content_pieces(new_out)
 
 
@@ -183,11 +183,7 @@ def test_a_read_relayed_as_its_bytes_is_the_relay_event_by_event(
     each = EventRelay(public_model=model, include_usage=include_usage)
     each_out = [each.relay_batch(events) for events in old]
     assert [out.data for out in whole_out] == [b"".join(out) for out in each_out]
-    assert (whole.content_events, whole.usage, whole.saw_done) == (
-        each.content_events,
-        each.usage,
-        each.saw_done,
-    )
+    assert tally(whole) == tally(each)
 
 
 def test_the_plain_run_of_a_read_is_relayed_whole_and_its_ends_one_by_one(monkeypatch):
