@@ -1,9 +1,10 @@
-"""Step 6 for streams: split upstream SSE into events and pass them on as bytes.
+"""Step 6 for streams: upstream SSE passed on as bytes, a read's events together.
 
-Events are not re-serialised. Only the ``model`` value is rewritten (a regex on
-the raw bytes), and only events that mention ``"usage"`` (or llama.cpp's
-``"timings"``) are parsed, to read the usage block and to drop the usage-only
-chunk unless the client asked for it.
+Events are not re-serialised. Only the ``model`` value is rewritten (on the raw
+bytes), and only events that mention ``"usage"`` (or llama.cpp's ``"timings"``)
+are parsed, to read the usage block and to drop the usage-only chunk unless the
+client asked for it. A read's events stay one bytes object (``Batch``), split into
+events only for a reader that wants them one by one.
 """
 
 from __future__ import annotations
