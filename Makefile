@@ -58,9 +58,12 @@ deploy-tools:
 	@(command -v docker-compose >/dev/null && test -x /usr/sbin/haproxy) || \
 	  (apt-get update -qq && apt-get install -y -qq docker-compose haproxy >/dev/null)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist); tests/workers.py gives each its
+# own DATA_DIR and Redis database (`python -m` puts the checkout on sys.path for -p).
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
+TEST_WORKERS ?= 2
 test: lint browser deploy-tools
-	$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -p tests.workers -n $(TEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # Benchmarks print numbers; they never fail on a threshold. wrk comes from Debian.

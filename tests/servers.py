@@ -9,6 +9,8 @@ from pathlib import Path
 
 import uvicorn
 
+from tests.workers import worker_number
+
 
 class UvicornThread:
     """Serves panel.asgi on 127.0.0.1 at a free port until stopped."""
@@ -177,7 +179,8 @@ def still_running(found: dict[int, tuple[int, str]]) -> set[int]:
     }
 
 
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+# The local Redis when REDIS_URL is unset: database 0, or one of its own per xdist worker.
+LOCAL_REDIS = f"redis://127.0.0.1:6379/{worker_number()}"
 LOCAL_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
 
 

@@ -77,6 +77,17 @@ def wait_for_usage(count: int, timeout: float = 5.0) -> list[UsageEvent]:
     raise AssertionError(f"expected {count} usage events, found {UsageEvent.objects.count()}")
 
 
+def clear_of_a_minute_turn(seconds: float = 5.0) -> None:
+    """Wait for the next minute when fewer than ``seconds`` are left of this one.
+
+    Limits count in fixed UTC minutes: a test that expects its third request refused at two
+    a minute would see it admitted if the minute turned between the second and the third.
+    """
+    left = 60 - time.time() % 60
+    if left < seconds:
+        time.sleep(left + 0.1)
+
+
 def slow_response_writes(monkeypatch, seconds: float) -> None:
     """Stored responses reach the database ``seconds`` late (a busy database). The delay
     is awaited, so the server's one sync thread stays free meanwhile."""

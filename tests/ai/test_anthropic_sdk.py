@@ -9,7 +9,7 @@ import pytest
 
 from ai.models import ModelLink, UsageEvent
 from panel.models import SiteSettings
-from tests.ai.conftest import make_model, wait_for_usage
+from tests.ai.conftest import clear_of_a_minute_turn, make_model, wait_for_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -316,6 +316,7 @@ def test_it_raises_not_found_for_an_unknown_model(world):
 def test_it_raises_rate_limit_error_over_a_limit(world):
     ModelLink.objects.filter(model=world.chat).update(requests_per_minute=1)
     client = _client(world)
+    clear_of_a_minute_turn()
     client.messages.create(model="acme-chat", max_tokens=10, messages=HI)
     with pytest.raises(anthropic.RateLimitError) as caught:
         client.messages.create(model="acme-chat", max_tokens=10, messages=HI)

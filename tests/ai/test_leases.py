@@ -14,12 +14,13 @@ from prometheus_client import REGISTRY
 from ai.gateway import admission, ledger
 from ai.models import ModelLink, UsageEvent
 from orgs.services import to_micro, wallet_for, wallet_topup
-from tests.ai.conftest import wait_for_usage
+from tests.ai.conftest import clear_of_a_minute_turn, wait_for_usage
+from tests.servers import LOCAL_REDIS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HI = [{"role": "user", "content": "Hi"}]
-URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+URL = os.environ.get("REDIS_URL") or LOCAL_REDIS
 
 
 @pytest.fixture
@@ -110,18 +111,10 @@ def test_a_busy_link_is_admitted_from_leases_and_its_counters_end_exact(world, a
     assert wallet.balance == Decimal("1000") - sum(e.cost for e in events)
 
 
-def _clear_of_a_minute_boundary(seconds: float = 10.0) -> None:
-    """Wait for the next minute when fewer than ``seconds`` are left of this one: a per-minute
-    window that turned over mid-test would admit a second minute's requests."""
-    left = 60 - time.time() % 60
-    if left < seconds:
-        time.sleep(left + 0.1)
-
-
 def test_leases_never_admit_past_a_limit(world, on_redis):
     client, calls = on_redis
     _limit(world, requests_per_minute=100)
-    _clear_of_a_minute_boundary()
+    clear_of_a_minute_turn(10)
 
     statuses = asyncio.run(_waves(world, waves=10, size=16))
 

@@ -13,13 +13,12 @@ import redis
 from ai.models import ModelLink, UsageEvent
 from orgs.models import LedgerEntry, LedgerKind, Wallet
 from orgs.services import wallet_for, wallet_topup
-from tests.ai.conftest import make_model, wait_for_usage
-from tests.servers import start_gateway, wait_until_serving
+from tests.ai.conftest import clear_of_a_minute_turn, make_model, wait_for_usage
+from tests.servers import LOCAL_REDIS, start_gateway, wait_until_serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 HI = [{"role": "user", "content": "Hi"}]
 
 
@@ -503,15 +502,6 @@ def test_a_redis_settlement_never_takes_a_counter_or_a_hold_below_zero(settings,
     assert int(client.get(balance)) == 5 - 30  # a balance follows the ledger, below zero too
 
 
-def _away_from_a_minute_turn() -> None:
-    """Wait for the next minute when this one is nearly over: its counters are about to reset."""
-    import time
-
-    left = 60 - time.time() % 60
-    if left < 15:
-        time.sleep(left + 0.1)
-
-
 def test_a_token_limit_holds_when_usage_beats_a_rule_of_thumb_estimate(world, backend):
     """Issue 11, item 6: one-letter words, no max_tokens and the longest reply the model allows."""
     world.chat.config = {"max_output_tokens": 100}
@@ -519,7 +509,7 @@ def test_a_token_limit_holds_when_usage_beats_a_rule_of_thumb_estimate(world, ba
     _limit(world, tokens_per_minute=2_000)
     words = [{"role": "user", "content": " ".join(["a"] * 60)}]
     body = {"model": "acme-chat", "messages": words, "fake_upstream": {"tokens": 100}}
-    _away_from_a_minute_turn()
+    clear_of_a_minute_turn(15)
 
     responses = asyncio.run(_burst([world.url], world.alice_key, 30, body))
 

@@ -11,7 +11,7 @@ import redis
 from ai.gateway.reservations import balance_key as redis_balance_key
 from ai.models import ModelLink
 from orgs.services import to_micro, wallet_for, wallet_topup
-from tests.ai.conftest import wait_for_usage
+from tests.ai.conftest import clear_of_a_minute_turn, wait_for_usage
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,6 +45,7 @@ def test_a_limited_wallet_billed_link_is_admitted_through_redis_over_tls(
     wallet = wallet_for(organisation=acme)
     wallet_topup(wallet=wallet, amount=Decimal("10"), reason="t", by=alice)
     world.chat.save()  # signal the caches
+    clear_of_a_minute_turn()
 
     assert [_chat(world) for _ in range(4)] == [200, 200, 200, 429]
 

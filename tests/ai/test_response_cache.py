@@ -13,12 +13,12 @@ from django.utils import timezone
 from ai.gateway import response_cache
 from ai.models import CachedResponse, ModelLink, UsageEvent
 from ai.tasks import responses_purge_task
-from tests.ai.conftest import wait_for_usage
+from tests.ai.conftest import clear_of_a_minute_turn, wait_for_usage
 from tests.factories import MembershipFactory, OrganisationFactory
+from tests.servers import LOCAL_REDIS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 HI = [{"role": "user", "content": "Hi"}]
 
 
@@ -158,6 +158,7 @@ def test_a_model_without_a_ttl_is_never_cached(world, fake_upstream):
 def test_a_hit_counts_against_the_links_request_limit(cached, fake_upstream):
     ModelLink.objects.filter(model=cached.chat).update(requests_per_minute=2)
     cached.chat.save()  # the registry snapshot reloads
+    clear_of_a_minute_turn()
     assert [_post(cached, {}).status_code for _ in range(3)] == [200, 200, 429]
     assert len(fake_upstream.requests()) == 1
 

@@ -23,10 +23,9 @@ from ai.services import usage_reconcile
 from orgs.models import LedgerEntry, LedgerKind, Wallet
 from orgs.services import wallet_for, wallet_topup
 from tests.ai.conftest import wait_for_usage
-from tests.servers import RedisServer, start_gateway, wait_until_serving
+from tests.servers import LOCAL_REDIS, RedisServer, start_gateway, wait_until_serving
 
 HI = [{"role": "user", "content": "Hi"}]
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def _redis_url() -> str:

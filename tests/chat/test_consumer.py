@@ -9,7 +9,7 @@ from django.test import Client
 
 from ai.models import Conversation, Message, ModelLink, UsageEvent
 from panel.asgi import application
-from tests.ai.conftest import make_model
+from tests.ai.conftest import clear_of_a_minute_turn, make_model
 from tests.servers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -159,6 +159,7 @@ async def test_stop_cancels_the_reply_and_keeps_the_partial_text(slow, alice):
 async def test_a_limit_shows_as_a_plain_error_in_the_conversation(world, alice):
     await ModelLink.objects.filter(model=world.chat).aupdate(requests_per_minute=1)
     await sync_to_async(world.chat.save)()
+    clear_of_a_minute_turn()
     communicator, _, _ = await _connect(alice)
     await communicator.send_json_to({"type": "send", "model_id": world.chat.id, "content": "one"})
     first, _ = await _until(communicator, "done")

@@ -8,7 +8,7 @@ from django.db import connection
 from ai.gateway import router
 from ai.models import Instance, InstanceStatus, ModelLink, Upstream
 from ai.selectors import registry_load
-from tests.ai.conftest import session_client, wait_for_usage
+from tests.ai.conftest import clear_of_a_minute_turn, session_client, wait_for_usage
 from tests.factories import AIModelFactory, UpstreamFactory
 from tests.instances import local_world
 from tests.instances.local_world import (
@@ -211,6 +211,7 @@ def test_both_down_is_the_usual_502(local):
 def test_a_link_limit_applies_to_a_local_model(local):
     ModelLink.objects.filter(model=local.model).update(requests_per_minute=2)
     local.model.save()  # signal the caches
+    clear_of_a_minute_turn()
 
     statuses = [local.chat(key=local.bob_key).status_code for _ in range(3)]
 

@@ -15,7 +15,7 @@ from accounts.models import Permission
 from accounts.services import apikey_create
 from ai.instances import activity
 from ai.models import AIModel, DesiredState, Instance, InstanceStatus, ModelKind, ModelLink
-from tests.ai.conftest import session_client, wait_for_usage
+from tests.ai.conftest import clear_of_a_minute_turn, session_client, wait_for_usage
 from tests.factories import ModelLinkFactory, UserFactory
 from tests.instances import local_world, stand_in_agent
 from tests.instances.local_world import serve_by_instance, set_status
@@ -313,6 +313,7 @@ def test_a_bad_completion_body_is_a_400_before_the_server(world, body, param):
 def test_the_links_limits_apply(world):
     ModelLink.objects.filter(model=world.model).update(requests_per_minute=1)
     world.model.save()
+    clear_of_a_minute_turn()
 
     assert world.call("POST", "completion", json={"prompt": "a"}).status_code == 200
     assert world.call("POST", "completion", json={"prompt": "a"}).status_code == 429

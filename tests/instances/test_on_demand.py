@@ -15,7 +15,7 @@ from ai.gateway import starts
 from ai.instances import activity
 from ai.models import Instance, InstanceStatus, ModelLink, Upstream
 from panel.localcache import bump_generation
-from tests.ai.conftest import wait_for_usage
+from tests.ai.conftest import clear_of_a_minute_turn, wait_for_usage
 from tests.factories import UpstreamFactory
 from tests.instances import local_world, stand_in_agent
 from tests.instances.local_world import HI, set_status
@@ -275,6 +275,7 @@ def test_charlie_cannot_start_acmes_instance(stopped):
 def test_a_caller_over_the_limit_does_not_start_the_instance(stopped):
     ModelLink.objects.filter(model=stopped.model).update(requests_per_minute=1)
     stopped.model.save()  # signal the caches
+    clear_of_a_minute_turn()
     assert stopped.chat(key=stopped.bob_key).status_code == 200
     set_status(stopped.instance, InstanceStatus.STOPPED)
 

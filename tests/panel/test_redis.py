@@ -9,9 +9,9 @@ import redis
 
 from panel import outage
 from panel import redis as sb_redis
-from tests.servers import RedisServer, TcpProxy, free_port
+from tests.servers import LOCAL_REDIS, RedisServer, TcpProxy, free_port
 
-URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+URL = os.environ.get("REDIS_URL") or LOCAL_REDIS
 
 
 @pytest.fixture

@@ -1,0 +1,48 @@
+"""Each pytest-xdist worker's own DATA_DIR and Redis database (`make test` loads this with -p).
+
+The suite runs in two worker processes (pytest-xdist). pytest-django already gives each
+its own test database; what else the suite shares goes apart here, before Django reads
+its settings (a -p plugin is imported before pytest-django loads them):
+- DATA_DIR, with what the embedded default keeps there: the filesystem Celery broker (a
+  worker started by one process must not take the other's tasks), the beat schedule, the
+  instance agents' node locks and logs, the generated development secrets;
+- the Redis database: REDIS_URL's, when set, moves up by the worker's number, and
+  `tests.servers.LOCAL_REDIS` (the Redis tests use when REDIS_URL is unset) does the same,
+  so one worker's flush of the limit counters or its Celery queue is not the other's.
+Without xdist (a plain `pytest`), nothing changes.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker_number() -> int:
+    """0 for the first xdist worker and for a run without xdist, n for `gw<n>`."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
+def shifted_redis_url(url: str, by: int) -> str:
+    """The same Redis server, its database number moved up by ``by`` (16 databases)."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    number = int(path) if path.isdigit() else 0
+    return parts._replace(path=f"/{(number + by) % 16}").geturl()
+
+
+def _isolate() -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    base = Path(os.environ.get("DATA_DIR") or ROOT / "data")
+    data_dir = base / "test-workers" / worker
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["DATA_DIR"] = str(data_dir)
+    if os.environ.get("REDIS_URL"):
+        os.environ["REDIS_URL"] = shifted_redis_url(os.environ["REDIS_URL"], worker_number())
+
+
+_isolate()
