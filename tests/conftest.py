@@ -12,9 +12,32 @@ from orgs.models import Role
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
 
 
+def _deleting_sql_flush(style, connection, reset_sequences=True, allow_cascade=False):
+    """The flush after each transactional test, on PostgreSQL as one DELETE a table.
+
+    Django flushes with TRUNCATE, which costs PostgreSQL a new file for each of the ~50
+    tables: 200-360 ms a flush here against 1.8 ms for the DELETEs (a test leaves a few
+    rows), and the suite has ~940 transactional tests. No table has a trigger, and the
+    foreign keys Django makes are deferred, so the order does not matter. A flush that
+    resets sequences, and any other database, is Django's own.
+    """
+    if connection.vendor != "postgresql" or reset_sequences:
+        return _django_sql_flush(style, connection, reset_sequences, allow_cascade)
+    tables = connection.introspection.django_table_names(only_existing=True, include_views=False)
+    quote = connection.ops.quote_name
+    return ["SET CONSTRAINTS ALL DEFERRED;" + "".join(f"DELETE FROM {quote(t)};" for t in tables)]
+
+
+def _django_sql_flush(*args):
+    from django.core.management.sql import sql_flush
+
+    return sql_flush(*args)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
-    """A native crash (SIGSEGV, SIGABRT) prints the stack of the thread it happened in, alone.
+    """Transactional tests flush PostgreSQL with DELETEs (_deleting_sql_flush), and a native
+    crash (SIGSEGV, SIGABRT) prints the stack of the thread it happened in, alone.
 
     pytest's faulthandler prints every thread's, the crashing one somewhere among them, and a
     crash log cut short in the middle (CI keeps its head and tail) loses it. This writes to
@@ -23,6 +46,10 @@ def pytest_configure(config):
 
     if fault_handler_stderr_fd_key in config.stash:
         faulthandler.enable(file=config.stash[fault_handler_stderr_fd_key], all_threads=False)
+
+    from django.core.management.commands import flush
+
+    flush.sql_flush = _deleting_sql_flush
 
 
 @pytest.fixture(autouse=True)
