@@ -49,7 +49,10 @@ def pytest_configure(config):
 
     from django.core.management.commands import flush
 
+    from tests.workers import check_isolated
+
     flush.sql_flush = _deleting_sql_flush
+    check_isolated()
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+ISOLATED = "SWITCHBOARD_TESTS_ISOLATED_WORKER"  # which worker _isolate set apart
 
 
 def worker_number() -> int:
@@ -34,8 +35,11 @@ def shifted_redis_url(url: str, by: int) -> str:
 
 
 def _isolate() -> None:
+    from django.conf import settings
+
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if not worker:
+    # Imported once Django has read its settings (by tests.servers, without -p): too late.
+    if not worker or settings.configured:
         return
     base = Path(os.environ.get("DATA_DIR") or ROOT / "data")
     data_dir = base / "test-workers" / worker
@@ -43,6 +47,20 @@ def _isolate() -> None:
     os.environ["DATA_DIR"] = str(data_dir)
     if os.environ.get("REDIS_URL"):
         os.environ["REDIS_URL"] = shifted_redis_url(os.environ["REDIS_URL"], worker_number())
+    os.environ[ISOLATED] = worker
+
+
+def check_isolated() -> None:
+    """Refuse an xdist worker that this plugin did not set apart (`pytest -n 2` without
+    `-p tests.workers`): its tests would share Redis and DATA_DIR with the other's."""
+    import pytest
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and os.environ.get(ISOLATED) != worker:
+        raise pytest.UsageError(
+            "the suite runs in several processes only with -p tests.workers "
+            "(`make test`, or python -m pytest -p tests.workers -n 2)"
+        )
 
 
 _isolate()
