@@ -1,5 +1,7 @@
 """Running ORM work from async code outside a request, and fast batch inserts."""
 
+from datetime import UTC, datetime
+
 from asgiref.sync import sync_to_async
 from django.db import connections, models
 
@@ -57,6 +59,7 @@ def insert_many(model, fields: list[str], rows: list[tuple], using: str = "defau
 # Fields whose get_db_prep_save gives back a value of these exact types unchanged (int,
 # str and bool, None for NULL) on every backend: such a column is passed as it is. Exact
 # classes, not subclasses: a subclass (an encrypted field, say) may prepare its own way.
+_INTS = frozenset((int, type(None)))
 _PLAIN_TYPES = {
     **dict.fromkeys(
         (
@@ -69,25 +72,56 @@ _PLAIN_TYPES = {
             models.AutoField,
             models.BigAutoField,
         ),
-        (int, type(None)),
+        _INTS,
     ),
-    models.CharField: (str, type(None)),
-    models.TextField: (str, type(None)),
-    models.BooleanField: (bool, type(None)),
+    models.CharField: frozenset((str, type(None))),
+    models.TextField: frozenset((str, type(None))),
+    models.BooleanField: frozenset((bool, type(None))),
 }
 
 
-def _plain_types(field) -> tuple | None:
+def _plain_types(field) -> frozenset | None:
     if type(field) is models.ForeignKey:
         field = field.target_field
     return _PLAIN_TYPES.get(type(field))
 
 
+def _naive(value: datetime) -> datetime:
+    return value.replace(tzinfo=None)
+
+
+def _prepare_utc_datetimes(field, values: tuple, connection) -> list | tuple | None:
+    """A column of aware UTC datetimes (the writer's ``created_at``) prepared as Django
+    prepares its first value, or None when that is not one of the two known ways.
+
+    Django's way, a value at a time (``DateTimeField.get_db_prep_save``: its checks,
+    ``make_naive`` into the connection's time zone, the backend's adaptation), was ~5 us a
+    row: a third of the usage writer's time on SQLite (issue 20). When the connection's
+    time zone is UTC, an aware UTC datetime is either passed as it is (PostgreSQL) or
+    written as its naive self's ``str`` (SQLite); the first value, prepared by Django,
+    says which, and the column follows it. Anything else is Django's, value by value.
+    """
+    if type(field) is not models.DateTimeField or getattr(connection, "timezone", None) is not UTC:
+        return None
+    if {type(value) for value in values} != {datetime} or {v.tzinfo for v in values} != {UTC}:
+        return None
+    first = values[0]
+    prepared = field.get_db_prep_save(first, connection)
+    if prepared is first:
+        return values
+    if type(prepared) is str and prepared == str(_naive(first)):
+        return list(map(str, map(_naive, values)))
+    return None
+
+
 def _prepare_column(field, values: tuple, connection) -> list | tuple:
     plain = _plain_types(field)
     # ~6x cheaper a value than the memo below for the usage writer's int and str columns.
-    if plain is not None and all(type(value) in plain for value in values):
+    if plain is not None and plain.issuperset(map(type, values)):
         return values
+    dates = _prepare_utc_datetimes(field, values, connection)
+    if dates is not None:
+        return dates
     prepare = field.get_db_prep_save
     done: dict = {}
     out = []
