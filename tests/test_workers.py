@@ -46,3 +46,18 @@ def test_this_process_has_its_own_data_dir_and_redis_database_under_xdist():
         assert settings.REDIS_URL.endswith(f"/{number}") and settings.CELERY_BROKER_URL.endswith(
             f"/{number}"
         )
+
+
+def test_each_workers_instance_ports_are_its_own(monkeypatch):
+    # A worker's instance ports: its agents' ranges (from 21000 and 22000) and the runs of
+    # free ports tests pick (from 23000), all within its 21000-23999 moved up.
+    spans = []
+    for worker in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        span = range(workers.worker_port(21000), workers.worker_port(24000))
+        for first in (21000, 22000):
+            low, high = map(int, workers.port_range(first).split("-"))
+            assert span.start <= low and high < span.stop
+        spans.append(set(span))
+    assert min(spans[0]) == 21000 and max(spans[2]) < 32768  # below the ephemeral ports
+    assert not spans[0] & spans[1] and not spans[1] & spans[2] and not spans[0] & spans[2]

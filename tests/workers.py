@@ -8,7 +8,10 @@ its settings (a -p plugin is imported before pytest-django loads them):
   instance agents' node locks and logs, the generated development secrets;
 - the Redis database: REDIS_URL's, when set, moves up by the worker's number, and
   `tests.servers.LOCAL_REDIS` (the Redis tests use when REDIS_URL is unset) does the same,
-  so one worker's flush of the limit counters or its Celery queue is not the other's.
+  so one worker's flush of the limit counters or its Celery queue is not the other's;
+- the instance agents' port ranges (``port_range``): an agent takes the first port of its
+  range that nobody listens on, and two workers' agents checking the same port at once
+  both took it (one instance then failed to bind and was restarted).
 Without xdist (a plain `pytest`), nothing changes.
 """
 
@@ -24,6 +27,23 @@ def worker_number() -> int:
     """0 for the first xdist worker and for a run without xdist, n for `gw<n>`."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
+# How far apart the workers' ports for instances are: each worker's 21000-23999 (the
+# agents' ranges, and runs of free ports a test picks) moves up by this much, staying below
+# Linux's ephemeral ports (32768 up) for three workers.
+PORT_SPACING = 4000
+
+
+def worker_port(first: int) -> int:
+    """``first`` moved up by PORT_SPACING for each worker after the first."""
+    return first + PORT_SPACING * worker_number()
+
+
+def port_range(first: int, size: int = 1000) -> str:
+    """INSTANCE_PORT_RANGE's ``first-last`` for an agent of this worker, from ``first``."""
+    start = worker_port(first)
+    return f"{start}-{start + size - 1}"
 
 
 def shifted_redis_url(url: str, by: int) -> str:

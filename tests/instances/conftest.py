@@ -19,6 +19,7 @@ import pytest
 from ai.models import Instance, Node
 from tests.instances.stand_in_agent import point_local_agent
 from tests.servers import TcpProxy, free_port, wait_for
+from tests.workers import port_range
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_KEY = "tests-only-agent-key-3c9d0e1f"
@@ -91,7 +92,7 @@ class AgentProcess:
             "INSTANCE_LOG_DIR": str(self.log_dir),
             "INSTANCE_STOP_GRACE": "1",
             "INSTANCE_POLL_INTERVAL": "0.1",
-            "INSTANCE_PORT_RANGE": "21000-21999",
+            "INSTANCE_PORT_RANGE": port_range(21000),
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             MARKER: self.marker,

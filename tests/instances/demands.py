@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from ai.models import Instance
 from tests.instances.conftest import AGENT_KEY
+from tests.workers import worker_port
 
 # The agent's settings for these tests: busy for 2 * 0.5 + 1.5 = 2.5 s after a request.
 SCHEDULING_ENV = {
@@ -86,9 +87,11 @@ class Activity:
         self.thread.join(10)
 
 
-def consecutive_free_ports(count: int, start: int = 23000) -> range:
-    """``count`` consecutive ports on 127.0.0.1 that nothing listens on now."""
-    for first in range(start, 30000, count):
+def consecutive_free_ports(count: int) -> range:
+    """``count`` consecutive ports on 127.0.0.1 that nothing listens on now, from this
+    worker's own 23000-23999 (``tests.workers.worker_port``)."""
+    start = worker_port(23000)
+    for first in range(start, start + 1000, count):
         ports = range(first, first + count)
         if all(_is_free(port) for port in ports):
             return ports

@@ -7,6 +7,7 @@ import socket
 from ai.models import Instance, Node
 from tests.instances.conftest import command_instance, wait_status
 from tests.instances.demands import consecutive_free_ports
+from tests.workers import port_range
 
 
 def _range(ports: range) -> str:
@@ -41,7 +42,7 @@ def test_it_skips_ports_another_program_or_another_row_holds(agent_factory):
         instance_host="127.0.0.1",
         port_range=_range(ports),
     )
-    agent_factory(INSTANCE_PORT_RANGE="21000-21999").start()
+    agent_factory(INSTANCE_PORT_RANGE=port_range(21000)).start()
     command_instance("fixed", port=ports[1], desired_state="stopped")
 
     with socket.socket() as holder:

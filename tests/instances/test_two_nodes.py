@@ -9,11 +9,12 @@ from accounts.services import apikey_create
 from ai.models import AIModel, ModelLink, Upstream
 from tests.factories import UserFactory
 from tests.servers import wait_for
+from tests.workers import port_range, worker_port
 
 from .conftest import FAKE_UPSTREAM, command_instance, wait_status
 
 HI = [{"role": "user", "content": "Hi"}]
-SECOND_PORTS = range(22000, 23000)
+SECOND_PORTS = range(worker_port(22000), worker_port(23000))
 
 
 def chat(url: str, key: str) -> httpx.Response:
@@ -43,7 +44,7 @@ def test_one_model_is_served_from_instances_on_two_nodes_until_one_agent_stops(
     agent_factory, asgi_server
 ):
     first = agent_factory().start()
-    second = agent_factory(node="second", INSTANCE_PORT_RANGE="22000-22999").start()
+    second = agent_factory(node="second", INSTANCE_PORT_RANGE=port_range(22000)).start()
     assert second.health()["node"] == "second" and first.health()["node"] == "local"
 
     staff = UserFactory(username="stella", is_staff=True)
