@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         import uvloop
 
         uvloop.install()
-        from panel.asgi import application
+        from panel.asgi import application, settle_heap
 
+        settle_heap()  # as uvicorn's lifespan startup does in production
         profiler = cProfile.Profile() if args.profile else None
 
         async def run() -> None:
