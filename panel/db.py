@@ -59,7 +59,6 @@ def insert_many(model, fields: list[str], rows: list[tuple], using: str = "defau
 # Fields whose get_db_prep_save gives back a value of these exact types unchanged (int,
 # str and bool, None for NULL) on every backend: such a column is passed as it is. Exact
 # classes, not subclasses: a subclass (an encrypted field, say) may prepare its own way.
-_INTS = frozenset((int, type(None)))
 _PLAIN_TYPES = {
     **dict.fromkeys(
         (
@@ -72,7 +71,7 @@ _PLAIN_TYPES = {
             models.AutoField,
             models.BigAutoField,
         ),
-        _INTS,
+        frozenset((int, type(None))),
     ),
     models.CharField: frozenset((str, type(None))),
     models.TextField: frozenset((str, type(None))),

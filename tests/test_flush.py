@@ -1,6 +1,8 @@
 """The suite's flush after a transactional test (tests/conftest.py): what post_migrate made is
 kept when untouched, and PostgreSQL is emptied with DELETEs."""
 
+import weakref
+
 import pytest
 from django.core.management import call_command
 from django.core.management.color import no_style
@@ -102,3 +104,18 @@ def test_the_teardown_flush_is_this_one_and_deletes_from_every_other_table():
         [sql] = statements
         assert sql.startswith("SET CONSTRAINTS ALL DEFERRED;") and "TRUNCATE" not in sql
         assert "TRUNCATE" in " ".join(_deleting_sql_flush(no_style(), connection, True))
+
+
+def test_post_migrate_makes_rows_in_the_kept_tables_only():
+    # A flush that keeps POST_MIGRATE_TABLES sends no post_migrate: a receiver that writes
+    # any other table would find it emptied and not filled again. Add its table there.
+    receivers = set()
+    for _, reference, *_ in post_migrate.receivers:
+        receiver = reference() if isinstance(reference, weakref.ref) else reference
+        receivers.add(f"{receiver.__module__}.{receiver.__qualname__}")
+    assert receivers == {
+        "django.contrib.auth.management.create_permissions",  # auth_permission
+        "django.contrib.contenttypes.management.create_contenttypes",  # django_content_type
+        "django.contrib.sites.management.create_default_site",  # django_site
+        "panel.apps.name_the_site",  # django_site
+    }
