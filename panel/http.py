@@ -35,6 +35,23 @@ from uvicorn.protocols.http.httptools_impl import (
 PROTOCOL = "panel.http:TimeoutHttpToolsProtocol"
 # The scope key of a request's ``ClientLeft`` (this protocol's requests have one).
 DISCONNECT = "switchboard.client_left"
+# The bytes uvicorn's two header patterns refuse (each pattern is one class of bytes).
+BAD_NAME_BYTES = bytes(byte for byte in range(256) if HEADER_RE.match(bytes([byte])))
+BAD_VALUE_BYTES = bytes(byte for byte in range(256) if HEADER_VALUE_RE.match(bytes([byte])))
+
+
+def header_refusal(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """uvicorn's error for a response's headers, or None: a name or a value holding a byte
+    its pattern refuses (``CheckedHeadersCycle``)."""
+    names = b"-".join([name for name, _ in headers])
+    if len(names.translate(None, BAD_NAME_BYTES)) != len(names):
+        return "Invalid HTTP header name."
+    values = b"\t".join([value for _, value in headers])
+    if len(values.translate(None, BAD_VALUE_BYTES)) != len(values):
+        return "Invalid HTTP header value."
+    return None
+
+
 REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 )
@@ -151,9 +168,11 @@ class CheckedHeadersCycle(RequestResponseCycle):
 
     uvicorn checks each header's name and value with a regex search of its own: ~1.3 us a
     header here, and a limited link's reply has ~20 headers (issue 20). Here the same two
-    patterns run once each: over the names joined by ``-``, which every name may hold,
+    checks run once each: over the names joined by ``-``, which every name may hold,
     and over the values joined by a tab, which every value may hold, so a joined list
-    matches exactly when one of its parts does. The head is then written as uvicorn
+    holds a refused byte exactly when one of its parts does. Each pattern is one class of
+    bytes, so a check is ``translate`` deleting that class (one pass in C: 0.3 against
+    1.0 us for the names of a limited link's reply, the regex's search). The head is then written as uvicorn
     writes it (tests/panel/test_joined_writes.py compares the bytes with uvicorn's own).
     Anything but a response's start, and a start uvicorn would log, is uvicorn's.
     """
@@ -171,10 +190,9 @@ class CheckedHeadersCycle(RequestResponseCycle):
         self.waiting_for_100_continue = False
         status_code = message["status"]
         headers = self.default_headers + list(message.get("headers", []))
-        if HEADER_RE.search(b"-".join([name for name, _ in headers])):
-            raise RuntimeError("Invalid HTTP header name.")
-        if HEADER_VALUE_RE.search(b"\t".join([value for _, value in headers])):
-            raise RuntimeError("Invalid HTTP header value.")
+        refused = header_refusal(headers)
+        if refused is not None:
+            raise RuntimeError(refused)
         content = [STATUS_LINE[status_code]]
         has_connection_close = False
         for name, value in headers:

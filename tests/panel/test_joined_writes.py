@@ -10,9 +10,20 @@ import asyncio
 
 import pytest
 import uvicorn
+from hypothesis import given
+from hypothesis import strategies as st
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 from uvicorn.server import ServerState
 
-from panel.http import DISCONNECT, PROTOCOL, CheckedHeadersCycle, JoinedWrites
+from panel.http import (
+    BAD_NAME_BYTES,
+    BAD_VALUE_BYTES,
+    DISCONNECT,
+    PROTOCOL,
+    CheckedHeadersCycle,
+    JoinedWrites,
+    header_refusal,
+)
 
 
 class RecordingTransport(asyncio.Transport):
@@ -322,6 +333,28 @@ async def test_the_head_is_written_and_refused_as_uvicorn_does(case):
     assert [call for call, _ in ours if call == "close"] == [
         call for call, _ in theirs if call == "close"
     ]
+
+
+def test_uvicorns_header_patterns_are_each_one_class_of_bytes():
+    # What BAD_NAME_BYTES and BAD_VALUE_BYTES take from them holds only for such a pattern.
+    for pattern in (HEADER_RE, HEADER_VALUE_RE):
+        assert pattern.pattern.startswith(b"[") and pattern.pattern.endswith(b"]")
+        assert pattern.flags & ~256 == 0  # no flag but the default for bytes (none)
+    assert b":" in BAD_NAME_BYTES and b"\t" not in BAD_VALUE_BYTES
+
+
+header_bytes = st.binary(max_size=6) | st.sampled_from([b"x-a", b"text/plain", b"a\tb", b" "])
+
+
+@given(st.lists(st.tuples(header_bytes, header_bytes), max_size=5))
+def test_the_joined_checks_refuse_exactly_what_uvicorns_refuse(headers):
+    if any(HEADER_RE.search(name) for name, _ in headers):
+        expected = "Invalid HTTP header name."
+    elif any(HEADER_VALUE_RE.search(value) for _, value in headers):
+        expected = "Invalid HTTP header value."
+    else:
+        expected = None
+    assert header_refusal(headers) == expected
 
 
 async def test_production_protocol_serves_with_the_checked_cycle():
