@@ -81,6 +81,7 @@ class StreamRelay(Protocol):
 
     usage: Usage | None
     content_events: int  # the content pieces relayed (an estimate of the tokens)
+    content_seen: bool  # some content was relayed (the first token's time)
     saw_done: bool  # the stream's last event was relayed: the reply is whole
 
     # A read's events (``streaming.Batch``, iterable): the events to send on, as a list
@@ -595,7 +596,7 @@ async def _read_to_end(response: http1.Response) -> None:
 
 
 def _mark_first_token(record: Record, relay: StreamRelay) -> None:
-    if record.ttft_ms is None and relay.content_events:
+    if record.ttft_ms is None and relay.content_seen:
         record.ttft_ms = _elapsed_ms(record.started_at)
 
 

@@ -74,6 +74,10 @@ class ResponsesRelay:
         self.response: dict | None = None  # the final response object, as relayed
         self.sequence = 0
 
+    @property
+    def content_seen(self) -> bool:
+        return self.content_events > 0
+
     def relay_batch(self, events: list[bytes]) -> list[bytes]:
         return [self.relay(event) for event in events]
 

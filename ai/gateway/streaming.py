@@ -169,8 +169,9 @@ class EventRelay:
     __slots__ = (
         "include_usage",
         "usage",
-        "content_events",
         "saw_done",
+        "_counted",
+        "_uncounted",
         "_block",
         "_timings",
         "_model_plain",
@@ -184,7 +185,10 @@ class EventRelay:
         self._upstream_model: bytes | None = None
         self.include_usage = include_usage
         self.usage: Usage | None = None
-        self.content_events = 0
+        # The content pieces counted so far, and the last read's plain run of events, kept
+        # uncounted until the next read or a reader asks (``content_events``).
+        self._counted = 0
+        self._uncounted = b""
         self.saw_done = False
         # The last usage block and llama.cpp timings seen: they may come in one event or two.
         self._block: dict | None = None
@@ -192,6 +196,29 @@ class EventRelay:
 
     def error_event(self, error: ApiError) -> bytes:
         return error_event(error)
+
+    @property
+    def content_events(self) -> int:
+        """The content pieces relayed (each choice's delta of content or text).
+
+        Only a stream that ends without a usage block is billed by this count (and the
+        stream's usage block comes in its last read), so a read's plain run of events is
+        counted when the next read comes or when this is asked, not as it is relayed: the
+        count of the last read, ~8 us for a 4 KB read (issue 20), is left undone when its
+        usage block made it moot. One read's bytes are kept for it at most.
+        """
+        pending = self._uncounted
+        if pending:
+            self._uncounted = b""
+            self._counted += len(CONTENT_RE.findall(pending))
+        return self._counted
+
+    @property
+    def content_seen(self) -> bool:
+        """Whether any content was relayed yet (the first token's time), without counting."""
+        if self._counted:
+            return True
+        return bool(self._uncounted) and CONTENT_RE.search(self._uncounted) is not None
 
     def relay_batch(self, events):
         """The events to send on for a batch of events (possibly none).
@@ -217,7 +244,7 @@ class EventRelay:
                 and not self.include_usage
             ):
                 continue
-            self.content_events += len(CONTENT_RE.findall(event))
+            self._counted += len(CONTENT_RE.findall(event))
             seen = self._upstream_model
             if seen is not None:
                 at = event.find(b'"model"')
@@ -233,8 +260,9 @@ class EventRelay:
         The run of events between the first (which names the upstream's model, when it is
         not known yet) and the first that needs a look of its own (usage, llama.cpp's
         timings, ``[DONE]``) is relayed as a whole when every ``"model"`` in it is the
-        upstream's as it wrote it before: one ``replace`` renames them all and one
-        ``findall`` counts its content. Each event elsewhere goes through the loop above.
+        upstream's as it wrote it before: one ``replace`` renames them all, and its content
+        is counted later, in one ``findall`` (``content_events``). Each event elsewhere goes
+        through the loop above.
         """
         start, out = 0, []
         if self._upstream_model is None:
@@ -248,7 +276,9 @@ class EventRelay:
             seen = self._upstream_model
             models = middle.count(b'"model"')
             if not models or (seen is not None and middle.count(seen) == models):
-                self.content_events += len(CONTENT_RE.findall(middle))
+                if self._uncounted:
+                    self.content_events  # noqa: B018 (counts the last read's: one kept at most)
+                self._uncounted = middle
                 out.append(middle.replace(seen, self._model_plain) if models else middle)
             else:
                 out += self.relay_batch(split_events(middle))

@@ -178,10 +178,14 @@ def test_a_read_relayed_as_its_bytes_is_the_relay_event_by_event(
     assert all(b.data == b"".join(events) for b, events in zip(batches, old, strict=True))
 
     whole = EventRelay(public_model=model, include_usage=include_usage)
-    whole_out = [whole.relay_batch(b) for b in batches]
-    assert all(type(out) is Batch for out in whole_out)
     each = EventRelay(public_model=model, include_usage=include_usage)
-    each_out = [each.relay_batch(events) for events in old]
+    whole_out, each_out = [], []
+    for batch, events in zip(batches, old, strict=True):
+        whole_out.append(whole.relay_batch(batch))
+        each_out.append(each.relay_batch(events))
+        # Seen as soon as relayed, whether or not the read's pieces are counted yet.
+        assert whole.content_seen is (each.content_events > 0)
+    assert all(type(out) is Batch for out in whole_out)
     assert [out.data for out in whole_out] == [b"".join(out) for out in each_out]
     assert tally(whole) == tally(each)
 
@@ -254,3 +258,58 @@ def test_the_model_is_renamed_with_the_regex_once_and_then_by_find(monkeypatch):
     assert searched == [events[0], chunk("t5", model="other"), chunk("t6")]
     assert all(b'"model":"public"' in event for event in out)
     assert not any(b"up-model" in event or b'"other"' in event for event in out)
+
+
+class CountingPattern:
+    """CONTENT_RE, with the bytes each ``findall`` was given."""
+
+    def __init__(self) -> None:
+        self.counted: list[bytes] = []
+
+    def findall(self, data):
+        self.counted.append(data)
+        return CONTENT.findall(data)
+
+    def search(self, data):
+        return CONTENT.search(data)
+
+
+CONTENT = streaming.CONTENT_RE
+
+
+def test_a_reads_content_is_counted_when_the_next_read_comes_or_when_asked(monkeypatch):
+    pattern = CountingPattern()
+    monkeypatch.setattr(streaming, "CONTENT_RE", pattern)
+    relay = EventRelay(public_model="public", include_usage=False)
+    reads = [
+        Batch(b"".join(chunk(f"r{r}t{i}") for i in range(4))) for r in range(3)
+    ]  # the first event of the first read goes alone (it names the upstream's model)
+    relay.relay_batch(reads[0])
+    assert relay.content_seen
+    assert pattern.counted == [chunk("r0t0")]  # the rest of the read is kept, uncounted
+    relay.relay_batch(reads[1])
+    relay.relay_batch(reads[2])
+    assert len(pattern.counted) == 3  # the first two reads' runs, as the next came
+    assert relay.content_events == 12  # the last read's, asked for
+    assert len(pattern.counted) == 4
+    assert relay.content_events == 12 and len(pattern.counted) == 4  # counted once
+
+
+def test_the_read_that_brings_the_usage_block_is_not_counted_unasked(monkeypatch):
+    pattern = CountingPattern()
+    monkeypatch.setattr(streaming, "CONTENT_RE", pattern)
+    relay = EventRelay(public_model="public", include_usage=False)
+    stream = [chunk("first"), *[chunk(f"t{i}") for i in range(20)], EVENTS[10]]
+    relay.relay_batch(Batch(b"".join([*stream, b"data: [DONE]\n\n"])))
+    assert relay.saw_done and relay.usage.completion_tokens == 5
+    assert relay.content_seen
+    assert pattern.counted == [chunk("first")]  # the twenty are billed by the usage block
+
+
+def test_a_read_without_content_is_not_content_seen():
+    relay = EventRelay(public_model="public", include_usage=False)
+    role = b'data: {"model":"up-model","choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+    relay.relay_batch(Batch(role + role))
+    assert not relay.content_seen and relay.content_events == 0
+    relay.relay_batch(Batch(role + chunk("hello") + role))
+    assert relay.content_seen and relay.content_events == 1

@@ -51,6 +51,10 @@ class ChatChunkRelay:
             usage.is_estimated = True
         return usage
 
+    @property
+    def content_seen(self) -> bool:
+        return self.content_events > 0
+
     def relay_batch(self, events: list[bytes]) -> list[bytes]:
         return [chunk for event in events for chunk in self.relay(event)]
 

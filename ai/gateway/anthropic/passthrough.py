@@ -45,6 +45,10 @@ class MessagesRelay:
         self.content_events = 0
         self.saw_done = False
 
+    @property
+    def content_seen(self) -> bool:
+        return self.content_events > 0
+
     def relay_batch(self, events: list[bytes]) -> list[bytes]:
         return [self.relay(event) for event in events]
 
