@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from panel.http import uvicorn_args  # noqa: E402
 from tests.bench.run import BODY, MODES, TARGETS, migrate_and_seed  # noqa: E402
 from tests.bench.run import environment as bench_environment  # noqa: E402
 from tests.servers import free_port  # noqa: E402
@@ -224,14 +225,11 @@ def main(argv: list[str] | None = None) -> None:
             py,
             "-m",
             "uvicorn",
-            "panel.asgi:application",
-            "--port",
-            str(gw_port),
-            "--no-access-log",
+            # As production and run.py serve it: panel.http's protocol, the lifespan (which
+            # settles the heap), no access log.
+            *uvicorn_args(host="127.0.0.1", port=gw_port),
             "--log-level",
             args.log_level.lower(),
-            "--lifespan",
-            "off",
         ]
         log = (work / "gateway.log").open("w")
         procs.append(

@@ -104,10 +104,11 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """The user and the system CPU time a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def redis_cpu_seconds(url: str) -> float:
@@ -125,7 +126,7 @@ def wrk(
     """One wrk run; also the CPU the server measured (the gateway or the relay) and Redis
     spent per request meanwhile."""
     threads = 1 if concurrency == 1 else 2
-    cpu, redis_cpu = cpu_seconds(server_pid), redis_cpu_seconds(redis_url)
+    (user, system), redis_cpu = cpu_times(server_pid), redis_cpu_seconds(redis_url)
     out = subprocess.run(
         [
             "wrk",
@@ -142,7 +143,9 @@ def wrk(
         check=True,
         preexec_fn=lambda: os.sched_setaffinity(0, OTHER_CORES),
     ).stdout
-    cpu, redis_cpu = cpu_seconds(server_pid) - cpu, redis_cpu_seconds(redis_url) - redis_cpu
+    user_after, system_after = cpu_times(server_pid)
+    user, system = user_after - user, system_after - system
+    redis_cpu = redis_cpu_seconds(redis_url) - redis_cpu
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -152,7 +155,9 @@ def wrk(
         "p50": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
         "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
         "errors": int(non2xx.group(1)) if non2xx else 0,
-        "cpu_us": 1e6 * cpu / max(requests, 1),
+        "cpu_us": 1e6 * (user + system) / max(requests, 1),
+        # Of it, the kernel's (system calls, and loopback TCP done on the sender's behalf).
+        "sys_us": 1e6 * system / max(requests, 1),
         "redis_us": 1e6 * redis_cpu / max(requests, 1),
     }
 
@@ -197,15 +202,18 @@ def summarise(direct: dict, runs: dict[str, list[dict]]) -> dict[str, dict]:
     pad = f"{'':5} {'':>3}"
     print(
         f"{pad} {'median':8} gateway {g['rps']:.0f} req/s, p50 {g['p50']:.2f} ms "
-        f"(added {g['p50'] - direct['p50']:.2f} ms), {g['cpu_us']:.0f} us cpu/req"
+        f"(added {g['p50'] - direct['p50']:.2f} ms), {g['cpu_us']:.0f} us cpu/req "
+        f"({g['sys_us']:.0f} system)"
     )
     print(
         f"{pad} {'median':8} limited {lim['rps']:.0f} req/s, p50 "
-        f"{lim['p50']:.2f} ms, {lim['cpu_us']:.0f} us cpu/req (+{lim['redis_us']:.0f} Redis)"
+        f"{lim['p50']:.2f} ms, {lim['cpu_us']:.0f} us cpu/req ({lim['sys_us']:.0f} system; "
+        f"+{lim['redis_us']:.0f} Redis)"
     )
     print(
         f"{pad} {'median':8} relay {relay['rps']:.0f} req/s, p50 {relay['p50']:.2f} ms "
-        f"(added {relay['p50'] - direct['p50']:.2f} ms), {relay['cpu_us']:.0f} us cpu/req"
+        f"(added {relay['p50'] - direct['p50']:.2f} ms), {relay['cpu_us']:.0f} us cpu/req "
+        f"({relay['sys_us']:.0f} system)"
     )
     print(
         f"{pad} {'limits':8} {100 * (lim['rps'] / g['rps'] - 1):+.1f}% req/s "
