@@ -29,7 +29,7 @@ def has_long_number(raw: bytes | str) -> bool:
     """Whether ``raw`` holds a run of 19 ASCII digits (or more) anywhere."""
     if isinstance(raw, str):
         return _LONG_NUMBER_TEXT.search(raw) is not None
-    return _NINETEEN in raw.translate(_DIGITS)
+    return raw.translate(_DIGITS).find(_NINETEEN) >= 0  # not ``in`` (see ai.gateway.streaming)
 
 
 def loads(raw: bytes | str):

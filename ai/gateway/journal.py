@@ -81,14 +81,14 @@ def entry_for(event: dict, admission) -> dict:
 
 def redis_add(event: dict, admission) -> bool:
     """Journal an admission in Redis without waiting; False if Redis cannot take it now."""
-    from panel.redis import bulk, command_head, connection
-
+    # The module's names, not a function-local import: importing from a module (not a
+    # package) looks up its __path__ and formats the AttributeError, ~0.6 us (issue 20).
     process = process_name()
     value = fastjson.dumps(entry_for(event, admission))  # ~3x faster than json.dumps here
-    conn = connection()
+    conn = sb_redis.connection()
     _ensure_heartbeat(conn)
-    head = command_head(4, "HSET", inflight_key(process))
-    return conn.fire(head + bulk(event["request_id"]) + bulk(value))
+    head = sb_redis.command_head(4, "HSET", inflight_key(process))
+    return conn.fire(head + sb_redis.bulk(event["request_id"]) + sb_redis.bulk(value))
 
 
 # A lease (ai/gateway/leases.py) holds reservations no request owns yet. Its journal
@@ -129,17 +129,16 @@ def redis_lease_take(lease: str | None, admission) -> None:
     """One request now owns part of the lease (and journals it as its own)."""
     if lease is None:
         return
-    from panel.redis import bulk, command_head, connection
-
     key = inflight_key(process_name())
     amounts = (1, admission.tokens, admission.cost)
+    head, bulk = sb_redis.command_head, sb_redis.bulk
     commands = b"".join(
         [
-            command_head(4, "HINCRBY", key, lease + part) + bulk(-amount)
+            head(4, "HINCRBY", key, lease + part) + bulk(-amount)
             for part, amount in zip(LEASE_TOTALS, amounts, strict=True)
         ]
     )
-    connection().fire(commands, count=len(LEASE_TOTALS))
+    sb_redis.connection().fire(commands, count=len(LEASE_TOTALS))
 
 
 def _ensure_heartbeat(conn) -> None:

@@ -19,6 +19,8 @@ from panel.errors import ApiError
 from . import http1
 from .pricing import Usage, usage_from_block
 
+# On the relay's path a bytes test is ``find(...) >= 0``, not ``in``: ``in`` first tries the
+# needle as an integer (a byte value) and formats the TypeError it gets (~0.1 us, issue 20).
 MODEL_RE = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 CONTENT_RE = re.compile(rb'"(?:content|text)"\s*:\s*"(?:[^"\\]|\\.)')
 DONE = b"data: [DONE]"
@@ -100,7 +102,7 @@ async def sse_batches(response: http1.Response) -> AsyncIterator[Batch]:
     """
     buffer = b""
     async for data in response.content.iter_any():
-        buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
+        buffer += data.replace(b"\r\n", b"\n") if data.find(b"\r") >= 0 else data
         end = _last_boundary(buffer, 0, len(buffer))
         if end:
             yield Batch(buffer[:end])
@@ -156,9 +158,9 @@ def _counts(event: bytes) -> bool:
     OpenAI's ``"usage": null`` in every chunk is none: parsing each of those chunks (as
     before issue 20) cost a JSON parse an event and found nothing.
     """
-    if b'"timings"' in event:
+    if event.find(b'"timings"') >= 0:
         return True
-    if b'"usage"' not in event:
+    if event.find(b'"usage"') < 0:
         return False
     return event.count(b'"usage"') > 1 or USAGE_NULL_RE.search(event) is None
 
@@ -238,7 +240,7 @@ class EventRelay:
                 out.append(event)
                 continue
             if (
-                (b'"usage"' in event or b'"timings"' in event)
+                (event.find(b'"usage"') >= 0 or event.find(b'"timings"') >= 0)
                 and _counts(event)
                 and self._read_usage(event)
                 and not self.include_usage
