@@ -48,6 +48,10 @@ class IdleTimeout(aiohttp.ServerTimeoutError):
     """Nothing (more) of the body by the reader's ``read_deadline``."""
 
 
+class HeadTimeout(aiohttp.ServerTimeoutError):
+    """No connection, or no status line and headers, by the caller's ``head_by``."""
+
+
 class Origin(NamedTuple):
     tls: bool
     host: str
@@ -191,6 +195,7 @@ class Response:
         self._total = 0.0
         self._expires = 0.0
         self._timing_head = False  # the timer is the head's read deadline, not the total
+        self._head_by = False  # that deadline is the caller's ``head_by`` (HeadTimeout)
         self._complete = False
         self._until_close = False
         self.status = 0
@@ -283,13 +288,22 @@ class Response:
             self._deadline.cancel()
             self._deadline = None
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, total: float, expires: float) -> None:
-        """Time the exchange: the head within the read timeout, the whole within ``total``."""
+    def _arm(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        total: float,
+        expires: float,
+        head_by: float | None = None,
+    ) -> None:
+        """Time the exchange: the head within the read timeout (and by ``head_by``), the
+        whole within ``total``."""
         self._loop, self._total, self._expires = loop, total, expires
         read = self._read_timeout
         at = expires
-        if read is not None and loop.time() + read < expires:
+        if read is not None and loop.time() + read < at:
             at, self._timing_head = loop.time() + read, True
+        if head_by is not None and head_by < at:
+            at, self._timing_head, self._head_by = head_by, True, True
         self._deadline = loop.call_at(at, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
@@ -299,7 +313,9 @@ class Response:
             return
         timing_head, self._timing_head = self._timing_head, False
         if connection.head is not None and not connection.head.done():
-            if timing_head:
+            if self._head_by:
+                error = HeadTimeout("no answer by the caller's deadline")
+            elif timing_head:
                 error = aiohttp.ServerTimeoutError(f"no answer for {self._read_timeout}s")
             else:
                 error = aiohttp.ServerTimeoutError(f"no answer within {self._total}s")
@@ -562,12 +578,14 @@ async def post(
     total: float,
     connect: float,
     read: float | None,
+    head_by: float | None = None,
 ) -> Response:
     """POST ``body``; the response once its status and headers are in, its body unread.
 
     ``total`` bounds the whole exchange, body included (as aiohttp's total timeout did);
     ``read`` each wait for data (None: no bound, a stream's reads are the pipeline's to
-    bound). A connection from the pool that the upstream closed meanwhile is replaced
+    bound); ``head_by`` (the loop's clock) the connection and the head together: past it,
+    ``HeadTimeout`` (a stream's first event is due by then, issue 20). A connection from the pool that the upstream closed meanwhile is replaced
     once, when nothing of an answer came on it.
     """
     where = target(url)
@@ -592,16 +610,19 @@ async def post(
         connection = pool.idle_connection(where.origin, loop.time())
         reused = connection is not None
         if connection is None:
+            until = expires if head_by is None else min(expires, head_by)
             try:
-                async with asyncio.timeout_at(expires):
+                async with asyncio.timeout_at(until):
                     connection = await pool.connect(where.origin, connect)
             except TimeoutError as exc:
                 if isinstance(exc, aiohttp.ServerTimeoutError):
                     raise
+                if until != expires:
+                    raise HeadTimeout("no connection by the caller's deadline") from None
                 raise aiohttp.ServerTimeoutError(f"no answer within {total}s") from None
         response = Response(connection, read)
         answered = connection.send(head, body, response)
-        response._arm(loop, total, expires)
+        response._arm(loop, total, expires, head_by)
         try:
             await answered
         except aiohttp.ServerDisconnectedError:

@@ -87,13 +87,15 @@ async def send(
     request_id: str,
     stream: bool = False,
     more: dict[str, str] | None = None,
+    head_by: float | None = None,
 ) -> http1.Response:
     """POST ``body`` to the upstream (with ``more`` headers); returns the response with its
     body still unread.
 
     A JSON answer's reads are each bounded by ``first_byte_timeout``; a stream's are
-    not: the pipeline bounds its first event (``first_byte_timeout``) and the wait
-    for each later one (``idle_timeout``) itself.
+    not: the pipeline bounds its first event (``first_byte_timeout``: the connection and
+    head by ``head_by``, then the first read) and the wait for each later one
+    (``idle_timeout``) itself.
     """
     headers = {
         **(more or {}),
@@ -105,6 +107,7 @@ async def send(
         "total": upstream.total_timeout,
         "connect": upstream.connect_timeout,
         "read": None if stream else upstream.first_byte_timeout,
+        "head_by": head_by,
     }
     url = f"{upstream.base_url}/{path}"
     if tracing.tracer is None:

@@ -270,6 +270,49 @@ def test_an_upstream_that_never_answers_times_out(timeouts, message):
     _run(scenario)
 
 
+def test_head_by_bounds_the_answer_on_the_loops_clock():
+    async def scenario():
+        async with Upstream(_silent) as upstream:
+            pool = http1.Pool()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(http1.HeadTimeout):
+                await _post(pool, upstream.url, total=60.0, read=None, head_by=started + 0.2)
+            waited = loop.time() - started
+            # A sooner read timeout is still the read timeout's.
+            with pytest.raises(aiohttp.ServerTimeoutError, match="no answer for 0.1s") as caught:
+                await _post(pool, upstream.url, total=60.0, read=0.1, head_by=loop.time() + 5)
+            pool.close()
+        return waited, caught.type
+
+    waited, error = _run(scenario)
+    assert 0.15 <= waited < 2
+    assert error is aiohttp.ServerTimeoutError  # not a HeadTimeout
+
+
+class SlowPool(http1.Pool):
+    """A pool whose new connections take a second to open."""
+
+    async def connect(self, origin, connect_timeout):
+        await asyncio.sleep(1.0)
+        return await super().connect(origin, connect_timeout)
+
+
+def test_head_by_bounds_opening_the_connection_too():
+    async def scenario():
+        async with Upstream(_answer_with(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")) as up:
+            pool = SlowPool()
+            loop = asyncio.get_running_loop()
+            with pytest.raises(http1.HeadTimeout, match="no connection"):
+                await _post(pool, up.url, total=60.0, read=None, head_by=loop.time() + 0.2)
+            response = await _post(pool, up.url, total=60.0, read=None, head_by=loop.time() + 5)
+            data = await response.read()
+            pool.close()
+        return data
+
+    assert _run(scenario) == b"{}"
+
+
 def test_the_read_timeout_for_the_answer_does_not_cut_a_longer_body():
     # Headers at once, then the body over 0.8 s in steps of 0.1 s: longer than the 0.3 s
     # allowed for the headers, each wait within it, the whole within the total.

@@ -42,6 +42,28 @@ def test_a_first_event_too_slow_fails_over_and_the_client_sees_only_the_second(
     assert event.completion_tokens == 20
 
 
+@pytest.mark.parametrize(
+    "late",
+    [
+        {"latency_ms": 3000},  # no status line and headers in time
+        {"latency_ms": 200, "ttft_ms": 200},  # each in time, the first event not
+    ],
+    ids=["headers", "headers-then-event"],
+)
+def test_the_first_byte_timeout_bounds_the_headers_and_the_first_event_together(
+    world, acme, fake_upstream, late
+):
+    make_model(
+        "ha",
+        owner=acme,
+        base_urls=[fake_upstream.base_url(**late), fake_upstream.base_url(tokens=3)],
+        first_byte_timeout=0.3,
+    )
+    assert _text(list(_stream(world, "ha"))) == "tok0 tok1 tok2 "
+    (event,) = wait_for_usage(1)
+    assert (event.status, event.attempts, event.upstream.name) == ("ok", 2, "ha-1")
+
+
 def test_a_first_event_too_slow_on_the_only_upstream_is_a_502(world, acme, fake_upstream):
     make_model(
         "slow", owner=acme, base_urls=[fake_upstream.base_url(ttft_ms=3000)], first_byte_timeout=0.3
