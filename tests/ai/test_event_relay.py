@@ -135,15 +135,14 @@ def old_sse_batches(reads: list[bytes]) -> list[list[bytes]]:
 
 
 class Reads:
-    """An upstream response whose body arrives in the given reads (``iter_any``)."""
+    """An upstream response whose body arrives in the given reads (``readany``)."""
 
     def __init__(self, reads: list[bytes]) -> None:
         self.content = self
-        self._reads = reads
+        self._reads = [data for data in reads if data]  # b"" is the end, as for a Body
 
-    async def iter_any(self):
-        for data in self._reads:
-            yield data
+    async def readany(self) -> bytes:
+        return self._reads.pop(0) if self._reads else b""
 
 
 def batches_of(reads: list[bytes]) -> list[Batch]:

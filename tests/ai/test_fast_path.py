@@ -2,8 +2,10 @@
 body and headers as the views read them, and the client leaving."""
 
 import asyncio
+import gc
 import io
 import json
+import sys
 import time
 
 import httpx
@@ -145,6 +147,63 @@ def test_the_view_is_cancelled_when_the_client_leaves_under_either_server(
     assert sent[0]["status"] == 200
     [event] = wait_for_usage(1)
     assert event.status == UsageStatus.CLIENT_CANCELLED
+
+
+async def _one_request(app, scope: dict, body: bytes, sent: list) -> None:
+    """One request through ``app``, its messages added to ``sent``."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    done = asyncio.Event()
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    await app(scope, receive, send)
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_a_whole_stream_leaves_no_async_generator_for_the_loop_to_close(
+    world, fake_upstream, include_usage
+):
+    # The relay stops reading at [DONE]. An async generator left suspended is closed by
+    # the loop's finalizer hook when collected: a task and a thread-safe wake-up each
+    # (issue 20). Every one a stream starts is closed by the stream itself.
+    from panel.asgi import fast_app
+
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    body = json.dumps(
+        {"model": "acme-chat", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+        | options
+    ).encode()
+    finalized, sent = [], []
+
+    async def run():
+        firstiter, finalizer = sys.get_asyncgen_hooks()
+
+        def counting(agen):
+            finalized.append(agen.__qualname__)
+            finalizer(agen)
+
+        sys.set_asyncgen_hooks(firstiter, counting)
+        for _ in range(3):
+            await _one_request(fast_app, _scope(world, body, ClientLeft()), body, sent)
+        gc.collect()
+        await asyncio.sleep(0)
+        await ledger.flush()
+
+    asyncio.run(run())
+
+    assert sent[0]["status"] == 200
+    assert b"data: [DONE]" in b"".join(m.get("body", b"") for m in sent)
+    assert finalized == []
+    wait_for_usage(3)
 
 
 def test_a_client_gone_before_the_view_starts_gets_nothing(world, fake_upstream):
