@@ -55,7 +55,12 @@ class UvicornThread:
         return self
 
     def stop(self) -> None:
+        # uvicorn waits for open connections to close, without end: a test that left a
+        # stream or a socket open held the session's server (and its worker) 10 s at the
+        # suite's end. After a grace, force the exit, as a second Ctrl-C does.
         self.server.should_exit = True
+        self.thread.join(timeout=2)
+        self.server.force_exit = True
         self.thread.join(timeout=10)
 
     def __enter__(self) -> "UvicornThread":
