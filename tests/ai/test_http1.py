@@ -322,6 +322,23 @@ def test_the_read_timeout_for_the_answer_does_not_cut_a_longer_body():
     assert _read_once(_answer_with(*parts, pause=0.1), total=5.0, read=0.3) == b"x" * 8
 
 
+def test_a_body_that_stalls_past_the_read_timeout_is_cut_and_not_kept():
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+
+    async def scenario():
+        async with Upstream(_answer_with(head + b"12345", b"67890", pause=1.0)) as upstream:
+            pool = http1.Pool()
+            response = await _post(pool, upstream.url, total=60.0, read=0.2)
+            async with asyncio.timeout(5):  # a failure, not a test that hangs
+                with pytest.raises(aiohttp.ServerTimeoutError, match="no data for 0.2s"):
+                    await response.read()
+            idle = sum(len(c) for c in pool.idle.values())
+            pool.close()
+        return idle
+
+    assert _run(scenario) == 0
+
+
 async def _drip(reader, writer, request):
     """Headers at once, then a body byte every 0.1 s for ever."""
     writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
