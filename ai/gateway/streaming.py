@@ -304,13 +304,22 @@ class EventRelay:
         tail = _needs_a_look(data, start)
         if start < tail:
             middle = data[start:tail]
-            seen = self._upstream_model
+            renamed, seen = middle, self._upstream_model
             models = middle.count(b'"model"')
-            if not models or (seen is not None and middle.count(seen) == models):
+            if models and seen is not None:
+                renamed = middle.replace(seen, self._model_plain)
+                grown = len(self._model_plain) - len(seen)
+                # Each rename moves the length by ``grown``: all renamed, without a count
+                # of ``seen`` (a pass over the read, ~2.5 us for 4 KB).
+                if grown:
+                    models -= (len(renamed) - len(middle)) // grown
+                else:
+                    models -= middle.count(seen)
+            if not models:
                 if self._uncounted:
                     self.content_events  # noqa: B018 (counts the last read's: one kept at most)
                 self._uncounted = middle
-                out.append(middle.replace(seen, self._model_plain) if models else middle)
+                out.append(renamed)
             else:
                 out += self.relay_batch(split_events(middle))
         if tail < len(data):

@@ -98,7 +98,9 @@ def content_pieces(out: list[bytes]) -> int:
     events=st.lists(st.sampled_from(EVENTS), min_size=1, max_size=25),
     cuts=st.lists(st.integers(min_value=0, max_value=30), max_size=6),
     include_usage=st.booleans(),
-    model=st.sampled_from(["bench-chat", 'we"ird\\name', "ünï"]),
+    model=st.sampled_from(
+        ["bench-chat", 'we"ird\\name', "ünï", "same-len"]
+    ),  # "same-len": as long as "up-model"
 )
 def test_the_relay_sends_and_counts_as_with_the_old_rules(events, cuts, include_usage, model):
     batches = split(events, cuts)
@@ -165,7 +167,9 @@ ODD = [b"\n", b"\r\n", b"\r\n\r\n", b'data: {"model":"up-model"}\n\n\n', b"data:
     events=st.lists(st.sampled_from(EVENTS + ODD), min_size=1, max_size=25),
     cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=8),
     include_usage=st.booleans(),
-    model=st.sampled_from(["bench-chat", 'we"ird\\name']),
+    model=st.sampled_from(
+        ["bench-chat", 'we"ird\\name', "same-len"]
+    ),  # "same-len": as long as "up-model"
 )
 def test_a_read_relayed_as_its_bytes_is_the_relay_event_by_event(
     events, cuts, include_usage, model
