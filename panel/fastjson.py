@@ -7,7 +7,7 @@ surrogates, UTF-16 input, nesting past 1,024 levels) or a value it cannot encode
 these fall back to the json module, so every input gets the answer (or the error)
 it got before. orjson also reads an integer past 64 bits as a float, silently: a
 document with a run of 19 digits or more goes to the json module unread by orjson.
-That run is looked for in bytes by ``translate`` and ``in`` (two passes in C), not a regex
+That run is looked for in bytes by ``translate`` and ``find`` (two passes in C), not a regex
 search: a regex for 19 digits, tried at every byte, cost ~4 us on a 400-byte reply (issue 20).
 The output differs only in form: compact, and UTF-8 rather than ``\\u`` escapes.
 """

@@ -172,8 +172,9 @@ class CheckedHeadersCycle(RequestResponseCycle):
     and over the values joined by a tab, which every value may hold, so a joined list
     holds a refused byte exactly when one of its parts does. Each pattern is one class of
     bytes, so a check is ``translate`` deleting that class (one pass in C: 0.3 against
-    1.0 us for the names of a limited link's reply, the regex's search). The head is then written as uvicorn
-    writes it (tests/panel/test_joined_writes.py compares the bytes with uvicorn's own).
+    1.0 us for the names of a limited link's reply, the regex's search). The head is
+    then written as uvicorn writes it (tests/panel/test_joined_writes.py compares the
+    bytes with uvicorn's own).
     Anything but a response's start, and a start uvicorn would log, is uvicorn's.
     """
 

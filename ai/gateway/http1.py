@@ -596,8 +596,9 @@ async def post(
     ``total`` bounds the whole exchange, body included (as aiohttp's total timeout did);
     ``read`` each wait for data (None: no bound, a stream's reads are the pipeline's to
     bound); ``head_by`` (the loop's clock) the connection and the head together: past it,
-    ``HeadTimeout`` (a stream's first event is due by then, issue 20). A connection from the pool that the upstream closed meanwhile is replaced
-    once, when nothing of an answer came on it.
+    ``HeadTimeout`` (a stream's first event is due by then, issue 20). A connection from
+    the pool that the upstream closed meanwhile is replaced once, when nothing of an
+    answer came on it.
     """
     where = target(url)
     lines = [
